@@ -1,0 +1,227 @@
+"""The web heads' ASGI app: validate, record, publish with confirm, answer 202. Nothing heavy runs here."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from kvern.api.submission import Submission, SubmissionError, parse_submission
+from kvern.api.views import ErrorView, JobPage, JobView, error_body, job_url, job_view
+from kvern.broker.publisher import JobPublisher
+from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
+from kvern.errors import BacklogFull, PublishError, StoreUnavailable
+from kvern.jobs.records import Job, NewJob
+from kvern.jobs.states import JobStatus
+from kvern.jobs.store import IdempotencyConflict, JobStore
+from kvern.runtime.config import RuntimeConfig
+from kvern.spec import Spec, load_spec
+from kvern.worker.app import TaskCatalog, load_user_app
+
+log = logging.getLogger("kvern.api")
+
+RETRY_AFTER_S = "2"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorView} for code in (400, 404, 409, 413, 422, 503)
+}
+
+
+@dataclass
+class WebHead:
+    spec: Spec
+    catalog: TaskCatalog
+    store: JobStore
+    publisher: JobPublisher
+
+    @classmethod
+    def from_runtime(cls, config: RuntimeConfig) -> WebHead:
+        spec = load_spec(config.spec_file)
+        _, catalog = load_user_app(spec)
+        return cls(spec, catalog, JobStore(config.store_url), JobPublisher(config.broker_urls[ROLE_WEB]))
+
+    async def submit(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
+        policy = self.spec.policy(submission.task)
+        new = NewJob(
+            id=str(uuid.uuid4()),
+            task=submission.task,
+            queue=self.spec.queue_for(submission.task),
+            args=submission.args,
+            kwargs=submission.kwargs,
+            max_attempts=policy.retries + 1,
+            idempotency_key=idempotency_key,
+            request_hash=submission.request_hash,
+        )
+        job, created = await run_in_threadpool(self.store.create_job, new)
+        if not created:
+            return job, False
+        try:
+            await self.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
+        except PublishError:
+            # Never confirmed: withdraw the record so a 503 leaves nothing behind.
+            await run_in_threadpool(self.store.withdraw, job.id)
+            raise
+        await run_in_threadpool(self.store.mark_published, [job.id])
+        return job, True
+
+
+def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def create_app(head: WebHead | None = None) -> FastAPI:
+    """The app; `head` is built from the runtime config at startup unless a test passes one."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.head = head or WebHead.from_runtime(RuntimeConfig.from_environment())
+        yield
+        await app.state.head.publisher.close()
+        app.state.head.store.close()
+
+    app = FastAPI(
+        title="kvern job API",
+        version="1",
+        lifespan=lifespan,
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    _install_error_handlers(app)
+    _install_job_routes(app)
+    _install_health_routes(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(_request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("job store unavailable: %s", exc)
+        return json_error(503, "store_unavailable", "the job store is unavailable", {"Retry-After": RETRY_AFTER_S})
+
+    @app.exception_handler(BacklogFull)
+    async def backlog_full(_request: Request, exc: BacklogFull) -> JSONResponse:
+        return json_error(503, "backlog_full", str(exc), {"Retry-After": RETRY_AFTER_S})
+
+    @app.exception_handler(PublishError)
+    async def broker_down(_request: Request, exc: PublishError) -> JSONResponse:
+        log.warning("publish failed: %s", exc)
+        return json_error(503, "broker_unavailable", str(exc), {"Retry-After": RETRY_AFTER_S})
+
+
+def _head(request: Request) -> WebHead:
+    return request.app.state.head  # type: ignore[no-any-return]
+
+
+SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["task"],
+                    "properties": {
+                        "task": {"type": "string"},
+                        "args": {"type": "array", "items": {}},
+                        "kwargs": {"type": "object"},
+                    },
+                    "additionalProperties": False,
+                }
+            }
+        },
+    }
+}
+
+
+def _install_job_routes(app: FastAPI) -> None:
+    @app.post(
+        f"{API_PREFIX}/jobs",
+        status_code=202,
+        response_model=JobView,
+        responses={**ERRORS, 200: {"model": JobView}},
+        openapi_extra=SUBMIT_BODY,
+    )
+    async def submit_job(
+        request: Request, idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None
+    ) -> Response:
+        head = _head(request)
+        body = await _read_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            submission = parse_submission(body, head.catalog)
+        except SubmissionError as exc:
+            return json_error(exc.status, exc.code, exc.message)
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+            return json_error(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
+        try:
+            job, created = await head.submit(submission, idempotency_key)
+        except IdempotencyConflict as exc:
+            return json_error(409, "idempotency_conflict", str(exc))
+        view = job_view(job).model_dump(mode="json")
+        return JSONResponse(view, status_code=202 if created else 200, headers={"Location": job_url(job.id)})
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobView, responses=ERRORS)
+    async def get_job(request: Request, job_id: str) -> Response:
+        job = await run_in_threadpool(_head(request).store.get, job_id)
+        if job is None:
+            return json_error(404, "unknown_job", f"no job with id {job_id!r}")
+        return JSONResponse(job_view(job).model_dump(mode="json"))
+
+    @app.get(f"{API_PREFIX}/jobs", response_model=JobPage, responses=ERRORS)
+    async def list_jobs(
+        request: Request,
+        status: JobStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        before: float | None = None,
+    ) -> JobPage:
+        jobs = await run_in_threadpool(_head(request).store.list_jobs, status, limit, before)
+        following = None
+        if len(jobs) == limit:
+            query = f"limit={limit}&before={jobs[-1].created_at!r}" + (f"&status={status.value}" if status else "")
+            following = f"{API_PREFIX}/jobs?{query}"
+        return JobPage(jobs=[job_view(job) for job in jobs], next=following)
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}/artifacts/{{name}}", responses=ERRORS)
+    async def get_artifact(request: Request, job_id: str, name: str) -> Response:
+        found = await run_in_threadpool(_head(request).store.artifact, job_id, name)
+        if found is None:
+            return json_error(404, "unknown_artifact", f"job {job_id!r} has no artifact {name!r}")
+        content_type, data = found
+        disposition = f'attachment; filename="{name}"'
+        return Response(data, media_type=content_type, headers={"Content-Disposition": disposition})
+
+
+async def _read_body(request: Request) -> bytes | Response:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return json_error(413, "body_too_large", f"request body is over {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return json_error(413, "body_too_large", f"request body is over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _install_health_routes(app: FastAPI) -> None:
+    @app.get("/api/health")
+    async def health(request: Request) -> JSONResponse:
+        head = _head(request)
+        broker = await head.publisher.ping()
+        try:
+            await run_in_threadpool(head.store.ping)
+            store = True
+        except StoreUnavailable:
+            store = False
+        status = 200 if broker and store else 503
+        return JSONResponse({"broker": broker, "store": store}, status_code=status)

@@ -1,0 +1,78 @@
+"""Turn a raw `POST /api/v1/jobs` body into a validated submission, or a precise client error.
+
+Validation happens before anything is recorded or published: a rejected request leaves no trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kvern.worker.app import TaskCatalog
+from kvern.worker.execution import original_run
+
+
+@dataclass(frozen=True)
+class Submission:
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    request_hash: str
+
+
+class SubmissionError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def parse_submission(body: bytes, catalog: TaskCatalog) -> Submission:
+    payload = _parse_json(body)
+    task_name = payload.get("task")
+    if not isinstance(task_name, str) or not task_name:
+        raise SubmissionError(400, "invalid_request", "field 'task' must be a non-empty string")
+    args = payload.get("args", [])
+    kwargs = payload.get("kwargs", {})
+    if not isinstance(args, list):
+        raise SubmissionError(400, "invalid_request", "field 'args' must be a JSON array")
+    if not isinstance(kwargs, dict):
+        raise SubmissionError(400, "invalid_request", "field 'kwargs' must be a JSON object")
+    unknown = set(payload) - {"task", "args", "kwargs"}
+    if unknown:
+        raise SubmissionError(400, "invalid_request", f"unknown field(s): {', '.join(sorted(unknown))}")
+    task = catalog.resolve(task_name)
+    if task is None:
+        known = ", ".join(catalog.names())
+        raise SubmissionError(404, "unknown_task", f"no task named {task_name!r} (known: {known})")
+    _check_binding(task.name, original_run(task), args, kwargs)
+    canonical = json.dumps({"task": task.name, "args": args, "kwargs": kwargs}, sort_keys=True)
+    return Submission(task.name, args, kwargs, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SubmissionError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise SubmissionError(400, "invalid_request", "request body must be a JSON object")
+    return payload
+
+
+def _check_binding(name: str, function: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
+    try:
+        inspect.signature(function).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise SubmissionError(422, "bad_arguments", f"arguments do not fit {name}{_signature(function)}: {exc}")
+
+
+def _signature(function: Any) -> str:
+    try:
+        return str(inspect.signature(function))
+    except (TypeError, ValueError):
+        return "(...)"

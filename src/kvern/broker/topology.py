@@ -1,0 +1,48 @@
+"""Queue topology: quorum queues that keep what they confirm, with a dead-letter exchange.
+
+Every declarer (`kvern up`, each Celery worker) builds its queues from these functions, so the arguments always
+match: RabbitMQ refuses a redeclaration with different arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Connection, Exchange, Queue
+
+from kvern.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_BACKLOG
+
+
+def work_queue_arguments(
+    max_backlog: int = DEFAULT_MAX_BACKLOG, delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        # A full queue refuses the publish (the web head answers 503) instead of dropping the oldest job.
+        "x-overflow": "reject-publish",
+        "x-max-length": max_backlog,
+        # A message that keeps killing its worker is dead-lettered after this many deliveries.
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        # At-least-once: the dead letter is only removed from the source once the DLQ has confirmed it.
+        "x-dead-letter-strategy": "at-least-once",
+    }
+
+
+def work_queue(name: str) -> Queue:
+    # A topic exchange per queue lets Celery's native delayed delivery route retries back to it.
+    exchange = Exchange(name, type="topic", durable=True)
+    return Queue(name, exchange, routing_key=name, durable=True, queue_arguments=work_queue_arguments())
+
+
+def dead_letter_queue() -> Queue:
+    exchange = Exchange(DEAD_LETTER_EXCHANGE, type="fanout", durable=True)
+    return Queue(DEAD_LETTER_QUEUE, exchange, durable=True, queue_arguments={"x-queue-type": "quorum"})
+
+
+def declare_topology(broker_url: str, queue_names: tuple[str, ...]) -> None:
+    """Declare the work queues and the dead-letter queue (idempotent)."""
+    with Connection(broker_url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        for queue in (dead_letter_queue(), *(work_queue(name) for name in queue_names)):
+            queue.bind(channel).declare()

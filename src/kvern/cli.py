@@ -1,0 +1,164 @@
+"""The `kvern` command. Exit codes are the RET_* constants in `kvern.constants`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from kvern import constants as c
+from kvern.errors import KvernError, RuntimeStateError, SpecError, StartError
+from kvern.runtime.instance import Instance, default_state_dir, front_door_url
+from kvern.spec import load_spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"kvern: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn kvern's errors into one line on stderr and the matching exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SpecError as exc:
+            _fail(f"invalid spec: {exc}", c.RET_SPEC)
+        except RuntimeStateError as exc:
+            code = c.RET_ALREADY_RUNNING if "already running" in str(exc) else c.RET_NOT_RUNNING
+            _fail(str(exc), code)
+        except StartError as exc:
+            _fail(str(exc), c.RET_START)
+        except KvernError as exc:
+            _fail(str(exc), c.RET_FAILURE)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def instance_from(ctx: click.Context) -> Instance:
+    spec_path: Path = ctx.obj["spec"]
+    spec = load_spec(spec_path)
+    state = ctx.obj["state"] or default_state_dir(spec.path)
+    return Instance(spec, Path(state).resolve())
+
+
+def running_instance(ctx: click.Context) -> Instance:
+    instance = instance_from(ctx)
+    if not instance.is_running():
+        raise RuntimeStateError(f"no kvern instance is running with state dir {instance.state_dir}")
+    return instance
+
+
+@click.group()
+@click.option("-f", "spec", type=click.Path(path_type=Path), default=Path("kvern.toml"), help="Spec file.")
+@click.option("--state", type=click.Path(path_type=Path), default=None, help="State dir (default .kvern/).")
+@click.pass_context
+def main(ctx: click.Context, spec: Path, state: Path | None) -> None:
+    """kvern: nginx, web heads, RabbitMQ and elastic Celery pools from one spec file."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(spec=spec, state=state)
+
+
+@main.command()
+@click.option("-d", "detach", is_flag=True, help="Return once every part is healthy.")
+@click.option("--only", default="all", help="Run a subset: web, pools, or one pool's name.")
+@click.pass_context
+@handle_errors
+def up(ctx: click.Context, detach: bool, only: str) -> None:
+    """Start the platform (foreground: Ctrl-C stops everything)."""
+    instance = instance_from(ctx)
+    if only not in ("all", "web", "pools") and only not in {p.name for p in instance.spec.pools}:
+        raise SpecError(f"--only: {only!r} is not 'web', 'pools' or a pool of the spec")
+    config = instance.up(only)
+    click.echo(f"kvern is up: {front_door_url(config)}" if only in ("all", "web") else "kvern pools are up")
+    if detach:
+        return
+    _wait_for_interrupt()
+    click.echo("stopping (running jobs finish first)...")
+    instance.down()
+
+
+def _wait_for_interrupt() -> None:
+    stop = False
+
+    def request_stop(_signum: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    while not stop:
+        time.sleep(0.2)
+
+
+@main.command()
+@click.pass_context
+@handle_errors
+def down(ctx: click.Context) -> None:
+    """Stop everything; workers finish their running job first."""
+    instance = instance_from(ctx)
+    if instance.down():
+        click.echo("kvern is down")
+    else:
+        click.echo("kvern was not running")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@handle_errors
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Front door, processes, queue depths, job counts, pools."""
+    from kvern.runtime.status import collect_status, render_status
+
+    report = collect_status(running_instance(ctx))
+    click.echo(json.dumps(report, indent=2) if as_json else render_status(report))
+
+
+@main.command()
+@click.argument("task")
+@click.option("--arg", "args", multiple=True, help="Positional argument (JSON, or a plain string).")
+@click.option("--kwarg", "kwargs", multiple=True, help="Keyword argument NAME=VALUE (VALUE as JSON or string).")
+@click.option("--wait", is_flag=True, help="Wait for the outcome, with a progress bar.")
+@click.option("--idempotency-key", default=None)
+@click.pass_context
+@handle_errors
+def submit(
+    ctx: click.Context, task: str, args: tuple[str, ...], kwargs: tuple[str, ...], wait: bool, idempotency_key: str | None
+) -> None:
+    """Submit a job through the front door."""
+    from kvern.client import submit_and_follow
+
+    instance = running_instance(ctx)
+    code = submit_and_follow(front_door_url(instance.runtime()), task, args, kwargs, wait, idempotency_key)
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("program", required=False)
+@click.option("-n", "lines", default=40, help="Lines per log.")
+@click.pass_context
+@handle_errors
+def logs(ctx: click.Context, program: str | None, lines: int) -> None:
+    """Show the tail of every process's log (or one program's)."""
+    instance = instance_from(ctx)
+    log_dir = instance.state_dir / c.LOG_DIR
+    files = sorted(log_dir.glob(f"{program}*.log" if program else "*.log"))
+    if not files:
+        raise RuntimeStateError(f"no logs in {log_dir}")
+    for path in files:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        if tail:
+            click.echo(f"==> {path.name} <==")
+            click.echo("\n".join(tail))

@@ -1,0 +1,50 @@
+"""kvern's exceptions, as one tree:
+
+    KvernError
+    ├── SpecError            the spec file is missing or invalid (names the field)
+    ├── RuntimeStateError    the state dir says something unexpected (not running, already running)
+    ├── StartError           a part of the platform did not become healthy
+    ├── BrokerAdminError     an administrative broker command failed
+    ├── StoreUnavailable     the job store cannot be reached
+    └── PublishError         the broker did not confirm a message
+        └── BacklogFull      the queue is at its length limit (reject-publish)
+    PermanentError           raised by a task: fail the job now, do not retry (not a KvernError: user-facing)
+"""
+
+from __future__ import annotations
+
+
+class KvernError(Exception):
+    """Base of every error kvern raises itself."""
+
+
+class SpecError(KvernError):
+    """The spec file is missing or invalid; the message names the field."""
+
+
+class RuntimeStateError(KvernError):
+    """The instance is not in the state a command needs."""
+
+
+class StartError(KvernError):
+    """A part of the platform did not become healthy in time."""
+
+
+class BrokerAdminError(KvernError):
+    """An administrative command against the broker failed."""
+
+
+class StoreUnavailable(KvernError):
+    """The job store cannot be reached."""
+
+
+class PublishError(KvernError):
+    """The broker did not confirm a message in time."""
+
+
+class BacklogFull(PublishError):
+    """The queue is full: the broker rejected the message (overflow reject-publish)."""
+
+
+class PermanentError(Exception):
+    """Raise from a task to fail its job at once, without retries."""

@@ -1,0 +1,1 @@
+"""The job store: durable job records, their states, attempts, artifacts and scaling events."""

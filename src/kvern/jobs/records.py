@@ -1,0 +1,103 @@
+"""Plain, typed records the job store hands out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kvern.jobs.states import JobStatus
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    task: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    max_attempts: int
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    name: str
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    task: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    status: JobStatus
+    progress: int
+    progress_message: str | None
+    attempts: int
+    max_attempts: int
+    result: Any
+    error: str | None
+    created_at: float
+    published_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    idempotency_key: str | None
+    request_hash: str | None
+    artifacts: tuple[ArtifactInfo, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: Any, artifacts: tuple[ArtifactInfo, ...] = ()) -> Job:
+        return cls(
+            id=row.id,
+            task=row.task,
+            queue=row.queue,
+            args=json.loads(row.args),
+            kwargs=json.loads(row.kwargs),
+            status=JobStatus(row.status),
+            progress=row.progress,
+            progress_message=row.progress_message,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            result=json.loads(row.result) if row.result is not None else None,
+            error=row.error,
+            created_at=row.created_at,
+            published_at=row.published_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            idempotency_key=row.idempotency_key,
+            request_hash=row.request_hash,
+            artifacts=artifacts,
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    attempt: int
+    worker: str | None
+    started_at: float
+    finished_at: float | None
+    outcome: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ScalingEvent:
+    at: float
+    pool: str
+    from_processes: int
+    to_processes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker may do with a delivery: run it as `attempt`, or skip it."""
+
+    run: bool
+    attempt: int
+    tracked: bool  # False: no record (a plain `.delay()` from user code); run without recording

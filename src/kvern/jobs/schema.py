@@ -1,0 +1,86 @@
+"""Tables of the job store (SQLAlchemy Core), the same on SQLite and PostgreSQL.
+
+Times are epoch seconds (float) so both engines compare and sort them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+jobs = Table(
+    "kvern_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("task", String(200), nullable=False),
+    Column("queue", String(100), nullable=False),
+    Column("args", Text, nullable=False),
+    Column("kwargs", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("progress", Integer, nullable=False, default=0),
+    Column("progress_message", Text),
+    # Attempts started so far; the running attempt's number is the fence every write must match.
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False),
+    # The attempt whose outcome was recorded: only its artifacts are exposed.
+    Column("outcome_attempt", Integer),
+    Column("result", Text),
+    Column("error", Text),
+    Column("idempotency_key", String(200), unique=True),
+    Column("request_hash", String(64)),
+    Column("created_at", Float, nullable=False),
+    Column("published_at", Float),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Index("ix_kvern_jobs_status_created", "status", "created_at"),
+    Index("ix_kvern_jobs_unpublished", "published_at", "created_at"),
+)
+
+attempts = Table(
+    "kvern_attempts",
+    metadata,
+    Column("job_id", String(36), ForeignKey("kvern_jobs.id"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("worker", String(200)),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("outcome", String(16)),
+    Column("error", Text),
+)
+
+artifacts = Table(
+    "kvern_artifacts",
+    metadata,
+    Column("job_id", String(36), ForeignKey("kvern_jobs.id"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("content_type", String(100), nullable=False),
+    Column("size", Integer, nullable=False),
+    # Kept in the store itself so that every web head, on any machine, can serve it.
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+scaling_events = Table(
+    "kvern_scaling_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("pool", String(64), nullable=False),
+    Column("from_processes", Integer, nullable=False),
+    Column("to_processes", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_kvern_scaling_events_pool_at", "pool", "at"),
+)

@@ -1,0 +1,396 @@
+"""`JobStore`: every state change of every job, fenced by attempt number.
+
+One implementation over SQLAlchemy Core serves SQLite (the default, in the state dir) and PostgreSQL (shared by
+several machines). Each write that a worker makes names the attempt it belongs to, and only lands while that
+attempt is the job's current one and the job is not finished: so a late duplicate can never overwrite an
+outcome, and a state never moves backwards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from kvern.errors import StoreUnavailable
+from kvern.jobs import schema
+from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, ScalingEvent
+from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
+
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with a different request."""
+
+    def __init__(self, existing: Job) -> None:
+        super().__init__(f"idempotency key already used for job {existing.id} with a different request")
+        self.existing = existing
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the settings each backend needs for many processes writing at once."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_size=4, max_overflow=8, pool_pre_ping=True, pool_recycle=300)
+    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Transactions are opened by _sqlite_on_begin, so pysqlite must not open its own.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # an accepted job survives a power cut, not just a crash
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # Take the write lock up front: a deferred transaction that upgrades later can fail with SQLITE_BUSY.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class JobStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+
+    def create_schema(self) -> None:
+        with self._begin() as conn:
+            schema.metadata.create_all(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreUnavailable(f"job store unavailable: {exc.orig}") from exc
+
+    def ping(self) -> None:
+        with self._begin() as conn:
+            conn.execute(select(1))
+
+    # -- submission ---------------------------------------------------------------------------------------
+
+    def create_job(self, new: NewJob) -> tuple[Job, bool]:
+        """Record a job; returns (job, created). An idempotency key returns the job it made before."""
+        row = {
+            "id": new.id,
+            "task": new.task,
+            "queue": new.queue,
+            "args": json.dumps(new.args),
+            "kwargs": json.dumps(new.kwargs),
+            "status": JobStatus.QUEUED.value,
+            "progress": 0,
+            "attempts": 0,
+            "max_attempts": new.max_attempts,
+            "idempotency_key": new.idempotency_key,
+            "request_hash": new.request_hash,
+            "created_at": time.time(),
+        }
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(schema.jobs).values(**row))
+        except IntegrityError:
+            existing = self.find_by_idempotency_key(new.idempotency_key) if new.idempotency_key else None
+            if existing is None:
+                raise
+            if existing.request_hash != new.request_hash:
+                raise IdempotencyConflict(existing) from None
+            return existing, False
+        job = self.get(new.id)
+        assert job is not None
+        return job, True
+
+    def find_by_idempotency_key(self, key: str) -> Job | None:
+        with self._begin() as conn:
+            row = conn.execute(select(schema.jobs).where(schema.jobs.c.idempotency_key == key)).first()
+        return Job.from_row(row) if row else None
+
+    def mark_published(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        with self._begin() as conn:
+            conn.execute(
+                update(schema.jobs)
+                .where(schema.jobs.c.id.in_(job_ids), schema.jobs.c.published_at.is_(None))
+                .values(published_at=time.time())
+            )
+
+    def withdraw(self, job_id: str) -> None:
+        """Forget a job whose message the broker never confirmed (the client got a 503, not a 202)."""
+        jobs = schema.jobs
+        with self._begin() as conn:
+            conn.execute(
+                jobs.delete().where(
+                    jobs.c.id == job_id,
+                    jobs.c.status == JobStatus.QUEUED.value,
+                    jobs.c.attempts == 0,
+                )
+            )
+
+    def unpublished(self, older_than_s: float, limit: int = 500) -> list[Job]:
+        """Queued jobs whose message the broker never confirmed: the outbox relay publishes them again."""
+        cutoff = time.time() - older_than_s
+        query = (
+            select(schema.jobs)
+            .where(
+                schema.jobs.c.published_at.is_(None),
+                schema.jobs.c.status == JobStatus.QUEUED.value,
+                schema.jobs.c.created_at < cutoff,
+            )
+            .order_by(schema.jobs.c.created_at)
+            .limit(limit)
+        )
+        with self._begin() as conn:
+            return [Job.from_row(row) for row in conn.execute(query)]
+
+    # -- execution (worker side) ------------------------------------------------------------------------
+
+    def claim_attempt(self, job_id: str, worker: str) -> Claim:
+        """Start a new attempt, unless the job already has an outcome (a duplicate delivery)."""
+        now = time.time()
+        jobs = schema.jobs
+        with self._begin() as conn:
+            row = conn.execute(select(jobs.c.status, jobs.c.attempts).where(jobs.c.id == job_id)).first()
+            if row is None:
+                return Claim(run=True, attempt=1, tracked=False)
+            if JobStatus(row.status) not in ACTIVE:
+                return Claim(run=False, attempt=row.attempts, tracked=True)
+            attempt = row.attempts + 1
+            claimed = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.attempts == row.attempts)
+                .values(
+                    status=JobStatus.RUNNING.value,
+                    attempts=attempt,
+                    started_at=func.coalesce(jobs.c.started_at, now),
+                    published_at=func.coalesce(jobs.c.published_at, now),
+                )
+            )
+            if claimed.rowcount != 1:  # a concurrent delivery of the same job claimed it first
+                return Claim(run=False, attempt=row.attempts, tracked=True)
+            # An earlier attempt still open was lost with its worker process.
+            conn.execute(
+                update(schema.attempts)
+                .where(schema.attempts.c.job_id == job_id, schema.attempts.c.finished_at.is_(None))
+                .values(finished_at=now, outcome="lost")
+            )
+            conn.execute(
+                insert(schema.attempts).values(job_id=job_id, attempt=attempt, worker=worker, started_at=now)
+            )
+        return Claim(run=True, attempt=attempt, tracked=True)
+
+    def _fence(self, job_id: str, attempt: int) -> Any:
+        jobs = schema.jobs
+        return and_(jobs.c.id == job_id, jobs.c.attempts == attempt, jobs.c.status == JobStatus.RUNNING.value)
+
+    def record_progress(self, job_id: str, attempt: int, pct: int, message: str | None = None) -> bool:
+        with self._begin() as conn:
+            result = conn.execute(
+                update(schema.jobs)
+                .where(self._fence(job_id, attempt), schema.jobs.c.progress <= pct)
+                .values(progress=pct, progress_message=message)
+            )
+        return result.rowcount == 1
+
+    def save_artifact(self, job_id: str, attempt: int, name: str, content_type: str, data: bytes) -> None:
+        values = {
+            "job_id": job_id,
+            "attempt": attempt,
+            "name": name,
+            "content_type": content_type,
+            "size": len(data),
+            "data": data,
+            "created_at": time.time(),
+        }
+        with self._begin() as conn:
+            conn.execute(
+                schema.artifacts.delete().where(
+                    schema.artifacts.c.job_id == job_id,
+                    schema.artifacts.c.attempt == attempt,
+                    schema.artifacts.c.name == name,
+                )
+            )
+            conn.execute(insert(schema.artifacts).values(**values))
+
+    def record_success(self, job_id: str, attempt: int, result: Any) -> bool:
+        """Commit the outcome of `attempt`; False when another attempt owns the job or it is finished."""
+        values = {
+            "status": JobStatus.SUCCEEDED.value,
+            "progress": 100,
+            "result": json.dumps(result),
+            "error": None,
+        }
+        return self._record_outcome(job_id, attempt, values, JobStatus.SUCCEEDED, None)
+
+    def record_failure(self, job_id: str, attempt: int, error: str, status: JobStatus) -> bool:
+        assert status in TERMINAL
+        values = {"status": status.value, "error": error}
+        return self._record_outcome(job_id, attempt, values, status, error)
+
+    def _record_outcome(
+        self, job_id: str, attempt: int, values: dict[str, Any], outcome: JobStatus, error: str | None
+    ) -> bool:
+        now = time.time()
+        with self._begin() as conn:
+            result = conn.execute(
+                update(schema.jobs)
+                .where(self._fence(job_id, attempt))
+                .values(**values, outcome_attempt=attempt, finished_at=now)
+            )
+            won = result.rowcount == 1
+            self._close_attempt(conn, job_id, attempt, outcome.value if won else "superseded", error, now)
+        return won
+
+    def record_retry(self, job_id: str, attempt: int, error: str) -> bool:
+        """The attempt failed and another will follow: keep the error, the job stays running."""
+        now = time.time()
+        with self._begin() as conn:
+            result = conn.execute(update(schema.jobs).where(self._fence(job_id, attempt)).values(error=error))
+            self._close_attempt(conn, job_id, attempt, "retry", error, now)
+        return result.rowcount == 1
+
+    def _close_attempt(
+        self, conn: Connection, job_id: str, attempt: int, outcome: str, error: str | None, now: float
+    ) -> None:
+        conn.execute(
+            update(schema.attempts)
+            .where(schema.attempts.c.job_id == job_id, schema.attempts.c.attempt == attempt)
+            .values(finished_at=now, outcome=outcome, error=error)
+        )
+
+    def mark_dead(self, job_id: str, error: str) -> bool:
+        """The broker dead-lettered the job's message (delivery limit): whatever attempt ran, it is over."""
+        jobs = schema.jobs
+        with self._begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in ACTIVE]))
+                .values(status=JobStatus.DEAD.value, error=error, finished_at=time.time())
+            )
+        return result.rowcount == 1
+
+    def replay(self, job_id: str) -> Job | None:
+        """Send a failed or dead job round again: same id, attempts and history kept."""
+        jobs = schema.jobs
+        with self._begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in REPLAYABLE]))
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    published_at=None,
+                    finished_at=None,
+                    outcome_attempt=None,
+                    progress=0,
+                    max_attempts=jobs.c.attempts + jobs.c.max_attempts,
+                )
+            )
+        return self.get(job_id) if result.rowcount == 1 else None
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        with self._begin() as conn:
+            row = conn.execute(select(schema.jobs).where(schema.jobs.c.id == job_id)).first()
+            if row is None:
+                return None
+            return Job.from_row(row, self._artifact_infos(conn, job_id, row.outcome_attempt))
+
+    def _artifact_infos(self, conn: Connection, job_id: str, attempt: int | None) -> tuple[ArtifactInfo, ...]:
+        if attempt is None:
+            return ()
+        a = schema.artifacts
+        rows = conn.execute(
+            select(a.c.name, a.c.content_type, a.c.size)
+            .where(a.c.job_id == job_id, a.c.attempt == attempt)
+            .order_by(a.c.name)
+        )
+        return tuple(ArtifactInfo(r.name, r.content_type, r.size) for r in rows)
+
+    def artifact(self, job_id: str, name: str) -> tuple[str, bytes] | None:
+        """The artifact of the attempt whose outcome was recorded; a losing attempt's files stay hidden."""
+        a, jobs = schema.artifacts, schema.jobs
+        query = (
+            select(a.c.content_type, a.c.data)
+            .select_from(a.join(jobs, jobs.c.id == a.c.job_id))
+            .where(a.c.job_id == job_id, a.c.name == name, a.c.attempt == jobs.c.outcome_attempt)
+        )
+        with self._begin() as conn:
+            row = conn.execute(query).first()
+        return (row.content_type, row.data) if row else None
+
+    def list_jobs(self, status: JobStatus | None, limit: int, before: float | None = None) -> list[Job]:
+        """Newest first; `before` (a created_at) pages through older jobs."""
+        jobs = schema.jobs
+        query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(jobs.c.status == status.value)
+        if before is not None:
+            query = query.where(jobs.c.created_at < before)
+        with self._begin() as conn:
+            return [Job.from_row(row) for row in conn.execute(query)]
+
+    def history(self, job_id: str) -> list[Attempt]:
+        at = schema.attempts
+        with self._begin() as conn:
+            rows = conn.execute(select(at).where(at.c.job_id == job_id).order_by(at.c.attempt))
+            return [Attempt(r.attempt, r.worker, r.started_at, r.finished_at, r.outcome, r.error) for r in rows]
+
+    def counts_by_status(self) -> dict[str, int]:
+        jobs = schema.jobs
+        with self._begin() as conn:
+            rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+            counts = {status.value: 0 for status in JobStatus}
+            counts.update({row[0]: row[1] for row in rows})
+        return counts
+
+    def oldest_queued_at(self, queues: Sequence[str]) -> float | None:
+        jobs = schema.jobs
+        query = select(func.min(jobs.c.created_at)).where(
+            jobs.c.status == JobStatus.QUEUED.value, jobs.c.queue.in_(list(queues))
+        )
+        with self._begin() as conn:
+            value = conn.execute(query).scalar()
+        return float(value) if value is not None else None
+
+    # -- scaling events ---------------------------------------------------------------------------------
+
+    def record_scaling_event(self, event_: ScalingEvent) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                insert(schema.scaling_events).values(
+                    at=event_.at,
+                    pool=event_.pool,
+                    from_processes=event_.from_processes,
+                    to_processes=event_.to_processes,
+                    reason=event_.reason,
+                )
+            )
+
+    def scaling_events(self, pool: str | None = None, limit: int = 20) -> list[ScalingEvent]:
+        ev = schema.scaling_events
+        query = select(ev).order_by(ev.c.at.desc(), ev.c.id.desc()).limit(limit)
+        if pool is not None:
+            query = query.where(ev.c.pool == pool)
+        with self._begin() as conn:
+            return [
+                ScalingEvent(r.at, r.pool, r.from_processes, r.to_processes, r.reason) for r in conn.execute(query)
+            ]

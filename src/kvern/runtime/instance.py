@@ -1,0 +1,238 @@
+"""One running kvern instance: bring it up in order, report on it, take it down leaving nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from kvern.broker.topology import declare_topology
+from kvern.constants import (
+    PROGRAM_CONTROLLER,
+    PROGRAM_NGINX,
+    ROLE_ADMIN,
+    ROLE_WEB,
+    ROLE_WORKER,
+    SQLITE_FILE,
+    VHOST,
+    WEB_GROUP,
+)
+from kvern.errors import RuntimeStateError, StartError
+from kvern.jobs.store import JobStore
+from kvern.runtime import nginx
+from kvern.runtime.config import RuntimeConfig
+from kvern.runtime.programs import build_programs, pool_slot, tiers, web_program_name
+from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode
+from kvern.runtime.supervisor import Supervisor, render_supervisord_conf
+from kvern.spec import Spec
+from kvern.worker.app import load_user_app
+
+HEALTH_TIMEOUT_S = 90.0
+BROKER_READY_TIMEOUT_S = 90.0
+
+# What each broker role may do on kvern's vhost (configure, write, read).
+ROLE_PERMISSIONS: dict[str, tuple[str, str, str]] = {
+    ROLE_WEB: ("^$", "^amq\\.default$", "^$"),  # publish to the default exchange only
+    ROLE_WORKER: (".*", ".*", ".*"),  # Celery declares its queues, delay exchanges and retries
+    ROLE_ADMIN: (".*", ".*", ".*"),
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def default_state_dir(spec_path: Path) -> Path:
+    return spec_path.resolve().parent / ".kvern"
+
+
+@dataclass
+class Instance:
+    spec: Spec
+    state_dir: Path
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.state_dir)
+
+    def is_running(self) -> bool:
+        return self.supervisor.is_running()
+
+    def runtime(self) -> RuntimeConfig:
+        return RuntimeConfig.load(self.state_dir)
+
+    def private_node(self, config: RuntimeConfig) -> PrivateNode | None:
+        if not config.private_broker:
+            return None
+        ports = BrokerPorts(**{k: int(v) for k, v in _broker_ports(config).items()})
+        timeout_ms = int((self.spec.longest_time_limit + 60) * 1000)
+        return PrivateNode(self.state_dir / "rabbitmq", ports, timeout_ms)
+
+    # -- up ---------------------------------------------------------------------------------------------
+
+    def up(self, only: str = "all") -> RuntimeConfig:
+        if self.is_running():
+            raise RuntimeStateError(f"kvern is already running with state dir {self.state_dir}")
+        load_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config = self._new_runtime(only)
+        config.save()
+        JobStore(config.store_url).create_schema()
+        node = self.private_node(config)
+        if node is not None:
+            node.prepare()
+        run_web, pools = tiers(only, self.spec)
+        if run_web:
+            (self.state_dir / "run").mkdir(exist_ok=True)
+            nginx.write_config(self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads)
+        programs = build_programs(self.spec, config, node)
+        supervisor = self.supervisor
+        supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs))
+        try:
+            self._start_in_order(config, node, run_web, [(p.name, p.min) for p in pools])
+        except BaseException:
+            self.down()
+            raise
+        return config
+
+    def _start_in_order(
+        self, config: RuntimeConfig, node: PrivateNode | None, run_web: bool, pools: list[tuple[str, int]]
+    ) -> None:
+        if node is not None:
+            node.wait_ready(BROKER_READY_TIMEOUT_S)
+            users = {role: (_password(config, role), ROLE_PERMISSIONS[role]) for role in ROLE_PERMISSIONS}
+            node.provision(VHOST, users)
+        declare_topology(config.broker_urls[ROLE_ADMIN], self.spec.all_queues)
+        supervisor = self.supervisor
+        for pool, minimum in pools:
+            for index in range(minimum):
+                supervisor.start(pool_slot(pool, index), wait=False)
+        if run_web:
+            for index in range(self.spec.web.heads):
+                supervisor.start(f"{WEB_GROUP}:{web_program_name(index)}", wait=False)
+            supervisor.start(PROGRAM_NGINX)
+        supervisor.start(PROGRAM_CONTROLLER, wait=False)
+        self.wait_healthy(config, run_web, pools)
+
+    def wait_healthy(self, config: RuntimeConfig, run_web: bool, pools: list[tuple[str, int]]) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        expected = {pool_slot(pool, i) for pool, minimum in pools for i in range(minimum)}
+        while True:
+            states = {_full_name(p): p["statename"] for p in self.supervisor.processes()}
+            workers_up = all(states.get(name) == "RUNNING" for name in expected)
+            if workers_up and (not run_web or _front_door_healthy(config)):
+                return
+            if time.monotonic() > deadline:
+                waiting = sorted(n for n in expected if states.get(n) != "RUNNING")
+                raise StartError(f"not healthy after {HEALTH_TIMEOUT_S:.0f}s (waiting for: {waiting or 'web'})")
+            time.sleep(0.2)
+
+    def _new_runtime(self, only: str) -> RuntimeConfig:
+        previous = _previous_runtime(self.state_dir)
+        instance = f"{self.spec.name}-{hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:6]}"
+        port = self.spec.web.port or free_port()
+        store_url = self.spec.store_url or f"sqlite:///{self.state_dir / SQLITE_FILE}"
+        if self.spec.broker_url:
+            urls = dict.fromkeys((ROLE_WEB, ROLE_WORKER, ROLE_ADMIN), self.spec.broker_url)
+            return RuntimeConfig(
+                str(self.spec.path), str(self.state_dir), instance, port, store_url, urls, None, None, False, only
+            )
+        ports = {"amqp": free_port(), "dist": free_port(), "management": free_port()}
+        passwords = {role: _reuse_password(previous, role) for role in ROLE_PERMISSIONS}
+        urls = {
+            role: f"amqp://kvern-{role}:{passwords[role]}@127.0.0.1:{ports['amqp']}/{quote(VHOST, safe='')}"
+            for role in ROLE_PERMISSIONS
+        }
+        management = f"http://127.0.0.1:{ports['management']}"
+        return RuntimeConfig(
+            str(self.spec.path),
+            str(self.state_dir),
+            instance,
+            port,
+            store_url,
+            urls,
+            management,
+            (f"kvern-{ROLE_ADMIN}", passwords[ROLE_ADMIN]),
+            True,
+            only,
+            {f"broker_{k}_port": str(v) for k, v in ports.items()},
+        )
+
+    # -- down -------------------------------------------------------------------------------------------
+
+    def down(self) -> bool:
+        """Stop everything (workers warm); returns False when nothing was running."""
+        supervisor = self.supervisor
+        if not supervisor.is_running():
+            return False
+        stop_wait = self.spec.longest_time_limit + 120
+        supervisor.shutdown(timeout=stop_wait)
+        return True
+
+
+def front_door_url(config: RuntimeConfig) -> str:
+    return f"http://127.0.0.1:{config.front_door_port}"
+
+
+def _front_door_healthy(config: RuntimeConfig) -> bool:
+    try:
+        response = httpx.get(f"{front_door_url(config)}/api/health", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def _full_name(info: dict[str, str]) -> str:
+    return f"{info['group']}:{info['name']}" if info["group"] != info["name"] else info["name"]
+
+
+def _broker_ports(config: RuntimeConfig) -> dict[str, str]:
+    return {k.removeprefix("broker_").removesuffix("_port"): v for k, v in config.extra.items()}
+
+
+def _previous_runtime(state_dir: Path) -> RuntimeConfig | None:
+    try:
+        return RuntimeConfig.load(state_dir)
+    except (RuntimeStateError, TypeError, ValueError):
+        return None
+
+
+def _reuse_password(previous: RuntimeConfig | None, role: str) -> str:
+    # Keep credentials across restarts: the private node's data dir already knows these users.
+    if previous is not None and previous.private_broker and role in previous.broker_urls:
+        password = urlsplit(previous.broker_urls[role]).password
+        if password:
+            return password
+    return secrets.token_hex(16)
+
+
+def _password(config: RuntimeConfig, role: str) -> str:
+    password = urlsplit(config.broker_urls[role]).password
+    assert password is not None
+    return password
+
+
+def owned_pids(state_dir: Path) -> list[int]:
+    """Processes whose command line or environment names this state dir (for tests and `down` checks)."""
+    found = []
+    marker = str(state_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline or marker in environ:
+            found.append(int(entry.name))
+    return found

@@ -1,0 +1,91 @@
+"""The front door: nginx's config rendered from a template, and its upstream of web heads."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from kvern.constants import MAX_BODY_BYTES
+from kvern.errors import StartError
+
+NGINX_BINARY_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+# nginx's own limit sits a little above the app's, so the app answers 413 with its JSON error first.
+FRONT_DOOR_BODY_LIMIT = f"{MAX_BODY_BYTES // 1024 + 64}k"
+NGINX_WORKER_PROCESSES = 2
+TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next((p for p in NGINX_BINARY_CANDIDATES if os.path.exists(p)), None)
+    if found is None:
+        raise StartError("nginx is not installed (run `make install` or `apt-get install nginx`)")
+    return found
+
+
+def web_socket(state_dir: Path, index: int) -> Path:
+    return state_dir / "run" / f"web-{index}.sock"
+
+
+def render_upstream(state_dir: Path, heads: int) -> str:
+    servers = "\n".join(
+        f"    server unix:{web_socket(state_dir, i)} weight=10 max_fails=3 fail_timeout=10s;" for i in range(heads)
+    )
+    return f"upstream kvern_web_heads {{\n    least_conn;\n{servers}\n    keepalive 64;\n}}\n"
+
+
+def _static_block(static_dir: Path | None) -> str:
+    if static_dir is None:
+        return (
+            "        location / {\n            default_type application/json;\n"
+            '            return 404 \'{"error": {"code": "not_found", "message": "no static folder"}}\';\n'
+            "        }"
+        )
+    return (
+        f"        location / {{\n            root {static_dir};\n            index index.html;\n"
+        "            try_files $uri $uri/ =404;\n        }"
+    )
+
+
+def _user_directive() -> str:
+    # Only a master running as root may (and must) name the user its workers switch to.
+    if os.geteuid() != 0:
+        return ""
+    return f"user {pwd.getpwuid(os.geteuid()).pw_name};"
+
+
+def render_config(state_dir: Path, port: int, static_dir: Path | None) -> str:
+    template = Template(resources.files("kvern.runtime").joinpath("templates/nginx.conf").read_text())
+    return template.substitute(
+        user_directive=_user_directive(),
+        worker_processes=NGINX_WORKER_PROCESSES,
+        state_dir=state_dir,
+        port=port,
+        client_max_body_size=FRONT_DOOR_BODY_LIMIT,
+        static_block=_static_block(static_dir),
+    )
+
+
+def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int) -> Path:
+    """Write nginx.conf and upstream.conf; returns the main config's path."""
+    folder = state_dir / "nginx"
+    for name in TEMP_DIRS:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    write_upstream(state_dir, heads)
+    path = folder / "nginx.conf"
+    path.write_text(render_config(state_dir, port, static_dir))
+    return path
+
+
+def write_upstream(state_dir: Path, heads: int) -> None:
+    path = state_dir / "nginx" / "upstream.conf"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render_upstream(state_dir, heads))
+    tmp.replace(path)
+
+
+def nginx_command(config: Path) -> list[str]:
+    return [nginx_binary(), "-c", str(config), "-p", str(config.parent), "-e", "stderr"]

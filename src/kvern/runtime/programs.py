@@ -1,0 +1,138 @@
+"""Which programs an instance runs under Supervisor, derived from the spec and the runtime config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kvern.constants import (
+    ENV_STATE_DIR,
+    POOL_GROUP_PREFIX,
+    PROGRAM_BROKER,
+    PROGRAM_CONTROLLER,
+    PROGRAM_NGINX,
+    WEB_GROUP,
+)
+from kvern.runtime.config import RuntimeConfig
+from kvern.runtime.nginx import nginx_command, web_socket
+from kvern.runtime.rabbitmq import PrivateNode
+from kvern.runtime.supervisor import ProgramConfig
+from kvern.spec import PoolSpec, Spec
+
+MAX_WEB_HEADS = 16
+# Priorities order start-up and, reversed, shut-down: the front door stops first, the broker last.
+PRIORITY_BROKER, PRIORITY_POOLS, PRIORITY_WEB, PRIORITY_CONTROLLER, PRIORITY_NGINX = 10, 20, 30, 40, 50
+STOP_MARGIN_S = 15
+
+
+def tiers(only: str, spec: Spec) -> tuple[bool, tuple[PoolSpec, ...]]:
+    """(runs web tier, pools it runs) for `--only`."""
+    if only == "all":
+        return True, spec.pools
+    if only == "web":
+        return True, ()
+    if only == "pools":
+        return False, spec.pools
+    return False, (spec.pool(only),)
+
+
+def web_program_name(index: int) -> str:
+    return f"web-{index}"
+
+
+def pool_group(pool: str) -> str:
+    return f"{POOL_GROUP_PREFIX}{pool}"
+
+
+def pool_slot(pool: str, index: int) -> str:
+    """Supervisor's full name of one worker process slot of a pool."""
+    return f"{pool_group(pool)}:{pool_group(pool)}-{index}"
+
+
+def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None) -> list[ProgramConfig]:
+    state = config.state_path
+    env = {ENV_STATE_DIR: str(state), "PYTHONUNBUFFERED": "1"}
+    run_web, pools = tiers(config.only, spec)
+    programs: list[ProgramConfig] = []
+    if broker is not None:
+        programs.append(_broker_program(broker))
+    for pool in pools:
+        programs += _pool_programs(pool, spec, env)
+    if run_web:
+        programs += [_web_program(state, i, env, spec.root) for i in range(MAX_WEB_HEADS)]
+        programs.append(
+            ProgramConfig(
+                PROGRAM_NGINX,
+                nginx_command(state / "nginx" / "nginx.conf"),
+                priority=PRIORITY_NGINX,
+                stopsignal="QUIT",  # graceful: finish the requests in flight
+                stopwaitsecs=30,
+            )
+        )
+    programs.append(
+        ProgramConfig(
+            PROGRAM_CONTROLLER,
+            [sys.executable, "-m", "kvern.controller"],
+            environment=env,
+            directory=spec.root,
+            priority=PRIORITY_CONTROLLER,
+            stopwaitsecs=10,
+        )
+    )
+    return programs
+
+
+def _broker_program(broker: PrivateNode) -> ProgramConfig:
+    return ProgramConfig(
+        PROGRAM_BROKER,
+        broker.command(),
+        environment=broker.environment(),
+        directory=broker.state_dir,
+        priority=PRIORITY_BROKER,
+        autostart=True,
+        startsecs=2,
+        stopwaitsecs=60,
+    )
+
+
+def _web_program(state: Path, index: int, env: dict[str, str], root: Path) -> ProgramConfig:
+    sock = web_socket(state, index)
+    return ProgramConfig(
+        web_program_name(index),
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "kvern.api.asgi:app",
+            "--uds",
+            str(sock),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--timeout-graceful-shutdown",
+            "20",
+        ],
+        group=WEB_GROUP,
+        environment=env,
+        directory=root,
+        priority=PRIORITY_WEB,
+        stopwaitsecs=25,
+    )
+
+
+def _pool_programs(pool: PoolSpec, spec: Spec, env: dict[str, str]) -> list[ProgramConfig]:
+    # SIGTERM is Celery's warm shutdown: the running job finishes. Wait as long as the longest task may run.
+    stop_wait = int(spec.longest_time_limit) + STOP_MARGIN_S
+    return [
+        ProgramConfig(
+            f"{pool_group(pool.name)}-{i}",
+            [sys.executable, "-m", "kvern.worker", pool.name, str(i)],
+            group=pool_group(pool.name),
+            environment=env,
+            directory=spec.root,
+            priority=PRIORITY_POOLS,
+            stopwaitsecs=stop_wait,
+            stopasgroup=False,  # only the main process gets TERM; it lets its children finish
+        )
+        for i in range(pool.max)
+    ]

@@ -1,0 +1,68 @@
+"""`kvern status`: one report of the front door, processes, queues, jobs and pools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvern.broker.admin import queue_depths
+from kvern.constants import ROLE_ADMIN
+from kvern.jobs.store import JobStore
+from kvern.runtime.instance import Instance, front_door_url
+from kvern.runtime.programs import pool_group, tiers
+
+
+def collect_status(instance: Instance) -> dict[str, Any]:
+    config = instance.runtime()
+    store = JobStore(config.store_url)
+    processes = [
+        {"name": p["name"], "group": p["group"], "state": p["statename"], "pid": p["pid"] or None}
+        for p in instance.supervisor.processes()
+        if p["statename"] != "STOPPED" or p["group"] not in ("web",) and not p["group"].startswith("pool-")
+    ]
+    _, pools = tiers(config.only, instance.spec)
+    all_procs = instance.supervisor.processes()
+    pool_reports = []
+    for pool in pools:
+        running = sum(1 for p in all_procs if p["group"] == pool_group(pool.name) and p["statename"] == "RUNNING")
+        events = store.scaling_events(pool.name, limit=1)
+        last = events[0] if events else None
+        pool_reports.append(
+            {
+                "name": pool.name,
+                "processes": running,
+                "min": pool.min,
+                "max": pool.max,
+                "concurrency": pool.concurrency,
+                "last_decision": (
+                    {"at": last.at, "from": last.from_processes, "to": last.to_processes, "reason": last.reason}
+                    if last
+                    else None
+                ),
+            }
+        )
+    report = {
+        "front_door": front_door_url(config) if config.only in ("all", "web") else None,
+        "state_dir": str(instance.state_dir),
+        "processes": processes,
+        "queues": queue_depths(config.broker_urls[ROLE_ADMIN], instance.spec.all_queues),
+        "jobs": store.counts_by_status(),
+        "pools": pool_reports,
+    }
+    store.close()
+    return report
+
+
+def render_status(report: dict[str, Any]) -> str:
+    lines = [f"front door: {report['front_door'] or '(not run here)'}", "", "processes:"]
+    lines += [f"  {p['name']:<24} {p['state']:<10} pid {p['pid'] or '-'}" for p in report["processes"]]
+    lines += ["", "queues:"]
+    lines += [
+        f"  {name:<24} ready {q['ready'] if q else '?':>6}  consumers {q['consumers'] if q else '?'}"
+        for name, q in report["queues"].items()
+    ]
+    lines += ["", "jobs: " + ", ".join(f"{k} {v}" for k, v in report["jobs"].items()), "", "pools:"]
+    for pool in report["pools"]:
+        last = pool["last_decision"]
+        decision = f"last {last['from']}->{last['to']}: {last['reason']}" if last else "no decision yet"
+        lines.append(f"  {pool['name']:<12} {pool['processes']} running (min {pool['min']}, max {pool['max']}); {decision}")
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""Supervisor: every process of an instance runs under one supervisord, driven through its XML-RPC interface.
+
+`ProgramConfig` describes one program; `render_supervisord_conf` writes them all; `Supervisor` is the narrow
+client kvern uses to start, stop, signal and list them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from kvern.constants import LOG_DIR, SUPERVISOR_CONF, SUPERVISOR_PID, SUPERVISOR_SOCK
+from kvern.errors import StartError
+
+RUNNING_STATES = frozenset({"RUNNING"})
+STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
+
+
+@dataclass(frozen=True)
+class ProgramConfig:
+    name: str
+    command: Sequence[str]
+    group: str | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    directory: Path | None = None
+    priority: int = 100
+    autostart: bool = False
+    startsecs: int = 1
+    startretries: int = 10
+    stopsignal: str = "TERM"
+    stopwaitsecs: int = 10
+    stopasgroup: bool = True
+    killasgroup: bool = True
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.group}:{self.name}" if self.group else self.name
+
+
+def _quote(value: str) -> str:
+    # supervisord expands %(...)s in values, so a literal % must be doubled.
+    return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
+
+
+def _program_section(program: ProgramConfig, log_dir: Path) -> str:
+    env = ",".join(f"{key}={_quote(value)}" for key, value in program.environment.items())
+    command = " ".join(_shell_word(word) for word in program.command)
+    lines = [
+        f"[program:{program.name}]",
+        f"command={command}",
+        f"priority={program.priority}",
+        f"autostart={str(program.autostart).lower()}",
+        "autorestart=true",
+        f"startsecs={program.startsecs}",
+        f"startretries={program.startretries}",
+        f"stopsignal={program.stopsignal}",
+        f"stopwaitsecs={program.stopwaitsecs}",
+        f"stopasgroup={str(program.stopasgroup).lower()}",
+        f"killasgroup={str(program.killasgroup).lower()}",
+        f"stdout_logfile={log_dir / (program.name + '.log')}",
+        "stdout_logfile_maxbytes=20MB",
+        "stdout_logfile_backups=2",
+        "redirect_stderr=true",
+    ]
+    if env:
+        lines.append(f"environment={env}")
+    if program.directory:
+        lines.append(f"directory={program.directory}")
+    return "\n".join(lines)
+
+
+def _shell_word(word: str) -> str:
+    escaped = word.replace("%", "%%")
+    if any(c in escaped for c in " \t'\"\\"):
+        return "'" + escaped.replace("'", "'\"'\"'") + "'"
+    return escaped
+
+
+def render_supervisord_conf(state_dir: Path, identifier: str, programs: Sequence[ProgramConfig]) -> str:
+    log_dir = state_dir / LOG_DIR
+    head = f"""[unix_http_server]
+file={state_dir / SUPERVISOR_SOCK}
+chmod=0700
+
+[supervisord]
+logfile={log_dir / "supervisord.log"}
+pidfile={state_dir / SUPERVISOR_PID}
+childlogdir={log_dir}
+directory={state_dir}
+identifier={identifier}
+minfds=4096
+nodaemon=false
+silent=true
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+"""
+    groups: dict[str, list[str]] = {}
+    for program in programs:
+        if program.group:
+            groups.setdefault(program.group, []).append(program.name)
+    sections = [head, *(_program_section(p, log_dir) for p in programs)]
+    sections += [f"[group:{group}]\nprograms={','.join(names)}" for group, names in groups.items()]
+    return "\n\n".join(sections) + "\n"
+
+
+class Supervisor:
+    """A client for one instance's supervisord, over its private unix socket."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.socket_path = state_dir / SUPERVISOR_SOCK
+        transport = SupervisorTransport(None, None, f"unix://{self.socket_path}")
+        self.rpc: Any = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def is_running(self) -> bool:
+        if not self.socket_path.exists():
+            return False
+        try:
+            return self.rpc.supervisor.getState()["statename"] == "RUNNING"  # type: ignore[no-any-return]
+        except (OSError, xmlrpc.client.Fault, socket.error):
+            return False
+
+    def start_daemon(self, config_text: str, timeout: float = 15) -> None:
+        conf = self.state_dir / SUPERVISOR_CONF
+        conf.write_text(config_text)
+        (self.state_dir / LOG_DIR).mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
+            check=True,
+            cwd=self.state_dir,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not self.is_running():
+            if time.monotonic() > deadline:
+                raise StartError(f"supervisord did not start; see {self.state_dir / LOG_DIR / 'supervisord.log'}")
+            time.sleep(0.05)
+
+    def daemon_pid(self) -> int | None:
+        try:
+            return int((self.state_dir / SUPERVISOR_PID).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def processes(self) -> list[dict[str, Any]]:
+        return self.rpc.supervisor.getAllProcessInfo()  # type: ignore[no-any-return]
+
+    def process(self, full_name: str) -> dict[str, Any]:
+        return self.rpc.supervisor.getProcessInfo(full_name)  # type: ignore[no-any-return]
+
+    def start(self, full_name: str, wait: bool = True) -> None:
+        try:
+            self.rpc.supervisor.startProcess(full_name, wait)
+        except xmlrpc.client.Fault as fault:
+            if "ALREADY_STARTED" not in fault.faultString:
+                raise StartError(f"{full_name} did not start: {fault.faultString}") from fault
+
+    def stop(self, full_name: str, wait: bool = True) -> None:
+        try:
+            self.rpc.supervisor.stopProcess(full_name, wait)
+        except xmlrpc.client.Fault as fault:
+            if "NOT_RUNNING" not in fault.faultString:
+                raise
+
+    def signal(self, full_name: str, signal_name: str) -> None:
+        self.rpc.supervisor.signalProcess(full_name, signal_name)
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop every program (in reverse priority order) and supervisord itself; wait until all are gone."""
+        pid = self.daemon_pid()
+        with contextlib.suppress(OSError, xmlrpc.client.Fault):
+            self.rpc.supervisor.shutdown()
+        deadline = time.monotonic() + timeout
+        while pid is not None and _alive(pid):
+            if time.monotonic() > deadline:
+                raise StartError(f"supervisord (pid {pid}) did not stop within {timeout:.0f}s")
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -1,0 +1,334 @@
+"""`kvern.toml` → a typed, validated `Spec`.
+
+Validation happens once, here, at the edge: every error names the field (`pools[0].max`) and the problem, so
+`kvern up` can refuse a bad spec in one line before it starts anything.
+
+```toml
+[app]
+name = "reports"            # optional, default: the spec folder's name
+tasks = "tasks"             # the module holding the Celery tasks, importable from the spec's folder
+static = "static"           # optional folder served by nginx at /
+
+[web]
+heads = 2                   # web head processes behind nginx
+port = 8080                 # optional front door port; default: a free port
+
+[broker]                    # optional; absent: kvern runs its own private RabbitMQ node
+url = "amqp://user:pass@127.0.0.1:5672/vhost"
+
+[store]                     # optional; absent: SQLite in the state dir
+url = "postgresql://127.0.0.1:5432/test"
+
+[[pools]]
+name = "reports"
+queues = ["reports"]
+concurrency = 2             # task slots per worker process
+min = 0                     # processes kept even when idle
+max = 4                     # processes at most
+idle_after = 30             # seconds with nothing to do before scaling to min
+target_backlog = 4          # ready+unacked messages per process the autoscaler aims for
+max_wait = 5                # seconds the oldest queued job may wait before scaling out
+
+[tasks."tasks.generate_heavy_report"]
+queue = "reports"           # default: the first queue of the first pool
+retries = 3                 # retries after the first attempt, with exponential backoff and jitter
+backoff = 1.0               # first retry delay in seconds, doubled each time, capped at backoff_max
+backoff_max = 60.0
+soft_time_limit = 60        # seconds; the task gets SoftTimeLimitExceeded
+time_limit = 90             # seconds; the process running it is replaced
+```
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kvern.errors import SpecError
+
+DEFAULT_TIME_LIMIT_S = 300.0
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WebSpec:
+    heads: int = 2
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    queues: tuple[str, ...]
+    concurrency: int = 2
+    min: int = 0
+    max: int = 4
+    idle_after: float = 30.0
+    target_backlog: int = 4
+    max_wait: float = 5.0
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """Delivery rules of one task; tasks the spec does not name get the defaults."""
+
+    queue: str | None = None
+    retries: int = 3
+    backoff: float = 1.0
+    backoff_max: float = 60.0
+    soft_time_limit: float | None = None
+    time_limit: float = DEFAULT_TIME_LIMIT_S
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    name: str
+    tasks_module: str
+    web: WebSpec
+    pools: tuple[PoolSpec, ...]
+    broker_url: str | None = None
+    store_url: str | None = None
+    static_dir: Path | None = None
+    tasks: Mapping[str, TaskPolicy] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        """The spec's folder: the tasks module and the static folder are found from here."""
+        return self.path.parent
+
+    def policy(self, task_name: str) -> TaskPolicy:
+        return self.tasks.get(task_name) or TaskPolicy(queue=self.default_queue)
+
+    @property
+    def default_queue(self) -> str:
+        return self.pools[0].queues[0]
+
+    def queue_for(self, task_name: str) -> str:
+        return self.policy(task_name).queue or self.default_queue
+
+    def pool(self, name: str) -> PoolSpec:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+    @property
+    def all_queues(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(q for pool in self.pools for q in pool.queues))
+
+    @property
+    def longest_time_limit(self) -> float:
+        limits = [p.time_limit for p in self.tasks.values()]
+        return max([DEFAULT_TIME_LIMIT_S, *limits])
+
+
+def load_spec(path: Path) -> Spec:
+    """Read and validate a spec file; raises `SpecError` naming the field at fault."""
+    path = path.resolve()
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_spec(raw, path)
+
+
+def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
+    reader = _Reader(raw, "")
+    reader.only("app", "web", "broker", "store", "pools", "tasks")
+    app = reader.table("app")
+    app.only("name", "tasks", "static")
+    tasks_module = app.get("tasks", str, required=True)
+    if not MODULE_PATTERN.match(tasks_module):
+        raise SpecError("app.tasks: must be a dotted module name such as 'tasks' or 'myapp.tasks'")
+    pools = _parse_pools(reader)
+    spec = Spec(
+        path=path,
+        name=_parse_name(app, path),
+        tasks_module=tasks_module,
+        web=_parse_web(reader.table("web")),
+        pools=pools,
+        broker_url=_parse_url(reader.table("broker"), ("amqp://", "amqps://")),
+        store_url=_parse_url(reader.table("store"), ("postgresql://", "postgresql+psycopg://", "sqlite:///")),
+        static_dir=_parse_static(app, path.parent),
+        tasks=_parse_tasks(reader.table("tasks"), pools),
+    )
+    return spec
+
+
+def _parse_name(app: _Reader, path: Path) -> str:
+    default = re.sub(r"[^a-z0-9_-]", "-", path.parent.name.lower()).strip("-") or "kvern"
+    name = app.get("name", str, default=default)
+    if not NAME_PATTERN.match(name):
+        raise SpecError("app.name: use lowercase letters, digits, '-' or '_' (at most 32), starting with a letter")
+    return name
+
+
+def _parse_web(web: _Reader) -> WebSpec:
+    web.only("heads", "port")
+    heads = web.get("heads", int, default=2)
+    if not 1 <= heads <= 64:
+        raise SpecError("web.heads: must be between 1 and 64")
+    port = web.get("port", int, default=None)
+    if port is not None and not 1 <= port <= 65535:
+        raise SpecError("web.port: must be a TCP port between 1 and 65535")
+    return WebSpec(heads=heads, port=port)
+
+
+def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
+    items = reader.array_of_tables("pools")
+    if not items:
+        raise SpecError("pools: declare at least one [[pools]] table")
+    pools = tuple(_parse_pool(item) for item in items)
+    names = [p.name for p in pools]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise SpecError(f"pools: pool name {sorted(duplicates)[0]!r} is used twice")
+    return pools
+
+
+def _parse_pool(pool: _Reader) -> PoolSpec:
+    pool.only("name", "queues", "concurrency", "min", "max", "idle_after", "target_backlog", "max_wait")
+    name = pool.get("name", str, required=True)
+    if not NAME_PATTERN.match(name) or name == "web":
+        raise SpecError(f"{pool.where}.name: {name!r} is not a valid pool name (lowercase, digits, '-', '_'; not 'web')")
+    queues = pool.get("queues", list, default=[name])
+    if not queues or not all(isinstance(q, str) and QUEUE_PATTERN.match(q) for q in queues):
+        raise SpecError(f"{pool.where}.queues: must be a non-empty list of queue names ([A-Za-z0-9_.-])")
+    if any(q.startswith("kvern.") for q in queues):
+        raise SpecError(f"{pool.where}.queues: names starting with 'kvern.' are reserved")
+    spec = PoolSpec(
+        name=name,
+        queues=tuple(queues),
+        concurrency=pool.get("concurrency", int, default=2),
+        min=pool.get("min", int, default=0),
+        max=pool.get("max", int, default=4),
+        idle_after=pool.get("idle_after", float, default=30.0),
+        target_backlog=pool.get("target_backlog", int, default=4),
+        max_wait=pool.get("max_wait", float, default=5.0),
+    )
+    _check_pool_bounds(spec, pool.where)
+    return spec
+
+
+def _check_pool_bounds(pool: PoolSpec, where: str) -> None:
+    if not 1 <= pool.concurrency <= 256:
+        raise SpecError(f"{where}.concurrency: must be between 1 and 256")
+    if pool.min < 0:
+        raise SpecError(f"{where}.min: must be 0 or more")
+    if not 1 <= pool.max <= 64:
+        raise SpecError(f"{where}.max: must be between 1 and 64")
+    if pool.min > pool.max:
+        raise SpecError(f"{where}.min: {pool.min} is greater than max ({pool.max})")
+    if pool.idle_after < 0 or pool.max_wait <= 0 or pool.target_backlog < 1:
+        raise SpecError(f"{where}: idle_after must be >= 0, max_wait > 0 and target_backlog >= 1")
+
+
+def _parse_url(table: _Reader, schemes: tuple[str, ...]) -> str | None:
+    table.only("url")
+    url = table.get("url", str, default=None)
+    if url is not None and not url.startswith(schemes):
+        raise SpecError(f"{table.where}.url: must start with one of {', '.join(schemes)}")
+    return url
+
+
+def _parse_static(app: _Reader, root: Path) -> Path | None:
+    static = app.get("static", str, default=None)
+    if static is None:
+        return None
+    folder = (root / static).resolve()
+    if not folder.is_dir():
+        raise SpecError(f"app.static: folder {folder} does not exist")
+    return folder
+
+
+def _parse_tasks(tasks: _Reader, pools: tuple[PoolSpec, ...]) -> dict[str, TaskPolicy]:
+    consumed = {q for pool in pools for q in pool.queues}
+    policies: dict[str, TaskPolicy] = {}
+    for task_name in tasks.keys():
+        entry = tasks.table(task_name)
+        entry.only("queue", "retries", "backoff", "backoff_max", "soft_time_limit", "time_limit")
+        policy = TaskPolicy(
+            queue=entry.get("queue", str, default=pools[0].queues[0]),
+            retries=entry.get("retries", int, default=3),
+            backoff=entry.get("backoff", float, default=1.0),
+            backoff_max=entry.get("backoff_max", float, default=60.0),
+            soft_time_limit=entry.get("soft_time_limit", float, default=None),
+            time_limit=entry.get("time_limit", float, default=DEFAULT_TIME_LIMIT_S),
+        )
+        _check_policy(policy, entry.where, consumed)
+        policies[task_name] = policy
+    return policies
+
+
+def _check_policy(policy: TaskPolicy, where: str, consumed: set[str]) -> None:
+    if policy.queue not in consumed:
+        raise SpecError(f"{where}.queue: no pool consumes queue {policy.queue!r}")
+    if not 0 <= policy.retries <= 100:
+        raise SpecError(f"{where}.retries: must be between 0 and 100")
+    if policy.backoff < 0 or policy.backoff_max < policy.backoff:
+        raise SpecError(f"{where}.backoff: must be >= 0 and not above backoff_max")
+    if policy.time_limit <= 0:
+        raise SpecError(f"{where}.time_limit: must be positive")
+    if policy.soft_time_limit is not None and not 0 < policy.soft_time_limit < policy.time_limit:
+        raise SpecError(f"{where}.soft_time_limit: must be positive and below time_limit")
+
+
+class _Reader:
+    """A view of one TOML table that knows its dotted path, so every error names the field."""
+
+    def __init__(self, data: Mapping[str, Any], where: str) -> None:
+        self.data = data
+        self.where = where
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def keys(self) -> list[str]:
+        return list(self.data)
+
+    def only(self, *allowed: str) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise SpecError(f"{self._path(key)}: unknown field (expected one of: {', '.join(allowed)})")
+
+    def table(self, key: str) -> _Reader:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise SpecError(f"{self._path(key)}: must be a table")
+        return _Reader(value, self._path(key))
+
+    def array_of_tables(self, key: str) -> list[_Reader]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise SpecError(f"{self._path(key)}: must be an array of tables ([[{key}]])")
+        return [_Reader(v, f"{self._path(key)}[{i}]") for i, v in enumerate(value)]
+
+    def get(self, key: str, kind: type[T], *, default: Any = None, required: bool = False) -> T:
+        if key not in self.data:
+            if required:
+                raise SpecError(f"{self._path(key)}: required field is missing")
+            return default  # type: ignore[no-any-return]
+        return _coerce(self.data[key], kind, self._path(key))
+
+
+def _coerce(value: Any, kind: type[T], where: str) -> T:
+    checks: dict[type, Callable[[Any], bool]] = {
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        list: lambda v: isinstance(v, list),
+    }
+    if not checks[kind](value):
+        raise SpecError(f"{where}: expected {kind.__name__}, got {type(value).__name__} ({value!r})")
+    return kind(value)  # type: ignore[call-arg]

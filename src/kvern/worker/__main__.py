@@ -1,0 +1,45 @@
+"""`python -m kvern.worker POOL INDEX`: one worker process of a pool, as Supervisor starts it."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+from kvern.constants import ROLE_WORKER
+from kvern.jobs.store import JobStore
+from kvern.runtime.config import RuntimeConfig
+from kvern.spec import load_spec
+from kvern.worker.app import load_user_app, safe_settings
+from kvern.worker.execution import guard_task
+
+
+def main(argv: list[str]) -> None:
+    pool_name, index = argv[0], int(argv[1])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = RuntimeConfig.from_environment()
+    spec = load_spec(config.spec_file)
+    pool = spec.pool(pool_name)
+    app, catalog = load_user_app(spec)
+    app.conf.update(safe_settings(spec, config.broker_urls[ROLE_WORKER], pool.queues))
+    store = JobStore(config.store_url)
+    node = f"{pool_name}-{index}@{config.instance}.{socket.gethostname()}"
+    for name, task in catalog.tasks.items():
+        guard_task(task, store, spec.policy(name), node)
+    app.worker_main(
+        [
+            "worker",
+            f"--hostname={node}",
+            f"--queues={','.join(pool.queues)}",
+            f"--concurrency={pool.concurrency}",
+            "--pool=prefork",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

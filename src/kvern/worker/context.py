@@ -1,0 +1,66 @@
+"""What a running task can ask of kvern: report progress, save artifacts, know its job id and attempt.
+
+Outside a kvern worker (a plain unit test of the task, `task.apply()`), these calls do nothing, so a task stays
+an ordinary function.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from kvern.jobs.store import JobStore
+
+PROGRESS_MIN_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """Identity of the running attempt: use it to make external side effects idempotent."""
+
+    job_id: str
+    attempt: int
+
+
+@dataclass
+class JobContext:
+    store: JobStore
+    info: JobInfo
+    last_progress: int = -1
+    last_progress_at: float = field(default=0.0)
+
+
+_current: ContextVar[JobContext | None] = ContextVar("kvern_job", default=None)
+
+
+def current_job() -> JobInfo | None:
+    context = _current.get()
+    return context.info if context else None
+
+
+def progress(pct: int, message: str | None = None) -> None:
+    """Report progress (0-100) of the running job; throttled, and never moves backwards."""
+    context = _current.get()
+    if context is None:
+        return
+    pct = max(0, min(100, int(pct)))
+    now = time.monotonic()
+    if pct <= context.last_progress:
+        return
+    if pct < 100 and now - context.last_progress_at < PROGRESS_MIN_INTERVAL_S:
+        return
+    context.last_progress, context.last_progress_at = pct, now
+    context.store.record_progress(context.info.job_id, context.info.attempt, pct, message)
+
+
+def save_artifact(name: str, data: bytes, content_type: str | None = None) -> str:
+    """Keep a file the job produced; it is served once this attempt's outcome is recorded."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"artifact name {name!r} must be a plain file name")
+    content_type = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    context = _current.get()
+    if context is not None:
+        context.store.save_artifact(context.info.job_id, context.info.attempt, name, content_type, data)
+    return name

@@ -1,0 +1,134 @@
+"""Wrap each user task so that every delivery becomes a numbered, fenced attempt.
+
+At-least-once delivery, exactly-once recording: a delivery first claims an attempt in the job store (a
+delivery for a finished job is skipped), the task runs with its job context bound, and the outcome is recorded
+only if that attempt still owns the job.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Retry
+
+from kvern.broker.publisher import KVERN_JOB_HEADER
+from kvern.errors import PermanentError
+from kvern.jobs.records import Claim
+from kvern.jobs.states import JobStatus
+from kvern.jobs.store import JobStore
+from kvern.spec import TaskPolicy
+from kvern.worker.context import JobContext, JobInfo, _current
+
+log = logging.getLogger("kvern.worker")
+
+ORIGINAL_RUN_ATTR = "_kvern_original_run"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where a failed attempt leads."""
+
+    status: JobStatus | None  # None: retry
+    delay_s: float = 0.0
+
+
+def backoff_delay(policy: TaskPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    ceiling = min(policy.backoff_max, policy.backoff * (2 ** max(0, attempt - 1)))
+    return (rng or random).uniform(0, ceiling)
+
+
+def decide_after_failure(exc: BaseException, policy: TaskPolicy, attempt: int) -> Outcome:
+    if isinstance(exc, PermanentError) or policy.retries == 0:
+        return Outcome(JobStatus.FAILED)
+    if attempt > policy.retries:
+        return Outcome(JobStatus.DEAD)
+    return Outcome(None, backoff_delay(policy, attempt))
+
+
+def original_run(task: Task) -> Callable[..., Any]:
+    """The user's function, for binding arguments against its signature."""
+    return getattr(task, ORIGINAL_RUN_ATTR, task.run)  # type: ignore[no-any-return]
+
+
+def guard_task(task: Task, store: JobStore, policy: TaskPolicy, worker_name: str) -> None:
+    """Replace `task.run` by the fenced version (before the worker builds its tracers)."""
+    if hasattr(task, ORIGINAL_RUN_ATTR):
+        return
+    user_run = task.run
+    runner = _AttemptRunner(task, user_run, store, policy, worker_name)
+
+    @functools.wraps(user_run)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return runner(*args, **kwargs)
+
+    setattr(task, ORIGINAL_RUN_ATTR, user_run)
+    task.run = run
+    if policy.soft_time_limit is not None:
+        task.soft_time_limit = policy.soft_time_limit
+    task.time_limit = policy.time_limit
+
+
+class _AttemptRunner:
+    def __init__(
+        self, task: Task, user_run: Callable[..., Any], store: JobStore, policy: TaskPolicy, worker: str
+    ) -> None:
+        self.task = task
+        self.user_run = user_run
+        self.store = store
+        self.policy = policy
+        self.worker = worker
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        job_id: str = self.task.request.id
+        claim = self.store.claim_attempt(job_id, self.worker)
+        if not claim.tracked and self.task.request.get(KVERN_JOB_HEADER):
+            # Sent by a web head whose record is gone: the publish was never confirmed and the client got 503.
+            log.info("job %s was withdrawn before it was accepted; skipped", job_id)
+            return None
+        if not claim.run:
+            log.info("job %s already has an outcome; duplicate delivery skipped", job_id)
+            return None
+        token = _current.set(JobContext(self.store, JobInfo(job_id, claim.attempt)))
+        try:
+            result = self.user_run(*args, **kwargs)
+        except Retry:
+            raise
+        except Exception as exc:
+            return self._on_failure(job_id, claim, exc)
+        finally:
+            _current.reset(token)
+        self._on_success(job_id, claim, result)
+        return result
+
+    def _on_success(self, job_id: str, claim: Claim, result: Any) -> None:
+        if not claim.tracked:
+            return
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError):
+            result = repr(result)
+        if not self.store.record_success(job_id, claim.attempt, result):
+            log.warning("job %s attempt %d finished but another attempt owns the job", job_id, claim.attempt)
+
+    def _on_failure(self, job_id: str, claim: Claim, exc: Exception) -> None:
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        log.warning("job %s attempt %d failed: %s", job_id, claim.attempt, error)
+        if not claim.tracked:
+            raise exc
+        outcome = decide_after_failure(exc, self.policy, claim.attempt)
+        if outcome.status is not None:
+            self.store.record_failure(job_id, claim.attempt, error, outcome.status)
+            return None
+        if self.store.record_retry(job_id, claim.attempt, error):
+            # Same task id: the retry is the same job. max_retries=None: kvern counts attempts itself.
+            raise self.task.retry(exc=exc, countdown=outcome.delay_s, max_retries=None)
+        return None
