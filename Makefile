@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 install: system-deps $(STAMP)
 
 demo: install
-	$(PY) -m kvern.demo
+	$(PY) examples/reports/demo.py
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests

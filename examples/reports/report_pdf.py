@@ -164,8 +164,7 @@ def make_report_data(user_id: int) -> ReportData:
         trend = rng.uniform(-0.03, 0.05)
         orders.append(
             tuple(
-                max(0, round(base * _SEASON[m] * (1.0 + trend * m) * rng.uniform(0.8, 1.2)))
-                for m in range(len(MONTHS))
+                max(0, round(base * _SEASON[m] * (1.0 + trend * m) * rng.uniform(0.8, 1.2))) for m in range(len(MONTHS))
             )
         )
     region_share: list[tuple[float, ...]] = []
@@ -364,8 +363,7 @@ def _share_pie_chart(data: ReportData, width: float) -> Any:
     total = sum(revenues) or 1.0
     pie.data = revenues
     pie.labels = [
-        f"{_short(name, 14)} {100 * rev / total:.0f}%"
-        for name, rev in zip(data.products, revenues, strict=True)
+        f"{_short(name, 14)} {100 * rev / total:.0f}%" for name, rev in zip(data.products, revenues, strict=True)
     ]
     pie.sideLabels = True
     pie.slices.fontSize = 7
@@ -464,8 +462,7 @@ def _summary_section(data: ReportData, st: dict[str, Any], width: float) -> list
     return [
         Paragraph("Summary", st["h1"]),
         Paragraph(
-            f"Sales to <b>{escape(data.company)}</b> in {YEAR}, "
-            f"across {n} products and {len(REGIONS)} regions.",
+            f"Sales to <b>{escape(data.company)}</b> in {YEAR}, across {n} products and {len(REGIONS)} regions.",
             st["body"],
         ),
         Spacer(1, 0.4 * cm),

@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 import click
 
 from kvern import constants as c
+from kvern.client import submit_and_follow
 from kvern.errors import KvernError, RuntimeStateError, SpecError, StartError
 from kvern.runtime.instance import Instance, default_state_dir, front_door_url
+from kvern.runtime.status import collect_status, render_status
 from kvern.spec import load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -120,8 +122,6 @@ def down(ctx: click.Context) -> None:
 @handle_errors
 def status(ctx: click.Context, as_json: bool) -> None:
     """Front door, processes, queue depths, job counts, pools."""
-    from kvern.runtime.status import collect_status, render_status
-
     report = collect_status(running_instance(ctx))
     click.echo(json.dumps(report, indent=2) if as_json else render_status(report))
 
@@ -135,11 +135,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def submit(
-    ctx: click.Context, task: str, args: tuple[str, ...], kwargs: tuple[str, ...], wait: bool, idempotency_key: str | None
+    ctx: click.Context,
+    task: str,
+    args: tuple[str, ...],
+    kwargs: tuple[str, ...],
+    wait: bool,
+    idempotency_key: str | None,
 ) -> None:
     """Submit a job through the front door."""
-    from kvern.client import submit_and_follow
-
     instance = running_instance(ctx)
     code = submit_and_follow(front_door_url(instance.runtime()), task, args, kwargs, wait, idempotency_key)
     sys.exit(code)
@@ -162,3 +165,7 @@ def logs(ctx: click.Context, program: str | None, lines: int) -> None:
         if tail:
             click.echo(f"==> {path.name} <==")
             click.echo("\n".join(tail))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,40 @@
-"""`python -m kvern.controller`: the instance's housekeeping loop (placeholder until the keeper lands)."""
+"""`python -m kvern.controller`: one per instance. It runs what keeps the instance whole:
+
+the outbox relay and the dead-letter watcher (when this instance runs the web tier) and the autoscaler (when it
+runs pools). Each loop survives the broker or the store being away, and catches up when they return.
+"""
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 
+from kvern.autoscale.loop import Autoscaler
+from kvern.broker.relay import DeadLetterWatcher, relay_unpublished
+from kvern.constants import ROLE_ADMIN, ROLE_WEB, ROLE_WORKER
+from kvern.jobs.store import JobStore
+from kvern.runtime.config import RuntimeConfig
+from kvern.runtime.programs import tiers
+from kvern.runtime.supervisor import Supervisor
+from kvern.spec import load_spec
+
+log = logging.getLogger("kvern.controller")
+
+AUTOSCALE_INTERVAL_S = 0.5
+OUTBOX_INTERVAL_S = 2.0
+
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = RuntimeConfig.from_environment()
+    spec = load_spec(config.spec_file)
+    store = JobStore(config.store_url)
+    run_web, pools = tiers(config.only, spec)
+    # The web role may only publish to the default exchange; the relay and watcher use the worker role.
+    broker_url = config.broker_urls.get(ROLE_WORKER) or config.broker_urls[ROLE_WEB]
+    watcher = DeadLetterWatcher(store, broker_url) if run_web else None
+    scaler = Autoscaler(pools, store, Supervisor(config.state_path), config.broker_urls[ROLE_ADMIN], config.state_path)
     stop = False
 
     def request_stop(_signum: int, _frame: object) -> None:
@@ -14,8 +42,26 @@ def main() -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    if watcher:
+        watcher.start()
+    next_outbox = 0.0
     while not stop:
-        time.sleep(0.5)
+        if pools:
+            _guarded("autoscaler", scaler.tick)
+        if run_web and time.monotonic() >= next_outbox:
+            _guarded("outbox relay", lambda: relay_unpublished(store, broker_url))
+            next_outbox = time.monotonic() + OUTBOX_INTERVAL_S
+        time.sleep(AUTOSCALE_INTERVAL_S)
+    if watcher:
+        watcher.stop()
+
+
+def _guarded(name: str, step: object) -> None:
+    try:
+        step()  # type: ignore[operator]
+    except Exception as exc:  # one failing loop must not stop the others
+        log.warning("%s: %s", name, exc)
 
 
 if __name__ == "__main__":

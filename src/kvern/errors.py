@@ -1,14 +1,14 @@
 """kvern's exceptions, as one tree:
 
-    KvernError
-    ├── SpecError            the spec file is missing or invalid (names the field)
-    ├── RuntimeStateError    the state dir says something unexpected (not running, already running)
-    ├── StartError           a part of the platform did not become healthy
-    ├── BrokerAdminError     an administrative broker command failed
-    ├── StoreUnavailable     the job store cannot be reached
-    └── PublishError         the broker did not confirm a message
-        └── BacklogFull      the queue is at its length limit (reject-publish)
-    PermanentError           raised by a task: fail the job now, do not retry (not a KvernError: user-facing)
+KvernError
+├── SpecError            the spec file is missing or invalid (names the field)
+├── RuntimeStateError    the state dir says something unexpected (not running, already running)
+├── StartError           a part of the platform did not become healthy
+├── BrokerAdminError     an administrative broker command failed
+├── StoreUnavailable     the job store cannot be reached
+└── PublishError         the broker did not confirm a message
+    └── BacklogFull      the queue is at its length limit (reject-publish)
+PermanentError           raised by a task: fail the job now, do not retry (not a KvernError: user-facing)
 """
 
 from __future__ import annotations

@@ -167,7 +167,9 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
 
 
 def _parse_name(app: _Reader, path: Path) -> str:
-    default = re.sub(r"[^a-z0-9_-]", "-", path.parent.name.lower()).strip("-") or "kvern"
+    # The folder's name, made valid (a letter first, at most 32): the user did not write it, so it must not fail.
+    default = re.sub(r"[^a-z0-9_-]", "-", path.parent.name.lower())
+    default = re.sub(r"^[^a-z]+", "", default)[:32].rstrip("-") or "kvern"
     name = app.get("name", str, default=default)
     if not NAME_PATTERN.match(name):
         raise SpecError("app.name: use lowercase letters, digits, '-' or '_' (at most 32), starting with a letter")
@@ -201,7 +203,9 @@ def _parse_pool(pool: _Reader) -> PoolSpec:
     pool.only("name", "queues", "concurrency", "min", "max", "idle_after", "target_backlog", "max_wait")
     name = pool.get("name", str, required=True)
     if not NAME_PATTERN.match(name) or name == "web":
-        raise SpecError(f"{pool.where}.name: {name!r} is not a valid pool name (lowercase, digits, '-', '_'; not 'web')")
+        raise SpecError(
+            f"{pool.where}.name: {name!r} is not a valid pool name (lowercase, digits, '-', '_'; not 'web')"
+        )
     queues = pool.get("queues", list, default=[name])
     if not queues or not all(isinstance(q, str) and QUEUE_PATTERN.match(q) for q in queues):
         raise SpecError(f"{pool.where}.queues: must be a non-empty list of queue names ([A-Za-z0-9_.-])")
@@ -255,7 +259,7 @@ def _parse_static(app: _Reader, root: Path) -> Path | None:
 def _parse_tasks(tasks: _Reader, pools: tuple[PoolSpec, ...]) -> dict[str, TaskPolicy]:
     consumed = {q for pool in pools for q in pool.queues}
     policies: dict[str, TaskPolicy] = {}
-    for task_name in tasks.keys():
+    for task_name in tasks.keys():  # noqa: SIM118 (a _Reader, not a dict)
         entry = tasks.table(task_name)
         entry.only("queue", "retries", "backoff", "backoff_max", "soft_time_limit", "time_limit")
         policy = TaskPolicy(

@@ -215,9 +215,7 @@ def test_task_reports_progress_and_saves_the_pdf(tasks: types.ModuleType, fake_k
     assert fake_kvern.progress_calls[-1][1] == "Report Ready"
 
 
-def test_task_default_takes_about_three_seconds(
-    tasks: types.ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_task_default_takes_about_three_seconds(tasks: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     # Check the default without waiting for it: the pace handed to build_report.
     seen: list[float] = []
 

@@ -28,9 +28,7 @@ from kvern.worker.app import TaskCatalog, load_user_app
 log = logging.getLogger("kvern.api")
 
 RETRY_AFTER_S = "2"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorView} for code in (400, 404, 409, 413, 422, 503)
-}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code in (400, 404, 409, 413, 422, 503)}
 
 
 @dataclass
@@ -151,22 +149,7 @@ def _install_job_routes(app: FastAPI) -> None:
     async def submit_job(
         request: Request, idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None
     ) -> Response:
-        head = _head(request)
-        body = await _read_body(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            submission = parse_submission(body, head.catalog)
-        except SubmissionError as exc:
-            return json_error(exc.status, exc.code, exc.message)
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
-            return json_error(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
-        try:
-            job, created = await head.submit(submission, idempotency_key)
-        except IdempotencyConflict as exc:
-            return json_error(409, "idempotency_conflict", str(exc))
-        view = job_view(job).model_dump(mode="json")
-        return JSONResponse(view, status_code=202 if created else 200, headers={"Location": job_url(job.id)})
+        return await _submit(request, idempotency_key)
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobView, responses=ERRORS)
     async def get_job(request: Request, job_id: str) -> Response:
@@ -197,6 +180,25 @@ def _install_job_routes(app: FastAPI) -> None:
         content_type, data = found
         disposition = f'attachment; filename="{name}"'
         return Response(data, media_type=content_type, headers={"Content-Disposition": disposition})
+
+
+async def _submit(request: Request, idempotency_key: str | None) -> Response:
+    head = _head(request)
+    body = await _read_body(request)
+    if isinstance(body, Response):
+        return body
+    try:
+        submission = parse_submission(body, head.catalog)
+    except SubmissionError as exc:
+        return json_error(exc.status, exc.code, exc.message)
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+        return json_error(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
+    try:
+        job, created = await head.submit(submission, idempotency_key)
+    except IdempotencyConflict as exc:
+        return json_error(409, "idempotency_conflict", str(exc))
+    view = job_view(job).model_dump(mode="json")
+    return JSONResponse(view, status_code=202 if created else 200, headers={"Location": job_url(job.id)})
 
 
 async def _read_body(request: Request) -> bytes | Response:

@@ -68,7 +68,9 @@ def _check_binding(name: str, function: Any, args: list[Any], kwargs: dict[str, 
     try:
         inspect.signature(function).bind(*args, **kwargs)
     except TypeError as exc:
-        raise SubmissionError(422, "bad_arguments", f"arguments do not fit {name}{_signature(function)}: {exc}")
+        raise SubmissionError(
+            422, "bad_arguments", f"arguments do not fit {name}{_signature(function)}: {exc}"
+        ) from None
 
 
 def _signature(function: Any) -> str:

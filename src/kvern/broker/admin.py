@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TypedDict
 
 from amqp.exceptions import NotFound
-from kombu import Connection
+from kombu.connection import Connection
 
 
 class QueueDepth(TypedDict):

@@ -14,7 +14,8 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
-from aio_pika.exceptions import AMQPError, DeliveryError, PublishError as AioPublishError
+from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.exceptions import PublishError as AioPublishError
 from pamqp.commands import Basic
 
 from kvern.constants import PUBLISH_CONFIRM_TIMEOUT_S
@@ -24,8 +25,8 @@ KVERN_JOB_HEADER = "kvern_job"
 CONNECT_TIMEOUT_S = 2.0
 
 
-def celery_message(job_id: str, task: str, args: list[Any], kwargs: dict[str, Any]) -> aio_pika.Message:
-    """A task message in Celery's protocol 2, JSON-encoded."""
+def celery_task_message(job_id: str, task: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Body and headers of a task message in Celery's protocol 2, JSON-encoded."""
     headers: dict[str, Any] = {
         "lang": "py",
         "task": task,
@@ -44,6 +45,11 @@ def celery_message(job_id: str, task: str, args: list[Any], kwargs: dict[str, An
         KVERN_JOB_HEADER: True,
     }
     body = json.dumps([args, kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    return body, headers
+
+
+def celery_message(job_id: str, task: str, args: list[Any], kwargs: dict[str, Any]) -> aio_pika.Message:
+    body, headers = celery_task_message(job_id, task, args, kwargs)
     return aio_pika.Message(
         body.encode(),
         headers=headers,

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu import Connection, Exchange, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 
-from kvern.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_BACKLOG
+from kvern.constants import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_MAX_BACKLOG,
+)
 
 
 def work_queue_arguments(

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
@@ -24,6 +24,7 @@ from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, Scalin
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+READ_ONLY_OPTION = "kvern_read_only"
 
 
 class IdempotencyConflict(Exception):
@@ -58,8 +59,12 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
-    # Take the write lock up front: a deferred transaction that upgrades later can fail with SQLITE_BUSY.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers take the write lock up front: a deferred transaction that upgrades later can fail with
+    # SQLITE_BUSY. Readers stay deferred so they never wait for the lock (WAL lets them read meanwhile).
+    if connection.get_execution_options().get(READ_ONLY_OPTION):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class JobStore:
@@ -82,8 +87,16 @@ class JobStore:
         except OperationalError as exc:
             raise StoreUnavailable(f"job store unavailable: {exc.orig}") from exc
 
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn.execution_options(**{READ_ONLY_OPTION: True})
+        except OperationalError as exc:
+            raise StoreUnavailable(f"job store unavailable: {exc.orig}") from exc
+
     def ping(self) -> None:
-        with self._begin() as conn:
+        with self._read() as conn:
             conn.execute(select(1))
 
     # -- submission ---------------------------------------------------------------------------------------
@@ -119,7 +132,7 @@ class JobStore:
         return job, True
 
     def find_by_idempotency_key(self, key: str) -> Job | None:
-        with self._begin() as conn:
+        with self._read() as conn:
             row = conn.execute(select(schema.jobs).where(schema.jobs.c.idempotency_key == key)).first()
         return Job.from_row(row) if row else None
 
@@ -158,7 +171,7 @@ class JobStore:
             .order_by(schema.jobs.c.created_at)
             .limit(limit)
         )
-        with self._begin() as conn:
+        with self._read() as conn:
             return [Job.from_row(row) for row in conn.execute(query)]
 
     # -- execution (worker side) ------------------------------------------------------------------------
@@ -176,7 +189,12 @@ class JobStore:
             attempt = row.attempts + 1
             claimed = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.attempts == row.attempts)
+                # The status check too: an outcome committed since the SELECT (PostgreSQL) must stand.
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.attempts == row.attempts,
+                    jobs.c.status.in_([s.value for s in ACTIVE]),
+                )
                 .values(
                     status=JobStatus.RUNNING.value,
                     attempts=attempt,
@@ -184,7 +202,7 @@ class JobStore:
                     published_at=func.coalesce(jobs.c.published_at, now),
                 )
             )
-            if claimed.rowcount != 1:  # a concurrent delivery of the same job claimed it first
+            if claimed.rowcount != 1:  # a concurrent delivery claimed it first, or it just finished
                 return Claim(run=False, attempt=row.attempts, tracked=True)
             # An earlier attempt still open was lost with its worker process.
             conn.execute(
@@ -192,9 +210,7 @@ class JobStore:
                 .where(schema.attempts.c.job_id == job_id, schema.attempts.c.finished_at.is_(None))
                 .values(finished_at=now, outcome="lost")
             )
-            conn.execute(
-                insert(schema.attempts).values(job_id=job_id, attempt=attempt, worker=worker, started_at=now)
-            )
+            conn.execute(insert(schema.attempts).values(job_id=job_id, attempt=attempt, worker=worker, started_at=now))
         return Claim(run=True, attempt=attempt, tracked=True)
 
     def _fence(self, job_id: str, attempt: int) -> Any:
@@ -256,7 +272,8 @@ class JobStore:
                 .values(**values, outcome_attempt=attempt, finished_at=now)
             )
             won = result.rowcount == 1
-            self._close_attempt(conn, job_id, attempt, outcome.value if won else "superseded", error, now)
+            closed_as = outcome.value if won else "superseded"
+            self._close_attempt(conn, job_id, attempt, closed_as, error, now, won=won)
         return won
 
     def record_retry(self, job_id: str, attempt: int, error: str) -> bool:
@@ -264,17 +281,25 @@ class JobStore:
         now = time.time()
         with self._begin() as conn:
             result = conn.execute(update(schema.jobs).where(self._fence(job_id, attempt)).values(error=error))
-            self._close_attempt(conn, job_id, attempt, "retry", error, now)
+            self._close_attempt(conn, job_id, attempt, "retry", error, now, won=result.rowcount == 1)
         return result.rowcount == 1
 
     def _close_attempt(
-        self, conn: Connection, job_id: str, attempt: int, outcome: str, error: str | None, now: float
+        self,
+        conn: Connection,
+        job_id: str,
+        attempt: int,
+        outcome: str,
+        error: str | None,
+        now: float,
+        *,
+        won: bool,
     ) -> None:
-        conn.execute(
-            update(schema.attempts)
-            .where(schema.attempts.c.job_id == job_id, schema.attempts.c.attempt == attempt)
-            .values(finished_at=now, outcome=outcome, error=error)
-        )
+        at = schema.attempts
+        query = update(at).where(at.c.job_id == job_id, at.c.attempt == attempt)
+        if not won:  # a write that lost the fence must not overwrite an outcome the attempt already has
+            query = query.where(or_(at.c.outcome.is_(None), at.c.outcome == "lost"))
+        conn.execute(query.values(finished_at=now, outcome=outcome, error=error))
 
     def mark_dead(self, job_id: str, error: str) -> bool:
         """The broker dead-lettered the job's message (delivery limit): whatever attempt ran, it is over."""
@@ -308,7 +333,7 @@ class JobStore:
     # -- reading ----------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
-        with self._begin() as conn:
+        with self._read() as conn:
             row = conn.execute(select(schema.jobs).where(schema.jobs.c.id == job_id)).first()
             if row is None:
                 return None
@@ -333,7 +358,7 @@ class JobStore:
             .select_from(a.join(jobs, jobs.c.id == a.c.job_id))
             .where(a.c.job_id == job_id, a.c.name == name, a.c.attempt == jobs.c.outcome_attempt)
         )
-        with self._begin() as conn:
+        with self._read() as conn:
             row = conn.execute(query).first()
         return (row.content_type, row.data) if row else None
 
@@ -345,29 +370,35 @@ class JobStore:
             query = query.where(jobs.c.status == status.value)
         if before is not None:
             query = query.where(jobs.c.created_at < before)
-        with self._begin() as conn:
+        with self._read() as conn:
             return [Job.from_row(row) for row in conn.execute(query)]
 
     def history(self, job_id: str) -> list[Attempt]:
         at = schema.attempts
-        with self._begin() as conn:
+        with self._read() as conn:
             rows = conn.execute(select(at).where(at.c.job_id == job_id).order_by(at.c.attempt))
             return [Attempt(r.attempt, r.worker, r.started_at, r.finished_at, r.outcome, r.error) for r in rows]
 
     def counts_by_status(self) -> dict[str, int]:
         jobs = schema.jobs
-        with self._begin() as conn:
+        with self._read() as conn:
             rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
             counts = {status.value: 0 for status in JobStatus}
             counts.update({row[0]: row[1] for row in rows})
         return counts
+
+    def count_status(self, status: JobStatus, queues: Sequence[str]) -> int:
+        jobs = schema.jobs
+        query = select(func.count()).where(jobs.c.status == status.value, jobs.c.queue.in_(list(queues)))
+        with self._read() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def oldest_queued_at(self, queues: Sequence[str]) -> float | None:
         jobs = schema.jobs
         query = select(func.min(jobs.c.created_at)).where(
             jobs.c.status == JobStatus.QUEUED.value, jobs.c.queue.in_(list(queues))
         )
-        with self._begin() as conn:
+        with self._read() as conn:
             value = conn.execute(query).scalar()
         return float(value) if value is not None else None
 
@@ -390,7 +421,5 @@ class JobStore:
         query = select(ev).order_by(ev.c.at.desc(), ev.c.id.desc()).limit(limit)
         if pool is not None:
             query = query.where(ev.c.pool == pool)
-        with self._begin() as conn:
-            return [
-                ScalingEvent(r.at, r.pool, r.from_processes, r.to_processes, r.reason) for r in conn.execute(query)
-            ]
+        with self._read() as conn:
+            return [ScalingEvent(r.at, r.pool, r.from_processes, r.to_processes, r.reason) for r in conn.execute(query)]

@@ -144,7 +144,16 @@ class Instance:
         if self.spec.broker_url:
             urls = dict.fromkeys((ROLE_WEB, ROLE_WORKER, ROLE_ADMIN), self.spec.broker_url)
             return RuntimeConfig(
-                str(self.spec.path), str(self.state_dir), instance, port, store_url, urls, None, None, False, only
+                str(self.spec.path),
+                str(self.state_dir),
+                instance,
+                port,
+                store_url,
+                urls,
+                None,
+                None,
+                False,
+                only,
             )
         ports = {"amqp": free_port(), "dist": free_port(), "management": free_port()}
         passwords = {role: _reuse_password(previous, role) for role in ROLE_PERMISSIONS}

@@ -17,7 +17,7 @@ def collect_status(instance: Instance) -> dict[str, Any]:
     processes = [
         {"name": p["name"], "group": p["group"], "state": p["statename"], "pid": p["pid"] or None}
         for p in instance.supervisor.processes()
-        if p["statename"] != "STOPPED" or p["group"] not in ("web",) and not p["group"].startswith("pool-")
+        if p["statename"] != "STOPPED" or (p["group"] not in ("web",) and not p["group"].startswith("pool-"))
     ]
     _, pools = tiers(config.only, instance.spec)
     all_procs = instance.supervisor.processes()
@@ -34,7 +34,12 @@ def collect_status(instance: Instance) -> dict[str, Any]:
                 "max": pool.max,
                 "concurrency": pool.concurrency,
                 "last_decision": (
-                    {"at": last.at, "from": last.from_processes, "to": last.to_processes, "reason": last.reason}
+                    {
+                        "at": last.at,
+                        "from": last.from_processes,
+                        "to": last.to_processes,
+                        "reason": last.reason,
+                    }
                     if last
                     else None
                 ),
@@ -64,5 +69,7 @@ def render_status(report: dict[str, Any]) -> str:
     for pool in report["pools"]:
         last = pool["last_decision"]
         decision = f"last {last['from']}->{last['to']}: {last['reason']}" if last else "no decision yet"
-        lines.append(f"  {pool['name']:<12} {pool['processes']} running (min {pool['min']}, max {pool['max']}); {decision}")
+        lines.append(
+            f"  {pool['name']:<12} {pool['processes']} running (min {pool['min']}, max {pool['max']}); {decision}"
+        )
     return "\n".join(lines)

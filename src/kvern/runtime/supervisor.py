@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -129,7 +128,7 @@ class Supervisor:
             return False
         try:
             return self.rpc.supervisor.getState()["statename"] == "RUNNING"  # type: ignore[no-any-return]
-        except (OSError, xmlrpc.client.Fault, socket.error):
+        except (OSError, xmlrpc.client.Fault):
             return False
 
     def start_daemon(self, config_text: str, timeout: float = 15) -> None:

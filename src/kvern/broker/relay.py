@@ -1,0 +1,98 @@
+"""Outbox relay and dead letters: the two ways a job could otherwise be stranded.
+
+- A web head that crashed between recording a job and publishing it leaves a `queued` record with no
+  message: the relay publishes it again (a duplicate message is harmless: attempts are fenced).
+- A message that hit its queue's delivery limit (it kept killing its worker) is dead-lettered by RabbitMQ:
+  the dead-letter consumer marks its job `dead`, so nothing stays `running` forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from kombu.connection import Connection
+from kombu.message import Message
+from kombu.messaging import Consumer, Producer
+
+from kvern.broker.publisher import celery_task_message
+from kvern.broker.topology import dead_letter_queue
+from kvern.jobs.store import JobStore
+
+log = logging.getLogger("kvern.relay")
+
+OUTBOX_GRACE_S = 10.0
+
+
+def relay_unpublished(store: JobStore, broker_url: str, grace_s: float = OUTBOX_GRACE_S) -> int:
+    """Publish (with confirms) every queued job the broker never confirmed; returns how many."""
+    jobs = store.unpublished(older_than_s=grace_s)
+    if not jobs:
+        return 0
+    with Connection(broker_url, connect_timeout=3, transport_options={"confirm_publish": True}) as conn:
+        producer = Producer(conn.channel())
+        for job in jobs:
+            body, headers = celery_task_message(job.id, job.task, job.args, job.kwargs)
+            producer.publish(
+                body,
+                routing_key=job.queue,
+                exchange="",
+                headers=headers,
+                content_type="application/json",
+                content_encoding="utf-8",
+                correlation_id=job.id,
+                delivery_mode=2,
+                mandatory=True,
+                serializer=None,
+            )
+            store.mark_published([job.id])
+            log.warning("outbox: published job %s again (never confirmed before)", job.id)
+    return len(jobs)
+
+
+def death_reason(message: Message) -> str:
+    deaths = (message.headers or {}).get("x-death") or []
+    reason = deaths[0].get("reason", "unknown") if deaths else "unknown"
+    if reason == "delivery_limit":
+        return "dead-lettered: delivery limit reached (the task kept killing its worker process)"
+    return f"dead-lettered by the broker: {reason}"
+
+
+class DeadLetterWatcher:
+    """Consumes kvern's dead-letter queue in a thread and marks each job dead."""
+
+    def __init__(self, store: JobStore, broker_url: str) -> None:
+        self.store = store
+        self.broker_url = broker_url
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="dead-letters", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+
+    def on_message(self, body: Any, message: Message) -> None:
+        job_id = (message.headers or {}).get("id") or message.properties.get("correlation_id")
+        if job_id and self.store.mark_dead(str(job_id), death_reason(message)):
+            log.warning("job %s is dead: %s", job_id, death_reason(message))
+        message.ack()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                with (
+                    Connection(self.broker_url, connect_timeout=3, heartbeat=20) as conn,
+                    Consumer(conn, [dead_letter_queue()], callbacks=[self.on_message], accept=None),
+                ):
+                    while not self.stopping.is_set():
+                        try:
+                            conn.drain_events(timeout=1)
+                        except TimeoutError:
+                            conn.heartbeat_check()
+            except (OSError, ConnectionError) as exc:
+                log.warning("dead-letter watcher lost the broker (%s); retrying", exc)
+                self.stopping.wait(2)

@@ -1,0 +1,379 @@
+"""Worker execution: what follows a failed attempt, the backoff, and `guard_task` around a real (eager) Celery task."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, Task
+
+import kvern
+from kvern.errors import PermanentError
+from kvern.jobs.records import NewJob
+from kvern.jobs.states import JobStatus
+from kvern.jobs.store import JobStore
+from kvern.spec import TaskPolicy
+from kvern.worker.execution import Outcome, backoff_delay, decide_after_failure, guard_task, original_run
+
+WORKER = "worker-1@host"
+
+
+class _EdgeRng(random.Random):
+    """A `random` stand-in that always draws the low or the high end of the range."""
+
+    def __init__(self, high: bool) -> None:
+        super().__init__(0)
+        self.high = high
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.high else a
+
+
+# -- decide_after_failure / backoff_delay ---------------------------------------------------------------------
+
+
+def test_permanent_error_fails_at_once_even_with_retries_left() -> None:
+    outcome = decide_after_failure(PermanentError("bad input"), TaskPolicy(retries=5), attempt=1)
+
+    assert outcome == Outcome(JobStatus.FAILED)
+
+
+def test_no_retries_declared_fails_on_the_first_error() -> None:
+    outcome = decide_after_failure(RuntimeError("boom"), TaskPolicy(retries=0), attempt=1)
+
+    assert outcome == Outcome(JobStatus.FAILED)
+
+
+@pytest.mark.parametrize("attempt", [4, 5, 50])
+def test_attempt_beyond_retries_is_dead(attempt: int) -> None:
+    # given 3 retries after the first attempt: attempts 1..4 may run, a failure of the 4th ends the job
+    outcome = decide_after_failure(RuntimeError("boom"), TaskPolicy(retries=3), attempt=attempt)
+
+    assert outcome == Outcome(JobStatus.DEAD)
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_attempt_within_retries_is_retried_after_a_bounded_delay(attempt: int) -> None:
+    policy = TaskPolicy(retries=3, backoff=0.5, backoff_max=1.5)
+    ceiling = min(policy.backoff_max, policy.backoff * 2 ** (attempt - 1))
+
+    for _ in range(50):
+        outcome = decide_after_failure(ConnectionError("flaky"), policy, attempt=attempt)
+        assert outcome.status is None
+        assert 0 <= outcome.delay_s <= ceiling
+
+
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"),
+    [(0, 1.0), (1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (30, 60.0)],
+)
+def test_backoff_ceiling_doubles_per_attempt_up_to_the_cap(attempt: int, ceiling: float) -> None:
+    policy = TaskPolicy(backoff=1.0, backoff_max=60.0)
+
+    assert backoff_delay(policy, attempt, _EdgeRng(high=True)) == ceiling
+    assert backoff_delay(policy, attempt, _EdgeRng(high=False)) == 0.0
+
+
+def test_backoff_is_fully_jittered_within_its_bounds() -> None:
+    # given a seeded generator and the 3rd attempt (ceiling 4 s)
+    rng = random.Random(1234)
+    policy = TaskPolicy(backoff=1.0, backoff_max=60.0)
+
+    # when many delays are drawn
+    delays = [backoff_delay(policy, 3, rng) for _ in range(500)]
+
+    # then they stay within [0, 4] and spread over the range (full jitter, not a fixed delay)
+    assert all(0.0 <= d <= 4.0 for d in delays)
+    assert min(delays) < 0.5
+    assert max(delays) > 3.5
+
+
+def test_zero_backoff_retries_at_once() -> None:
+    assert backoff_delay(TaskPolicy(backoff=0.0, backoff_max=0.0), 5) == 0.0
+
+
+# -- guard_task with a real Celery app in eager mode ----------------------------------------------------------
+
+
+@pytest.fixture
+def celery_app() -> Iterator[Celery]:
+    app = Celery("kvern-test", set_as_current=False)
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = False
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def store(sqlite_store: JobStore) -> JobStore:
+    return sqlite_store
+
+
+def submit(store: JobStore, task: Task, *args: Any, max_attempts: int = 4) -> str:
+    job_id = str(uuid.uuid4())
+    store.create_job(
+        NewJob(id=job_id, task=task.name, queue="default", args=list(args), kwargs={}, max_attempts=max_attempts)
+    )
+    return job_id
+
+
+def make_task(app: Celery, body: Callable[..., Any], name: str = "tasks.work") -> Task:
+    return app.task(name=name)(body)  # type: ignore[no-any-return]
+
+
+def test_successful_task_records_result_progress_and_artifact(celery_app: Celery, store: JobStore) -> None:
+    # given a task that reports progress and saves an artifact, guarded against the store
+    seen: dict[str, Any] = {}
+
+    def generate(user_id: int) -> dict[str, Any]:
+        info = kvern.current_job()
+        assert info is not None
+        seen["job"] = info
+        kvern.progress(40, "halfway")
+        mid = store.get(info.job_id)
+        assert mid is not None
+        seen["progress"] = (mid.status, mid.progress, mid.progress_message)
+        kvern.save_artifact("report.txt", f"report for {user_id}".encode())
+        return {"user": user_id, "pages": 3}
+
+    task = make_task(celery_app, generate)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, task, 7)
+
+    # when the job is delivered
+    outcome = task.apply(args=(7,), task_id=job_id)
+
+    # then the task ran as attempt 1 of the job, with its progress visible while it ran
+    assert outcome.successful()
+    assert outcome.get() == {"user": 7, "pages": 3}
+    assert seen["job"] == kvern.JobInfo(job_id, 1)
+    assert seen["progress"] == (JobStatus.RUNNING, 40, "halfway")
+    # and the job records the success, its result and the artifact of that attempt
+    job = store.get(job_id)
+    assert job is not None
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.result == {"user": 7, "pages": 3}
+    assert job.attempts == 1
+    assert [(a.name, a.content_type, a.size) for a in job.artifacts] == [
+        ("report.txt", "text/plain", len(b"report for 7"))
+    ]
+    assert store.artifact(job_id, "report.txt") == ("text/plain", b"report for 7")
+    assert [(a.attempt, a.worker, a.outcome) for a in store.history(job_id)] == [(1, WORKER, "succeeded")]
+    # and the job context does not leak out of the task
+    assert kvern.current_job() is None
+
+
+def test_second_delivery_of_a_finished_job_is_skipped(celery_app: Celery, store: JobStore) -> None:
+    # given a job whose task already ran to success once
+    calls: list[int] = []
+
+    def work(n: int) -> int:
+        calls.append(n)
+        return n * 2
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, task, 21)
+    assert task.apply(args=(21,), task_id=job_id).get() == 42
+
+    # when the same job is delivered again
+    again = task.apply(args=(21,), task_id=job_id)
+
+    # then the body does not run again and the recorded outcome is unchanged
+    assert calls == [21]
+    assert again.get() is None
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.result, job.attempts) == (JobStatus.SUCCEEDED, 42, 1)
+    assert len(store.history(job_id)) == 1
+
+
+def test_permanent_error_fails_the_job_without_retrying(celery_app: Celery, store: JobStore) -> None:
+    # given a task that rejects its input, with retries declared
+    calls: list[int] = []
+
+    def work(n: int) -> None:
+        calls.append(n)
+        raise PermanentError(f"user {n} does not exist")
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default", retries=3, backoff=0.0, backoff_max=0.0), WORKER)
+    job_id = submit(store, task, 9)
+
+    # when it runs
+    task.apply(args=(9,), task_id=job_id)
+
+    # then it ran once and the job failed with the error
+    assert calls == [9]
+    job = store.get(job_id)
+    assert job is not None
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None
+    assert "PermanentError" in job.error
+    assert "user 9 does not exist" in job.error
+    assert [a.outcome for a in store.history(job_id)] == ["failed"]
+
+
+def test_transient_error_is_retried_as_the_next_attempt_of_the_same_job(celery_app: Celery, store: JobStore) -> None:
+    # given a task that fails once, then succeeds
+    calls: list[int] = []
+
+    def work(n: int) -> str:
+        calls.append(n)
+        if len(calls) == 1:
+            raise ConnectionError("flaky network")
+        return "done"
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default", retries=2, backoff=0.0, backoff_max=0.0), WORKER)
+    job_id = submit(store, task, 1)
+
+    # when it runs (eager mode runs the retry at once, under the same task id)
+    task.apply(args=(1,), task_id=job_id)
+
+    # then the second attempt's success is the job's outcome and the first is kept as a retry
+    assert calls == [1, 1]
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.result, job.attempts) == (JobStatus.SUCCEEDED, "done", 2)
+    assert [(a.attempt, a.outcome) for a in store.history(job_id)] == [(1, "retry"), (2, "succeeded")]
+    assert "flaky network" in (store.history(job_id)[0].error or "")
+
+
+def test_exhausted_retries_make_the_job_dead(celery_app: Celery, store: JobStore) -> None:
+    # given a task that always fails, with one retry
+    calls: list[int] = []
+
+    def work(n: int) -> None:
+        calls.append(n)
+        raise ConnectionError("still down")
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default", retries=1, backoff=0.0, backoff_max=0.0), WORKER)
+    job_id = submit(store, task, 1)
+
+    # when it runs
+    task.apply(args=(1,), task_id=job_id)
+
+    # then it ran twice and the job is dead
+    assert calls == [1, 1]
+    job = store.get(job_id)
+    assert job is not None
+    assert job.status is JobStatus.DEAD
+    assert "still down" in (job.error or "")
+    assert [(a.attempt, a.outcome) for a in store.history(job_id)] == [(1, "retry"), (2, "dead")]
+
+
+def test_untracked_delivery_runs_without_recording(celery_app: Celery, store: JobStore) -> None:
+    # given a guarded task called with an id the store never recorded (a plain `.delay()` from user code)
+    seen: list[object] = []
+
+    def work(n: int) -> int:
+        seen.append(kvern.current_job())
+        kvern.progress(50)
+        return n + 1
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    task_id = str(uuid.uuid4())
+
+    # when it runs
+    result = task.apply(args=(1,), task_id=task_id)
+
+    # then it runs normally and nothing is written to the store
+    assert result.get() == 2
+    assert seen == [kvern.JobInfo(task_id, 1)]
+    assert store.get(task_id) is None
+    assert store.history(task_id) == []
+
+
+def test_withdrawn_job_sent_by_a_web_head_is_skipped(celery_app: Celery, store: JobStore) -> None:
+    # given a delivery marked as sent by a web head, whose job record is gone (withdrawn after a 503)
+    calls: list[int] = []
+
+    def work(n: int) -> int:
+        calls.append(n)
+        return n
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    task.push_request(id=str(uuid.uuid4()), kvern_job=True)
+
+    # when the worker runs it
+    try:
+        returned = task.run(3)
+    finally:
+        task.pop_request()
+
+    # then the body never runs
+    assert returned is None
+    assert calls == []
+
+
+def test_guard_task_applies_time_limits_and_wraps_only_once(celery_app: Celery, store: JobStore) -> None:
+    # given a task guarded twice
+    calls: list[int] = []
+
+    def work(n: int) -> int:
+        calls.append(n)
+        return n
+
+    task = make_task(celery_app, work)
+    policy = TaskPolicy(queue="default", soft_time_limit=10.0, time_limit=20.0)
+    guard_task(task, store, policy, WORKER)
+    guard_task(task, store, TaskPolicy(queue="default", time_limit=99.0), WORKER)
+
+    # then the first policy's limits apply and the user's function is still reachable
+    assert (task.soft_time_limit, task.time_limit) == (10.0, 20.0)
+    assert original_run(task) is work
+    # and one delivery runs the body once, recorded once
+    job_id = submit(store, task, 5)
+    task.apply(args=(5,), task_id=job_id)
+    assert calls == [5]
+    assert [a.attempt for a in store.history(job_id)] == [1]
+
+
+# -- the task-side API outside a job ---------------------------------------------------------------------------
+
+
+def test_progress_and_save_artifact_do_nothing_outside_a_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given no job is running, and any store write would be an error
+    def forbidden(*_: Any, **__: Any) -> None:
+        raise AssertionError("the store must not be called outside a job")
+
+    monkeypatch.setattr(JobStore, "record_progress", forbidden)
+    monkeypatch.setattr(JobStore, "save_artifact", forbidden)
+
+    # when a task's helpers are called directly
+    kvern.progress(50, "half")
+    name = kvern.save_artifact("out.csv", b"a,b\n")
+
+    # then nothing is recorded and the call behaves like a plain function
+    assert name == "out.csv"
+    assert kvern.current_job() is None
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden"])
+def test_save_artifact_rejects_non_plain_names_even_outside_a_job(name: str) -> None:
+    with pytest.raises(ValueError, match="plain file name"):
+        kvern.save_artifact(name, b"x")
+
+
+def test_unguarded_task_using_the_helpers_runs_as_a_plain_function(celery_app: Celery, store: JobStore) -> None:
+    # given a task body that uses the helpers, run without a job (as in a user's own unit test)
+    def work(n: int) -> int:
+        kvern.progress(10)
+        kvern.save_artifact("x.txt", b"x")
+        return n * 3
+
+    task = make_task(celery_app, work)
+
+    # when the unguarded task is applied eagerly
+    result = task.apply(args=(4,))
+
+    # then it just returns, and nothing reaches the store
+    assert result.get() == 12
+    assert store.counts_by_status() == {status.value: 0 for status in JobStatus}

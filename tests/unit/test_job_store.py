@@ -1,0 +1,700 @@
+"""`JobStore` contract, run against SQLite and PostgreSQL (the `job_store` fixture is parametrized)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import IntegrityError
+
+import kvern.jobs.store as store_module
+from kvern.jobs.records import Claim, Job, NewJob, ScalingEvent
+from kvern.jobs.states import JobStatus
+from kvern.jobs.store import IdempotencyConflict, JobStore
+
+
+def new_job(
+    *,
+    job_id: str | None = None,
+    key: str | None = None,
+    request_hash: str | None = None,
+    queue: str = "reports",
+    max_attempts: int = 4,
+) -> NewJob:
+    return NewJob(
+        id=job_id or str(uuid.uuid4()),
+        task="tasks.generate_heavy_report",
+        queue=queue,
+        args=[7, "a"],
+        kwargs={"fmt": "pdf", "pages": [1, 2]},
+        max_attempts=max_attempts,
+        idempotency_key=key,
+        request_hash=request_hash,
+    )
+
+
+def submitted(store: JobStore, **kwargs: Any) -> Job:
+    job, created = store.create_job(new_job(**kwargs))
+    assert created
+    return job
+
+
+def get(store: JobStore, job_id: str) -> Job:
+    job = store.get(job_id)
+    assert job is not None
+    return job
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The store's `time.time()` advances one second per call: created_at values are distinct and ordered."""
+    ticks = itertools.count(1_700_000_000)
+    monkeypatch.setattr(store_module, "time", types.SimpleNamespace(time=lambda: float(next(ticks))))
+    yield
+
+
+# -- submission -----------------------------------------------------------------------------------------------
+
+
+def test_create_job_then_get_returns_the_recorded_job(job_store: JobStore) -> None:
+    # given a new job
+    new = new_job(key="k-1", request_hash="h-1", max_attempts=3)
+    before = time.time()
+
+    # when it is created
+    job, created = job_store.create_job(new)
+
+    # then it is recorded as queued, unpublished, with its arguments intact
+    assert created is True
+    assert job == get(job_store, new.id)
+    assert job.id == new.id
+    assert job.task == "tasks.generate_heavy_report"
+    assert job.queue == "reports"
+    assert job.args == [7, "a"]
+    assert job.kwargs == {"fmt": "pdf", "pages": [1, 2]}
+    assert job.status is JobStatus.QUEUED
+    assert (job.progress, job.attempts, job.max_attempts) == (0, 0, 3)
+    assert job.result is None
+    assert job.error is None
+    assert before <= job.created_at <= time.time()
+    assert job.published_at is None
+    assert job.started_at is None
+    assert job.finished_at is None
+    assert (job.idempotency_key, job.request_hash) == ("k-1", "h-1")
+    assert job.artifacts == ()
+
+
+def test_get_unknown_job_returns_none(job_store: JobStore) -> None:
+    assert job_store.get(str(uuid.uuid4())) is None
+
+
+def test_same_idempotency_key_and_hash_returns_the_existing_job(job_store: JobStore) -> None:
+    # given a job created with an idempotency key
+    first = submitted(job_store, key="order-42", request_hash="abc")
+
+    # when the same request is submitted again under a new id
+    again, created = job_store.create_job(new_job(key="order-42", request_hash="abc"))
+
+    # then the first job is returned and nothing new is recorded
+    assert created is False
+    assert again.id == first.id
+    assert sum(job_store.counts_by_status().values()) == 1
+
+
+def test_same_idempotency_key_with_different_hash_is_a_conflict(job_store: JobStore) -> None:
+    # given a job created with an idempotency key
+    first = submitted(job_store, key="order-42", request_hash="abc")
+
+    # when a different request reuses the key
+    with pytest.raises(IdempotencyConflict) as info:
+        job_store.create_job(new_job(key="order-42", request_hash="xyz"))
+
+    # then the conflict names the existing job, and no job was added
+    assert info.value.existing.id == first.id
+    assert sum(job_store.counts_by_status().values()) == 1
+
+
+def test_duplicate_id_without_idempotency_key_is_an_error(job_store: JobStore) -> None:
+    # given a job
+    job = submitted(job_store)
+
+    # when the same id is created again without a key, the integrity error is not swallowed
+    with pytest.raises(IntegrityError):
+        job_store.create_job(new_job(job_id=job.id))
+
+
+def test_concurrent_creates_with_one_idempotency_key_make_exactly_one_job(job_store: JobStore) -> None:
+    # given 50 threads ready to submit the same request at once
+    threads = 50
+    barrier = threading.Barrier(threads)
+
+    def submit(_: int) -> tuple[str, bool]:
+        barrier.wait(timeout=30)
+        job, created = job_store.create_job(new_job(key="same-key", request_hash="same-hash"))
+        return job.id, created
+
+    # when they all submit
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = list(pool.map(submit, range(threads)))
+
+    # then exactly one job was created, and every caller got that job
+    assert sum(created for _, created in results) == 1
+    assert len({job_id for job_id, _ in results}) == 1
+    assert job_store.counts_by_status()[JobStatus.QUEUED] == 1
+    assert len(job_store.list_jobs(None, limit=100)) == 1
+
+
+def test_withdraw_deletes_only_an_unclaimed_queued_job(job_store: JobStore) -> None:
+    # given an unclaimed job, a claimed job, and a replayed job (queued again, but with attempts)
+    unclaimed = submitted(job_store)
+    claimed = submitted(job_store)
+    job_store.claim_attempt(claimed.id, "w1")
+    replayed = submitted(job_store)
+    job_store.claim_attempt(replayed.id, "w1")
+    job_store.record_failure(replayed.id, 1, "boom", JobStatus.DEAD)
+    assert job_store.replay(replayed.id) is not None
+
+    # when each is withdrawn
+    for job in (unclaimed, claimed, replayed):
+        job_store.withdraw(job.id)
+
+    # then only the unclaimed one is gone
+    assert job_store.get(unclaimed.id) is None
+    assert get(job_store, claimed.id).status is JobStatus.RUNNING
+    assert get(job_store, replayed.id).status is JobStatus.QUEUED
+
+
+def test_unpublished_lists_old_unconfirmed_queued_jobs_until_marked_published(job_store: JobStore) -> None:
+    # given three queued jobs, one claimed job (claiming marks it published) and one finished job
+    waiting = [submitted(job_store) for _ in range(3)]
+    claimed = submitted(job_store)
+    job_store.claim_attempt(claimed.id, "w1")
+
+    # when nothing is old enough yet, the outbox is empty
+    assert job_store.unpublished(older_than_s=3600) == []
+
+    # when every unconfirmed job is old enough
+    outbox = job_store.unpublished(older_than_s=-1)
+
+    # then the queued, unpublished jobs are listed oldest first, and the claimed one is not
+    assert [j.id for j in outbox] == [j.id for j in waiting]
+    assert job_store.unpublished(older_than_s=-1, limit=2) == outbox[:2]
+
+    # when two are confirmed
+    job_store.mark_published([waiting[0].id, waiting[1].id])
+    job_store.mark_published([])
+
+    # then only the third is left, and the others carry a publish time
+    assert [j.id for j in job_store.unpublished(older_than_s=-1)] == [waiting[2].id]
+    assert get(job_store, waiting[0].id).published_at is not None
+    assert get(job_store, claimed.id).published_at is not None
+
+
+def test_mark_published_keeps_the_first_publish_time(job_store: JobStore) -> None:
+    # given a published job
+    job = submitted(job_store)
+    job_store.mark_published([job.id])
+    first = get(job_store, job.id).published_at
+
+    # when it is marked published again
+    time.sleep(0.01)
+    job_store.mark_published([job.id])
+
+    # then the first confirmation time stays
+    assert get(job_store, job.id).published_at == first
+
+
+# -- claiming attempts ----------------------------------------------------------------------------------------
+
+
+def test_claim_numbers_attempts_and_marks_an_open_earlier_attempt_lost(job_store: JobStore) -> None:
+    # given a queued job
+    job = submitted(job_store)
+
+    # when it is claimed, then redelivered and claimed again (the first worker died)
+    first = job_store.claim_attempt(job.id, "worker-a")
+    second = job_store.claim_attempt(job.id, "worker-b")
+
+    # then the attempts are numbered 1 and 2, and the job is running its second attempt
+    assert first == Claim(run=True, attempt=1, tracked=True)
+    assert second == Claim(run=True, attempt=2, tracked=True)
+    running = get(job_store, job.id)
+    assert running.status is JobStatus.RUNNING
+    assert running.attempts == 2
+    assert running.started_at is not None
+    assert running.published_at is not None
+    # and the first, still-open attempt is recorded as lost
+    history = job_store.history(job.id)
+    assert [(a.attempt, a.worker, a.outcome) for a in history] == [(1, "worker-a", "lost"), (2, "worker-b", None)]
+    assert history[0].finished_at is not None
+    assert history[1].finished_at is None
+
+
+def test_started_at_is_the_first_attempt_start(job_store: JobStore) -> None:
+    # given a job claimed once
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+    started = get(job_store, job.id).started_at
+
+    # when it is claimed again
+    time.sleep(0.01)
+    job_store.claim_attempt(job.id, "w2")
+
+    # then started_at still says when the job first started
+    assert get(job_store, job.id).started_at == started
+
+
+def test_claim_for_a_finished_job_does_not_run(job_store: JobStore) -> None:
+    # given a job that succeeded on its first attempt
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+    assert job_store.record_success(job.id, 1, {"ok": True})
+
+    # when a duplicate delivery claims it
+    claim = job_store.claim_attempt(job.id, "w2")
+
+    # then it must not run, and no attempt is added
+    assert claim == Claim(run=False, attempt=1, tracked=True)
+    assert len(job_store.history(job.id)) == 1
+    assert get(job_store, job.id).status is JobStatus.SUCCEEDED
+
+
+def test_claim_for_an_unknown_job_is_untracked(job_store: JobStore) -> None:
+    # when a delivery names a job the store never recorded
+    claim = job_store.claim_attempt(str(uuid.uuid4()), "w1")
+
+    # then it runs untracked
+    assert claim == Claim(run=True, attempt=1, tracked=False)
+
+
+# -- outcomes, fenced by attempt ------------------------------------------------------------------------------
+
+
+def test_success_records_result_and_closes_the_attempt(job_store: JobStore) -> None:
+    # given a running job
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+
+    # when its attempt succeeds
+    assert job_store.record_success(job.id, 1, {"pages": 12, "ok": True}) is True
+
+    # then the result is the job's, progress is complete, and the attempt is closed as succeeded
+    done = get(job_store, job.id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.result == {"pages": 12, "ok": True}
+    assert done.progress == 100
+    assert done.finished_at is not None
+    assert [(a.attempt, a.outcome) for a in job_store.history(job.id)] == [(1, "succeeded")]
+
+
+def test_stale_attempt_cannot_record_after_a_newer_attempt_claimed(job_store: JobStore) -> None:
+    # given a job whose attempt 1 was superseded by attempt 2
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.claim_attempt(job.id, "w2")
+
+    # when attempt 1 reports success late
+    won = job_store.record_success(job.id, 1, "from attempt 1")
+
+    # then it is refused and the job keeps running attempt 2
+    assert won is False
+    still = get(job_store, job.id)
+    assert still.status is JobStatus.RUNNING
+    assert still.result is None
+
+    # and attempt 2 can still record its outcome
+    assert job_store.record_success(job.id, 2, "from attempt 2") is True
+    assert get(job_store, job.id).result == "from attempt 2"
+
+
+def test_first_outcome_wins_and_a_late_duplicate_changes_nothing(job_store: JobStore) -> None:
+    # given a job whose attempt recorded success
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+    assert job_store.record_success(job.id, 1, {"v": 1}) is True
+    finished_at = get(job_store, job.id).finished_at
+
+    # when the same attempt reports again, with another result and then a failure
+    late_success = job_store.record_success(job.id, 1, {"v": 2})
+    late_failure = job_store.record_failure(job.id, 1, "late", JobStatus.FAILED)
+
+    # then both are refused and the recorded outcome is untouched
+    assert (late_success, late_failure) == (False, False)
+    done = get(job_store, job.id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.result == {"v": 1}
+    assert done.error is None
+    assert done.finished_at == finished_at
+    # and the attempt history still says the attempt succeeded
+    assert [(a.attempt, a.outcome, a.error) for a in job_store.history(job.id)] == [(1, "succeeded", None)]
+
+
+def test_unclaimed_job_cannot_record_an_outcome(job_store: JobStore) -> None:
+    # given a queued job nobody claimed
+    job = submitted(job_store)
+
+    # when an outcome is recorded for an attempt that was never claimed
+    # then it is refused
+    assert job_store.record_success(job.id, 0, "x") is False
+    assert job_store.record_success(job.id, 1, "x") is False
+    assert get(job_store, job.id).status is JobStatus.QUEUED
+
+
+def test_progress_never_moves_backwards_and_is_fenced(job_store: JobStore) -> None:
+    # given a running attempt 1
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+
+    # when it reports 40%, then 20%
+    assert job_store.record_progress(job.id, 1, 40, "rendering") is True
+    assert job_store.record_progress(job.id, 1, 20, "back?") is False
+
+    # then progress stays at 40% with its message
+    job_now = get(job_store, job.id)
+    assert (job_now.progress, job_now.progress_message) == (40, "rendering")
+
+    # when attempt 2 takes over and attempt 1 reports again
+    job_store.claim_attempt(job.id, "w2")
+    assert job_store.record_progress(job.id, 1, 90, "stale") is False
+
+    # then the stale report is ignored, and attempt 2 may move it forward
+    assert get(job_store, job.id).progress == 40
+    assert job_store.record_progress(job.id, 2, 60, "attempt 2") is True
+    assert (get(job_store, job.id).progress, get(job_store, job.id).progress_message) == (60, "attempt 2")
+
+
+def test_progress_after_the_outcome_is_refused(job_store: JobStore) -> None:
+    # given a finished job
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.record_failure(job.id, 1, "boom", JobStatus.FAILED)
+
+    # when its attempt reports progress late
+    # then it is refused
+    assert job_store.record_progress(job.id, 1, 50) is False
+    assert get(job_store, job.id).progress == 0
+
+
+def test_only_the_winning_attempts_artifacts_are_served(job_store: JobStore) -> None:
+    # given attempt 1 saved two files and was then superseded by attempt 2
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.save_artifact(job.id, 1, "report.pdf", "application/pdf", b"attempt-1")
+    job_store.save_artifact(job.id, 1, "stale.txt", "text/plain", b"only in attempt 1")
+    job_store.claim_attempt(job.id, "w2")
+    job_store.save_artifact(job.id, 2, "report.pdf", "application/pdf", b"attempt-2 draft")
+    job_store.save_artifact(job.id, 2, "report.pdf", "application/pdf", b"attempt-2")
+
+    # when nothing is recorded yet, no artifact is served
+    assert job_store.artifact(job.id, "report.pdf") is None
+    assert get(job_store, job.id).artifacts == ()
+
+    # when attempt 2 succeeds (and attempt 1 writes once more, late)
+    assert job_store.record_success(job.id, 2, "ok")
+    job_store.save_artifact(job.id, 1, "late.txt", "text/plain", b"late")
+
+    # then only attempt 2's files are served, and the latest save of a name wins
+    assert job_store.artifact(job.id, "report.pdf") == ("application/pdf", b"attempt-2")
+    assert job_store.artifact(job.id, "stale.txt") is None
+    assert job_store.artifact(job.id, "late.txt") is None
+    assert [(a.name, a.content_type, a.size) for a in get(job_store, job.id).artifacts] == [
+        ("report.pdf", "application/pdf", len(b"attempt-2"))
+    ]
+
+
+def test_artifact_of_unknown_job_or_name_is_none(job_store: JobStore) -> None:
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.save_artifact(job.id, 1, "a.bin", "application/octet-stream", b"\x00\x01")
+    job_store.record_success(job.id, 1, None)
+
+    assert job_store.artifact(job.id, "a.bin") == ("application/octet-stream", b"\x00\x01")
+    assert job_store.artifact(job.id, "b.bin") is None
+    assert job_store.artifact(str(uuid.uuid4()), "a.bin") is None
+
+
+def test_retry_keeps_the_job_running_with_the_error(job_store: JobStore) -> None:
+    # given a running attempt 1
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+
+    # when it fails with a retry to follow
+    assert job_store.record_retry(job.id, 1, "ConnectionError: flaky") is True
+
+    # then the job stays running with the error, and the attempt is closed as a retry
+    still = get(job_store, job.id)
+    assert still.status is JobStatus.RUNNING
+    assert still.error == "ConnectionError: flaky"
+    assert still.finished_at is None
+    # and the next delivery runs attempt 2 without marking attempt 1 lost
+    assert job_store.claim_attempt(job.id, "w2") == Claim(run=True, attempt=2, tracked=True)
+    assert [(a.attempt, a.outcome, a.error) for a in job_store.history(job.id)] == [
+        (1, "retry", "ConnectionError: flaky"),
+        (2, None, None),
+    ]
+
+
+def test_retry_from_a_stale_attempt_is_refused(job_store: JobStore) -> None:
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.claim_attempt(job.id, "w2")
+
+    assert job_store.record_retry(job.id, 1, "late") is False
+    assert get(job_store, job.id).error is None
+
+
+@pytest.mark.parametrize("status", [JobStatus.DEAD, JobStatus.FAILED])
+def test_failure_records_a_terminal_status(job_store: JobStore, status: JobStatus) -> None:
+    # given a running job
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+
+    # when its attempt fails for good
+    assert job_store.record_failure(job.id, 1, "ValueError: bad input", status) is True
+
+    # then the job has that status and the error, and the attempt is closed with it
+    failed = get(job_store, job.id)
+    assert failed.status is status
+    assert failed.error == "ValueError: bad input"
+    assert failed.result is None
+    assert failed.finished_at is not None
+    assert [(a.outcome, a.error) for a in job_store.history(job.id)] == [(status.value, "ValueError: bad input")]
+    # and a later delivery does not run it
+    assert job_store.claim_attempt(job.id, "w2").run is False
+
+
+def test_mark_dead_ends_an_active_job_once(job_store: JobStore) -> None:
+    # given a running job and a queued job
+    running = submitted(job_store)
+    job_store.claim_attempt(running.id, "w1")
+    queued = submitted(job_store)
+
+    # when the broker dead-letters both
+    assert job_store.mark_dead(running.id, "delivery limit") is True
+    assert job_store.mark_dead(queued.id, "delivery limit") is True
+
+    # then both are dead, and marking again changes nothing
+    for job_id in (running.id, queued.id):
+        dead = get(job_store, job_id)
+        assert dead.status is JobStatus.DEAD
+        assert dead.error == "delivery limit"
+        assert dead.finished_at is not None
+    assert job_store.mark_dead(running.id, "again") is False
+    assert get(job_store, running.id).error == "delivery limit"
+    # and the attempt that was running can no longer record an outcome
+    assert job_store.record_success(running.id, 1, "late") is False
+    assert get(job_store, running.id).status is JobStatus.DEAD
+
+
+def test_mark_dead_does_not_touch_a_finished_job(job_store: JobStore) -> None:
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.record_success(job.id, 1, "done")
+
+    assert job_store.mark_dead(job.id, "late dead-letter") is False
+    assert get(job_store, job.id).status is JobStatus.SUCCEEDED
+
+
+def test_replay_of_a_dead_job_queues_it_again_with_its_history(job_store: JobStore) -> None:
+    # given a job that died after two attempts, with an artifact from the last one
+    job = submitted(job_store, max_attempts=2)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.record_retry(job.id, 1, "flaky")
+    job_store.claim_attempt(job.id, "w2")
+    job_store.save_artifact(job.id, 2, "partial.txt", "text/plain", b"half")
+    job_store.record_failure(job.id, 2, "flaky again", JobStatus.DEAD)
+    job_store.mark_published([job.id])
+
+    # when it is replayed
+    replayed = job_store.replay(job.id)
+
+    # then it is queued again under the same id, unpublished, with attempts and history kept
+    assert replayed is not None
+    assert replayed.id == job.id
+    assert replayed.status is JobStatus.QUEUED
+    assert replayed.attempts == 2
+    assert replayed.max_attempts == 4
+    assert replayed.progress == 0
+    assert replayed.published_at is None
+    assert replayed.finished_at is None
+    assert replayed.artifacts == ()
+    assert job_store.artifact(job.id, "partial.txt") is None
+    assert [a.attempt for a in job_store.history(job.id)] == [1, 2]
+    assert [j.id for j in job_store.unpublished(older_than_s=-1)] == [job.id]
+    # and the next delivery is attempt 3
+    assert job_store.claim_attempt(job.id, "w3") == Claim(run=True, attempt=3, tracked=True)
+
+
+@pytest.mark.parametrize("end", ["succeeded", "queued", "running"])
+def test_replay_only_applies_to_failed_or_dead_jobs(job_store: JobStore, end: str) -> None:
+    # given a job that is not failed or dead
+    job = submitted(job_store)
+    if end != "queued":
+        job_store.claim_attempt(job.id, "w1")
+    if end == "succeeded":
+        job_store.record_success(job.id, 1, "ok")
+    status_before = get(job_store, job.id).status
+
+    # when / then replay refuses it and leaves it alone
+    assert job_store.replay(job.id) is None
+    assert get(job_store, job.id).status is status_before
+
+
+def test_replay_of_a_failed_job_is_allowed(job_store: JobStore) -> None:
+    job = submitted(job_store)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.record_failure(job.id, 1, "PermanentError", JobStatus.FAILED)
+
+    replayed = job_store.replay(job.id)
+
+    assert replayed is not None
+    assert replayed.status is JobStatus.QUEUED
+
+
+# -- reading --------------------------------------------------------------------------------------------------
+
+
+def test_counts_by_status_lists_every_status(job_store: JobStore) -> None:
+    # given an empty store, every status is counted as zero
+    assert job_store.counts_by_status() == {status.value: 0 for status in JobStatus}
+
+    # given two queued jobs, one running, one succeeded and one dead
+    submitted(job_store)
+    submitted(job_store)
+    running = submitted(job_store)
+    job_store.claim_attempt(running.id, "w")
+    done = submitted(job_store)
+    job_store.claim_attempt(done.id, "w")
+    job_store.record_success(done.id, 1, None)
+    dead = submitted(job_store)
+    job_store.mark_dead(dead.id, "dlx")
+
+    # when counted
+    counts = job_store.counts_by_status()
+
+    # then each status has its count
+    assert counts == {"queued": 2, "running": 1, "succeeded": 1, "failed": 0, "dead": 1, "cancelled": 0}
+
+
+@pytest.mark.usefixtures("fake_clock")
+def test_list_jobs_is_newest_first_and_pages_with_before(job_store: JobStore) -> None:
+    # given five jobs created one after another
+    jobs = [submitted(job_store) for _ in range(5)]
+    newest_first = [j.id for j in reversed(jobs)]
+
+    # when listing two at a time
+    page1 = job_store.list_jobs(None, limit=2)
+    page2 = job_store.list_jobs(None, limit=2, before=page1[-1].created_at)
+    page3 = job_store.list_jobs(None, limit=2, before=page2[-1].created_at)
+
+    # then the pages walk from newest to oldest without gaps or repeats
+    assert [j.id for j in page1 + page2 + page3] == newest_first
+    assert job_store.list_jobs(None, limit=2, before=page3[-1].created_at) == []
+
+
+@pytest.mark.usefixtures("fake_clock")
+def test_list_jobs_filters_by_status(job_store: JobStore) -> None:
+    # given queued and running jobs
+    queued = [submitted(job_store) for _ in range(3)]
+    job_store.claim_attempt(queued[1].id, "w")
+
+    # when listing only queued jobs
+    listed = job_store.list_jobs(JobStatus.QUEUED, limit=10)
+
+    # then the running one is left out
+    assert [j.id for j in listed] == [queued[2].id, queued[0].id]
+    assert [j.id for j in job_store.list_jobs(JobStatus.RUNNING, limit=10)] == [queued[1].id]
+
+
+def test_oldest_queued_at_looks_at_queued_jobs_of_the_given_queues(job_store: JobStore) -> None:
+    # given an empty store
+    assert job_store.oldest_queued_at(["reports"]) is None
+
+    # given queued jobs on two queues, the oldest of which is then claimed
+    first = submitted(job_store, queue="reports")
+    second = submitted(job_store, queue="reports")
+    other = submitted(job_store, queue="mail")
+    job_store.claim_attempt(first.id, "w")
+
+    # then the oldest still-queued job of the named queues counts
+    assert job_store.oldest_queued_at(["reports"]) == second.created_at
+    assert job_store.oldest_queued_at(["mail"]) == other.created_at
+    assert job_store.oldest_queued_at(["nothing"]) is None
+
+
+def test_scaling_events_round_trip_newest_first_per_pool(job_store: JobStore) -> None:
+    # given scaling events of two pools
+    events = [
+        ScalingEvent(at=100.0, pool="reports", from_processes=0, to_processes=2, reason="backlog 9"),
+        ScalingEvent(at=101.5, pool="mail", from_processes=0, to_processes=1, reason="oldest waited 6s"),
+        ScalingEvent(at=130.25, pool="reports", from_processes=2, to_processes=0, reason="idle 30s"),
+    ]
+    for event in events:
+        job_store.record_scaling_event(event)
+
+    # when read back
+    # then they come back intact, newest first, filtered by pool and limited
+    assert job_store.scaling_events() == [events[2], events[1], events[0]]
+    assert job_store.scaling_events(pool="reports") == [events[2], events[0]]
+    assert job_store.scaling_events(pool="reports", limit=1) == [events[2]]
+    assert job_store.scaling_events(pool="nothing") == []
+
+
+def test_ping_and_create_schema_twice(job_store: JobStore) -> None:
+    # given a store with its schema and a job
+    job = submitted(job_store)
+
+    # when the schema is created again, nothing is lost
+    job_store.create_schema()
+    job_store.ping()
+    assert get(job_store, job.id).id == job.id
+
+
+# -- races that only PostgreSQL can interleave (SQLite serialises writers with BEGIN IMMEDIATE) ---------------
+
+
+def _interleave_before_claim_update(store: JobStore, write: Callable[[], object]) -> list[object]:
+    """Run `write` on another connection right between claim_attempt's SELECT and its UPDATE."""
+    results: list[object] = []
+
+    def before_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        is_claim_update = statement.lstrip().upper().startswith("UPDATE KVERN_JOBS") and "started_at" in statement
+        if is_claim_update and not results:
+            results.append(write())
+
+    sa_event.listen(store.engine, "before_cursor_execute", before_execute)
+    return results
+
+
+@pytest.mark.parametrize("outcome", ["success", "dead"])
+def test_claim_racing_with_an_outcome_does_not_reopen_the_job(postgres_store: JobStore, outcome: str) -> None:
+    # given a job running attempt 1, and a redelivery whose claim reads the job just before attempt 1 finishes
+    store = postgres_store
+    job = submitted(store)
+    store.claim_attempt(job.id, "w1")
+
+    def finish() -> bool:
+        if outcome == "success":
+            return store.record_success(job.id, 1, "from attempt 1")
+        return store.mark_dead(job.id, "delivery limit")
+
+    interleaved = _interleave_before_claim_update(store, finish)
+
+    # when the redelivery claims a new attempt
+    claim = store.claim_attempt(job.id, "w2")
+
+    # then the outcome committed in between stands: the redelivery does not run and the job stays finished
+    assert interleaved == [True]
+    assert claim.run is False
+    finished = get(store, job.id)
+    assert finished.status is (JobStatus.SUCCEEDED if outcome == "success" else JobStatus.DEAD)
+    assert finished.attempts == 1
+    assert [a.attempt for a in store.history(job.id)] == [1]
