@@ -14,11 +14,17 @@ from typing import Any, TypeVar
 import click
 
 from kvern import constants as c
+from kvern.api.views import job_view
+from kvern.autoscale.pins import write_pin
+from kvern.broker.relay import publish_jobs
 from kvern.client import submit_and_follow
 from kvern.errors import KvernError, RuntimeStateError, SpecError, StartError
+from kvern.jobs.states import REPLAYABLE
+from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, default_state_dir, front_door_url
 from kvern.runtime.status import collect_status, render_status
-from kvern.spec import load_spec
+from kvern.runtime.web_scaling import scale_web
+from kvern.spec import PoolSpec, load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -165,6 +171,91 @@ def logs(ctx: click.Context, program: str | None, lines: int) -> None:
         if tail:
             click.echo(f"==> {path.name} <==")
             click.echo("\n".join(tail))
+
+
+@main.command()
+@click.argument("target")
+@click.argument("processes")
+@click.pass_context
+@handle_errors
+def scale(ctx: click.Context, target: str, processes: str) -> None:
+    """Pin POOL to N processes (`auto` gives it back to the autoscaler), or set the number of web heads."""
+    instance = running_instance(ctx)
+    if target == "web":
+        before, after = scale_web(instance.supervisor, instance.state_dir, _count(processes))
+        click.echo(f"web heads: {before} -> {after}")
+        return
+    pool = _pool(instance, target)
+    if processes == "auto":
+        write_pin(instance.state_dir, pool.name, None)
+        click.echo(f"pool {pool.name}: autoscaled ({pool.min}..{pool.max})")
+        return
+    count = _count(processes)
+    if count > pool.max:
+        raise SpecError(f"pool {pool.name}: {count} is above its max ({pool.max})")
+    write_pin(instance.state_dir, pool.name, count)
+    click.echo(f"pool {pool.name}: pinned to {count} processes (`kvern scale {pool.name} auto` to release)")
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise click.BadParameter(f"{text!r} is not a number of processes")
+    return int(text)
+
+
+def _pool(instance: Instance, name: str) -> PoolSpec:
+    try:
+        return instance.spec.pool(name)
+    except KeyError:
+        raise SpecError(f"no pool named {name!r} (pools: {', '.join(p.name for p in instance.spec.pools)})") from None
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and re-drive dead (and failed) jobs."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=50)
+@click.pass_context
+@handle_errors
+def dlq_list(ctx: click.Context, limit: int) -> None:
+    store = JobStore(running_instance(ctx).runtime().store_url)
+    for status in REPLAYABLE:
+        for job in store.list_jobs(status, limit):
+            error = (job.error or "").splitlines()[0][:80] if job.error else ""
+            click.echo(f"{job.id}  {job.status.value:<6}  {job.task}  attempts {job.attempts}  {error}")
+
+
+@dlq.command("show")
+@click.argument("job_id")
+@click.pass_context
+@handle_errors
+def dlq_show(ctx: click.Context, job_id: str) -> None:
+    store = JobStore(running_instance(ctx).runtime().store_url)
+    job = store.get(job_id)
+    if job is None:
+        raise RuntimeStateError(f"no job with id {job_id!r}")
+    history = [vars(attempt) for attempt in store.history(job_id)]
+    click.echo(json.dumps({**job_view(job).model_dump(mode="json"), "history": history}, indent=2))
+
+
+@dlq.command("replay")
+@click.argument("job_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead and failed job.")
+@click.pass_context
+@handle_errors
+def dlq_replay(ctx: click.Context, job_id: str | None, replay_all: bool) -> None:
+    if bool(job_id) == replay_all:
+        raise click.UsageError("give a JOB_ID or --all")
+    config = running_instance(ctx).runtime()
+    store = JobStore(config.store_url)
+    ids = [job_id] if job_id else [j.id for s in REPLAYABLE for j in store.list_jobs(s, 10_000)]
+    replayed = [job for job in (store.replay(i) for i in ids) if job is not None]
+    publish_jobs(config.broker_urls[c.ROLE_ADMIN], replayed, store)
+    click.echo(f"replayed {len(replayed)} job(s)")
+    if job_id and not replayed:
+        sys.exit(c.RET_FAILURE)
 
 
 if __name__ == "__main__":

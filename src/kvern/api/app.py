@@ -19,7 +19,7 @@ from kvern.broker.publisher import JobPublisher
 from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.records import Job, NewJob
-from kvern.jobs.states import JobStatus
+from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
 from kvern.runtime.config import RuntimeConfig
 from kvern.spec import Spec, load_spec
@@ -93,6 +93,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
     )
     _install_error_handlers(app)
     _install_job_routes(app)
+    _install_dead_letter_routes(app)
     _install_health_routes(app)
     return app
 
@@ -213,6 +214,34 @@ async def _read_body(request: Request) -> bytes | Response:
             return json_error(413, "body_too_large", f"request body is over {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _install_dead_letter_routes(app: FastAPI) -> None:
+    @app.get(f"{API_PREFIX}/dlq", response_model=JobPage)
+    async def list_dead(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JobPage:
+        store = _head(request).store
+        jobs = [job for status in REPLAYABLE for job in await run_in_threadpool(store.list_jobs, status, limit)]
+        jobs.sort(key=lambda job: job.created_at, reverse=True)
+        return JobPage(jobs=[job_view(job) for job in jobs[:limit]], next=None)
+
+    @app.get(f"{API_PREFIX}/dlq/{{job_id}}", responses=ERRORS)
+    async def show_dead(request: Request, job_id: str) -> Response:
+        store = _head(request).store
+        job = await run_in_threadpool(store.get, job_id)
+        if job is None:
+            return json_error(404, "unknown_job", f"no job with id {job_id!r}")
+        history = [vars(attempt) for attempt in await run_in_threadpool(store.history, job_id)]
+        return JSONResponse({**job_view(job).model_dump(mode="json"), "history": history})
+
+    @app.post(f"{API_PREFIX}/dlq/{{job_id}}/replay", status_code=202, response_model=JobView, responses=ERRORS)
+    async def replay_dead(request: Request, job_id: str) -> Response:
+        head = _head(request)
+        job = await run_in_threadpool(head.store.replay, job_id)
+        if job is None:
+            return json_error(409, "not_replayable", f"job {job_id!r} is unknown or not dead/failed")
+        await head.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
+        await run_in_threadpool(head.store.mark_published, [job.id])
+        return JSONResponse(job_view(job).model_dump(mode="json"), status_code=202)
 
 
 def _install_health_routes(app: FastAPI) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from kombu.connection import Connection
@@ -18,6 +19,7 @@ from kombu.messaging import Consumer, Producer
 
 from kvern.broker.publisher import celery_task_message
 from kvern.broker.topology import dead_letter_queue
+from kvern.jobs.records import Job
 from kvern.jobs.store import JobStore
 
 log = logging.getLogger("kvern.relay")
@@ -25,11 +27,10 @@ log = logging.getLogger("kvern.relay")
 OUTBOX_GRACE_S = 10.0
 
 
-def relay_unpublished(store: JobStore, broker_url: str, grace_s: float = OUTBOX_GRACE_S) -> int:
-    """Publish (with confirms) every queued job the broker never confirmed; returns how many."""
-    jobs = store.unpublished(older_than_s=grace_s)
+def publish_jobs(broker_url: str, jobs: Sequence[Job], store: JobStore) -> None:
+    """Publish jobs with confirms (blocking), marking each published once the broker confirmed it."""
     if not jobs:
-        return 0
+        return
     with Connection(broker_url, connect_timeout=3, transport_options={"confirm_publish": True}) as conn:
         producer = Producer(conn.channel())
         for job in jobs:
@@ -47,7 +48,14 @@ def relay_unpublished(store: JobStore, broker_url: str, grace_s: float = OUTBOX_
                 serializer=None,
             )
             store.mark_published([job.id])
-            log.warning("outbox: published job %s again (never confirmed before)", job.id)
+
+
+def relay_unpublished(store: JobStore, broker_url: str, grace_s: float = OUTBOX_GRACE_S) -> int:
+    """Publish again every queued job the broker never confirmed; returns how many."""
+    jobs = store.unpublished(older_than_s=grace_s)
+    publish_jobs(broker_url, jobs, store)
+    for job in jobs:
+        log.warning("outbox: published job %s again (never confirmed before)", job.id)
     return len(jobs)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kvern.jobs.states import JobStatus
@@ -101,3 +101,4 @@ class Claim:
     run: bool
     attempt: int
     tracked: bool  # False: no record (a plain `.delay()` from user code); run without recording
+    max_attempts: int | None = field(default=None, compare=False)  # the job's attempt budget (a replay extends it)

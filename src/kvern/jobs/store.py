@@ -181,7 +181,9 @@ class JobStore:
         now = time.time()
         jobs = schema.jobs
         with self._begin() as conn:
-            row = conn.execute(select(jobs.c.status, jobs.c.attempts).where(jobs.c.id == job_id)).first()
+            row = conn.execute(
+                select(jobs.c.status, jobs.c.attempts, jobs.c.max_attempts).where(jobs.c.id == job_id)
+            ).first()
             if row is None:
                 return Claim(run=True, attempt=1, tracked=False)
             if JobStatus(row.status) not in ACTIVE:
@@ -211,7 +213,7 @@ class JobStore:
                 .values(finished_at=now, outcome="lost")
             )
             conn.execute(insert(schema.attempts).values(job_id=job_id, attempt=attempt, worker=worker, started_at=now))
-        return Claim(run=True, attempt=attempt, tracked=True)
+        return Claim(run=True, attempt=attempt, tracked=True, max_attempts=row.max_attempts)
 
     def _fence(self, job_id: str, attempt: int) -> Any:
         jobs = schema.jobs

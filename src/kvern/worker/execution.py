@@ -46,12 +46,18 @@ def backoff_delay(policy: TaskPolicy, attempt: int, rng: random.Random | None = 
     return (rng or random).uniform(0, ceiling)
 
 
-def decide_after_failure(exc: BaseException, policy: TaskPolicy, attempt: int) -> Outcome:
+def decide_after_failure(
+    exc: BaseException, policy: TaskPolicy, attempt: int, max_attempts: int | None = None
+) -> Outcome:
+    """FAILED for a permanent error (or no retries declared), DEAD once the attempt budget is spent."""
     if isinstance(exc, PermanentError) or policy.retries == 0:
         return Outcome(JobStatus.FAILED)
-    if attempt > policy.retries:
+    budget = max_attempts if max_attempts is not None else policy.retries + 1
+    if attempt >= budget:
         return Outcome(JobStatus.DEAD)
-    return Outcome(None, backoff_delay(policy, attempt))
+    # A replayed job starts a new round of backoff rather than waiting the longest delay at once.
+    round_attempt = attempt - (budget - policy.retries - 1)
+    return Outcome(None, backoff_delay(policy, max(1, round_attempt)))
 
 
 def original_run(task: Task) -> Callable[..., Any]:
@@ -124,7 +130,7 @@ class _AttemptRunner:
         log.warning("job %s attempt %d failed: %s", job_id, claim.attempt, error)
         if not claim.tracked:
             raise exc
-        outcome = decide_after_failure(exc, self.policy, claim.attempt)
+        outcome = decide_after_failure(exc, self.policy, claim.attempt, claim.max_attempts)
         if outcome.status is not None:
             self.store.record_failure(job_id, claim.attempt, error, outcome.status)
             return None

@@ -1,0 +1,64 @@
+"""`kvern scale web N`: add or remove web heads and reload nginx's upstream without dropping a request.
+
+Growing: start the new heads, wait until each answers on its socket, then point nginx at them. Shrinking:
+point nginx away first (a graceful reload lets old nginx workers finish their requests), then stop the heads
+(uvicorn finishes the requests in flight before it exits).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from kvern.constants import PROGRAM_NGINX, WEB_GROUP
+from kvern.errors import StartError
+from kvern.runtime import nginx
+from kvern.runtime.programs import MAX_WEB_HEADS, web_program_name
+from kvern.runtime.supervisor import Supervisor
+
+HEAD_READY_TIMEOUT_S = 30.0
+DRAIN_S = 1.0
+
+
+def running_heads(supervisor: Supervisor) -> list[int]:
+    return sorted(
+        int(p["name"].rsplit("-", 1)[1])
+        for p in supervisor.processes()
+        if p["group"] == WEB_GROUP and p["statename"] in ("RUNNING", "STARTING")
+    )
+
+
+def wait_head_ready(state_dir: Path, index: int, timeout: float = HEAD_READY_TIMEOUT_S) -> None:
+    transport = httpx.HTTPTransport(uds=str(nginx.web_socket(state_dir, index)))
+    deadline = time.monotonic() + timeout
+    with httpx.Client(transport=transport, base_url="http://web-head", timeout=2) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get("/api/openapi.json").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+    raise StartError(f"web head {index} did not become ready in {timeout:.0f}s")
+
+
+def scale_web(supervisor: Supervisor, state_dir: Path, target: int) -> tuple[int, int]:
+    if not 1 <= target <= MAX_WEB_HEADS:
+        raise StartError(f"web heads must be between 1 and {MAX_WEB_HEADS}")
+    current = running_heads(supervisor)
+    if len(current) < target:
+        for index in range(len(current), target):
+            supervisor.start(f"{WEB_GROUP}:{web_program_name(index)}", wait=False)
+        for index in range(len(current), target):
+            wait_head_ready(state_dir, index)
+        nginx.write_upstream(state_dir, target)
+        supervisor.signal(PROGRAM_NGINX, "HUP")
+    elif len(current) > target:
+        nginx.write_upstream(state_dir, target)
+        supervisor.signal(PROGRAM_NGINX, "HUP")
+        time.sleep(DRAIN_S)  # let nginx's new workers take over before the old heads go
+        for index in current[target:]:
+            supervisor.stop(f"{WEB_GROUP}:{web_program_name(index)}", wait=True)
+    return len(current), target
