@@ -45,6 +45,10 @@ ROLE_PERMISSIONS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def broker_user(role: str) -> str:
+    return f"kvern-{role}"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -109,8 +113,8 @@ class Instance:
     ) -> None:
         if node is not None:
             node.wait_ready(BROKER_READY_TIMEOUT_S)
-            users = {role: (_password(config, role), ROLE_PERMISSIONS[role]) for role in ROLE_PERMISSIONS}
-            node.provision(VHOST, users)
+            users = {broker_user(role): (_password(config, role), ROLE_PERMISSIONS[role]) for role in ROLE_PERMISSIONS}
+            node.provision(VHOST, users, tags={broker_user(ROLE_ADMIN): ("administrator",)})
         declare_topology(config.broker_urls[ROLE_ADMIN], self.spec.all_queues)
         supervisor = self.supervisor
         for pool, minimum in pools:
@@ -158,7 +162,7 @@ class Instance:
         ports = {"amqp": free_port(), "dist": free_port(), "management": free_port()}
         passwords = {role: _reuse_password(previous, role) for role in ROLE_PERMISSIONS}
         urls = {
-            role: f"amqp://kvern-{role}:{passwords[role]}@127.0.0.1:{ports['amqp']}/{quote(VHOST, safe='')}"
+            role: f"amqp://{broker_user(role)}:{passwords[role]}@127.0.0.1:{ports['amqp']}/{quote(VHOST, safe='')}"
             for role in ROLE_PERMISSIONS
         }
         management = f"http://127.0.0.1:{ports['management']}"
@@ -170,7 +174,7 @@ class Instance:
             store_url,
             urls,
             management,
-            (f"kvern-{ROLE_ADMIN}", passwords[ROLE_ADMIN]),
+            (broker_user(ROLE_ADMIN), passwords[ROLE_ADMIN]),
             True,
             only,
             {f"broker_{k}_port": str(v) for k, v in ports.items()},

@@ -1,0 +1,322 @@
+"""kvern's own private RabbitMQ node, fully contained in one state directory.
+
+The node is Debian's RabbitMQ 3.10 started in the foreground by `rabbitmq-server`; Supervisor runs it, so this
+module only produces the command and the environment, never a daemon. Everything the node reads or writes
+(config, enabled plugins, Erlang cookie, Mnesia, logs) lives under `state_dir`, so it coexists with the
+machine's own broker and with other kvern instances: every listener is on 127.0.0.1 only, on ports the caller
+chose, and the node name is derived from the state dir.
+
+Isolation gotchas handled here (each one was hit on a real machine):
+
+- `rabbitmq-env` sources /etc/rabbitmq/rabbitmq-env.conf (which may set NODENAME, ERL_FLAGS, ...) and the
+  node loads /etc/rabbitmq/conf.d/*.conf, advanced.config and motd: every one of those paths is redirected
+  into the state dir.
+- Unless told otherwise, `rabbitmq-server` forks Erlang and waits in a shell with traps: Supervisor's SIGTERM
+  reaches the shell, a SIGKILL would orphan the VM, and the shell exits 0 even when the VM crashed.
+  `RABBITMQ_ALLOW_INPUT` makes it `exec` the VM (the pid Supervisor holds *is* beam.smp, which handles
+  SIGTERM as a clean shutdown); `-noinput` on the command line keeps the Erlang shell off.
+- The distribution listener and the CLI tools' own distribution listener (35672-35682) bind 0.0.0.0 unless
+  `inet_dist_use_interface` is set for both the server and `rabbitmqctl`.
+- A fresh node creates guest/guest (administrator): here the first user is `kvern-bootstrap`, whose password
+  is derived from the private cookie, and `provision` deletes it (and `guest`, should it exist).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvern.errors import BrokerAdminError
+
+__all__ = ["RABBITMQCTL", "RABBITMQ_SERVER", "BrokerAdminError", "BrokerPorts", "PrivateNode"]
+
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+RABBITMQ_SERVER = RABBITMQ_BIN / "rabbitmq-server"
+RABBITMQCTL = RABBITMQ_BIN / "rabbitmqctl"
+
+LOOPBACK = "127.0.0.1"
+# Erlang term form, for the kernel parameter that pins distribution listeners to loopback.
+_LOOPBACK_DIST_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
+_SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+BOOTSTRAP_USER = "kvern-bootstrap"
+# Users a fresh node may hold that nobody asked for; `provision` removes them.
+DEFAULT_USERS = ("guest", BOOTSTRAP_USER)
+PLUGINS = ("rabbitmq_management",)
+
+_PORT_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class BrokerPorts:
+    """The node's three TCP listeners, all bound to 127.0.0.1."""
+
+    amqp: int
+    dist: int  # Erlang distribution (rabbitmqctl talks to the node through it)
+    management: int  # management plugin HTTP API
+
+    def __post_init__(self) -> None:
+        ports = (self.amqp, self.dist, self.management)
+        if any(not 0 < port < 65536 for port in ports):
+            raise ValueError(f"broker ports must be in 1..65535: {self}")
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"broker ports must be distinct: {self}")
+
+
+@dataclass(frozen=True)
+class PrivateNode:
+    """A private RabbitMQ node whose whole state lives in `state_dir`."""
+
+    state_dir: Path
+    ports: BrokerPorts
+    consumer_timeout_ms: int
+    # Absolute limits, not fractions of RAM/disk: several nodes may share one machine.
+    memory_high_watermark_mib: int = 1024
+    disk_free_limit_mib: int = 512
+
+    def __post_init__(self) -> None:
+        # Absolute, so the node name (a hash of it) does not depend on the caller's working directory.
+        object.__setattr__(self, "state_dir", Path(self.state_dir).resolve())
+        if self.consumer_timeout_ms <= 0:
+            raise ValueError("consumer_timeout_ms must be positive")
+        if self.memory_high_watermark_mib <= 0 or self.disk_free_limit_mib <= 0:
+            raise ValueError("memory and disk limits must be positive")
+
+    # -- names and paths -----------------------------------------------------------------------------------
+
+    @property
+    def node_name(self) -> str:
+        """Unique per state dir, so two instances (and the system broker's `rabbit@...`) never clash in epmd."""
+        digest = hashlib.sha1(str(self.state_dir).encode(), usedforsecurity=False).hexdigest()[:8]
+        return f"kvern-{digest}@localhost"
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_dir / "rabbitmq.conf"
+
+    @property
+    def cookie_file(self) -> Path:
+        """In $HOME, which is the state dir: where both the server and rabbitmqctl look for it."""
+        return self.state_dir / ".erlang.cookie"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "log" / f"{self.node_name}.log"
+
+    # -- files ---------------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Write config, plugins list and cookie; safe to repeat (the cookie, once made, is kept)."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)  # the cookie and the bootstrap password live here
+        for sub in ("mnesia", "log", "conf.d"):
+            (self.state_dir / sub).mkdir(mode=0o700, exist_ok=True)
+        cookie = self._ensure_cookie()
+        _write_private(self.config_file, self._render_config(cookie))
+        _write_private(self.state_dir / "enabled_plugins", f"[{','.join(PLUGINS)}].\n")
+        # Present (and empty) so nothing is sourced from /etc/rabbitmq/rabbitmq-env.conf.
+        _write_private(
+            self.state_dir / "rabbitmq-env.conf",
+            "# Intentionally empty: kvern passes the node's settings in its environment.\n",
+        )
+
+    def _ensure_cookie(self) -> str:
+        try:
+            fd = os.open(self.cookie_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        except FileExistsError:
+            self.cookie_file.chmod(0o400)  # Erlang refuses a cookie others can read
+            return self.cookie_file.read_text().strip()
+        cookie = secrets.token_hex(20).upper()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(cookie)
+        return cookie
+
+    def _render_config(self, cookie: str) -> str:
+        bootstrap_password = hmac.new(cookie.encode(), BOOTSTRAP_USER.encode(), hashlib.sha256).hexdigest()
+        ports = self.ports
+        lines = [
+            "# Written by kvern (runtime/rabbitmq.py); regenerated on every start.",
+            f"listeners.tcp.default = {LOOPBACK}:{ports.amqp}",
+            "listeners.ssl = none",
+            f"management.tcp.ip = {LOOPBACK}",
+            f"management.tcp.port = {ports.management}",
+            f"consumer_timeout = {self.consumer_timeout_ms}",
+            f"vm_memory_high_watermark.absolute = {self.memory_high_watermark_mib}MiB",
+            f"disk_free_limit.absolute = {self.disk_free_limit_mib}MiB",
+            # A fresh node's first user: not guest/guest; provision() deletes it.
+            f"default_user = {BOOTSTRAP_USER}",
+            f"default_pass = {bootstrap_password}",
+            "log.console = false",
+            "log.file.level = info",
+            "log.file.rotation.size = 10485760",
+            "log.file.rotation.count = 5",
+        ]
+        return "\n".join(lines) + "\n"
+
+    # -- process -------------------------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        """Foreground server; with `environment()` the script execs, so this pid is beam.smp itself."""
+        return [str(RABBITMQ_SERVER), "-noinput"]
+
+    def environment(self) -> dict[str, str]:
+        """The complete environment for the server and rabbitmqctl: nothing is inherited from the caller.
+
+        Values that could leak in from a parent (Supervisor merges this onto its own environment) are set
+        explicitly, so a stray ERL_FLAGS or RABBITMQ_USE_LONGNAME cannot change the node.
+        """
+        state = self.state_dir
+        return {
+            "PATH": _SAFE_PATH,
+            "HOME": str(state),  # the Erlang cookie is $HOME/.erlang.cookie: private to this node
+            "LANG": "C.UTF-8",  # the CLI tools complain without a UTF-8 locale
+            "LC_ALL": "C.UTF-8",
+            "RABBITMQ_NODENAME": self.node_name,
+            "RABBITMQ_USE_LONGNAME": "false",
+            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
+            "RABBITMQ_NODE_PORT": str(self.ports.amqp),
+            "RABBITMQ_DIST_PORT": str(self.ports.dist),
+            "RABBITMQ_CONF_ENV_FILE": str(state / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(self.config_file),
+            "RABBITMQ_CONFIG_FILES": str(state / "conf.d" / "*.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(state / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(state / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(state / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(state / "log"),
+            "RABBITMQ_MOTD_FILE": str(state / "motd"),
+            # exec the VM instead of trapping signals in a shell; -noinput (in command()) keeps the shell off.
+            "RABBITMQ_ALLOW_INPUT": "true",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _LOOPBACK_DIST_ARGS,
+            "RABBITMQ_CTL_ERL_ARGS": _LOOPBACK_DIST_ARGS,
+            "ERL_CRASH_DUMP": str(state / "erl_crash.dump"),  # not the working directory
+            "ERL_EPMD_ADDRESS": LOOPBACK,  # only used if this node has to start epmd itself
+            "ERL_FLAGS": "",
+            "ERL_AFLAGS": "",
+            "ERL_ZFLAGS": "",
+            "ERL_LIBS": "",
+        }
+
+    # -- administration ------------------------------------------------------------------------------------
+
+    def ctl(self, *args: str, timeout: float = 30, stdin: str | None = None) -> str:
+        """Run rabbitmqctl against this node (its cookie, its name); returns stdout.
+
+        Secrets go through `stdin`, never `args`: a command line is readable by every user of the machine.
+        """
+        command = [str(RABBITMQCTL), *args]
+        shown = " ".join(args)
+        try:
+            done = subprocess.run(
+                command,
+                env=self.environment(),
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerAdminError(f"rabbitmqctl {shown} timed out after {timeout:g}s ({self.node_name})") from exc
+        except OSError as exc:
+            raise BrokerAdminError(f"cannot run {RABBITMQCTL}: {exc}") from exc
+        if done.returncode != 0:
+            detail = (done.stderr.strip() or done.stdout.strip()).replace("\n", " ")
+            raise BrokerAdminError(
+                f"rabbitmqctl {shown} failed with exit code {done.returncode} ({self.node_name}): {detail}"
+            )
+        return done.stdout
+
+    def wait_ready(self, timeout: float = 60, process: subprocess.Popen[Any] | None = None) -> None:
+        """Block until the node accepts AMQP connections and has finished booting (plugins included).
+
+        The AMQP port is polled first because it is cheap: each rabbitmqctl run costs a second of CPU, which a
+        booting node on a small machine would feel. Pass the `process` you started to fail fast if it exits.
+        """
+        deadline = time.monotonic() + timeout
+        while not _port_open(LOOPBACK, self.ports.amqp):
+            if process is not None and process.poll() is not None:
+                raise BrokerAdminError(
+                    f"RabbitMQ node {self.node_name} exited with code {process.returncode} while starting"
+                    f"{self._log_tail()}"
+                )
+            if time.monotonic() >= deadline:
+                raise BrokerAdminError(
+                    f"RabbitMQ node {self.node_name} not listening on {LOOPBACK}:{self.ports.amqp} "
+                    f"after {timeout:g}s{self._log_tail()}"
+                )
+            time.sleep(_PORT_POLL_S)
+        remaining = max(1.0, deadline - time.monotonic())
+        self.ctl("await_startup", "--timeout", str(int(remaining) + 1), timeout=remaining + 15)
+
+    def provision(
+        self,
+        vhost: str,
+        users: Mapping[str, tuple[str, tuple[str, str, str]]],
+        tags: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """Create `vhost` and the users on it, declaratively; remove the default users.
+
+        users: name -> (password, (configure, write, read) permission regexes on `vhost`).
+        tags: name -> user tags (e.g. ("administrator",)); a user not named here gets no tags.
+        Repeating it is safe: an existing user gets the given password, permissions and tags.
+        """
+        tags = tags or {}
+        _check_users(users, tags)
+        self.ctl("add_vhost", "--", vhost)  # succeeds when it already exists
+        existing = {entry["user"] for entry in json.loads(self.ctl("-q", "list_users", "--formatter", "json"))}
+        for name, (password, (configure, write, read)) in users.items():
+            verb = "change_password" if name in existing else "add_user"
+            self.ctl(verb, "--", name, stdin=password + "\n")
+            self.ctl("set_permissions", "-p", vhost, "--", name, configure, write, read)
+            self.ctl("set_user_tags", "--", name, *tags.get(name, ()))
+        for name in DEFAULT_USERS:
+            if name in existing and name not in users:
+                self.ctl("delete_user", "--", name)
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return f" (no log at {self.log_file})"
+        tail = "\n".join(text.splitlines()[-lines:])
+        return f"; last lines of {self.log_file}:\n{tail}"
+
+
+def _check_users(users: Mapping[str, tuple[str, tuple[str, str, str]]], tags: Mapping[str, Sequence[str]]) -> None:
+    for name, (password, _permissions) in users.items():
+        if not name or name != name.strip() or any(c in name for c in "\r\n"):
+            raise ValueError(f"invalid broker user name: {name!r}")
+        # rabbitmqctl reads the password as one line from stdin (and an empty one disables password login).
+        if not password or password != password.strip() or any(c in password for c in "\r\n"):
+            raise ValueError(f"invalid password for broker user {name!r}: empty, multi-line or padded")
+    unknown = set(tags) - set(users)
+    if unknown:
+        raise ValueError(f"tags given for users not provisioned: {sorted(unknown)}")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Atomically replace `path` with `text`, readable by the owner only."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover file
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
