@@ -1,0 +1,139 @@
+"""Fixtures that bring up real kvern instances (RabbitMQ, nginx, Supervisor, Celery workers).
+
+Every instance a test starts is taken down by `kvern down`; the finalizer then kills, by pid, anything of
+that instance that is still alive (and fails the test, since that is a leak).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy
+
+from kvern.runtime.config import RuntimeConfig
+from kvern.runtime.instance import Instance, front_door_url, owned_pids
+from kvern.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+REPORTS = REPO / "examples" / "reports"
+SYSTEM_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+TERMINAL = {"succeeded", "failed", "dead", "cancelled"}
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Running:
+    instance: Instance
+    config: RuntimeConfig
+
+    @property
+    def url(self) -> str:
+        return front_door_url(self.config)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+def write_project(folder: Path, spec_text: str, tasks_source: Path | None = None) -> Path:
+    """A user project: the reports example's tasks and page, with the given spec."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tasks_source or REPORTS / "tasks.py", folder / "tasks.py")
+    shutil.copy(REPORTS / "report_pdf.py", folder / "report_pdf.py")
+    shutil.copytree(REPORTS / "static", folder / "static", dirs_exist_ok=True)
+    spec = folder / "kvern.toml"
+    spec.write_text(spec_text)
+    return spec
+
+
+def reports_spec(*, heads: int = 2, pool_min: int = 1, pool_max: int = 3, extra: str = "") -> str:
+    return f"""
+[app]
+tasks = "tasks"
+static = "static"
+
+[web]
+heads = {heads}
+
+[[pools]]
+name = "reports"
+queues = ["reports"]
+concurrency = 2
+min = {pool_min}
+max = {pool_max}
+idle_after = 5
+
+[tasks."tasks.generate_heavy_report"]
+queue = "reports"
+retries = 2
+time_limit = 60
+{extra}
+"""
+
+
+@pytest.fixture
+def start_instance(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    started: list[Instance] = []
+
+    def start(spec_path: Path, only: str = "all", state: Path | None = None) -> Running:
+        instance = Instance(load_spec(spec_path), (state or spec_path.parent / ".kvern").resolve())
+        started.append(instance)
+        config = instance.up(only)
+        return Running(instance, config)
+
+    yield start
+    leaks = []
+    for instance in reversed(started):
+        instance.down()
+        leftover = owned_pids(instance.state_dir)
+        for pid in leftover:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        leaks += leftover
+    assert not leaks, f"processes left behind after kvern down: {leaks}"
+
+
+def wait_for_outcome(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["status"] in TERMINAL:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+
+
+def submit_report(client: httpx.Client, user_id: int, seconds: float = 0.5, **headers: str) -> httpx.Response:
+    body = {"task": "tasks.generate_heavy_report", "args": [user_id], "kwargs": {"seconds": seconds}}
+    return client.post("/api/v1/jobs", json=body, headers=headers)
+
+
+def fresh_schema_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a schema of its own, dropped afterwards."""
+    schema = f"kvern_it_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from fresh_schema_url()
