@@ -28,6 +28,8 @@ max = 4                     # processes at most
 idle_after = 30             # seconds with nothing to do before scaling to min
 target_backlog = 4          # ready+unacked messages per process the autoscaler aims for
 max_wait = 5                # seconds the oldest queued job may wait before scaling out
+max_tasks_per_child = 0     # replace a task process after this many tasks (0: never)
+max_memory_per_child = 0    # replace a task process once its resident memory passes this many MB (0: never)
 
 [tasks."tasks.generate_heavy_report"]
 queue = "reports"           # default: the first queue of the first pool
@@ -74,6 +76,8 @@ class PoolSpec:
     idle_after: float = 30.0
     target_backlog: int = 4
     max_wait: float = 5.0
+    max_tasks_per_child: int = 0
+    max_memory_per_child: int = 0  # MB
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,18 @@ def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
 
 
 def _parse_pool(pool: _Reader) -> PoolSpec:
-    pool.only("name", "queues", "concurrency", "min", "max", "idle_after", "target_backlog", "max_wait")
+    pool.only(
+        "name",
+        "queues",
+        "concurrency",
+        "min",
+        "max",
+        "idle_after",
+        "target_backlog",
+        "max_wait",
+        "max_tasks_per_child",
+        "max_memory_per_child",
+    )
     name = pool.get("name", str, required=True)
     if not NAME_PATTERN.match(name) or name == "web":
         raise SpecError(
@@ -220,6 +235,8 @@ def _parse_pool(pool: _Reader) -> PoolSpec:
         idle_after=pool.get("idle_after", float, default=30.0),
         target_backlog=pool.get("target_backlog", int, default=4),
         max_wait=pool.get("max_wait", float, default=5.0),
+        max_tasks_per_child=pool.get("max_tasks_per_child", int, default=0),
+        max_memory_per_child=pool.get("max_memory_per_child", int, default=0),
     )
     _check_pool_bounds(spec, pool.where)
     return spec
@@ -236,6 +253,8 @@ def _check_pool_bounds(pool: PoolSpec, where: str) -> None:
         raise SpecError(f"{where}.min: {pool.min} is greater than max ({pool.max})")
     if pool.idle_after < 0 or pool.max_wait <= 0 or pool.target_backlog < 1:
         raise SpecError(f"{where}: idle_after must be >= 0, max_wait > 0 and target_backlog >= 1")
+    if pool.max_tasks_per_child < 0 or pool.max_memory_per_child < 0:
+        raise SpecError(f"{where}: max_tasks_per_child and max_memory_per_child must be >= 0 (0: no limit)")
 
 
 def _parse_url(table: _Reader, schemes: tuple[str, ...]) -> str | None:

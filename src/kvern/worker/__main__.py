@@ -11,7 +11,7 @@ from kvern.jobs.store import JobStore
 from kvern.runtime.config import RuntimeConfig
 from kvern.spec import load_spec
 from kvern.worker.app import load_user_app, safe_settings
-from kvern.worker.execution import guard_task
+from kvern.worker.execution import guard_task, watch_hard_time_limits
 
 
 def main(argv: list[str]) -> None:
@@ -26,8 +26,15 @@ def main(argv: list[str]) -> None:
     node = f"{pool_name}-{index}@{config.instance}.{socket.gethostname()}"
     for name, task in catalog.tasks.items():
         guard_task(task, store, spec.policy(name), node)
+    recycling = []
+    if pool.max_tasks_per_child:
+        recycling.append(f"--max-tasks-per-child={pool.max_tasks_per_child}")
+    if pool.max_memory_per_child:
+        recycling.append(f"--max-memory-per-child={pool.max_memory_per_child * 1024}")  # Celery counts KiB
+    watch_hard_time_limits(store)
     app.worker_main(
         [
+            *recycling,
             "worker",
             f"--hostname={node}",
             f"--queues={','.join(pool.queues)}",

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Retry, TimeLimitExceeded
+from celery.signals import task_failure
 
 from kvern.broker.publisher import KVERN_JOB_HEADER
 from kvern.errors import PermanentError
@@ -138,3 +139,17 @@ class _AttemptRunner:
             # Same task id: the retry is the same job. max_retries=None: kvern counts attempts itself.
             raise self.task.retry(exc=exc, countdown=outcome.delay_s, max_retries=None)
         return None
+
+
+def watch_hard_time_limits(store: JobStore) -> None:
+    """Record the outcome of a job whose process was killed at its hard time limit.
+
+    The task's own wrapper dies with its process, so the worker's main process records it, through the
+    `task_failure` signal Celery sends there. The job becomes dead (replayable), not retried in a loop.
+    """
+
+    def on_failure(sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any) -> None:
+        if task_id and isinstance(exception, TimeLimitExceeded):
+            store.mark_dead(task_id, f"hard time limit exceeded ({exception})")
+
+    task_failure.connect(on_failure, weak=False)
