@@ -1,0 +1,143 @@
+"""The web head's job API against a stub publisher and a real SQLite job store (no broker, no nginx)."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kvern.api.app import WebHead, create_app
+from kvern.errors import BacklogFull, PublishError
+from kvern.jobs.store import JobStore
+from kvern.spec import load_spec
+from kvern.worker.app import load_user_app
+
+
+class StubPublisher:
+    """Records what would be published; can be told to fail like a broker that is down or full."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str, str]] = []
+        self.failure: Exception | None = None
+
+    async def publish(self, job_id: str, task: str, queue: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+        if self.failure is not None:
+            raise self.failure
+        self.published.append((job_id, task, queue))
+
+    async def ping(self) -> bool:
+        return self.failure is None
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "api_tasks.py").write_text(
+        textwrap.dedent(
+            """
+            from celery import Celery
+            app = Celery("api")
+
+            @app.task
+            def add(x: int, y: int = 0) -> int:
+                return x + y
+            """
+        )
+    )
+    spec = tmp_path / "kvern.toml"
+    spec.write_text('[app]\ntasks = "api_tasks"\n[[pools]]\nname = "main"\nqueues = ["main"]\n')
+    return spec
+
+
+@pytest.fixture
+async def api(project: Path, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, StubPublisher, JobStore]]:
+    spec = load_spec(project)
+    _, catalog = load_user_app(spec)
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    store.create_schema()
+    publisher = StubPublisher()
+    app = create_app(WebHead(spec, catalog, store, publisher))  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://web-head") as client:
+            yield client, publisher, store
+
+
+async def test_accepted_job_is_recorded_published_and_located(api: Any) -> None:
+    client, publisher, store = api
+    response = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1, 2]})
+    assert response.status_code == 202
+    job_id = response.json()["id"]
+    assert response.headers["location"] == f"/api/v1/jobs/{job_id}"
+    assert publisher.published == [(job_id, "api_tasks.add", "main")]
+    job = store.get(job_id)
+    assert job is not None and job.status.value == "queued" and job.published_at is not None
+
+
+async def test_short_task_names_resolve_when_unambiguous(api: Any) -> None:
+    client, publisher, _ = api
+    response = await client.post("/api/v1/jobs", json={"task": "add", "args": [1]})
+    assert response.status_code == 202
+    assert response.json()["task"] == "api_tasks.add"
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [(PublishError("down"), "broker_unavailable"), (BacklogFull("full"), "backlog_full")],
+)
+async def test_unconfirmed_publish_answers_503_and_withdraws_the_record(
+    api: Any, failure: Exception, code: str
+) -> None:
+    client, publisher, store = api
+    publisher.failure = failure
+    response = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1]})
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+    assert response.json()["error"]["code"] == code
+    assert store.counts_by_status()["queued"] == 0
+
+
+async def test_idempotency_key_returns_the_same_job_and_refuses_a_different_body(api: Any) -> None:
+    client, publisher, _ = api
+    headers = {"Idempotency-Key": "order-17"}
+    first = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1]}, headers=headers)
+    again = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1]}, headers=headers)
+    other = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [2]}, headers=headers)
+    assert (first.status_code, again.status_code, other.status_code) == (202, 200, 409)
+    assert again.json()["id"] == first.json()["id"]
+    assert len(publisher.published) == 1
+
+
+async def test_concurrent_duplicates_make_exactly_one_job(api: Any) -> None:
+    client, publisher, store = api
+    body = {"task": "api_tasks.add", "args": [5]}
+    responses = await asyncio.gather(
+        *(client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "same"}) for _ in range(50))
+    )
+    assert {r.status_code for r in responses} <= {200, 202}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert sum(store.counts_by_status().values()) == 1
+    assert len(publisher.published) == 1
+
+
+async def test_bad_arguments_are_422_with_the_signature(api: Any) -> None:
+    client, publisher, store = api
+    response = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1, 2, 3]})
+    assert response.status_code == 422
+    assert "(x: int, y: int = 0)" in response.json()["error"]["message"]
+    assert publisher.published == [] and sum(store.counts_by_status().values()) == 0
+
+
+async def test_health_reflects_the_broker(api: Any) -> None:
+    client, publisher, _ = api
+    assert (await client.get("/api/health")).status_code == 200
+    publisher.failure = PublishError("down")
+    assert (await client.get("/api/health")).status_code == 503
