@@ -83,7 +83,7 @@ async def test_accepted_job_is_recorded_published_and_located(api: Any) -> None:
 
 
 async def test_short_task_names_resolve_when_unambiguous(api: Any) -> None:
-    client, publisher, _ = api
+    client, _publisher, _ = api
     response = await client.post("/api/v1/jobs", json={"task": "add", "args": [1]})
     assert response.status_code == 202
     assert response.json()["task"] == "api_tasks.add"
