@@ -6,13 +6,14 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from kvern.api.published import PublishedMarker
 from kvern.api.submission import Submission, SubmissionError, parse_submission
 from kvern.api.views import ErrorView, JobPage, JobView, error_body, job_url, job_view
 from kvern.broker.publisher import JobPublisher
@@ -37,6 +38,10 @@ class WebHead:
     catalog: TaskCatalog
     store: JobStore
     publisher: JobPublisher
+    marker: PublishedMarker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.marker = PublishedMarker(self.store)
 
     @classmethod
     def from_runtime(cls, config: RuntimeConfig) -> WebHead:
@@ -65,7 +70,7 @@ class WebHead:
             # Never confirmed: withdraw the record so a 503 leaves nothing behind.
             await run_in_threadpool(self.store.withdraw, job.id)
             raise
-        await run_in_threadpool(self.store.mark_published, [job.id])
+        self.marker.add(job.id)
         return job, True
 
 
@@ -80,6 +85,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.head = head or WebHead.from_runtime(RuntimeConfig.from_environment())
         yield
+        await app.state.head.marker.close()
         await app.state.head.publisher.close()
         app.state.head.store.close()
 

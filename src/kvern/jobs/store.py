@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, or_, select, update
@@ -116,6 +117,9 @@ class JobStore:
             "idempotency_key": new.idempotency_key,
             "request_hash": new.request_hash,
             "created_at": time.time(),
+            "progress_message": None,
+            "result": None,
+            "error": None,
         }
         try:
             with self._begin() as conn:
@@ -127,9 +131,8 @@ class JobStore:
             if existing.request_hash != new.request_hash:
                 raise IdempotencyConflict(existing) from None
             return existing, False
-        job = self.get(new.id)
-        assert job is not None
-        return job, True
+        # Built from what was written: no second round trip on the submission path.
+        return Job.from_row(SimpleNamespace(**row, published_at=None, started_at=None, finished_at=None)), True
 
     def find_by_idempotency_key(self, key: str) -> Job | None:
         with self._read() as conn:
