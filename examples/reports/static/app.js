@@ -9,13 +9,14 @@
   const POLL_MS = 500;
   // Consecutive failed polls (network errors, 5xx) before a job is given up on.
   const MAX_POLL_FAILURES = 20;
-  const TERMINAL = new Set(["succeeded", "failed", "dead"]);
+  const TERMINAL = new Set(["succeeded", "failed", "dead", "cancelled"]);
   const STATUS_TEXT = {
     queued: "Queued",
     running: "Running",
     succeeded: "Succeeded",
     failed: "Failed",
     dead: "Dead",
+    cancelled: "Cancelled",
   };
 
   const form = document.getElementById("report-form");
