@@ -74,7 +74,11 @@ def _check_binding(name: str, function: Any, args: list[Any], kwargs: dict[str, 
 
 
 def _signature(function: Any) -> str:
+    """The signature as the user wrote it, without the quotes postponed annotations add."""
     try:
-        return str(inspect.signature(function))
-    except (TypeError, ValueError):
-        return "(...)"
+        return str(inspect.signature(function, eval_str=True))
+    except Exception:  # an annotation that does not evaluate here: show it as written
+        try:
+            return str(inspect.signature(function))
+        except (TypeError, ValueError):
+            return "(...)"
