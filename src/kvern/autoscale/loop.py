@@ -6,6 +6,7 @@ scaling decision ever makes a job run again.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,18 @@ from kvern.runtime.supervisor import Supervisor
 from kvern.spec import PoolSpec
 
 log = logging.getLogger("kvern.autoscale")
+
+# The autoscaler's latest view per pool (desired processes, pin), for `kvern status`.
+DESIRED_FILE = "autoscale.json"
+ACTIVE_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF"})
+
+
+def read_desired(state_dir: Path) -> dict[str, dict[str, int | None]]:
+    try:
+        raw = json.loads((state_dir / DESIRED_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 @dataclass
@@ -47,20 +60,37 @@ class Autoscaler:
         self.supervisor = supervisor
         self.broker_url = broker_url
         self.state_dir = state_dir
+        self._published: dict[str, dict[str, int | None]] | None = None
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        running = self._running_slots()
+        running, stopping = self._slots()
         pins = read_pins(self.state_dir)
+        desired: dict[str, dict[str, int | None]] = {}
         for scaler in self.scalers:
             pool = scaler.pool
             current = running.get(pool.name, [])
             if pool.name in pins:
+                scaler.policy.reset()
                 decision = self._pinned(pool, len(current), pins[pool.name])
+                wanted = max(0, min(pool.max, pins[pool.name]))
             else:
-                decision = scaler.policy.decide(self.signals(pool, len(current), now), now)
+                signals = self.signals(pool, len(current), now)
+                decision = scaler.policy.decide(signals, now)
+                wanted = scaler.policy.desired(signals)[0]
+            desired[pool.name] = {"desired": wanted, "pinned": pins.get(pool.name)}
             if decision is not None and decision.target != len(current):
-                self.apply(pool, current, decision, now)
+                self.apply(pool, current, decision, now, stopping.get(pool.name, set()))
+        self._publish(desired)
+
+    def _publish(self, desired: dict[str, dict[str, int | None]]) -> None:
+        if desired == self._published:
+            return
+        path = self.state_dir / DESIRED_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(desired))
+        tmp.replace(path)
+        self._published = desired
 
     def _pinned(self, pool: PoolSpec, current: int, pin: int) -> Decision | None:
         target = max(0, min(pool.max, pin))
@@ -73,22 +103,36 @@ class Autoscaler:
         running = self.store.count_status(JobStatus.RUNNING, pool.queues)
         return PoolSignals(ready, running, max(0.0, now - oldest) if oldest else 0.0, processes)
 
-    def _running_slots(self) -> dict[str, list[int]]:
-        slots: dict[str, list[int]] = {}
+    def _slots(self) -> tuple[dict[str, list[int]], dict[str, set[int]]]:
+        """Per pool: the slots running (or starting), and the slots still stopping warm (not free yet)."""
+        running: dict[str, list[int]] = {}
+        stopping: dict[str, set[int]] = {}
         for info in self.supervisor.processes():
             for scaler in self.scalers:
-                group = pool_group(scaler.pool.name)
-                if info["group"] == group and info["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
-                    slots.setdefault(scaler.pool.name, []).append(int(info["name"].rsplit("-", 1)[1]))
-        return {name: sorted(indexes) for name, indexes in slots.items()}
+                if info["group"] != pool_group(scaler.pool.name):
+                    continue
+                index = int(info["name"].rsplit("-", 1)[1])
+                if info["statename"] in ACTIVE_STATES:
+                    running.setdefault(scaler.pool.name, []).append(index)
+                elif info["statename"] == "STOPPING":
+                    stopping.setdefault(scaler.pool.name, set()).add(index)
+        return {name: sorted(indexes) for name, indexes in running.items()}, stopping
 
-    def apply(self, pool: PoolSpec, current: list[int], decision: Decision, now: float) -> None:
-        if decision.target > len(current):
-            free = [i for i in range(pool.max) if i not in current]
-            for index in free[: decision.target - len(current)]:
+    def apply(
+        self, pool: PoolSpec, current: list[int], decision: Decision, now: float, stopping: set[int] | None = None
+    ) -> None:
+        target = decision.target
+        if target > len(current):
+            # A slot still finishing its job after a warm stop cannot be started again until it has exited.
+            free = [i for i in range(pool.max) if i not in current and i not in (stopping or set())]
+            chosen = free[: target - len(current)]
+            if not chosen:
+                return
+            for index in chosen:
                 self.supervisor.start(pool_slot(pool.name, index), wait=False)
+            target = len(current) + len(chosen)
         else:
-            for index in sorted(current, reverse=True)[: len(current) - decision.target]:
+            for index in sorted(current, reverse=True)[: len(current) - target]:
                 self.supervisor.stop(pool_slot(pool.name, index), wait=False)
-        log.info("pool %s: %d -> %d (%s)", pool.name, len(current), decision.target, decision.reason)
-        self.store.record_scaling_event(ScalingEvent(now, pool.name, len(current), decision.target, decision.reason))
+        log.info("pool %s: %d -> %d (%s)", pool.name, len(current), target, decision.reason)
+        self.store.record_scaling_event(ScalingEvent(now, pool.name, len(current), target, decision.reason))

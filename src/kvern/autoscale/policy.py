@@ -54,6 +54,10 @@ class BacklogPolicy:
             desired = max(desired, 1)  # never leave work with nobody to do it
         return max(self.pool.min, min(self.pool.max, desired)), reason
 
+    def reset(self) -> None:
+        """Forget a cool-down in progress (a pin took over: after it, the cool-down starts again)."""
+        self.wants_fewer_since = None
+
     def decide(self, signals: PoolSignals, now: float) -> Decision | None:
         desired, reason = self.desired(signals)
         current = signals.processes

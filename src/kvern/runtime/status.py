@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvern.autoscale.loop import read_desired
 from kvern.broker.admin import queue_depths
 from kvern.constants import ROLE_ADMIN
 from kvern.jobs.store import JobStore
@@ -21,6 +22,7 @@ def collect_status(instance: Instance) -> dict[str, Any]:
     ]
     _, pools = tiers(config.only, instance.spec)
     all_procs = instance.supervisor.processes()
+    autoscaler = read_desired(instance.state_dir)
     pool_reports = []
     for pool in pools:
         running = sum(1 for p in all_procs if p["group"] == pool_group(pool.name) and p["statename"] == "RUNNING")
@@ -30,6 +32,8 @@ def collect_status(instance: Instance) -> dict[str, Any]:
             {
                 "name": pool.name,
                 "processes": running,
+                "desired": autoscaler.get(pool.name, {}).get("desired"),
+                "pinned": autoscaler.get(pool.name, {}).get("pinned"),
                 "min": pool.min,
                 "max": pool.max,
                 "concurrency": pool.concurrency,
@@ -69,7 +73,10 @@ def render_status(report: dict[str, Any]) -> str:
     for pool in report["pools"]:
         last = pool["last_decision"]
         decision = f"last {last['from']}->{last['to']}: {last['reason']}" if last else "no decision yet"
+        desired = "?" if pool["desired"] is None else pool["desired"]
+        pinned = f", pinned to {pool['pinned']}" if pool["pinned"] is not None else ""
         lines.append(
-            f"  {pool['name']:<12} {pool['processes']} running (min {pool['min']}, max {pool['max']}); {decision}"
+            f"  {pool['name']:<12} {pool['processes']} running, desired {desired} "
+            f"(min {pool['min']}, max {pool['max']}{pinned}); {decision}"
         )
     return "\n".join(lines)

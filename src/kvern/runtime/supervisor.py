@@ -105,12 +105,17 @@ silent=true
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 """
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[ProgramConfig]] = {}
     for program in programs:
         if program.group:
-            groups.setdefault(program.group, []).append(program.name)
+            groups.setdefault(program.group, []).append(program)
     sections = [head, *(_program_section(p, log_dir) for p in programs)]
-    sections += [f"[group:{group}]\nprograms={','.join(names)}" for group, names in groups.items()]
+    # supervisord orders its shutdown by *group* priority (999 unless given): without it, web heads and workers
+    # would be stopped before nginx, the front door, stops taking requests.
+    sections += [
+        f"[group:{group}]\nprograms={','.join(p.name for p in members)}\npriority={min(p.priority for p in members)}"
+        for group, members in groups.items()
+    ]
     return "\n\n".join(sections) + "\n"
 
 
