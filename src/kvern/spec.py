@@ -30,6 +30,8 @@ target_backlog = 4          # ready+unacked messages per process the autoscaler 
 max_wait = 5                # seconds the oldest queued job may wait before scaling out
 max_tasks_per_child = 0     # replace a task process after this many tasks (0: never)
 max_memory_per_child = 0    # replace a task process once its resident memory passes this many MB (0: never)
+max_backlog = 100000        # length limit of each of its queues (a quorum queue lets in the message that
+                            # crosses it); past it, POST /api/v1/jobs answers 503
 
 [tasks."tasks.generate_heavy_report"]
 queue = "reports"           # default: the first queue of the first pool
@@ -50,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kvern.constants import DEFAULT_MAX_BACKLOG
 from kvern.errors import SpecError
 
 DEFAULT_TIME_LIMIT_S = 300.0
@@ -78,6 +81,7 @@ class PoolSpec:
     max_wait: float = 5.0
     max_tasks_per_child: int = 0
     max_memory_per_child: int = 0  # MB
+    max_backlog: int = DEFAULT_MAX_BACKLOG  # messages per queue; beyond it a publish is refused (503)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,10 @@ class Spec:
     @property
     def all_queues(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(q for pool in self.pools for q in pool.queues))
+
+    def max_backlog(self, queue: str) -> int:
+        """The length limit of a queue (pools sharing a queue must agree on it; the parser checks)."""
+        return next(p.max_backlog for p in self.pools if queue in p.queues)
 
     @property
     def longest_time_limit(self) -> float:
@@ -196,6 +204,11 @@ def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
     if not items:
         raise SpecError("pools: declare at least one [[pools]] table")
     pools = tuple(_parse_pool(item) for item in items)
+    backlogs: dict[str, int] = {}
+    for pool in pools:
+        for queue in pool.queues:
+            if backlogs.setdefault(queue, pool.max_backlog) != pool.max_backlog:
+                raise SpecError(f"pools: queue {queue!r} is shared by pools with different max_backlog")
     names = [p.name for p in pools]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
@@ -215,6 +228,7 @@ def _parse_pool(pool: _Reader) -> PoolSpec:
         "max_wait",
         "max_tasks_per_child",
         "max_memory_per_child",
+        "max_backlog",
     )
     name = pool.get("name", str, required=True)
     if not NAME_PATTERN.match(name) or name == "web":
@@ -237,6 +251,7 @@ def _parse_pool(pool: _Reader) -> PoolSpec:
         max_wait=pool.get("max_wait", float, default=5.0),
         max_tasks_per_child=pool.get("max_tasks_per_child", int, default=0),
         max_memory_per_child=pool.get("max_memory_per_child", int, default=0),
+        max_backlog=pool.get("max_backlog", int, default=DEFAULT_MAX_BACKLOG),
     )
     _check_pool_bounds(spec, pool.where)
     return spec
@@ -255,6 +270,8 @@ def _check_pool_bounds(pool: PoolSpec, where: str) -> None:
         raise SpecError(f"{where}: idle_after must be >= 0, max_wait > 0 and target_backlog >= 1")
     if pool.max_tasks_per_child < 0 or pool.max_memory_per_child < 0:
         raise SpecError(f"{where}: max_tasks_per_child and max_memory_per_child must be >= 0 (0: no limit)")
+    if pool.max_backlog < 1:
+        raise SpecError(f"{where}.max_backlog: must be 1 or more")
 
 
 def _parse_url(table: _Reader, schemes: tuple[str, ...]) -> str | None:

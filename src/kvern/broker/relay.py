@@ -101,6 +101,6 @@ class DeadLetterWatcher:
                             conn.drain_events(timeout=1)
                         except TimeoutError:
                             conn.heartbeat_check()
-            except (OSError, ConnectionError) as exc:
-                log.warning("dead-letter watcher lost the broker (%s); retrying", exc)
+            except Exception as exc:  # amqp's ConnectionForced (a broker restart) is no OSError: keep watching
+                log.warning("dead-letter watcher lost the broker (%r); retrying", exc)
                 self.stopping.wait(2)

@@ -6,6 +6,7 @@ match: RabbitMQ refuses a redeclaration with different arguments.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kombu.connection import Connection
@@ -27,7 +28,8 @@ def work_queue_arguments(
         # A full queue refuses the publish (the web head answers 503) instead of dropping the oldest job.
         "x-overflow": "reject-publish",
         "x-max-length": max_backlog,
-        # A message that keeps killing its worker is dead-lettered after this many deliveries.
+        # A message that keeps killing its worker is dead-lettered once it has been returned this many times
+        # (the first delivery plus `delivery_limit` redeliveries).
         "x-delivery-limit": delivery_limit,
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         # At-least-once: the dead letter is only removed from the source once the DLQ has confirmed it.
@@ -35,10 +37,11 @@ def work_queue_arguments(
     }
 
 
-def work_queue(name: str) -> Queue:
+def work_queue(name: str, max_backlog: int = DEFAULT_MAX_BACKLOG) -> Queue:
     # A topic exchange per queue lets Celery's native delayed delivery route retries back to it.
     exchange = Exchange(name, type="topic", durable=True)
-    return Queue(name, exchange, routing_key=name, durable=True, queue_arguments=work_queue_arguments())
+    arguments = work_queue_arguments(max_backlog=max_backlog)
+    return Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
 
 
 def dead_letter_queue() -> Queue:
@@ -46,9 +49,9 @@ def dead_letter_queue() -> Queue:
     return Queue(DEAD_LETTER_QUEUE, exchange, durable=True, queue_arguments={"x-queue-type": "quorum"})
 
 
-def declare_topology(broker_url: str, queue_names: tuple[str, ...]) -> None:
-    """Declare the work queues and the dead-letter queue (idempotent)."""
+def declare_topology(broker_url: str, queue_backlogs: Mapping[str, int]) -> None:
+    """Declare the work queues (name -> max backlog) and the dead-letter queue (idempotent)."""
     with Connection(broker_url, connect_timeout=5) as conn:
         channel = conn.channel()
-        for queue in (dead_letter_queue(), *(work_queue(name) for name in queue_names)):
+        for queue in (dead_letter_queue(), *(work_queue(name, size) for name, size in queue_backlogs.items())):
             queue.bind(channel).declare()

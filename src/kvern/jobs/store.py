@@ -102,9 +102,38 @@ class JobStore:
 
     # -- submission ---------------------------------------------------------------------------------------
 
+    def create_jobs(self, news: Sequence[NewJob]) -> list[Job]:
+        """Record jobs without idempotency keys in one transaction (one commit for all of them)."""
+        rows = [self._new_row(new) for new in news]
+        if any(new.idempotency_key is not None for new in news):
+            raise ValueError("create_jobs takes jobs without an idempotency key; use create_job")
+        with self._begin() as conn:
+            conn.execute(insert(schema.jobs), rows)
+        return [self._created(row) for row in rows]
+
     def create_job(self, new: NewJob) -> tuple[Job, bool]:
         """Record a job; returns (job, created). An idempotency key returns the job it made before."""
-        row = {
+        row = self._new_row(new)
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(schema.jobs).values(**row))
+        except IntegrityError:
+            existing = self.find_by_idempotency_key(new.idempotency_key) if new.idempotency_key else None
+            if existing is None:
+                raise
+            if existing.request_hash != new.request_hash:
+                raise IdempotencyConflict(existing) from None
+            return existing, False
+        return self._created(row), True
+
+    @staticmethod
+    def _created(row: dict[str, Any]) -> Job:
+        # Built from what was written: no second round trip on the submission path.
+        return Job.from_row(SimpleNamespace(**row, published_at=None, started_at=None, finished_at=None))
+
+    @staticmethod
+    def _new_row(new: NewJob) -> dict[str, Any]:
+        return {
             "id": new.id,
             "task": new.task,
             "queue": new.queue,
@@ -121,18 +150,6 @@ class JobStore:
             "result": None,
             "error": None,
         }
-        try:
-            with self._begin() as conn:
-                conn.execute(insert(schema.jobs).values(**row))
-        except IntegrityError:
-            existing = self.find_by_idempotency_key(new.idempotency_key) if new.idempotency_key else None
-            if existing is None:
-                raise
-            if existing.request_hash != new.request_hash:
-                raise IdempotencyConflict(existing) from None
-            return existing, False
-        # Built from what was written: no second round trip on the submission path.
-        return Job.from_row(SimpleNamespace(**row, published_at=None, started_at=None, finished_at=None)), True
 
     def find_by_idempotency_key(self, key: str) -> Job | None:
         with self._read() as conn:
@@ -315,6 +332,13 @@ class JobStore:
                 .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in ACTIVE]))
                 .values(status=JobStatus.DEAD.value, error=error, finished_at=time.time())
             )
+            if result.rowcount == 1:  # the attempt that was running when it died is closed with it
+                at = schema.attempts
+                conn.execute(
+                    update(at)
+                    .where(at.c.job_id == job_id, at.c.finished_at.is_(None))
+                    .values(finished_at=time.time(), outcome=JobStatus.DEAD.value, error=error)
+                )
         return result.rowcount == 1
 
     def replay(self, job_id: str) -> Job | None:

@@ -12,6 +12,7 @@ from kvern.runtime.config import RuntimeConfig
 from kvern.spec import load_spec
 from kvern.worker.app import load_user_app, safe_settings
 from kvern.worker.execution import guard_task, watch_hard_time_limits
+from kvern.worker.memory import share_memory_with_children
 
 
 def main(argv: list[str]) -> None:
@@ -32,10 +33,11 @@ def main(argv: list[str]) -> None:
     if pool.max_memory_per_child:
         recycling.append(f"--max-memory-per-child={pool.max_memory_per_child * 1024}")  # Celery counts KiB
     watch_hard_time_limits(store)
+    share_memory_with_children()
     app.worker_main(
         [
-            *recycling,
             "worker",
+            *recycling,  # options of the `worker` command: before it, Celery refuses them
             f"--hostname={node}",
             f"--queues={','.join(pool.queues)}",
             f"--concurrency={pool.concurrency}",

@@ -85,7 +85,7 @@ def safe_settings(spec: Spec, broker_url: str, queues: tuple[str, ...]) -> dict[
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "task_queues": [work_queue(name) for name in queues],
+        "task_queues": [work_queue(name, spec.max_backlog(name)) for name in queues],
         "task_default_queue": spec.default_queue,
         "task_create_missing_queues": False,
         "task_routes": {name: {"queue": policy.queue} for name, policy in spec.tasks.items()},

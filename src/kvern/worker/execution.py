@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import random
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from celery.exceptions import Retry, TimeLimitExceeded
 from celery.signals import task_failure
 
 from kvern.broker.publisher import KVERN_JOB_HEADER
-from kvern.errors import PermanentError
+from kvern.errors import PermanentError, StoreUnavailable
 from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
@@ -31,6 +33,8 @@ from kvern.worker.context import JobContext, JobInfo, _current
 log = logging.getLogger("kvern.worker")
 
 ORIGINAL_RUN_ATTR = "_kvern_original_run"
+STORE_PATIENCE_S = 20.0  # how long a finished attempt waits for the job store to record its outcome
+STORE_RETRY_S = 5  # a delivery that found the job store away comes back after this long
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,12 @@ def guard_task(task: Task, store: JobStore, policy: TaskPolicy, worker_name: str
 
     setattr(task, ORIGINAL_RUN_ATTR, user_run)
     task.run = run
+    # The task was bound to its app (which copies these from the app's config) before kvern's settings were
+    # applied: without this, messages are acked before the task runs, and a crash loses the job.
+    task.acks_late = True
+    task.reject_on_worker_lost = True
+    task.acks_on_failure_or_timeout = True
+    task.ignore_result = True
     if policy.soft_time_limit is not None:
         task.soft_time_limit = policy.soft_time_limit
     task.time_limit = policy.time_limit
@@ -96,7 +106,11 @@ class _AttemptRunner:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         job_id: str = self.task.request.id
-        claim = self.store.claim_attempt(job_id, self.worker)
+        try:
+            claim = self.store.claim_attempt(job_id, self.worker)
+        except StoreUnavailable as exc:
+            # Acking now would strand the job: send the message round again once the store may be back.
+            raise self._postpone(job_id, exc) from None
         if not claim.tracked and self.task.request.get(KVERN_JOB_HEADER):
             # Sent by a web head whose record is gone: the publish was never confirmed and the client got 503.
             log.info("job %s was withdrawn before it was accepted; skipped", job_id)
@@ -123,7 +137,7 @@ class _AttemptRunner:
             json.dumps(result)
         except (TypeError, ValueError):
             result = repr(result)
-        if not self.store.record_success(job_id, claim.attempt, result):
+        if not self._patiently(job_id, self.store.record_success, job_id, claim.attempt, result):
             log.warning("job %s attempt %d finished but another attempt owns the job", job_id, claim.attempt)
 
     def _on_failure(self, job_id: str, claim: Claim, exc: Exception) -> None:
@@ -133,12 +147,33 @@ class _AttemptRunner:
             raise exc
         outcome = decide_after_failure(exc, self.policy, claim.attempt, claim.max_attempts)
         if outcome.status is not None:
-            self.store.record_failure(job_id, claim.attempt, error, outcome.status)
+            self._patiently(job_id, self.store.record_failure, job_id, claim.attempt, error, outcome.status)
             return None
-        if self.store.record_retry(job_id, claim.attempt, error):
+        if self._patiently(job_id, self.store.record_retry, job_id, claim.attempt, error):
             # Same task id: the retry is the same job. max_retries=None: kvern counts attempts itself.
-            raise self.task.retry(exc=exc, countdown=outcome.delay_s, max_retries=None)
+            # RabbitMQ's delayed delivery counts whole seconds and refuses a countdown under 1 s (the retry
+            # would be rejected and the job stranded): round up, and retry at once only for no delay at all.
+            countdown = math.ceil(outcome.delay_s) if outcome.delay_s > 0 else None
+            raise self.task.retry(exc=exc, countdown=countdown, max_retries=None)
         return None
+
+    def _patiently(self, job_id: str, write: Callable[..., bool], *args: Any) -> bool:
+        """An outcome write, retried while the store is briefly away; past that, the delivery is postponed."""
+        deadline = time.monotonic() + STORE_PATIENCE_S
+        delay = 0.2
+        while True:
+            try:
+                return write(*args)
+            except StoreUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    # The attempt's outcome cannot be recorded: a later delivery runs the job again (fenced).
+                    raise self._postpone(job_id, exc) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _postpone(self, job_id: str, exc: StoreUnavailable) -> Retry:
+        log.warning("job %s: %s; delivery postponed by %ds", job_id, exc, STORE_RETRY_S)
+        return self.task.retry(exc=exc, countdown=STORE_RETRY_S, max_retries=None, throw=False)
 
 
 def watch_hard_time_limits(store: JobStore) -> None:

@@ -1,0 +1,401 @@
+"""Chaos: a stream of uniquely identified jobs through nginx while one fault at a time is injected.
+
+For every scenario, once the instance has recovered, every accepted job is checked against the job store and
+against its side effects (each task run that completes appends one line to a file named after its job):
+
+- lost: accepted (202/200) but never finished (still queued, or no record at all);
+- stuck: still `running`;
+- dup outcomes: more than one attempt recorded a terminal outcome;
+- not ok: a job of the stream that did not succeed, or succeeded without its side effect;
+- 5xx / conn errors: what the client saw; it retries both with the same Idempotency-Key, as a real client
+  would. The nginx reload must answer no 5xx at all (a connection error there is an idle keep-alive connection
+  closed by an old nginx worker: reported, retried by the client, not a failure);
+- re-runs: side effects executed more than once (at-least-once execution; reported, not a failure);
+- retried: jobs that took more than one attempt (shows the fault hit jobs mid-task).
+
+The poison scenario's poison job must end `dead`; it is not part of the stream's counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kvern.constants import PROGRAM_BROKER, PROGRAM_NGINX
+from kvern.jobs.states import ACTIVE, JobStatus
+from kvern.jobs.store import JobStore
+from kvern.runtime.instance import Instance, front_door_url, owned_pids
+from kvern.runtime.supervisor import Supervisor
+from kvern.spec import load_spec
+from tests.chaos.conftest import ROWS
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+
+POOL = "chaos"
+RATE_S = 0.15  # one submission every RATE_S seconds per submitter
+SUBMITTERS = 2
+LOAD_S = 7.0  # how long the stream runs in each scenario
+FAULT_AT_S = 2.5  # when the fault is injected, from the start of the stream
+RECOVERY_S = 120.0  # how long every accepted job has to finish after the stream ends
+TERMINAL_OUTCOMES = {"succeeded", "failed", "dead"}
+
+TASKS = '''
+"""The chaos stream's task: sleeps a little, then leaves one side effect per completed run."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from celery import Celery
+
+import kvern
+
+app = Celery("chaos")
+EFFECTS = Path(__file__).resolve().parent / "effects"
+
+
+@app.task
+def work(tag, seconds):
+    busy = EFFECTS / "busy" / str(os.getpid())
+    busy.write_text(tag)
+    try:
+        time.sleep(seconds)
+        job = kvern.current_job()
+        with open(EFFECTS / "done" / tag, "a") as out:
+            out.write(f"{job.attempt if job else 0} {os.getpid()}\\n")
+    finally:
+        busy.unlink(missing_ok=True)
+    return tag
+
+
+@app.task
+def poison(tag):
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+SPEC = """
+[app]
+tasks = "tasks"
+
+[web]
+heads = 2
+
+[[pools]]
+name = "chaos"
+queues = ["chaos"]
+concurrency = 2
+min = 2
+max = 2
+
+[tasks."tasks.work"]
+retries = 3
+backoff = 1.0
+backoff_max = 2.0
+time_limit = 30
+"""
+
+
+@dataclass
+class Chaos:
+    instance: Instance
+    url: str
+    store: JobStore
+    effects: Path
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.instance.state_dir)
+
+    def pid_of(self, program: str) -> int:
+        for info in self.supervisor.processes():
+            if info["name"] == program and info["statename"] == "RUNNING":
+                return int(info["pid"])
+        raise AssertionError(f"{program} is not running")
+
+    def worker_mains(self) -> dict[int, str]:
+        return {
+            int(p["pid"]): p["name"]
+            for p in self.supervisor.processes()
+            if p["group"] == f"pool-{POOL}" and p["statename"] == "RUNNING"
+        }
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chaos]:
+    folder = tmp_path_factory.mktemp("chaos")
+    (folder / "tasks.py").write_text(TASKS)
+    (folder / "kvern.toml").write_text(SPEC)
+    effects = folder / "effects"
+    (effects / "busy").mkdir(parents=True)
+    (effects / "done").mkdir()
+    instance = Instance(load_spec(folder / "kvern.toml"), (folder / ".kvern").resolve())
+    config = instance.up()
+    store = JobStore(config.store_url)
+    state = Chaos(instance, front_door_url(config), store, effects)
+    try:
+        yield state
+    finally:
+        store.close()
+        instance.down()
+        leftover = owned_pids(instance.state_dir)
+        for pid in leftover:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert not leftover, f"kvern down left processes behind: {leftover}"
+
+
+# -- the stream ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """Submits jobs with unique tags; retries 5xx and connection errors with the same Idempotency-Key."""
+
+    url: str
+    prefix: str
+    accepted: dict[str, str] = field(default_factory=dict)  # tag -> job id
+    given_up: list[str] = field(default_factory=list)
+    answers_5xx: int = 0
+    conn_errors: int = 0
+    stopping: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def submit(self, client: httpx.Client, tag: str, task: str, args: list[Any]) -> None:
+        deadline = time.monotonic() + 90
+        body = {"task": task, "args": args}
+        while time.monotonic() < deadline:
+            try:
+                response = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": tag})
+            except httpx.TransportError:
+                with self.lock:
+                    self.conn_errors += 1
+                time.sleep(0.3)
+                continue
+            if response.status_code in (200, 202):
+                with self.lock:
+                    self.accepted[tag] = response.json()["id"]
+                return
+            assert response.status_code >= 500, f"{tag}: unexpected answer {response.status_code} {response.text}"
+            with self.lock:
+                self.answers_5xx += 1
+            time.sleep(0.3)
+        with self.lock:
+            self.given_up.append(tag)
+
+    def run(self, worker: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(30, connect=5)) as client:
+            n = 0
+            while not self.stopping.is_set():
+                tag = f"{self.prefix}-{worker}-{n}"
+                seconds = 0.2 + (hash(tag) % 9) / 10  # 0.2 .. 1.0 s
+                self.submit(client, tag, "tasks.work", [tag, seconds])
+                n += 1
+                time.sleep(RATE_S)
+
+
+def run_scenario(chaos: Chaos, name: str, inject: Callable[[Chaos, Stream], None]) -> dict[str, Any]:
+    stream = Stream(chaos.url, f"{name}-{uuid.uuid4().hex[:6]}")
+    threads = [threading.Thread(target=stream.run, args=(i,)) for i in range(SUBMITTERS)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(FAULT_AT_S)
+        inject(chaos, stream)
+        time.sleep(max(0.0, LOAD_S - FAULT_AT_S))
+    finally:
+        stream.stopping.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    row = count(chaos, name, stream)
+    ROWS.append(row)
+    wait_whole(chaos)
+    return row
+
+
+def count(chaos: Chaos, name: str, stream: Stream) -> dict[str, Any]:
+    jobs = {tag: job_id for tag, job_id in stream.accepted.items() if not tag.endswith("poison")}
+    deadline = time.monotonic() + RECOVERY_S
+    while time.monotonic() < deadline:
+        pending = [j for j in jobs.values() if (job := chaos.store.get(j)) is None or job.status in ACTIVE]
+        if not pending:
+            break
+        time.sleep(0.5)
+    row: dict[str, Any] = {
+        "scenario": name,
+        "accepted": len(jobs),
+        "lost": len(stream.given_up),
+        "stuck": 0,
+        "dup outcomes": 0,
+        "not ok": 0,
+        "5xx": stream.answers_5xx,
+        "conn errors": stream.conn_errors,
+        "re-runs": 0,
+        "retried": 0,
+    }
+    for tag, job_id in jobs.items():
+        job = chaos.store.get(job_id)
+        effects = _effects(chaos, tag)
+        row["re-runs"] += max(0, effects - 1)
+        if job is None or job.status == JobStatus.QUEUED:
+            row["lost"] += 1
+            continue
+        if job.status == JobStatus.RUNNING:
+            row["stuck"] += 1
+            continue
+        row["retried"] += job.attempts > 1
+        outcomes = [a.outcome for a in chaos.store.history(job_id) if a.outcome in TERMINAL_OUTCOMES]
+        if len(outcomes) > 1:
+            row["dup outcomes"] += 1
+        if job.status != JobStatus.SUCCEEDED or job.result != tag or effects == 0:
+            row["not ok"] += 1
+    return row
+
+
+def _effects(chaos: Chaos, tag: str) -> int:
+    path = chaos.effects / "done" / tag
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_whole(chaos: Chaos, timeout: float = 90) -> None:
+    """Every program RUNNING again and the front door healthy, before the next scenario."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [p["statename"] for p in chaos.supervisor.processes() if p["statename"] != "STOPPED"]
+        with contextlib.suppress(httpx.HTTPError):
+            healthy = httpx.get(f"{chaos.url}/api/health", timeout=2).status_code == 200
+            if healthy and all(state == "RUNNING" for state in states) and len(chaos.worker_mains()) == 2:
+                return
+        time.sleep(0.5)
+    raise AssertionError("the instance did not recover")
+
+
+def assert_clean(row: dict[str, Any], *, allow_5xx: bool = True, hits_jobs: bool = False) -> None:
+    assert row["accepted"] > 10, row
+    failures = {k: row[k] for k in ("lost", "stuck", "dup outcomes", "not ok") if row[k]}
+    if not allow_5xx and row["5xx"]:
+        failures["5xx"] = row["5xx"]
+    assert not failures, f"{row['scenario']}: {failures} ({row})"
+    if hits_jobs:
+        assert row["retried"] > 0, f"{row['scenario']}: the fault hit no running job ({row})"
+
+
+# -- faults --------------------------------------------------------------------------------------------------
+
+
+def busy_children(chaos: Chaos, timeout: float = 5) -> list[tuple[int, int]]:
+    """(child pid, worker main pid) of task processes of this instance that are running a job right now."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mains = chaos.worker_mains()
+        found = []
+        for marker in (chaos.effects / "busy").iterdir():
+            pid = int(marker.name)
+            parent = _parent(pid)
+            if parent in mains:
+                found.append((pid, parent))
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("no task process of the instance was busy")
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def kill_worker_children(chaos: Chaos, _stream: Stream) -> None:
+    for pid, main in busy_children(chaos):
+        if pid in children(main):  # a task process of this instance's worker, nothing else
+            os.kill(pid, signal.SIGKILL)
+
+
+def kill_worker_main(chaos: Chaos, _stream: Stream) -> None:
+    _pid, main = busy_children(chaos)[0]
+    assert main in chaos.worker_mains()
+    os.kill(main, signal.SIGKILL)
+
+
+def restart_broker(chaos: Chaos, _stream: Stream) -> None:
+    chaos.supervisor.stop(PROGRAM_BROKER)
+    time.sleep(1)
+    chaos.supervisor.start(PROGRAM_BROKER)
+
+
+def kill_web_head(chaos: Chaos, _stream: Stream) -> None:
+    os.kill(chaos.pid_of("web-0"), signal.SIGKILL)
+
+
+def reload_nginx(chaos: Chaos, _stream: Stream) -> None:
+    chaos.supervisor.signal(PROGRAM_NGINX, "HUP")
+    time.sleep(1)
+    chaos.supervisor.signal(PROGRAM_NGINX, "HUP")
+
+
+def submit_poison(chaos: Chaos, stream: Stream) -> None:
+    with httpx.Client(base_url=chaos.url, timeout=30) as client:
+        stream.submit(client, f"{stream.prefix}-poison", "tasks.poison", ["poison"])
+
+
+# -- scenarios -----------------------------------------------------------------------------------------------
+
+
+def test_sigkill_of_worker_children_mid_task(chaos: Chaos) -> None:
+    assert_clean(run_scenario(chaos, "kill worker children", kill_worker_children), hits_jobs=True)
+
+
+def test_sigkill_of_a_worker_main_process_mid_task(chaos: Chaos) -> None:
+    assert_clean(run_scenario(chaos, "kill worker main", kill_worker_main), hits_jobs=True)
+
+
+def test_rabbitmq_restart(chaos: Chaos) -> None:
+    assert_clean(run_scenario(chaos, "restart rabbitmq", restart_broker))
+
+
+def test_sigkill_of_one_web_head(chaos: Chaos) -> None:
+    assert_clean(run_scenario(chaos, "kill one web head", kill_web_head))
+
+
+def test_nginx_reload(chaos: Chaos) -> None:
+    assert_clean(run_scenario(chaos, "reload nginx", reload_nginx), allow_5xx=False)
+
+
+def test_a_poison_task(chaos: Chaos) -> None:
+    stream_tags: list[Stream] = []
+
+    def inject(chaos: Chaos, stream: Stream) -> None:
+        stream_tags.append(stream)
+        submit_poison(chaos, stream)
+
+    row = run_scenario(chaos, "poison task", inject)
+    poison_id = stream_tags[0].accepted[f"{stream_tags[0].prefix}-poison"]
+    deadline = time.monotonic() + RECOVERY_S
+    while (job := chaos.store.get(poison_id)) is not None and job.status in ACTIVE:
+        assert time.monotonic() < deadline, f"the poison job is still {job.status}"
+        time.sleep(0.5)
+    assert job is not None and job.status == JobStatus.DEAD, job
+    assert "delivery limit" in (job.error or "")
+    assert_clean(row)
