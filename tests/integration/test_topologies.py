@@ -3,8 +3,8 @@
 
 The external broker is the machine's RabbitMQ (guest on 127.0.0.1:5672, vhost /). Every test there uses a
 queue of its own (`reports_<hex>`) and deletes it, and the exchange kvern declares for it, afterwards. The
-dead-letter queue `kvern.dead` (and Celery's `celery_delayed_*` topology) is shared by everything on that
-vhost, so it is left in place.
+dead-letter queue of each test's store is deleted too; Celery's `celery_delayed_*` topology is shared by
+everything on that vhost, so it is left in place.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from pypdf import PdfReader
 
-from kvern.constants import DEAD_LETTER_QUEUE, RET_ALREADY_RUNNING, RET_NOT_RUNNING, SQLITE_FILE
+from kvern.broker.topology import dead_letter_queue
+from kvern.constants import RET_ALREADY_RUNNING, RET_NOT_RUNNING, SQLITE_FILE
+from kvern.errors import RuntimeStateError
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, owned_pids
 from kvern.spec import load_spec
@@ -82,6 +84,16 @@ def system_queue() -> Iterator[str]:
             Exchange(name).bind(channel).delete()
 
 
+def delete_dead_letter_queue(instance: Instance) -> None:
+    """A store's dead-letter queue on the machine's broker outlives the instance: remove this test's one."""
+    if instance.spec.broker_url is None:
+        return
+    with contextlib.suppress(RuntimeStateError), Connection(instance.spec.broker_url, connect_timeout=5) as conn:
+        queue = dead_letter_queue(instance.runtime().store_url)
+        with contextlib.suppress(Exception):
+            queue.bind(conn.channel()).delete()
+
+
 @contextlib.contextmanager
 def running(*projects: tuple[Path, str], parallel: bool = False) -> Iterator[list[Running]]:
     """Instances for a whole module (spec, --only): up, then `kvern down` (in parallel), then no process of any
@@ -98,6 +110,8 @@ def running(*projects: tuple[Path, str], parallel: bool = False) -> Iterator[lis
     finally:
         with ThreadPoolExecutor(len(instances)) as pool:
             list(pool.map(lambda i: i.down(), instances))
+        for instance in instances:
+            delete_dead_letter_queue(instance)
         leftover = [pid for instance in instances for pid in owned_pids(instance.state_dir)]
         for pid in leftover:
             with contextlib.suppress(ProcessLookupError):
@@ -251,13 +265,14 @@ def test_an_external_broker_run_serves_reports_without_a_private_node(external_b
 def test_the_topology_on_an_external_broker_is_quorum_queues_with_a_dead_letter_queue(
     external_broker: tuple[Running, str],
 ) -> None:
-    _, queue = external_broker
+    run, queue = external_broker
     with Connection(SYSTEM_BROKER, connect_timeout=5) as conn:
         # then the work queue exists, with a consumer (the pool's worker)
         ok = conn.channel().queue_declare(queue, passive=True)
         assert ok.consumer_count >= 1
         # and the dead-letter queue kvern routes dead letters to exists there too
-        assert conn.channel().queue_declare(DEAD_LETTER_QUEUE, passive=True).queue == DEAD_LETTER_QUEUE
+        dead_letters = dead_letter_queue(run.config.store_url).name
+        assert conn.channel().queue_declare(dead_letters, passive=True).queue == dead_letters
         # and the work queue is a quorum queue: redeclaring it as a classic queue is refused
         with pytest.raises(PreconditionFailed):
             Queue(queue, durable=True, queue_arguments={"x-queue-type": "classic"}).bind(conn.channel()).declare()

@@ -252,6 +252,23 @@ def test_started_at_is_the_first_attempt_start(job_store: JobStore) -> None:
     assert get(job_store, job.id).started_at == started
 
 
+def test_a_delivery_past_the_attempt_budget_buries_the_job(job_store: JobStore) -> None:
+    # given a job allowed two attempts, both lost with their worker processes
+    job = submitted(job_store, max_attempts=2)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.claim_attempt(job.id, "w2")
+
+    # when the message is delivered once more
+    claim = job_store.claim_attempt(job.id, "w3")
+
+    # then it does not run again: the job is dead and its last attempt is closed
+    assert claim.run is False
+    dead = get(job_store, job.id)
+    assert dead.status is JobStatus.DEAD and dead.attempts == 2
+    assert "attempt budget spent" in (dead.error or "")
+    assert [a.outcome for a in job_store.history(job.id)] == ["lost", "dead"]
+
+
 def test_claim_for_a_finished_job_does_not_run(job_store: JobStore) -> None:
     # given a job that succeeded on its first attempt
     job = submitted(job_store)

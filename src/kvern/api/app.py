@@ -13,6 +13,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from kvern.api.batching import JobInserter
 from kvern.api.published import PublishedMarker
 from kvern.api.submission import Submission, SubmissionError, parse_submission
 from kvern.api.views import ErrorView, JobPage, JobView, error_body, job_url, job_view
@@ -39,9 +40,11 @@ class WebHead:
     store: JobStore
     publisher: JobPublisher
     marker: PublishedMarker = field(init=False)
+    inserter: JobInserter = field(init=False)
 
     def __post_init__(self) -> None:
         self.marker = PublishedMarker(self.store)
+        self.inserter = JobInserter(self.store)
 
     @classmethod
     def from_runtime(cls, config: RuntimeConfig) -> WebHead:
@@ -61,15 +64,20 @@ class WebHead:
             idempotency_key=idempotency_key,
             request_hash=submission.request_hash,
         )
-        job, created = await run_in_threadpool(self.store.create_job, new)
-        if not created:
-            return job, False
+        if idempotency_key is None:
+            job = await self.inserter.create(new)  # group commit with the submissions arriving meanwhile
+        else:
+            job, created = await run_in_threadpool(self.store.create_job, new)
+            if not created:
+                return job, False
         try:
             await self.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
         except PublishError:
-            # Never confirmed: withdraw the record so a 503 leaves nothing behind.
-            await run_in_threadpool(self.store.withdraw, job.id)
-            raise
+            # Never confirmed: withdraw the record so a 503 leaves nothing behind. If a worker claimed the job
+            # meanwhile, the message did reach the broker after all: the job is accepted.
+            if await run_in_threadpool(self.store.withdraw, job.id):
+                raise
+            log.info("job %s: confirm lost but a worker already claimed it; accepted", job.id)
         self.marker.add(job.id)
         return job, True
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from kvern.autoscale.pins import read_pins
 from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
 from kvern.broker.admin import queue_depths
+from kvern.errors import StoreUnavailable
 from kvern.jobs.records import ScalingEvent
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
@@ -75,7 +76,12 @@ class Autoscaler:
                 decision = self._pinned(pool, len(current), pins[pool.name])
                 wanted = max(0, min(pool.max, pins[pool.name]))
             else:
-                signals = self.signals(pool, len(current), now)
+                try:
+                    signals = self.signals(pool, len(current), now)
+                except StoreUnavailable as exc:
+                    # Without the store the signals are half-known: hold the pool as it is (pins still apply).
+                    log.warning("pool %s: holding at %d processes, %s", pool.name, len(current), exc)
+                    continue
                 decision = scaler.policy.decide(signals, now)
                 wanted = scaler.policy.desired(signals)[0]
             desired[pool.name] = {"desired": wanted, "pinned": pins.get(pool.name)}
@@ -135,4 +141,7 @@ class Autoscaler:
             for index in sorted(current, reverse=True)[: len(current) - target]:
                 self.supervisor.stop(pool_slot(pool.name, index), wait=False)
         log.info("pool %s: %d -> %d (%s)", pool.name, len(current), target, decision.reason)
-        self.store.record_scaling_event(ScalingEvent(now, pool.name, len(current), target, decision.reason))
+        try:
+            self.store.record_scaling_event(ScalingEvent(now, pool.name, len(current), target, decision.reason))
+        except StoreUnavailable as exc:  # the decision stands; only its record is lost
+            log.warning("pool %s: scaling event not recorded: %s", pool.name, exc)

@@ -94,7 +94,7 @@ class DeadLetterWatcher:
             try:
                 with (
                     Connection(self.broker_url, connect_timeout=3, heartbeat=20) as conn,
-                    Consumer(conn, [dead_letter_queue()], callbacks=[self.on_message], accept=None),
+                    Consumer(conn, [dead_letter_queue(self.store.url)], callbacks=[self.on_message], accept=None),
                 ):
                     while not self.stopping.is_set():
                         try:

@@ -6,6 +6,7 @@ match: RabbitMQ refuses a redeclaration with different arguments.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,14 +45,21 @@ def work_queue(name: str, max_backlog: int = DEFAULT_MAX_BACKLOG) -> Queue:
     return Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
 
 
-def dead_letter_queue() -> Queue:
+def dead_letter_queue(store_url: str) -> Queue:
+    """The dead-letter queue of the instances sharing one job store.
+
+    The dead-letter exchange is a fanout: on a broker shared by several deployments (or several stores), each
+    store's queue gets its own copy, so no watcher swallows dead letters that belong to another store's jobs.
+    """
     exchange = Exchange(DEAD_LETTER_EXCHANGE, type="fanout", durable=True)
-    return Queue(DEAD_LETTER_QUEUE, exchange, durable=True, queue_arguments={"x-queue-type": "quorum"})
+    name = f"{DEAD_LETTER_QUEUE}.{hashlib.sha1(store_url.encode()).hexdigest()[:10]}"
+    return Queue(name, exchange, durable=True, queue_arguments={"x-queue-type": "quorum"})
 
 
-def declare_topology(broker_url: str, queue_backlogs: Mapping[str, int]) -> None:
-    """Declare the work queues (name -> max backlog) and the dead-letter queue (idempotent)."""
+def declare_topology(broker_url: str, queue_backlogs: Mapping[str, int], store_url: str) -> None:
+    """Declare the work queues (name -> max backlog) and the store's dead-letter queue (idempotent)."""
     with Connection(broker_url, connect_timeout=5) as conn:
         channel = conn.channel()
-        for queue in (dead_letter_queue(), *(work_queue(name, size) for name, size in queue_backlogs.items())):
+        work = [work_queue(name, size) for name, size in queue_backlogs.items()]
+        for queue in (dead_letter_queue(store_url), *work):
             queue.bind(channel).declare()

@@ -166,17 +166,18 @@ class JobStore:
                 .values(published_at=time.time())
             )
 
-    def withdraw(self, job_id: str) -> None:
-        """Forget a job whose message the broker never confirmed (the client got a 503, not a 202)."""
+    def withdraw(self, job_id: str) -> bool:
+        """Forget a job whose message the broker never confirmed; False if a worker has already claimed it."""
         jobs = schema.jobs
         with self._begin() as conn:
-            conn.execute(
+            result = conn.execute(
                 jobs.delete().where(
                     jobs.c.id == job_id,
                     jobs.c.status == JobStatus.QUEUED.value,
                     jobs.c.attempts == 0,
                 )
             )
+        return result.rowcount == 1
 
     def unpublished(self, older_than_s: float, limit: int = 500) -> list[Job]:
         """Queued jobs whose message the broker never confirmed: the outbox relay publishes them again."""
@@ -208,6 +209,10 @@ class JobStore:
                 return Claim(run=True, attempt=1, tracked=False)
             if JobStatus(row.status) not in ACTIVE:
                 return Claim(run=False, attempt=row.attempts, tracked=True)
+            if row.attempts >= row.max_attempts:
+                # Every attempt it was allowed is spent (the last ones died with their processes): bury it.
+                self._bury(conn, job_id, "attempt budget spent: the last attempt was lost with its worker process", now)
+                return Claim(run=False, attempt=row.attempts, tracked=True)
             attempt = row.attempts + 1
             claimed = conn.execute(
                 update(jobs)
@@ -234,6 +239,23 @@ class JobStore:
             )
             conn.execute(insert(schema.attempts).values(job_id=job_id, attempt=attempt, worker=worker, started_at=now))
         return Claim(run=True, attempt=attempt, tracked=True, max_attempts=row.max_attempts)
+
+    def _bury(self, conn: Connection, job_id: str, error: str, now: float) -> bool:
+        """Make an active job dead; the attempt still open when it died is closed with it."""
+        jobs, at = schema.jobs, schema.attempts
+        result = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in ACTIVE]))
+            .values(status=JobStatus.DEAD.value, error=error, finished_at=now)
+        )
+        if result.rowcount != 1:
+            return False
+        conn.execute(
+            update(at)
+            .where(at.c.job_id == job_id, at.c.finished_at.is_(None))
+            .values(finished_at=now, outcome=JobStatus.DEAD.value, error=error)
+        )
+        return True
 
     def _fence(self, job_id: str, attempt: int) -> Any:
         jobs = schema.jobs
@@ -325,21 +347,8 @@ class JobStore:
 
     def mark_dead(self, job_id: str, error: str) -> bool:
         """The broker dead-lettered the job's message (delivery limit): whatever attempt ran, it is over."""
-        jobs = schema.jobs
         with self._begin() as conn:
-            result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in ACTIVE]))
-                .values(status=JobStatus.DEAD.value, error=error, finished_at=time.time())
-            )
-            if result.rowcount == 1:  # the attempt that was running when it died is closed with it
-                at = schema.attempts
-                conn.execute(
-                    update(at)
-                    .where(at.c.job_id == job_id, at.c.finished_at.is_(None))
-                    .values(finished_at=time.time(), outcome=JobStatus.DEAD.value, error=error)
-                )
-        return result.rowcount == 1
+            return self._bury(conn, job_id, error, time.time())
 
     def replay(self, job_id: str) -> Job | None:
         """Send a failed or dead job round again: same id, attempts and history kept."""

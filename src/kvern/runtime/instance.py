@@ -115,7 +115,11 @@ class Instance:
             node.wait_ready(BROKER_READY_TIMEOUT_S)
             users = {broker_user(role): (_password(config, role), ROLE_PERMISSIONS[role]) for role in ROLE_PERMISSIONS}
             node.provision(VHOST, users, tags={broker_user(ROLE_ADMIN): ("administrator",)})
-        declare_topology(config.broker_urls[ROLE_ADMIN], {q: self.spec.max_backlog(q) for q in self.spec.all_queues})
+        declare_topology(
+            config.broker_urls[ROLE_ADMIN],
+            {q: self.spec.max_backlog(q) for q in self.spec.all_queues},
+            config.store_url,
+        )
         supervisor = self.supervisor
         for pool, minimum in pools:
             for index in range(minimum):
