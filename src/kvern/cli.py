@@ -21,7 +21,7 @@ from kvern.client import submit_and_follow
 from kvern.errors import KvernError, RuntimeStateError, SpecError, StartError
 from kvern.jobs.states import REPLAYABLE
 from kvern.jobs.store import JobStore
-from kvern.runtime.instance import Instance, default_state_dir, front_door_url
+from kvern.runtime.instance import Instance, consumer_timeout_warning, default_state_dir, front_door_url
 from kvern.runtime.status import collect_status, render_status
 from kvern.runtime.web_scaling import scale_web
 from kvern.spec import PoolSpec, load_spec
@@ -88,6 +88,9 @@ def up(ctx: click.Context, detach: bool, only: str) -> None:
     instance = instance_from(ctx)
     if only not in ("all", "web", "pools") and only not in {p.name for p in instance.spec.pools}:
         raise SpecError(f"--only: {only!r} is not 'web', 'pools' or a pool of the spec")
+    warning = consumer_timeout_warning(instance.spec)
+    if warning:
+        click.echo(f"kvern: {warning}", err=True)
     config = instance.up(only)
     click.echo(f"kvern is up: {front_door_url(config)}" if only in ("all", "web") else "kvern pools are up")
     if detach:

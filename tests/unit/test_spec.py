@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvern.errors import SpecError
+from kvern.runtime.instance import consumer_timeout_warning
 from kvern.spec import DEFAULT_TIME_LIMIT_S, PoolSpec, Spec, TaskPolicy, WebSpec, load_spec
 
 FULL_SPEC = """
@@ -374,3 +375,16 @@ def test_a_folder_instead_of_a_file_is_refused(tmp_path: Path) -> None:
     # given the path of a folder
     # when / then it is reported as a missing spec file, not an IsADirectoryError
     assert_spec_error(tmp_path, "spec file not found")
+
+
+def test_an_external_broker_with_long_tasks_gets_a_consumer_timeout_warning(tmp_path: Path) -> None:
+    base = '[app]\ntasks = "t"\n[[pools]]\nname = "p"\n'
+    long_task = '[tasks."t.long"]\nqueue = "p"\ntime_limit = 3600\n'
+    external = '[broker]\nurl = "amqp://u:p@127.0.0.1:5672//"\n'
+    for text, warned in ((base + long_task, False), (base + external, False), (base + external + long_task, True)):
+        path = tmp_path / "kvern.toml"
+        path.write_text(text)
+        warning = consumer_timeout_warning(load_spec(path))
+        assert (warning is not None) is warned
+        if warning:
+            assert "consumer_timeout >= 3660000" in warning

@@ -196,6 +196,24 @@ class Instance:
         return True
 
 
+RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S = 1800.0
+
+
+def consumer_timeout_warning(spec: Spec) -> str | None:
+    """On an external broker kvern cannot set the consumer timeout: warn when a task may outlive the default.
+
+    RabbitMQ closes the channel of a consumer that holds a message longer than `consumer_timeout`, which
+    would redeliver a long task while it still runs.
+    """
+    if spec.broker_url is None or spec.longest_time_limit < RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S:
+        return None
+    needed_ms = int((spec.longest_time_limit + 60) * 1000)
+    return (
+        f"warning: a task may run {spec.longest_time_limit:.0f}s, longer than RabbitMQ's default consumer_timeout "
+        f"(30 min): set consumer_timeout >= {needed_ms} on the external broker, or long tasks are redelivered"
+    )
+
+
 def front_door_url(config: RuntimeConfig) -> str:
     return f"http://127.0.0.1:{config.front_door_port}"
 
