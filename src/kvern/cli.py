@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +21,7 @@ from kvern.jobs.states import REPLAYABLE
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, consumer_timeout_warning, default_state_dir, front_door_url
 from kvern.runtime.status import collect_status, render_status
+from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.web_scaling import scale_web
 from kvern.spec import PoolSpec, load_spec
 
@@ -101,16 +100,9 @@ def up(ctx: click.Context, detach: bool, only: str) -> None:
 
 
 def _wait_for_interrupt() -> None:
-    stop = False
-
-    def request_stop(_signum: int, _frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    while not stop:
-        time.sleep(0.2)
+    stop = stop_on_signals()
+    while not stop.wait(0.2):
+        pass
 
 
 @main.command()

@@ -7,7 +7,6 @@ runs pools). Each loop survives the broker or the store being away, and catches 
 from __future__ import annotations
 
 import logging
-import signal
 import time
 
 from kvern.autoscale.loop import Autoscaler
@@ -16,6 +15,7 @@ from kvern.constants import ROLE_ADMIN, ROLE_WEB, ROLE_WORKER
 from kvern.jobs.store import JobStore
 from kvern.runtime.config import RuntimeConfig
 from kvern.runtime.programs import tiers
+from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.supervisor import Supervisor
 from kvern.spec import load_spec
 
@@ -35,24 +35,17 @@ def main() -> None:
     broker_url = config.broker_urls.get(ROLE_WORKER) or config.broker_urls[ROLE_WEB]
     watcher = DeadLetterWatcher(store, broker_url) if run_web else None
     scaler = Autoscaler(pools, store, Supervisor(config.state_path), config.broker_urls[ROLE_ADMIN], config.state_path)
-    stop = False
-
-    def request_stop(_signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = stop_on_signals()
     if watcher:
         watcher.start()
     next_outbox = 0.0
-    while not stop:
+    while not stop.is_set():
         if pools:
             _guarded("autoscaler", scaler.tick)
         if run_web and time.monotonic() >= next_outbox:
             _guarded("outbox relay", lambda: relay_unpublished(store, broker_url))
             next_outbox = time.monotonic() + OUTBOX_INTERVAL_S
-        time.sleep(AUTOSCALE_INTERVAL_S)
+        stop.wait(AUTOSCALE_INTERVAL_S)
     if watcher:
         watcher.stop()
 

@@ -9,6 +9,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -145,43 +146,34 @@ class Instance:
             time.sleep(0.2)
 
     def _new_runtime(self, only: str) -> RuntimeConfig:
-        previous = _previous_runtime(self.state_dir)
-        instance = f"{self.spec.name}-{hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:6]}"
-        port = self.spec.web.port or free_port()
-        store_url = self.spec.store_url or f"sqlite:///{self.state_dir / SQLITE_FILE}"
+        common: dict[str, Any] = {
+            "spec_path": str(self.spec.path),
+            "state_dir": str(self.state_dir),
+            "instance": f"{self.spec.name}-{hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:6]}",
+            "front_door_port": self.spec.web.port or free_port(),
+            "store_url": self.spec.store_url or f"sqlite:///{self.state_dir / SQLITE_FILE}",
+            "only": only,
+        }
         if self.spec.broker_url:
-            urls = dict.fromkeys((ROLE_WEB, ROLE_WORKER, ROLE_ADMIN), self.spec.broker_url)
+            # The user's URL serves every role: kvern cannot create users on a broker it does not own.
+            urls = dict.fromkeys(ROLE_PERMISSIONS, self.spec.broker_url)
             return RuntimeConfig(
-                str(self.spec.path),
-                str(self.state_dir),
-                instance,
-                port,
-                store_url,
-                urls,
-                None,
-                None,
-                False,
-                only,
+                **common, broker_urls=urls, management_url=None, management_auth=None, private_broker=False
             )
+        previous = _previous_runtime(self.state_dir)
         ports = {"amqp": free_port(), "dist": free_port(), "management": free_port()}
         passwords = {role: _reuse_password(previous, role) for role in ROLE_PERMISSIONS}
-        urls = {
-            role: f"amqp://{broker_user(role)}:{passwords[role]}@127.0.0.1:{ports['amqp']}/{quote(VHOST, safe='')}"
-            for role in ROLE_PERMISSIONS
-        }
-        management = f"http://127.0.0.1:{ports['management']}"
+        vhost = quote(VHOST, safe="")
         return RuntimeConfig(
-            str(self.spec.path),
-            str(self.state_dir),
-            instance,
-            port,
-            store_url,
-            urls,
-            management,
-            (broker_user(ROLE_ADMIN), passwords[ROLE_ADMIN]),
-            True,
-            only,
-            {f"broker_{k}_port": str(v) for k, v in ports.items()},
+            **common,
+            broker_urls={
+                role: f"amqp://{broker_user(role)}:{passwords[role]}@127.0.0.1:{ports['amqp']}/{vhost}"
+                for role in ROLE_PERMISSIONS
+            },
+            management_url=f"http://127.0.0.1:{ports['management']}",
+            management_auth=(broker_user(ROLE_ADMIN), passwords[ROLE_ADMIN]),
+            private_broker=True,
+            extra={f"broker_{k}_port": str(v) for k, v in ports.items()},
         )
 
     # -- down -------------------------------------------------------------------------------------------
