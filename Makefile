@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-unit test-integration lint format bench clean
+.PHONY: install system-deps demo test test-unit test-integration lint format bench bench-deps clean
 
 system-deps:
 	@missing=""; \
@@ -43,8 +43,18 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: install
-	$(PY) -m bench
+# wrk is B2's load generator; without it (no apt, no network) the bench falls back to a Python one.
+bench-deps:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing Debian package: wrk"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk ) \
+	    || echo "wrk could not be installed: B2 will use the Python load generator"; \
+	}
+
+# `make bench` runs every scenario; `make bench SCENARIOS="B2 B3"` runs some. See BENCHMARKS.md.
+bench: install bench-deps
+	$(PY) -m bench $(SCENARIOS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,142 @@
+"""B2, front door throughput: accepted submissions/s through nginx at 64 connections, with two ceilings.
+
+- kvern: `POST /api/v1/jobs` of a no-op job; accepted = 202 = durable record + broker confirm. The instance
+  runs its web tier only (`kvern up --only web`), so the measure is the front door, not workers competing.
+- ceiling 1: a bare ASGI endpoint (parse the JSON, answer 202) behind nginx from kvern's own template, with the
+  same number of uvicorn heads.
+- ceiling 2: confirmed publishes/s of one Python process to the same private broker node, kvern's message to a
+  queue declared like kvern's.
+
+Rounds alternate the three (kvern, bare, broker) so a noisy neighbour hits all of them alike; medians.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Table, log, median, ratio, write_results
+from bench.cpu import Classifier, CpuWindow, classifier, cpu_table, median_cores
+from bench.frontdoor import FrontDoor, baseline_front_door
+from bench.loadgen import LoadResult, post_load
+from bench.procs import RunningInstance, kvern_instance, temp_dir, write_project
+from bench.rawpublish import PublishRate, confirmed_publish_rate
+from bench.specs import NOOP_TASK, noop_spec
+from kvern.constants import ROLE_ADMIN
+
+CONNECTIONS = 64
+ROUNDS = 3
+LOAD_S = 6.0
+WARMUP_S = 2.0
+PUBLISH_S = 4.0
+PUBLISH_IN_FLIGHT = (1, CONNECTIONS)
+KVERN_PATH = "/api/v1/jobs"
+BARE_PATH = "/api/v1/accept"
+BODY = json.dumps({"task": NOOP_TASK, "args": [], "kwargs": {}})
+
+
+def _load_figures(results: list[LoadResult]) -> dict[str, Any]:
+    return {
+        "tool": results[0].tool,
+        "accepted_per_s": median(r.accepted_per_s for r in results),
+        "p50_ms": median(r.p50_ms for r in results),
+        "p99_ms": median(r.p99_ms for r in results),
+        "failed": sum(r.failed for r in results),
+        "requests": sum(r.requests for r in results),
+        "rounds": [vars(r) | {"accepted_per_s": r.accepted_per_s} for r in results],
+    }
+
+
+def _publish_figures(results: list[PublishRate]) -> dict[str, Any]:
+    return {"per_s": median(r.per_s for r in results), "rounds": [vars(r) | {"per_s": r.per_s} for r in results]}
+
+
+def _timed_load(url: str, path: str, classify: Classifier) -> tuple[LoadResult, dict[str, float]]:
+    with CpuWindow() as window:
+        result = post_load(url, path, BODY, CONNECTIONS, LOAD_S)
+    return result, window.cores(classify)
+
+
+def measure(kvern: RunningInstance, bare: FrontDoor) -> dict[str, Any]:
+    broker_url = kvern.config.broker_urls[ROLE_ADMIN]
+    post_load(kvern.url, KVERN_PATH, BODY, CONNECTIONS, WARMUP_S)
+    post_load(bare.url, BARE_PATH, BODY, CONNECTIONS, WARMUP_S)
+    classify = classifier([kvern.state_dir], bare.pids)
+    loads: dict[str, list[LoadResult]] = {"kvern": [], "bare": []}
+    cpu: dict[str, list[dict[str, float]]] = {"kvern": [], "bare": []}
+    publish: dict[int, list[PublishRate]] = {n: [] for n in PUBLISH_IN_FLIGHT}
+    for index in range(ROUNDS):
+        for name, url, path in (("kvern", kvern.url, KVERN_PATH), ("bare", bare.url, BARE_PATH)):
+            result, cores = _timed_load(url, path, classify)
+            loads[name].append(result)
+            cpu[name].append(cores)
+        for in_flight in PUBLISH_IN_FLIGHT:
+            publish[in_flight].append(confirmed_publish_rate(broker_url, in_flight, PUBLISH_S))
+        log(
+            f"round {index + 1}/{ROUNDS}: kvern {loads['kvern'][-1].accepted_per_s:,.0f}/s, bare ASGI "
+            f"{loads['bare'][-1].accepted_per_s:,.0f}/s, broker "
+            + ", ".join(f"{n} in flight {publish[n][-1].per_s:,.0f}/s" for n in PUBLISH_IN_FLIGHT)
+        )
+    return {
+        "kvern": _load_figures(loads["kvern"]) | {"cpu_cores": median_cores(cpu["kvern"])},
+        "bare_asgi": _load_figures(loads["bare"]) | {"cpu_cores": median_cores(cpu["bare"])},
+        "confirmed_publish": {str(n): _publish_figures(rates) for n, rates in publish.items()},
+    }
+
+
+def tables(f: dict[str, Any]) -> list[Table]:
+    k, b = f["kvern"], f["bare_asgi"]
+    pub = f["confirmed_publish"]
+    rows: list[list[Any]] = [
+        ["kvern POST /api/v1/jobs (record + confirm)", k["accepted_per_s"], k["p50_ms"], k["p99_ms"], k["failed"]],
+        ["bare ASGI endpoint, same nginx + 2 uvicorn", b["accepted_per_s"], b["p50_ms"], b["p99_ms"], b["failed"]],
+    ]
+    rows += [[f"broker: confirmed publish, 1 process, {n} in flight", p["per_s"], "", "", 0] for n, p in pub.items()]
+    main = Table(
+        f"B2 front door at {CONNECTIONS} connections (median of {ROUNDS} alternating rounds of {LOAD_S:g}s; "
+        f"load: {k['tool']})",
+        ["path", "per s", "p50 (ms)", "p99 (ms)", "failed"],
+        rows,
+    )
+    best_publish = max(p["per_s"] for p in pub.values())
+    ratios = Table(
+        "B2 ratios",
+        ["ratio", "value"],
+        [
+            ["kvern / bare ASGI", f["ratios"]["kvern_over_bare_asgi"]],
+            [f"kvern / broker confirmed publish ({CONNECTIONS} in flight)", f["ratios"]["kvern_over_publish"]],
+            ["bare ASGI / broker confirmed publish", ratio(b["accepted_per_s"], best_publish)],
+        ],
+    )
+    cpu = cpu_table(
+        "B2 where the CPU went during the rounds (median cores)",
+        {"kvern rounds": k["cpu_cores"], "bare ASGI rounds": b["cpu_cores"]},
+    )
+    return [main, ratios, cpu]
+
+
+def run(work: Path) -> dict[str, Any]:
+    spec = write_project(work / "kvern", noop_spec(), reports=False)
+    with (
+        kvern_instance(spec, work / "kvern" / ".kvern", only="web") as running,
+        baseline_front_door(work / "bare") as bare,
+    ):
+        time.sleep(1)
+        figures = measure(running, bare)
+    k = figures["kvern"]
+    publish = figures["confirmed_publish"][str(CONNECTIONS)]["per_s"]
+    figures["ratios"] = {
+        "kvern_over_bare_asgi": ratio(k["accepted_per_s"], figures["bare_asgi"]["accepted_per_s"]),
+        "kvern_over_publish": ratio(k["accepted_per_s"], publish),
+    }
+    figures["connections"] = CONNECTIONS
+    figures["targets"] = {"accepted >= 1500/s": k["accepted_per_s"] >= 1500, "p99 <= 50 ms": k["p99_ms"] <= 50}
+    write_results("B2", figures, tables(figures))
+    return figures
+
+
+def main() -> dict[str, Any]:
+    with temp_dir("b2") as work:
+        return run(work)

@@ -1,0 +1,44 @@
+"""`python -m bench.bare_worker VARIANT QUEUE CONCURRENCY`: a bare Celery worker for B3 (no kvern in it).
+
+VARIANT is `default` (Celery's defaults: early acks, prefetch multiplier 4), `late` (task_acks_late=True,
+worker_prefetch_multiplier=1), or `late-quorum` (the same, on a queue declared exactly like kvern's work
+queues: quorum, reject-publish, DLX; a diagnostic, to tell the queue type's cost from kvern's own).
+The broker URL comes from $BENCH_BROKER_URL (not argv: it holds a password).
+The worker runs the same no-op task as kvern's pool, with the same process flags kvern gives its workers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from bench.workloads import app
+from kvern.broker.topology import work_queue
+
+LATE: dict[str, object] = {"task_acks_late": True, "worker_prefetch_multiplier": 1}
+VARIANTS: dict[str, dict[str, object]] = {"default": {}, "late": LATE, "late-quorum": LATE}
+QUORUM_VARIANTS = frozenset({"late-quorum"})
+
+
+def main(argv: list[str]) -> None:
+    variant, queue, concurrency = argv[0], argv[1], int(argv[2])
+    app.conf.update(broker_url=os.environ["BENCH_BROKER_URL"], task_default_queue=queue, **VARIANTS[variant])
+    if variant in QUORUM_VARIANTS:
+        app.conf.task_queues = [work_queue(queue)]
+    app.worker_main(
+        [
+            "worker",
+            f"--hostname=bare-{variant}@%h",
+            f"--queues={queue}",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            "--loglevel=WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

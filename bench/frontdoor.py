@@ -1,0 +1,80 @@
+"""A baseline front door: kvern's own nginx config (same template, same settings) in front of web heads that
+run `bench.baseline_app` with the same uvicorn command line kvern gives its web heads."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.common import REPO, REPORTS_EXAMPLE
+from bench.procs import ProcessGroup, process_group, spawn
+from kvern.runtime import nginx
+from kvern.runtime.instance import free_port
+
+READY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class FrontDoor:
+    url: str
+    pids: dict[int, str]  # pid -> what it is (for bench.cpu), children included by their parent
+
+
+def _web_head_command(socket: Path) -> list[str]:
+    # kvern's web heads: runtime/programs.py::_web_program, with the baseline app instead of kvern's.
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.baseline_app:app",
+        "--uds",
+        str(socket),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--timeout-graceful-shutdown",
+        "20",
+    ]
+
+
+def _wait_ready(url: str, group: ProcessGroup) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                return
+        if any(not managed.alive() for managed, _, _ in group.items):
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"baseline front door at {url} did not become ready")
+
+
+@contextlib.contextmanager
+def baseline_front_door(state_dir: Path, heads: int = 2) -> Iterator[FrontDoor]:
+    """nginx + `heads` uvicorn processes of the baseline app; everything is stopped by pid on exit."""
+    for sub in ("run", "logs"):
+        (state_dir / sub).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = nginx.write_config(state_dir, port, REPORTS_EXAMPLE / "static", heads)
+    logs = state_dir / "logs"
+    with process_group() as group:
+        pids = {}
+        for index in range(heads):
+            command = _web_head_command(nginx.web_socket(state_dir, index))
+            # A head blocked in a report cannot run its graceful shutdown: it gets a short grace, then KILL.
+            head = spawn(f"baseline web-{index}", command, logs / f"web-{index}.log", cwd=REPO)
+            group.add(head, signal.SIGTERM, timeout=3)
+            pids[head.pid] = "baseline web heads"
+        front = spawn("baseline nginx", nginx.nginx_command(config), logs / "nginx.log")
+        group.add(front, signal.SIGTERM)
+        pids[front.pid] = "nginx"
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, group)
+        yield FrontDoor(url, pids)

@@ -1,0 +1,95 @@
+"""Closed-loop HTTP load: N connections POST a JSON body for a while; accepted/s and latency percentiles.
+
+Debian's `wrk` (C, epoll, 2 threads) is used when installed: it leaves the most CPU to the system under test.
+Without it, a Python asyncio generator (bench.httpclient) does the same job, at a higher CPU cost per request;
+the result names which one ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import ms, percentile
+from bench.httpclient import Connection, port_of, post_json
+
+LUA_POST = Path(__file__).resolve().parent / "lua" / "post_json.lua"
+WRK_THREADS = 2
+REQUEST_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    tool: str
+    seconds: float
+    requests: int
+    failed: int  # non-2xx answers, socket errors and timeouts
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def accepted_per_s(self) -> float:
+        return (self.requests - self.failed) / self.seconds if self.seconds else 0.0
+
+
+def post_load(url: str, path: str, body: str, connections: int, seconds: float) -> LoadResult:
+    if shutil.which("wrk"):
+        return _wrk(url + path, body, connections, seconds)
+    return asyncio.run(_python_load(port_of(url), path, body, connections, seconds))
+
+
+def _wrk(target: str, body: str, connections: int, seconds: float) -> LoadResult:
+    command = [
+        "wrk",
+        f"-t{WRK_THREADS}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        f"--timeout={REQUEST_TIMEOUT_S:g}s",
+        "-s",
+        str(LUA_POST),
+        target,
+    ]
+    env = {**os.environ, "BENCH_BODY": body}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    line = next(text for text in reversed(done.stdout.splitlines()) if text.startswith("{"))
+    raw = json.loads(line)
+    failed = sum(raw[key] for key in ("connect", "read", "write", "status", "timeout"))
+    return LoadResult(
+        "wrk",
+        raw["duration_us"] / 1e6,
+        raw["requests"],
+        failed,
+        raw["p50_us"] / 1000,
+        raw["p99_us"] / 1000,
+    )
+
+
+async def _python_load(port: int, path: str, body: str, connections: int, seconds: float) -> LoadResult:
+    raw = post_json(path, json.loads(body))
+    latencies: list[float] = []
+    failed = 0
+    end = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal failed
+        connection = Connection(port)
+        try:
+            while time.perf_counter() < end:
+                result = await connection.request(raw, REQUEST_TIMEOUT_S)
+                latencies.append(result.latency)
+                failed += not 200 <= result.status < 300
+        finally:
+            await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    return LoadResult(
+        "python-asyncio", elapsed, len(latencies), failed, ms(percentile(latencies, 50)), ms(percentile(latencies, 99))
+    )

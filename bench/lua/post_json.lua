@@ -1,0 +1,13 @@
+-- wrk script: POST the JSON body in $BENCH_BODY, report the run as one JSON line (latencies in microseconds).
+wrk.method = "POST"
+wrk.body = os.getenv("BENCH_BODY") or "{}"
+wrk.headers["Content-Type"] = "application/json"
+
+function done(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      '{"duration_us": %d, "requests": %d, "connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d, ' ..
+      '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\n',
+      summary.duration, summary.requests, e.connect, e.read, e.write, e.status, e.timeout,
+      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
