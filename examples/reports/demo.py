@@ -67,6 +67,21 @@ async def save_pdfs(client: httpx.AsyncClient, jobs: dict[str, dict[str, Any]], 
     return valid
 
 
+def watch_scale_in(instance: Instance) -> None:
+    """After the burst, the pools shrink back to their minimum once their cool-down has passed."""
+    deadline = time.monotonic() + max(p.idle_after for p in instance.spec.pools) + 15
+    print("watching the pools scale back in (also visible with `kvern status`)...")
+    while time.monotonic() < deadline:
+        pools = collect_status(instance)["pools"]
+        if all(p["processes"] <= p["min"] for p in pools):
+            break
+        time.sleep(1)
+    for pool in collect_status(instance)["pools"]:
+        last = pool["last_decision"]
+        reason = f"last decision {last['from']} -> {last['to']}: {last['reason']}" if last else "no decision"
+        print(f"  pool {pool['name']}: {pool['processes']} processes (min {pool['min']}); {reason}")
+
+
 async def run_burst(instance: Instance, base_url: str, count: int, seconds: float, out: Path) -> bool:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         started = time.monotonic()
@@ -75,6 +90,7 @@ async def run_burst(instance: Instance, base_url: str, count: int, seconds: floa
         jobs = await watch(client, instance, ids)
         elapsed = time.monotonic() - started
         valid = await save_pdfs(client, jobs, out)
+    watch_scale_in(instance)
     states = Counter(job["status"] for job in jobs.values())
     print()
     print("summary")
