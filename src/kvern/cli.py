@@ -97,6 +97,7 @@ def up(ctx: click.Context, detach: bool, only: str) -> None:
     _wait_for_interrupt()
     click.echo("stopping (running jobs finish first)...")
     instance.down()
+    click.echo("kvern is down")
 
 
 def _wait_for_interrupt() -> None:
