@@ -3,32 +3,39 @@
 - kvern: N jobs POSTed through nginx (64 keep-alive connections); the outcome is the job store's record
   (`finished_at`). One worker process, concurrency 4, kvern's at-least-once settings (acks late, prefetch 1,
   confirms, fenced attempts in the store).
+- kvern, PostgreSQL job store: the same spec with `[store] url` on the local PostgreSQL (127.0.0.1:5432, database
+  `test`), in a schema created for the run (`kvern_bench_<hex>`, the URL's search_path) and dropped afterwards.
+  Its own instance (and private broker node) is up during the whole run, idle while the others are measured.
 - bare Celery, same broker node (kvern's private one, its own vhost), same task, one worker process of
   concurrency 4: `default` (Celery's defaults: early ack, prefetch 4 per slot, no confirms) and `late`
   (acks_late + prefetch 1). Jobs are sent with `apply_async` from one Python process; bare Celery records no
   outcome, so each task's finish time is appended to a file by a `task_postrun` handler (bench.workloads).
 
-Rounds alternate kvern / default / late; medians and ratios of medians.
+Rounds alternate kvern / kvern on PostgreSQL / default / late / late on a quorum queue; medians and ratios of
+medians.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import struct
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 from kombu.entity import Queue
 
 from bench.bare_worker import QUORUM_VARIANTS
 from bench.common import REPO, Table, log, median, ratio, write_results
-from bench.cpu import CpuWindow, classifier, cpu_table, median_cores
+from bench.cpu import Classifier, CpuWindow, Process, classifier, cpu_table, median_cores
 from bench.httpclient import port_of
 from bench.jobs import job_body, outcome_summary, submit_many
 from bench.procs import ProcessGroup, RunningInstance, kvern_instance, process_group, spawn, temp_dir, write_project
@@ -39,6 +46,7 @@ from bench.workloads import noop as noop_task
 from kvern.broker.topology import work_queue
 from kvern.constants import ROLE_WORKER
 from kvern.jobs.store import JobStore
+from kvern.runtime.instance import owned_pids
 
 JOBS = 2000
 ROUNDS = 3
@@ -47,6 +55,10 @@ DRAIN_TIMEOUT_S = 120.0
 POLL_S = 0.02
 BARE_VARIANTS = {"default": "bare-default", "late": "bare-late", "late-quorum": "bare-late-quorum"}
 TIMESTAMP = struct.Struct("d")
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+POSTGRES_GROUP = "PostgreSQL server (job store)"
+IDLE_INSTANCE_GROUP = "the other kvern instance (idle)"
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,29 @@ def kvern_round(running: RunningInstance, store: JobStore) -> RoundResult:
         if time.monotonic() > deadline:
             raise RuntimeError(f"kvern recorded {done} of {accepted} outcomes in {DRAIN_TIMEOUT_S:g}s")
         time.sleep(POLL_S)
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A store URL on the local PostgreSQL whose search_path is a fresh schema, dropped afterwards."""
+    schema = f"kvern_bench_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(POSTGRES_ADMIN_URL)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        log(f"PostgreSQL job store: schema {schema}")
+        try:
+            yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        finally:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            log(f"PostgreSQL job store: schema {schema} dropped")
+    finally:
+        engine.dispose()
+
+
+def postgres_spec(store_url: str) -> str:
+    return noop_spec() + f'\n[store]\nurl = "{store_url}"\n'
 
 
 # -- bare Celery --------------------------------------------------------------------------------------------
@@ -152,32 +187,59 @@ def _figures(rounds: list[RoundResult]) -> dict[str, Any]:
     }
 
 
-def measure(running: RunningInstance, done_files: dict[str, Path], bare_pids: dict[int, str]) -> dict[str, Any]:
-    store = JobStore(running.config.store_url)
-    results: dict[str, list[RoundResult]] = {"kvern": [], **{variant: [] for variant in BARE_VARIANTS}}
+def round_classifier(active: Path, idle: Path, bare_pids: dict[int, str]) -> Classifier:
+    """bench.cpu's classifier for the `active` instance; the `idle` one and the PostgreSQL server apart."""
+    base = classifier([active], bare_pids)
+    idle_pids = set(owned_pids(idle))
+
+    def classify(process: Process) -> str:
+        if process.pid in idle_pids or process.ppid in idle_pids:
+            return IDLE_INSTANCE_GROUP
+        if process.command.split(maxsplit=1)[0].rsplit("/", 1)[-1].startswith("postgres"):
+            return POSTGRES_GROUP
+        return base(process)
+
+    return classify
+
+
+def measure(
+    instances: dict[str, RunningInstance], done_files: dict[str, Path], bare_pids: dict[int, str]
+) -> dict[str, Any]:
+    """`instances`: "kvern" (whose broker the bare workers use too) and "kvern-pg"."""
+    stores = {name: JobStore(running.config.store_url) for name, running in instances.items()}
+    results: dict[str, list[RoundResult]] = {name: [] for name in (*instances, *BARE_VARIANTS)}
     cpu: dict[str, list[dict[str, float]]] = {name: [] for name in results}
+    sqlite_dir, pg_dir = instances["kvern"].state_dir, instances["kvern-pg"].state_dir
     try:
-        warmup = asyncio.run(submit_many(port_of(running.url), job_body(NOOP_TASK), 50, 8, 30))
-        log(f"warm-up: kvern accepted {sum(r.status == 202 for r in warmup)} of 50")
+        for name, running in instances.items():
+            warmup = asyncio.run(submit_many(port_of(running.url), job_body(NOOP_TASK), 50, 8, 30))
+            log(f"warm-up: {name} accepted {sum(r.status == 202 for r in warmup)} of 50")
         time.sleep(2)
-        classify = classifier([running.state_dir], bare_pids)
+        classifiers = {
+            "kvern-pg": round_classifier(pg_dir, sqlite_dir, bare_pids),
+            **{name: round_classifier(sqlite_dir, pg_dir, bare_pids) for name in ("kvern", *BARE_VARIANTS)},
+        }
         for index in range(ROUNDS):
-            rounds: list[tuple[str, Callable[[], RoundResult]]] = [("kvern", lambda: kvern_round(running, store))]
+            rounds: list[tuple[str, Callable[[], RoundResult]]] = [
+                (name, functools.partial(kvern_round, running, stores[name])) for name, running in instances.items()
+            ]
             rounds += [(v, functools.partial(bare_round, v, f)) for v, f in done_files.items()]
             for name, one_round in rounds:
                 with CpuWindow() as window:
                     results[name].append(one_round())
-                cpu[name].append(window.cores(classify))
+                cpu[name].append(window.cores(classifiers[name]))
             log(f"round {index + 1}/{ROUNDS}: " + ", ".join(f"{k} {v[-1].per_s:,.0f}/s" for k, v in results.items()))
     finally:
-        store.close()
+        for store in stores.values():
+            store.close()
     return {name: _figures(rounds) | {"cpu_cores": median_cores(cpu[name])} for name, rounds in results.items()}
 
 
 def tables(f: dict[str, Any]) -> list[Table]:
-    k, d, late, lq = f["kvern"], f["bare_default"], f["bare_late"], f["bare_late_quorum"]
+    k, pg, d, late, lq = f["kvern"], f["kvern_postgresql"], f["bare_default"], f["bare_late"], f["bare_late_quorum"]
     rows = [
         ["kvern (HTTP submit, record, confirm, acks late, prefetch 1)", k["jobs_per_s"], k["submit_per_s"]],
+        ["kvern, PostgreSQL job store", pg["jobs_per_s"], pg["submit_per_s"]],
         ["bare Celery, defaults (early ack, prefetch 4x)", d["jobs_per_s"], d["submit_per_s"]],
         ["bare Celery, acks_late + prefetch 1", late["jobs_per_s"], late["submit_per_s"]],
         ["diagnostic: bare Celery, acks_late + prefetch 1, kvern's quorum queue", lq["jobs_per_s"], lq["submit_per_s"]],
@@ -195,23 +257,34 @@ def tables(f: dict[str, Any]) -> list[Table]:
     )
     cpu = cpu_table(
         "B3 where the CPU went during the rounds (median cores)",
-        {"kvern": k["cpu_cores"], "bare defaults": d["cpu_cores"], "bare acks_late+prefetch1": late["cpu_cores"]},
+        {
+            "kvern": k["cpu_cores"],
+            "kvern, PostgreSQL": pg["cpu_cores"],
+            "bare defaults": d["cpu_cores"],
+            "bare acks_late+prefetch1": late["cpu_cores"],
+        },
     )
     return [main, ratios, cpu]
 
 
 def run(work: Path) -> dict[str, Any]:
     spec = write_project(work / "kvern", noop_spec(), reports=False)
-    with kvern_instance(spec, work / "kvern" / ".kvern") as running, process_group() as group:
+    with contextlib.ExitStack() as stack:
+        store_url = stack.enter_context(postgres_schema())
+        pg_spec = write_project(work / "kvern-pg", postgres_spec(store_url), reports=False)
+        running = stack.enter_context(kvern_instance(spec, work / "kvern" / ".kvern"))
+        running_pg = stack.enter_context(kvern_instance(pg_spec, work / "kvern-pg" / ".kvern"))
+        group = stack.enter_context(process_group())
         broker_url = running.config.broker_urls[ROLE_WORKER]
         done_files, bare_pids = start_bare_workers(group, broker_url, work)
         wait_consuming(broker_url, done_files)
-        measured = measure(running, done_files, bare_pids)
-    k = measured["kvern"]["jobs_per_s"]
+        measured = measure({"kvern": running, "kvern-pg": running_pg}, done_files, bare_pids)
+    k, pg = measured["kvern"]["jobs_per_s"], measured["kvern-pg"]["jobs_per_s"]
     figures: dict[str, Any] = {
         "jobs": JOBS,
         "worker_concurrency": NOOP_CONCURRENCY,
         "kvern": measured["kvern"],
+        "kvern_postgresql": measured["kvern-pg"],
         "bare_default": measured["default"],
         "bare_late": measured["late"],
         "bare_late_quorum": measured["late-quorum"],
@@ -220,6 +293,9 @@ def run(work: Path) -> dict[str, Any]:
         "kvern / bare Celery defaults": ratio(k, measured["default"]["jobs_per_s"]),
         "kvern / bare Celery acks_late+prefetch1": ratio(k, measured["late"]["jobs_per_s"]),
         "kvern / bare Celery acks_late+prefetch1 on a quorum queue": ratio(k, measured["late-quorum"]["jobs_per_s"]),
+        "kvern (PostgreSQL store) / bare Celery defaults": ratio(pg, measured["default"]["jobs_per_s"]),
+        "kvern (PostgreSQL store) / bare Celery acks_late+prefetch1": ratio(pg, measured["late"]["jobs_per_s"]),
+        "kvern: PostgreSQL / SQLite job store": ratio(pg, k),
         "bare Celery: quorum / classic queue (acks_late+prefetch1)": ratio(
             measured["late-quorum"]["jobs_per_s"], measured["late"]["jobs_per_s"]
         ),
