@@ -68,6 +68,8 @@ def test_front_door_serves_the_page_and_the_openapi_document(platform: Running) 
         assert 'id="generate"' in page.text
         openapi = client.get("/api/openapi.json").json()
         assert "/api/v1/jobs" in openapi["paths"] and "/api/v1/jobs/{job_id}" in openapi["paths"]
+        metrics = client.get("/api/metrics")
+        assert metrics.status_code == 200 and "kvern_job_store_up 1.0" in metrics.text
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -142,3 +143,17 @@ async def test_health_reflects_the_broker(api: Any) -> None:
     assert (await client.get("/api/health")).status_code == 200
     publisher.failure = PublishError("down")
     assert (await client.get("/api/health")).status_code == 503
+
+
+async def test_metrics_count_submissions_by_code_and_jobs_by_status(api: Any) -> None:
+    client, publisher, _ = api
+    await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1]})
+    await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": []})
+    publisher.failure = PublishError("down")
+    await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [2]})
+    text = (await client.get("/api/metrics")).text
+    for code in ("202", "422", "503"):
+        assert re.search(rf'kvern_submissions_total{{code="{code}",head="\d+"}} 1\.0', text), code
+    assert 'kvern_jobs{status="queued"} 1.0' in text
+    assert "kvern_job_store_up 1.0" in text
+    assert "kvern_submit_seconds_count" in text

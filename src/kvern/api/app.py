@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from kvern.api.batching import JobInserter
+from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kvern.api.metrics import ApiMetrics
 from kvern.api.published import PublishedMarker
 from kvern.api.submission import Submission, SubmissionError, parse_submission
 from kvern.api.views import ErrorView, JobPage, JobView, error_body, job_url, job_view
@@ -40,10 +43,12 @@ class WebHead:
     store: JobStore
     publisher: JobPublisher
     marker: PublishedMarker = field(init=False)
+    metrics: ApiMetrics = field(init=False)
     inserter: JobInserter = field(init=False)
 
     def __post_init__(self) -> None:
         self.marker = PublishedMarker(self.store)
+        self.metrics = ApiMetrics(self.store)
         self.inserter = JobInserter(self.store)
 
     @classmethod
@@ -164,7 +169,17 @@ def _install_job_routes(app: FastAPI) -> None:
     async def submit_job(
         request: Request, idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None
     ) -> Response:
-        return await _submit(request, idempotency_key)
+        started = time.perf_counter()
+        code = 500
+        try:
+            response = await _submit(request, idempotency_key)
+            code = response.status_code
+            return response
+        except (PublishError, StoreUnavailable):
+            code = 503
+            raise
+        finally:
+            _head(request).metrics.observe_submission(code, time.perf_counter() - started)
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobView, responses=ERRORS)
     async def get_job(request: Request, job_id: str) -> Response:
@@ -270,3 +285,8 @@ def _install_health_routes(app: FastAPI) -> None:
             store = False
         status = 200 if broker and store else 503
         return JSONResponse({"broker": broker, "store": store}, status_code=status)
+
+    @app.get("/api/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        body = await run_in_threadpool(_head(request).metrics.render)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
