@@ -6,56 +6,58 @@ from typing import Any
 
 from kvern.autoscale.loop import read_desired
 from kvern.broker.admin import queue_depths
-from kvern.constants import ROLE_ADMIN
+from kvern.constants import POOL_GROUP_PREFIX, ROLE_ADMIN, WEB_GROUP
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, front_door_url
 from kvern.runtime.programs import pool_group, tiers
+from kvern.spec import PoolSpec
+
+
+def _unused_slot(info: dict[str, Any]) -> bool:
+    """A web head or worker slot that is configured but not started: not worth listing."""
+    group, state = str(info["group"]), str(info["statename"])
+    return (group == WEB_GROUP or group.startswith(POOL_GROUP_PREFIX)) and state == "STOPPED"
+
+
+def _pool_report(
+    pool: PoolSpec, processes: list[dict[str, Any]], store: JobStore, autoscaler: dict[str, dict[str, int | None]]
+) -> dict[str, Any]:
+    running = sum(1 for p in processes if p["group"] == pool_group(pool.name) and p["statename"] == "RUNNING")
+    events = store.scaling_events(pool.name, limit=1)
+    last = events[0] if events else None
+    return {
+        "name": pool.name,
+        "processes": running,
+        "desired": autoscaler.get(pool.name, {}).get("desired"),
+        "pinned": autoscaler.get(pool.name, {}).get("pinned"),
+        "min": pool.min,
+        "max": pool.max,
+        "concurrency": pool.concurrency,
+        "last_decision": (
+            {"at": last.at, "from": last.from_processes, "to": last.to_processes, "reason": last.reason}
+            if last
+            else None
+        ),
+    }
 
 
 def collect_status(instance: Instance) -> dict[str, Any]:
     config = instance.runtime()
     store = JobStore(config.store_url)
-    processes = [
-        {"name": p["name"], "group": p["group"], "state": p["statename"], "pid": p["pid"] or None}
-        for p in instance.supervisor.processes()
-        if p["statename"] != "STOPPED" or (p["group"] not in ("web",) and not p["group"].startswith("pool-"))
-    ]
+    processes = instance.supervisor.processes()  # one XML-RPC round trip serves the whole report
     _, pools = tiers(config.only, instance.spec)
-    all_procs = instance.supervisor.processes()
     autoscaler = read_desired(instance.state_dir)
-    pool_reports = []
-    for pool in pools:
-        running = sum(1 for p in all_procs if p["group"] == pool_group(pool.name) and p["statename"] == "RUNNING")
-        events = store.scaling_events(pool.name, limit=1)
-        last = events[0] if events else None
-        pool_reports.append(
-            {
-                "name": pool.name,
-                "processes": running,
-                "desired": autoscaler.get(pool.name, {}).get("desired"),
-                "pinned": autoscaler.get(pool.name, {}).get("pinned"),
-                "min": pool.min,
-                "max": pool.max,
-                "concurrency": pool.concurrency,
-                "last_decision": (
-                    {
-                        "at": last.at,
-                        "from": last.from_processes,
-                        "to": last.to_processes,
-                        "reason": last.reason,
-                    }
-                    if last
-                    else None
-                ),
-            }
-        )
     report = {
         "front_door": front_door_url(config) if config.only in ("all", "web") else None,
         "state_dir": str(instance.state_dir),
-        "processes": processes,
+        "processes": [
+            {"name": p["name"], "group": p["group"], "state": p["statename"], "pid": p["pid"] or None}
+            for p in processes
+            if not _unused_slot(p)
+        ],
         "queues": queue_depths(config.broker_urls[ROLE_ADMIN], instance.spec.all_queues),
         "jobs": store.counts_by_status(),
-        "pools": pool_reports,
+        "pools": [_pool_report(pool, processes, store, autoscaler) for pool in pools],
     }
     store.close()
     return report
