@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -43,8 +47,48 @@ def import_tasks_module(spec: Spec) -> ModuleType:
         sys.path.insert(0, root)
     try:
         return importlib.import_module(spec.tasks_module)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if not _is_the_tasks_module(exc.name, spec.tasks_module):
+            raise  # an import inside the user's code: reported with its file and line
         raise SpecError(f"app.tasks: cannot import {spec.tasks_module!r} from {spec.root}: {exc}") from exc
+
+
+def _is_the_tasks_module(missing: str | None, tasks_module: str) -> bool:
+    """True when the module not found is the tasks module itself or one of its parent packages."""
+    return missing is not None and (tasks_module == missing or tasks_module.startswith(f"{missing}."))
+
+
+@contextmanager
+def user_code_errors(spec: Spec) -> Iterator[None]:
+    """Any error raised by the user's code while kvern loads it becomes one line: file, line and message."""
+    try:
+        yield
+    except SpecError:
+        raise
+    except Exception as exc:
+        where = _error_location(exc, spec.root)
+        message = (str(exc).strip().splitlines() or [""])[0]
+        if isinstance(exc, SyntaxError) and exc.msg:
+            message = exc.msg  # str(exc) repeats the file and line
+        raise SpecError(
+            f"app.tasks: loading {spec.tasks_module!r} failed at {where}: {type(exc).__name__}: {message}"
+        ) from exc
+
+
+def _error_location(exc: BaseException, root: Path) -> str:
+    """`file:line` of the error in the user's code (the deepest frame under the project's folder)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    mine = [f for f in frames if _inside(Path(f.filename), root) and "site-packages" not in f.filename]
+    if not frames:
+        return "(unknown location)"
+    frame = (mine or frames)[-1]
+    return f"{frame.filename}:{frame.lineno}"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def find_celery_app(module: ModuleType) -> Celery:
@@ -59,10 +103,12 @@ def find_celery_app(module: ModuleType) -> Celery:
 
 
 def load_user_app(spec: Spec) -> tuple[Celery, TaskCatalog]:
-    module = import_tasks_module(spec)
-    app = find_celery_app(module)
-    app.loader.import_default_modules()
-    tasks = {name: task for name, task in app.tasks.items() if not name.startswith(BUILTIN_TASK_PREFIX)}
+    """The user's Celery app and its tasks; an error in the user's code is a SpecError."""
+    with user_code_errors(spec):
+        module = import_tasks_module(spec)
+        app = find_celery_app(module)
+        app.loader.import_default_modules()
+        tasks = {name: task for name, task in app.tasks.items() if not name.startswith(BUILTIN_TASK_PREFIX)}
     if not tasks:
         raise SpecError(f"app.tasks: module {spec.tasks_module!r} declares no tasks")
     return app, TaskCatalog(tasks)

@@ -1,0 +1,109 @@
+"""Loading the user's tasks module: a broken module or a spec naming a missing task is one line, exit 3."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kvern.cli import main
+from kvern.constants import RET_SPEC
+from kvern.errors import SpecError
+from kvern.spec import load_spec
+from kvern.worker.app import load_user_app
+
+GOOD_TASKS = """
+from celery import Celery
+
+app = Celery("billing")
+
+
+@app.task(shared=False)  # other tests create Celery apps in this process too
+def charge(amount):
+    return amount
+
+
+@app.task(shared=False)  # other tests create Celery apps in this process too
+def refund(amount):
+    return -amount
+"""
+
+
+def write_project(folder: Path, tasks_source: str, tasks_table: str = "") -> tuple[Path, str]:
+    """A project whose tasks module has a name of its own (no earlier test's import is reused); MODULE in
+    `tasks_table` stands for that name."""
+    module = f"tasks_{uuid.uuid4().hex[:8]}"
+    (folder / f"{module}.py").write_text(textwrap.dedent(tasks_source))
+    spec = folder / "kvern.toml"
+    pools = '[[pools]]\nname = "main"\nqueues = ["main"]\n'
+    spec.write_text(f'[app]\ntasks = "{module}"\n{pools}{tasks_table.replace("MODULE", module)}')
+    return spec, module
+
+
+def kvern_up(spec_path: Path) -> Result:
+    """`kvern up -d`, expected to refuse; should it start something after all, that is stopped again."""
+    runner = CliRunner()
+    try:
+        return runner.invoke(main, ["-f", str(spec_path), "up", "-d"])
+    finally:
+        if (spec_path.parent / ".kvern").exists():
+            runner.invoke(main, ["-f", str(spec_path), "down"])
+
+
+def load_error(spec_path: Path) -> str:
+    with pytest.raises(SpecError) as caught:
+        load_user_app(load_spec(spec_path))
+    return str(caught.value)
+
+
+# -- item 10: a broken tasks module ---------------------------------------------------------------------------
+
+
+def test_a_syntax_error_names_the_file_line_and_message(tmp_path: Path) -> None:
+    spec, module = write_project(tmp_path, "from celery import Celery\napp = Celery('x')\ndef broken(:\n    pass\n")
+    message = load_error(spec)
+    assert f"{tmp_path / module}.py:3" in message
+    assert "SyntaxError: invalid syntax" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("statement", "error"),
+    [
+        ("undefined_name + 1", "NameError: name 'undefined_name' is not defined"),
+        ("1 / 0", "ZeroDivisionError: division by zero"),
+        ("import no_such_helper_module_xyz", "ModuleNotFoundError: No module named 'no_such_helper_module_xyz'"),
+    ],
+)
+def test_an_error_raised_at_import_names_the_line_of_the_users_code(tmp_path: Path, statement: str, error: str) -> None:
+    spec, module = write_project(tmp_path, f"from celery import Celery\n\napp = Celery('x')\n{statement}\n")
+    message = load_error(spec)
+    assert f"{tmp_path / module}.py:4" in message
+    assert message.endswith(error)
+
+
+def test_an_error_in_a_module_the_tasks_module_imports_names_that_module(tmp_path: Path) -> None:
+    helper = f"helper_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{helper}.py").write_text("RATE = 1\nFACTOR = RATE / 0\n")
+    spec, _ = write_project(tmp_path, f"import {helper}\n")
+    message = load_error(spec)
+    assert f"{tmp_path / helper}.py:2: ZeroDivisionError" in message
+
+
+def test_a_missing_tasks_module_is_still_a_cannot_import(tmp_path: Path) -> None:
+    spec, module = write_project(tmp_path, GOOD_TASKS)
+    (tmp_path / f"{module}.py").unlink()
+    assert f"cannot import '{module}' from {tmp_path}" in load_error(spec)
+
+
+def test_kvern_up_refuses_a_broken_tasks_module_in_one_line_with_exit_3(tmp_path: Path) -> None:
+    spec, module = write_project(tmp_path, "x = 1\ny = x / 0\n")
+    result = kvern_up(spec)
+    assert result.exit_code == RET_SPEC, result.output
+    assert result.output.strip().count("\n") == 0, result.output
+    assert f"{module}.py:2: ZeroDivisionError: division by zero" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / ".kvern").exists()  # refused before anything was started or written
