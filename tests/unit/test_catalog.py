@@ -107,3 +107,34 @@ def test_kvern_up_refuses_a_broken_tasks_module_in_one_line_with_exit_3(tmp_path
     assert f"{module}.py:2: ZeroDivisionError: division by zero" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / ".kvern").exists()  # refused before anything was started or written
+
+
+# -- item 11: a spec naming a task the app does not have ------------------------------------------------------
+
+
+def test_a_misspelt_task_is_refused_naming_the_field_the_closest_and_the_known_tasks(tmp_path: Path) -> None:
+    spec, module = write_project(tmp_path, GOOD_TASKS, '[tasks."MODULE.chrage"]\nretries = 1\n')
+    message = load_error(spec)
+    assert message.startswith(f'tasks."{module}.chrage": ')
+    assert f'did you mean "{module}.charge"?' in message
+    assert "known tasks: " in message
+    assert f"{module}.charge, {module}.refund" in message  # (with other tests' shared tasks before them)
+
+
+def test_a_short_task_name_in_the_spec_asks_for_the_full_name(tmp_path: Path) -> None:
+    spec, module = write_project(tmp_path, GOOD_TASKS, '[tasks."charge"]\nretries = 1\n')
+    assert load_error(spec) == f'tasks."charge": use the task\'s full name: [tasks."{module}.charge"]'
+
+
+def test_tasks_the_app_has_are_accepted(tmp_path: Path) -> None:
+    spec, module = write_project(tmp_path, GOOD_TASKS, '[tasks."MODULE.charge"]\nretries = 1\n')
+    _, catalog = load_user_app(load_spec(spec))
+    assert {f"{module}.charge", f"{module}.refund"} <= set(catalog.names())
+
+
+def test_kvern_up_refuses_an_unknown_task_with_exit_3(tmp_path: Path) -> None:
+    spec, module = write_project(tmp_path, GOOD_TASKS, '[tasks."MODULE.chrage"]\nretries = 1\n')
+    result = kvern_up(spec)
+    assert result.exit_code == RET_SPEC, result.output
+    assert f'invalid spec: tasks."{module}.chrage"' in result.output
+    assert not (tmp_path / ".kvern").exists()

@@ -6,6 +6,7 @@ JSON only, publisher confirms, late acks, reject on a lost worker process, durab
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 import traceback
@@ -23,6 +24,7 @@ from kvern.errors import SpecError
 from kvern.spec import Spec
 
 BUILTIN_TASK_PREFIX = "celery."
+KNOWN_TASKS_SHOWN = 20  # an error message lists at most this many of the app's tasks
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def find_celery_app(module: ModuleType) -> Celery:
 
 
 def load_user_app(spec: Spec) -> tuple[Celery, TaskCatalog]:
-    """The user's Celery app and its tasks; an error in the user's code is a SpecError."""
+    """The user's Celery app and its tasks; any problem (in the code, or a spec naming no task) is a SpecError."""
     with user_code_errors(spec):
         module = import_tasks_module(spec)
         app = find_celery_app(module)
@@ -111,7 +113,28 @@ def load_user_app(spec: Spec) -> tuple[Celery, TaskCatalog]:
         tasks = {name: task for name, task in app.tasks.items() if not name.startswith(BUILTIN_TASK_PREFIX)}
     if not tasks:
         raise SpecError(f"app.tasks: module {spec.tasks_module!r} declares no tasks")
-    return app, TaskCatalog(tasks)
+    catalog = TaskCatalog(tasks)
+    check_spec_tasks(spec, catalog)
+    return app, catalog
+
+
+def check_spec_tasks(spec: Spec, catalog: TaskCatalog) -> None:
+    """Every `[tasks."NAME"]` of the spec must name a task of the app (by its full name), or it would be ignored."""
+    for name in spec.tasks:
+        if name not in catalog.tasks:
+            raise SpecError(unknown_task_message(name, catalog))
+
+
+def unknown_task_message(name: str, catalog: TaskCatalog) -> str:
+    field = f'tasks."{name}"'
+    task = catalog.resolve(name)
+    if task is not None:
+        return f'{field}: use the task\'s full name: [tasks."{task.name}"]'
+    names = catalog.names()
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    shown = ", ".join(names[:KNOWN_TASKS_SHOWN]) + (", ..." if len(names) > KNOWN_TASKS_SHOWN else "")
+    return f"{field}: the app has no such task{hint}; known tasks: {shown}"
 
 
 def safe_settings(spec: Spec, broker_url: str, queues: tuple[str, ...]) -> dict[str, Any]:
