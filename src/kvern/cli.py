@@ -16,7 +16,7 @@ from kvern.api.views import job_view
 from kvern.autoscale.pins import write_pin
 from kvern.broker.relay import publish_jobs
 from kvern.client import submit_and_follow
-from kvern.errors import KvernError, RuntimeStateError, SpecError, StartError
+from kvern.errors import AlreadyRunning, JobNotFound, KvernError, NotRunning, RuntimeStateError, SpecError, StartError
 from kvern.jobs.states import REPLAYABLE
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, consumer_timeout_warning, default_state_dir, front_door_url
@@ -26,6 +26,9 @@ from kvern.runtime.web_scaling import scale_web
 from kvern.spec import PoolSpec, load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+MIN_ID_PREFIX = 4  # shorter prefixes of a job id are refused: they would match too many jobs to be useful
+MATCHES_SHOWN = 5  # an ambiguous prefix lists this many of the ids it matches
 
 
 def _fail(message: str, code: int) -> None:
@@ -42,9 +45,10 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except SpecError as exc:
             _fail(f"invalid spec: {exc}", c.RET_SPEC)
-        except RuntimeStateError as exc:
-            code = c.RET_ALREADY_RUNNING if "already running" in str(exc) else c.RET_NOT_RUNNING
-            _fail(str(exc), code)
+        except AlreadyRunning as exc:
+            _fail(str(exc), c.RET_ALREADY_RUNNING)
+        except RuntimeStateError as exc:  # NotRunning, or a state dir that never ran
+            _fail(str(exc), c.RET_NOT_RUNNING)
         except StartError as exc:
             _fail(str(exc), c.RET_START)
         except KvernError as exc:
@@ -61,10 +65,28 @@ def instance_from(ctx: click.Context) -> Instance:
 
 
 def running_instance(ctx: click.Context) -> Instance:
-    instance = instance_from(ctx)
+    return require_running(instance_from(ctx))
+
+
+def require_running(instance: Instance) -> Instance:
     if not instance.is_running():
-        raise RuntimeStateError(f"no kvern instance is running with state dir {instance.state_dir}")
+        raise NotRunning(f"no kvern instance is running with state dir {instance.state_dir}")
     return instance
+
+
+def resolve_job_id(store: JobStore, given: str) -> str:
+    """The full id of the one job whose id is `given` or starts with it (the short id `submit --wait` shows)."""
+    if len(given) < MIN_ID_PREFIX:
+        raise click.BadParameter(f"{given!r}: give at least {MIN_ID_PREFIX} characters of the id", param_hint="JOB_ID")
+    matches = store.job_ids_starting_with(given, MATCHES_SHOWN + 1)
+    if given in matches:
+        return given
+    if not matches:
+        raise JobNotFound(f"no job with id {given!r}")
+    if len(matches) == 1:
+        return matches[0]
+    shown = ", ".join(matches[:MATCHES_SHOWN]) + (", ..." if len(matches) > MATCHES_SHOWN else "")
+    raise click.BadParameter(f"{given!r} matches several jobs ({shown}): give more of the id", param_hint="JOB_ID")
 
 
 @click.group()
@@ -124,8 +146,12 @@ def down(ctx: click.Context) -> None:
 @handle_errors
 def status(ctx: click.Context, as_json: bool) -> None:
     """Front door, processes, queue depths, job counts, pools."""
-    report = collect_status(running_instance(ctx))
-    click.echo(json.dumps(report, indent=2) if as_json else render_status(report))
+    instance = instance_from(ctx)
+    if as_json and not instance.is_running():
+        # Scripts parse stdout whatever the exit code: say "not running" there too.
+        click.echo(json.dumps({"running": False, "state_dir": str(instance.state_dir)}, indent=2))
+    report = collect_status(require_running(instance))
+    click.echo(json.dumps({"running": True, **report}, indent=2) if as_json else render_status(report))
 
 
 @main.command()
@@ -176,21 +202,21 @@ def logs(ctx: click.Context, program: str | None, lines: int) -> None:
 @handle_errors
 def scale(ctx: click.Context, target: str, processes: str) -> None:
     """Pin POOL to N processes (`auto` gives it back to the autoscaler), or set the number of web heads."""
-    instance = running_instance(ctx)
+    instance = instance_from(ctx)  # the command line is checked against the spec before the instance
     if target == "web":
-        before, after = scale_web(instance.supervisor, instance.state_dir, _count(processes))
+        count = _count(processes)
+        before, after = scale_web(require_running(instance).supervisor, instance.state_dir, count)
         click.echo(f"web heads: {before} -> {after}")
         return
     pool = _pool(instance, target)
-    if processes == "auto":
-        write_pin(instance.state_dir, pool.name, None)
+    pin = None if processes == "auto" else _count(processes)
+    if pin is not None and pin > pool.max:
+        raise click.BadParameter(f"{pin} is above pool {pool.name}'s max ({pool.max})", param_hint="PROCESSES")
+    write_pin(require_running(instance).state_dir, pool.name, pin)
+    if pin is None:
         click.echo(f"pool {pool.name}: autoscaled ({pool.min}..{pool.max})")
-        return
-    count = _count(processes)
-    if count > pool.max:
-        raise SpecError(f"pool {pool.name}: {count} is above its max ({pool.max})")
-    write_pin(instance.state_dir, pool.name, count)
-    click.echo(f"pool {pool.name}: pinned to {count} processes (`kvern scale {pool.name} auto` to release)")
+    else:
+        click.echo(f"pool {pool.name}: pinned to {pin} processes (`kvern scale {pool.name} auto` to release)")
 
 
 def _count(text: str) -> int:
@@ -203,7 +229,8 @@ def _pool(instance: Instance, name: str) -> PoolSpec:
     try:
         return instance.spec.pool(name)
     except KeyError:
-        raise SpecError(f"no pool named {name!r} (pools: {', '.join(p.name for p in instance.spec.pools)})") from None
+        pools = ", ".join(p.name for p in instance.spec.pools)
+        raise click.BadParameter(f"no pool named {name!r} (pools: {pools}, or web)", param_hint="TARGET") from None
 
 
 @main.group()
@@ -229,10 +256,10 @@ def dlq_list(ctx: click.Context, limit: int) -> None:
 @handle_errors
 def dlq_show(ctx: click.Context, job_id: str) -> None:
     store = JobStore(running_instance(ctx).runtime().store_url)
-    job = store.get(job_id)
+    job = store.get(resolve_job_id(store, job_id))
     if job is None:
-        raise RuntimeStateError(f"no job with id {job_id!r}")
-    history = [vars(attempt) for attempt in store.history(job_id)]
+        raise JobNotFound(f"no job with id {job_id!r}")
+    history = [vars(attempt) for attempt in store.history(job.id)]
     click.echo(json.dumps({**job_view(job).model_dump(mode="json"), "history": history}, indent=2))
 
 
@@ -246,12 +273,17 @@ def dlq_replay(ctx: click.Context, job_id: str | None, replay_all: bool) -> None
         raise click.UsageError("give a JOB_ID or --all")
     config = running_instance(ctx).runtime()
     store = JobStore(config.store_url)
-    ids = [job_id] if job_id else [j.id for s in REPLAYABLE for j in store.list_jobs(s, 10_000)]
+    ids = [resolve_job_id(store, job_id)] if job_id else [j.id for s in REPLAYABLE for j in store.list_jobs(s, 10_000)]
     replayed = [job for job in (store.replay(i) for i in ids) if job is not None]
     publish_jobs(config.broker_urls[c.ROLE_ADMIN], replayed, store)
     click.echo(f"replayed {len(replayed)} job(s)")
     if job_id and not replayed:
-        sys.exit(c.RET_FAILURE)
+        _fail(f"job {ids[0]} is {_status_of(store, ids[0])}: only dead or failed jobs can be replayed", c.RET_FAILURE)
+
+
+def _status_of(store: JobStore, job_id: str) -> str:
+    job = store.get(job_id)
+    return job.status.value if job is not None else "gone"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 KvernError
 ├── SpecError            the spec file is missing or invalid (names the field)
-├── RuntimeStateError    the state dir says something unexpected (not running, already running)
+├── RuntimeStateError    the state dir says something unexpected
+│   ├── NotRunning       the command needs a running instance and there is none
+│   └── AlreadyRunning   `up` found the instance already running
+├── JobNotFound          no job has the id (or id prefix) given
 ├── StartError           a part of the platform did not become healthy
 ├── BrokerAdminError     an administrative broker command failed
 ├── StoreUnavailable     the job store cannot be reached
@@ -24,6 +27,18 @@ class SpecError(KvernError):
 
 class RuntimeStateError(KvernError):
     """The instance is not in the state a command needs."""
+
+
+class NotRunning(RuntimeStateError):
+    """The command needs a running instance and there is none (exit RET_NOT_RUNNING)."""
+
+
+class AlreadyRunning(RuntimeStateError):
+    """`up` found the instance already running (exit RET_ALREADY_RUNNING)."""
+
+
+class JobNotFound(KvernError):
+    """No job has the id, or id prefix, that was given."""
 
 
 class StartError(KvernError):

@@ -411,6 +411,14 @@ class JobStore:
         with self._read() as conn:
             return [Job.from_row(row) for row in conn.execute(query)]
 
+    def job_ids_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """Ids that begin with `prefix` (the short id the CLI shows), in order; a full id comes first."""
+        jobs = schema.jobs
+        query = select(jobs.c.id).where(jobs.c.id.startswith(prefix, autoescape=True)).order_by(jobs.c.id)
+        with self._read() as conn:
+            ids = [str(row.id) for row in conn.execute(query.limit(limit))]
+        return [i for i in ids if i.startswith(prefix)]  # SQLite's LIKE ignores case
+
     def history(self, job_id: str) -> list[Attempt]:
         at = schema.attempts
         with self._read() as conn:

@@ -1,0 +1,180 @@
+"""The `kvern` command line with click's CliRunner: exit codes, short job ids, parseable output."""
+
+from __future__ import annotations
+
+import json
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from kvern import cli
+from kvern.constants import RET_ALREADY_RUNNING, RET_FAILURE, RET_NOT_RUNNING, RET_OK, RET_USAGE
+from kvern.errors import AlreadyRunning, NotRunning
+from kvern.jobs.records import NewJob
+from kvern.jobs.states import JobStatus
+from kvern.jobs.store import JobStore
+
+SPEC = """
+[app]
+tasks = "cli_tasks"
+
+[[pools]]
+name = "images"
+queues = ["images"]
+max = 4
+"""
+
+FIRST = "5a1f0c3e-0000-4000-8000-000000000001"
+SECOND = "5a1f0c3e-0000-4000-8000-000000000002"
+OTHER = "9b2e4d17-0000-4000-8000-000000000003"
+
+
+@pytest.fixture
+def spec_path(tmp_path: Path) -> Path:
+    path = tmp_path / "kvern.toml"
+    path.write_text(SPEC)
+    return path
+
+
+def kvern(spec_path: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli.main, ["-f", str(spec_path), *args])
+
+
+def record(store: JobStore, job_id: str) -> None:
+    store.create_job(NewJob(id=job_id, task="cli_tasks.resize", queue="images", args=[], kwargs={}, max_attempts=1))
+
+
+@pytest.fixture
+def stored_jobs(sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[JobStore]:
+    """Three jobs, two sharing their first 8 characters; the dlq commands see this store as a running instance's."""
+    for job_id in (FIRST, SECOND, OTHER):
+        record(sqlite_store, job_id)
+    runtime = types.SimpleNamespace(store_url=sqlite_store.url, broker_urls={"admin": "amqp://unused"})
+    running = types.SimpleNamespace(runtime=lambda: runtime)
+    monkeypatch.setattr(cli, "running_instance", lambda _ctx: running)
+    yield sqlite_store
+
+
+# -- exit codes by exception type ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [(AlreadyRunning("kvern is up at http://127.0.0.1:8080"), RET_ALREADY_RUNNING), (NotRunning("x"), RET_NOT_RUNNING)],
+)
+def test_the_exit_code_follows_the_error_type_not_its_wording(error: Exception, code: int) -> None:
+    @cli.handle_errors
+    def command() -> None:
+        raise error
+
+    with pytest.raises(SystemExit) as exited:
+        command()
+    assert exited.value.code == code
+
+
+# -- scale ---------------------------------------------------------------------------------------------------
+
+
+def test_scale_above_the_pools_max_is_a_bad_command_line(spec_path: Path) -> None:
+    result = kvern(spec_path, "scale", "images", "9")
+    assert result.exit_code == RET_USAGE, result.output
+    assert "9 is above pool images's max (4)" in result.output
+    assert "invalid spec" not in result.output
+
+
+def test_scale_of_an_unknown_pool_is_a_bad_command_line(spec_path: Path) -> None:
+    result = kvern(spec_path, "scale", "imgs", "2")
+    assert result.exit_code == RET_USAGE, result.output
+    assert "no pool named 'imgs' (pools: images, or web)" in result.output
+
+
+def test_scale_within_max_needs_a_running_instance(spec_path: Path) -> None:
+    result = kvern(spec_path, "scale", "images", "3")
+    assert result.exit_code == RET_NOT_RUNNING, result.output
+
+
+# -- status --------------------------------------------------------------------------------------------------
+
+
+def test_status_json_with_nothing_running_prints_parseable_json_and_exits_4(spec_path: Path) -> None:
+    result = kvern(spec_path, "status", "--json")
+    assert result.exit_code == RET_NOT_RUNNING
+    report = json.loads(result.stdout)
+    assert report == {"running": False, "state_dir": str(spec_path.parent / ".kvern")}
+    assert "no kvern instance is running" in result.stderr
+
+
+def test_status_without_json_and_nothing_running_prints_nothing_on_stdout(spec_path: Path) -> None:
+    result = kvern(spec_path, "status")
+    assert result.exit_code == RET_NOT_RUNNING
+    assert result.stdout == ""
+
+
+# -- job ids -------------------------------------------------------------------------------------------------
+
+
+def test_dlq_show_accepts_the_short_id(spec_path: Path, stored_jobs: JobStore) -> None:
+    result = kvern(spec_path, "dlq", "show", OTHER[:8])
+    assert result.exit_code == RET_OK, result.output
+    assert json.loads(result.stdout)["id"] == OTHER
+
+
+def test_dlq_show_accepts_the_full_id_even_when_it_is_a_prefix_of_nothing_else(
+    spec_path: Path, stored_jobs: JobStore
+) -> None:
+    result = kvern(spec_path, "dlq", "show", FIRST)
+    assert result.exit_code == RET_OK, result.output
+    assert json.loads(result.stdout)["id"] == FIRST
+
+
+def test_an_ambiguous_short_id_is_a_bad_command_line_listing_the_matches(
+    spec_path: Path, stored_jobs: JobStore
+) -> None:
+    result = kvern(spec_path, "dlq", "show", FIRST[:8])
+    assert result.exit_code == RET_USAGE, result.output
+    assert f"matches several jobs ({FIRST}, {SECOND})" in result.stderr
+
+
+def test_a_too_short_id_is_a_bad_command_line(spec_path: Path, stored_jobs: JobStore) -> None:
+    result = kvern(spec_path, "dlq", "show", OTHER[:3])
+    assert result.exit_code == RET_USAGE, result.output
+    assert f"give at least {cli.MIN_ID_PREFIX} characters" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["show", "replay"])
+def test_an_unknown_job_is_a_failure_not_a_missing_instance(
+    spec_path: Path, stored_jobs: JobStore, command: str
+) -> None:
+    result = kvern(spec_path, "dlq", command, "deadbeef")
+    assert result.exit_code == RET_FAILURE, result.output
+    assert "no job with id 'deadbeef'" in result.stderr
+
+
+def test_replaying_a_job_that_is_not_dead_or_failed_says_why(spec_path: Path, stored_jobs: JobStore) -> None:
+    result = kvern(spec_path, "dlq", "replay", OTHER[:8])
+    assert result.exit_code == RET_FAILURE, result.output
+    assert f"job {OTHER} is {JobStatus.QUEUED.value}: only dead or failed jobs can be replayed" in result.stderr
+
+
+def test_a_prefix_with_like_wildcards_matches_only_literally(sqlite_store: JobStore) -> None:
+    record(sqlite_store, FIRST)
+    with pytest.raises(cli.JobNotFound):
+        cli.resolve_job_id(sqlite_store, "5a1f%")
+    with pytest.raises(cli.JobNotFound):
+        cli.resolve_job_id(sqlite_store, "5a1f_0c3")
+    assert cli.resolve_job_id(sqlite_store, "5a1f0") == FIRST
+
+
+def test_job_ids_starting_with_is_the_same_on_every_store(job_store: JobStore) -> None:
+    for job_id in (FIRST, SECOND, OTHER):
+        record(job_store, job_id)
+    assert job_store.job_ids_starting_with("5a1f0c3e", 10) == [FIRST, SECOND]
+    assert job_store.job_ids_starting_with(FIRST, 10) == [FIRST]
+    assert job_store.job_ids_starting_with("5A1F", 10) == []  # ids are lower case; the match is exact
+    assert job_store.job_ids_starting_with("5a1f", 1) == [FIRST]
+    with pytest.raises(click.BadParameter):
+        cli.resolve_job_id(job_store, "5a1f0c3e")
