@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -28,11 +29,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from kvern.constants import PROGRAM_BROKER, PROGRAM_NGINX
+from kvern.constants import PROGRAM_BROKER, PROGRAM_NGINX, ROLE_ADMIN
 from kvern.jobs.states import ACTIVE, JobStatus
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, front_door_url, owned_pids
@@ -119,10 +121,21 @@ class Chaos:
         return Supervisor(self.instance.state_dir)
 
     def pid_of(self, program: str) -> int:
+        pid = self.running_pid(program)
+        if pid is None:
+            raise AssertionError(f"{program} is not running")
+        return pid
+
+    def running_pid(self, program: str) -> int | None:
         for info in self.supervisor.processes():
             if info["name"] == program and info["statename"] == "RUNNING":
                 return int(info["pid"])
-        raise AssertionError(f"{program} is not running")
+        return None
+
+    def broker_address(self) -> tuple[str, int]:
+        url = urlsplit(self.instance.runtime().broker_urls[ROLE_ADMIN])
+        assert url.hostname is not None and url.port is not None, url
+        return url.hostname, url.port
 
     def worker_mains(self) -> dict[int, str]:
         return {
@@ -339,20 +352,54 @@ def kill_worker_main(chaos: Chaos, _stream: Stream) -> None:
     os.kill(main, signal.SIGKILL)
 
 
+# Each fault checks that it took effect: a fault that silently does nothing would leave its scenario green.
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"the fault did not take effect: {what} (after {timeout}s)"
+        time.sleep(0.05)
+
+
+def accepts_connections(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def restart_broker(chaos: Chaos, _stream: Stream) -> None:
+    before, address = chaos.pid_of(PROGRAM_BROKER), chaos.broker_address()
+    assert accepts_connections(address), f"the broker does not listen on {address} before the fault"
     chaos.supervisor.stop(PROGRAM_BROKER)
+    wait_for(lambda: not accepts_connections(address), 5, f"the broker still accepts connections on {address}")
     time.sleep(1)
     chaos.supervisor.start(PROGRAM_BROKER)
+    wait_for(lambda: chaos.running_pid(PROGRAM_BROKER) not in (None, before), 30, "the broker's pid is unchanged")
 
 
 def kill_web_head(chaos: Chaos, _stream: Stream) -> None:
-    os.kill(chaos.pid_of("web-0"), signal.SIGKILL)
+    before = chaos.pid_of("web-0")
+    os.kill(before, signal.SIGKILL)
+    wait_for(lambda: chaos.running_pid("web-0") not in (None, before), 30, "web-0 runs with its old pid")
 
 
 def reload_nginx(chaos: Chaos, _stream: Stream) -> None:
-    chaos.supervisor.signal(PROGRAM_NGINX, "HUP")
+    master = chaos.pid_of(PROGRAM_NGINX)
+    reload_nginx_once(chaos, master)
     time.sleep(1)
+    reload_nginx_once(chaos, master)
+    assert chaos.pid_of(PROGRAM_NGINX) == master, "nginx was restarted, not reloaded"
+
+
+def reload_nginx_once(chaos: Chaos, master: int) -> None:
+    """SIGHUP to nginx; a reload starts a new generation of worker processes under the same master."""
+    workers = set(children(master))
+    assert workers, f"nginx (pid {master}) has no worker processes"
     chaos.supervisor.signal(PROGRAM_NGINX, "HUP")
+    wait_for(lambda: bool(set(children(master)) - workers), 10, "nginx started no new worker processes")
 
 
 def submit_poison(chaos: Chaos, stream: Stream) -> None:
