@@ -76,6 +76,8 @@ def test_a_syntax_error_names_the_file_line_and_message(tmp_path: Path) -> None:
         ("undefined_name + 1", "NameError: name 'undefined_name' is not defined"),
         ("1 / 0", "ZeroDivisionError: division by zero"),
         ("import no_such_helper_module_xyz", "ModuleNotFoundError: No module named 'no_such_helper_module_xyz'"),
+        ("raise SystemExit('set BILLING_KEY')", "SystemExit: set BILLING_KEY"),
+        ("raise RuntimeError()", "RuntimeError"),
     ],
 )
 def test_an_error_raised_at_import_names_the_line_of_the_users_code(tmp_path: Path, statement: str, error: str) -> None:

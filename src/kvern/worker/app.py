@@ -67,14 +67,13 @@ def user_code_errors(spec: Spec) -> Iterator[None]:
         yield
     except SpecError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module may call sys.exit("set FOO") when it lacks a setting
         where = _error_location(exc, spec.root)
         message = (str(exc).strip().splitlines() or [""])[0]
         if isinstance(exc, SyntaxError) and exc.msg:
             message = exc.msg  # str(exc) repeats the file and line
-        raise SpecError(
-            f"app.tasks: loading {spec.tasks_module!r} failed at {where}: {type(exc).__name__}: {message}"
-        ) from exc
+        error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        raise SpecError(f"app.tasks: loading {spec.tasks_module!r} failed at {where}: {error}") from exc
 
 
 def _error_location(exc: BaseException, root: Path) -> str:
