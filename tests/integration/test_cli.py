@@ -11,8 +11,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from kvern.constants import RET_FAILURE, RET_NOT_RUNNING, RET_OK
 from tests.integration.conftest import Running, reports_spec, write_project
+
+pytestmark = pytest.mark.integration
 
 
 def kvern(spec: Path, *args: str) -> subprocess.CompletedProcess[str]:
