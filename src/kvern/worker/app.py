@@ -81,10 +81,10 @@ def _error_location(exc: BaseException, root: Path) -> str:
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{exc.filename}:{exc.lineno}"
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
-    mine = [f for f in frames if _inside(Path(f.filename), root) and "site-packages" not in f.filename]
     if not frames:
         return "(unknown location)"
-    frame = (mine or frames)[-1]
+    mine = [f for f in frames if _inside(Path(f.filename), root) and "site-packages" not in f.filename]
+    frame = (mine or frames)[-1]  # else the deepest frame outside importlib
     return f"{frame.filename}:{frame.lineno}"
 
 
