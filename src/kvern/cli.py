@@ -256,10 +256,11 @@ def dlq_list(ctx: click.Context, limit: int) -> None:
 @handle_errors
 def dlq_show(ctx: click.Context, job_id: str) -> None:
     store = JobStore(running_instance(ctx).runtime().store_url)
-    job = store.get(resolve_job_id(store, job_id))
+    job_id = resolve_job_id(store, job_id)
+    job = store.get(job_id)
     if job is None:
         raise JobNotFound(f"no job with id {job_id!r}")
-    history = [vars(attempt) for attempt in store.history(job.id)]
+    history = [vars(attempt) for attempt in store.history(job_id)]
     click.echo(json.dumps({**job_view(job).model_dump(mode="json"), "history": history}, indent=2))
 
 
