@@ -67,7 +67,7 @@ async def api(project: Path, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncC
     publisher = StubPublisher()
     app = create_app(WebHead(spec, catalog, store, publisher))  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a crash is a 500, as in production
         async with httpx.AsyncClient(transport=transport, base_url="http://web-head") as client:
             yield client, publisher, store
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from kvern.api.batching import JobInserter
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -33,6 +37,7 @@ from kvern.worker.app import TaskCatalog, load_user_app
 log = logging.getLogger("kvern.api")
 
 RETRY_AFTER_S = "2"
+MAX_IDEMPOTENCY_KEY = 200
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code in (400, 404, 409, 413, 422, 503)}
 
 
@@ -118,6 +123,8 @@ def create_app(head: WebHead | None = None) -> FastAPI:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    _install_protocol_error_handlers(app)
+
     @app.exception_handler(StoreUnavailable)
     async def store_down(_request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.warning("job store unavailable: %s", exc)
@@ -133,6 +140,48 @@ def _install_error_handlers(app: FastAPI) -> None:
         return json_error(503, "broker_unavailable", str(exc), {"Retry-After": RETRY_AFTER_S})
 
 
+def _install_protocol_error_handlers(app: FastAPI) -> None:
+    """FastAPI's and Starlette's own errors (validation, 404, 405, crashes) in the API's one error shape."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [_validation_problem(error) for error in exc.errors()]
+        if any(IDEMPOTENCY_HEADER in problem for problem in problems):
+            return json_error(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1 to 200 characters")
+        return json_error(400, "invalid_request", "; ".join(problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
+        code = HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return json_error(exc.status_code, code, str(exc.detail), headers)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return json_error(500, "internal_error", "the web head failed to answer; the error is in its log")
+
+
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def _validation_problem(error: Mapping[str, Any]) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Every method some route takes at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
+
+
 def _head(request: Request) -> WebHead:
     return request.app.state.head  # type: ignore[no-any-return]
 
@@ -146,7 +195,7 @@ SUBMIT_BODY = {
                     "type": "object",
                     "required": ["task"],
                     "properties": {
-                        "task": {"type": "string"},
+                        "task": {"type": "string", "minLength": 1},
                         "args": {"type": "array", "items": {}},
                         "kwargs": {"type": "object"},
                     },
@@ -167,7 +216,10 @@ def _install_job_routes(app: FastAPI) -> None:
         openapi_extra=SUBMIT_BODY,
     )
     async def submit_job(
-        request: Request, idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None
+        request: Request,
+        idempotency_key: Annotated[
+            str | None, Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY)
+        ] = None,
     ) -> Response:
         started = time.perf_counter()
         code = 500
@@ -221,8 +273,6 @@ async def _submit(request: Request, idempotency_key: str | None) -> Response:
         submission = parse_submission(body, head.catalog)
     except SubmissionError as exc:
         return json_error(exc.status, exc.code, exc.message)
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
-        return json_error(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
     try:
         job, created = await head.submit(submission, idempotency_key)
     except IdempotencyConflict as exc:
@@ -246,7 +296,7 @@ async def _read_body(request: Request) -> bytes | Response:
 
 
 def _install_dead_letter_routes(app: FastAPI) -> None:
-    @app.get(f"{API_PREFIX}/dlq", response_model=JobPage)
+    @app.get(f"{API_PREFIX}/dlq", response_model=JobPage, responses=ERRORS)
     async def list_dead(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JobPage:
         store = _head(request).store
         jobs = [job for status in REPLAYABLE for job in await run_in_threadpool(store.list_jobs, status, limit)]
@@ -267,7 +317,9 @@ def _install_dead_letter_routes(app: FastAPI) -> None:
         head = _head(request)
         job = await run_in_threadpool(head.store.replay, job_id)
         if job is None:
-            return json_error(409, "not_replayable", f"job {job_id!r} is unknown or not dead/failed")
+            if await run_in_threadpool(head.store.get, job_id) is None:
+                return json_error(404, "unknown_job", f"no job with id {job_id!r}")
+            return json_error(409, "not_replayable", f"job {job_id!r} is not dead or failed")
         await head.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
         await run_in_threadpool(head.store.mark_published, [job.id])
         return JSONResponse(job_view(job).model_dump(mode="json"), status_code=202)

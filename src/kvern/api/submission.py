@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +57,26 @@ def parse_submission(body: bytes, catalog: TaskCatalog) -> Submission:
 
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        payload = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise SubmissionError(400, "malformed_json", "request body is nested too deep to parse") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also an integer past Python's digit limit
         raise SubmissionError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise SubmissionError(400, "invalid_request", "request body must be a JSON object")
     return payload
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); Python accepts them, and the task would get a NaN.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def _check_binding(name: str, function: Any, args: list[Any], kwargs: dict[str, Any]) -> None:

@@ -1,0 +1,131 @@
+"""Every error of the job API has one shape, `{"error": {"code", "message"}}`, and no input makes it answer 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.unit import test_api
+
+# The fixtures of the main API tests: a web head on a real SQLite store with a stub publisher.
+project = test_api.project
+api = test_api.api
+
+SUBMIT = "/api/v1/jobs"
+
+
+def assert_error_shape(body: Any, code: str | None = None) -> None:
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code, body
+
+
+def raw_submission(args_json: str) -> bytes:
+    return ('{"task": "api_tasks.add", "args": ' + args_json + "}").encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"task": "api_tasks.add", "args": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", id="deep"),
+        pytest.param(raw_submission("[" + "7" * 5000 + "]"), id="huge-int"),
+        pytest.param(raw_submission("[NaN]"), id="nan"),
+        pytest.param(raw_submission("[Infinity]"), id="infinity"),
+        pytest.param(raw_submission("[-Infinity]"), id="minus-infinity"),
+        pytest.param(raw_submission("[1e999]"), id="float-overflow"),
+    ],
+)
+async def test_json_edge_cases_are_400_with_the_error_shape_and_record_nothing(api: Any, body: bytes) -> None:
+    client, publisher, store = api
+    response = await client.post(SUBMIT, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert_error_shape(response.json(), "malformed_json")
+    assert publisher.published == [] and sum(store.counts_by_status().values()) == 0
+
+
+@pytest.mark.parametrize("query", ["status=bogus", "limit=abc", "limit=0", "limit=501", "before=yesterday"])
+async def test_query_validation_errors_have_the_error_shape(api: Any, query: str) -> None:
+    client, _, _ = api
+    response = await client.get(f"/api/v1/jobs?{query}")
+    assert response.status_code == 400
+    assert_error_shape(response.json(), "invalid_request")
+    assert query.split("=", maxsplit=1)[0] in response.json()["error"]["message"]
+
+
+async def test_unknown_routes_are_404_with_the_error_shape(api: Any) -> None:
+    client, _, _ = api
+    response = await client.get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert_error_shape(response.json(), "not_found")
+
+
+async def test_a_method_the_route_does_not_take_is_405_with_allow(api: Any) -> None:
+    client, _, _ = api
+    response = await client.delete("/api/v1/jobs")
+    assert response.status_code == 405
+    assert_error_shape(response.json(), "method_not_allowed")
+    assert "POST" in response.headers["allow"] and "GET" in response.headers["allow"]
+
+
+async def test_an_oversized_body_is_413_with_the_error_shape(api: Any) -> None:
+    client, _, store = api
+    response = await client.post(SUBMIT, content=b"[" + b" " * (2 * 1024 * 1024) + b"]")
+    assert response.status_code == 413
+    assert_error_shape(response.json(), "body_too_large")
+    assert sum(store.counts_by_status().values()) == 0
+
+
+async def test_an_invalid_idempotency_key_has_the_error_shape(api: Any) -> None:
+    client, _, store = api
+    headers = {"Idempotency-Key": "k" * 201}
+    response = await client.post(SUBMIT, json={"task": "api_tasks.add", "args": [1]}, headers=headers)
+    assert response.status_code == 400
+    assert_error_shape(response.json(), "invalid_idempotency_key")
+    assert sum(store.counts_by_status().values()) == 0
+
+
+async def test_an_unexpected_exception_is_500_with_the_error_shape(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _, store = api
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(store, "list_jobs", broken)
+    response = await client.get("/api/v1/jobs")
+    assert response.status_code == 500
+    assert_error_shape(response.json(), "internal_error")
+
+
+async def test_the_openapi_document_references_the_error_model_for_every_error(api: Any) -> None:
+    client, _, _ = api
+    document = (await client.get("/api/openapi.json")).json()
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400 and path != "/api/health":
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorView"}, (method, path, status)
+    submit = document["paths"]["/api/v1/jobs"]["post"]
+    assert submit["requestBody"]["content"]["application/json"]["schema"]["properties"]["task"]["minLength"] == 1
+    key = next(p for p in submit["parameters"] if p["name"] == "Idempotency-Key")
+    schema = key["schema"].get("anyOf", [key["schema"]])[0]
+    assert (schema["minLength"], schema["maxLength"]) == (1, 200)
+
+
+async def test_replaying_an_unknown_job_is_404(api: Any) -> None:
+    client, _, _ = api
+    response = await client.post("/api/v1/dlq/no-such-job/replay")
+    assert response.status_code == 404
+    assert_error_shape(response.json(), "unknown_job")
+
+
+async def test_replaying_a_job_that_is_not_dead_is_409(api: Any) -> None:
+    client, _, _ = api
+    job_id = (await client.post(SUBMIT, json={"task": "api_tasks.add", "args": [1]})).json()["id"]
+    response = await client.post(f"/api/v1/dlq/{job_id}/replay")
+    assert response.status_code == 409
+    assert_error_shape(response.json(), "not_replayable")
