@@ -23,7 +23,7 @@ from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
 from kvern.api.published import PublishedMarker
 from kvern.api.submission import Submission, SubmissionError, parse_submission
-from kvern.api.views import ErrorView, JobPage, JobView, error_body, job_url, job_view
+from kvern.api.views import DeadJobView, ErrorView, JobPage, JobView, error_body, history_view, job_body, job_url
 from kvern.broker.publisher import JobPublisher
 from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
@@ -62,7 +62,8 @@ class WebHead:
         _, catalog = load_user_app(spec)
         return cls(spec, catalog, JobStore(config.store_url), JobPublisher(config.broker_urls[ROLE_WEB]))
 
-    async def submit(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
+    async def submit(self, submission: Submission, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        """Record and publish a job; returns the answer's body and whether the job is new."""
         policy = self.spec.policy(submission.task)
         new = NewJob(
             id=str(uuid.uuid4()),
@@ -79,7 +80,8 @@ class WebHead:
         else:
             job, created = await run_in_threadpool(self.store.create_job, new)
             if not created:
-                return job, False
+                return job_body(job), False
+        body = await self._render_or_withdraw(job)  # before publishing: once it is published, the answer is 202
         try:
             await self.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
         except PublishError:
@@ -89,7 +91,14 @@ class WebHead:
                 raise
             log.info("job %s: confirm lost but a worker already claimed it; accepted", job.id)
         self.marker.add(job.id)
-        return job, True
+        return body, True
+
+    async def _render_or_withdraw(self, job: Job) -> dict[str, Any]:
+        try:
+            return job_body(job)
+        except Exception:
+            await run_in_threadpool(self.store.withdraw, job.id)
+            raise
 
 
 def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -238,7 +247,7 @@ def _install_job_routes(app: FastAPI) -> None:
         job = await run_in_threadpool(_head(request).store.get, job_id)
         if job is None:
             return json_error(404, "unknown_job", f"no job with id {job_id!r}")
-        return JSONResponse(job_view(job).model_dump(mode="json"))
+        return JSONResponse(job_body(job))
 
     @app.get(f"{API_PREFIX}/jobs", response_model=JobPage, responses=ERRORS)
     async def list_jobs(
@@ -246,13 +255,13 @@ def _install_job_routes(app: FastAPI) -> None:
         status: JobStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         before: float | None = None,
-    ) -> JobPage:
+    ) -> Response:
         jobs = await run_in_threadpool(_head(request).store.list_jobs, status, limit, before)
         following = None
         if len(jobs) == limit:
             query = f"limit={limit}&before={jobs[-1].created_at!r}" + (f"&status={status.value}" if status else "")
             following = f"{API_PREFIX}/jobs?{query}"
-        return JobPage(jobs=[job_view(job) for job in jobs], next=following)
+        return JSONResponse({"jobs": [job_body(job) for job in jobs], "next": following})
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/artifacts/{{name}}", responses=ERRORS)
     async def get_artifact(request: Request, job_id: str, name: str) -> Response:
@@ -274,11 +283,10 @@ async def _submit(request: Request, idempotency_key: str | None) -> Response:
     except SubmissionError as exc:
         return json_error(exc.status, exc.code, exc.message)
     try:
-        job, created = await head.submit(submission, idempotency_key)
+        answer, created = await head.submit(submission, idempotency_key)
     except IdempotencyConflict as exc:
         return json_error(409, "idempotency_conflict", str(exc))
-    view = job_view(job).model_dump(mode="json")
-    return JSONResponse(view, status_code=202 if created else 200, headers={"Location": job_url(job.id)})
+    return JSONResponse(answer, status_code=202 if created else 200, headers={"Location": job_url(answer["id"])})
 
 
 async def _read_body(request: Request) -> bytes | Response:
@@ -297,20 +305,20 @@ async def _read_body(request: Request) -> bytes | Response:
 
 def _install_dead_letter_routes(app: FastAPI) -> None:
     @app.get(f"{API_PREFIX}/dlq", response_model=JobPage, responses=ERRORS)
-    async def list_dead(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JobPage:
+    async def list_dead(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
         store = _head(request).store
         jobs = [job for status in REPLAYABLE for job in await run_in_threadpool(store.list_jobs, status, limit)]
         jobs.sort(key=lambda job: job.created_at, reverse=True)
-        return JobPage(jobs=[job_view(job) for job in jobs[:limit]], next=None)
+        return JSONResponse({"jobs": [job_body(job) for job in jobs[:limit]], "next": None})
 
-    @app.get(f"{API_PREFIX}/dlq/{{job_id}}", responses=ERRORS)
+    @app.get(f"{API_PREFIX}/dlq/{{job_id}}", response_model=DeadJobView, responses=ERRORS)
     async def show_dead(request: Request, job_id: str) -> Response:
         store = _head(request).store
         job = await run_in_threadpool(store.get, job_id)
         if job is None:
             return json_error(404, "unknown_job", f"no job with id {job_id!r}")
-        history = [vars(attempt) for attempt in await run_in_threadpool(store.history, job_id)]
-        return JSONResponse({**job_view(job).model_dump(mode="json"), "history": history})
+        history = history_view(await run_in_threadpool(store.history, job_id))
+        return JSONResponse({**job_body(job), "history": history})
 
     @app.post(f"{API_PREFIX}/dlq/{{job_id}}/replay", status_code=202, response_model=JobView, responses=ERRORS)
     async def replay_dead(request: Request, job_id: str) -> Response:
@@ -322,7 +330,7 @@ def _install_dead_letter_routes(app: FastAPI) -> None:
             return json_error(409, "not_replayable", f"job {job_id!r} is not dead or failed")
         await head.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
         await run_in_threadpool(head.store.mark_published, [job.id])
-        return JSONResponse(job_view(job).model_dump(mode="json"), status_code=202)
+        return JSONResponse(job_body(job), status_code=202)
 
 
 def _install_health_routes(app: FastAPI) -> None:
