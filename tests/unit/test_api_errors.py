@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from kvern.api.submission import SubmissionError, parse_submission
+from kvern.spec import LimitsSpec
 from tests.unit import test_api
 
 # The fixtures of the main API tests: a web head on a real SQLite store with a stub publisher.
@@ -129,3 +132,64 @@ async def test_replaying_a_job_that_is_not_dead_is_409(api: Any) -> None:
     response = await client.post(f"/api/v1/dlq/{job_id}/replay")
     assert response.status_code == 409
     assert_error_shape(response.json(), "not_replayable")
+
+
+def nested_list(depth: int) -> Any:
+    """`depth` lists, one inside the other."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        pytest.param({"task": "api_tasks.add", "kwargs": {"x": {"a": nested_list(500)}}}, "args_too_deep", id="500"),
+        pytest.param({"task": "api_tasks.add", "args": [nested_list(32)]}, "args_too_deep", id="33-deep"),
+        pytest.param({"task": "api_tasks.add", "args": [list(range(10_001))]}, "args_too_many_items", id="items"),
+        pytest.param({"task": "api_tasks.add", "args": ["é" * 140_000]}, "args_too_large", id="bytes"),
+    ],
+)
+async def test_args_past_the_spec_limits_are_400_and_nothing_is_recorded(
+    api: Any, body: dict[str, Any], code: str
+) -> None:
+    client, publisher, store = api
+    response = await client.post(SUBMIT, json=body)
+    assert response.status_code == 400
+    assert_error_shape(response.json(), code)
+    assert "limits.args_" in response.json()["error"]["message"]
+    assert publisher.published == [] and sum(store.counts_by_status().values()) == 0
+
+
+async def test_args_at_the_limits_are_accepted(api: Any) -> None:
+    client, _, _ = api
+    response = await client.post(SUBMIT, json={"task": "api_tasks.add", "args": [nested_list(31)]})
+    assert response.status_code == 202
+
+
+def test_the_limits_come_from_the_spec() -> None:
+    catalog = StubCatalog()
+    body = json.dumps({"task": "t", "args": [[1, 2, 3]]}).encode()
+    assert parse_submission(body, catalog, LimitsSpec()).args == [[1, 2, 3]]  # type: ignore[arg-type]
+    for limits, code in [
+        (LimitsSpec(args_depth=1), "args_too_deep"),
+        (LimitsSpec(args_items=3), "args_too_many_items"),
+        (LimitsSpec(args_bytes=10), "args_too_large"),
+    ]:
+        with pytest.raises(SubmissionError) as refused:
+            parse_submission(body, catalog, limits)  # type: ignore[arg-type]
+        assert refused.value.code == code
+
+
+class StubCatalog:
+    """One task `t(*args)`: enough for parse_submission to resolve and bind."""
+
+    def resolve(self, name: str) -> Any:
+        def run(*args: Any) -> None:
+            return None
+
+        return type("Task", (), {"name": name, "run": staticmethod(run)})() if name == "t" else None
+
+    def names(self) -> list[str]:
+        return ["t"]

@@ -279,7 +279,7 @@ async def _submit(request: Request, idempotency_key: str | None) -> Response:
     if isinstance(body, Response):
         return body
     try:
-        submission = parse_submission(body, head.catalog)
+        submission = parse_submission(body, head.catalog, head.spec.limits)
     except SubmissionError as exc:
         return json_error(exc.status, exc.code, exc.message)
     try:
