@@ -126,6 +126,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
     )
     _install_error_handlers(app)
     _install_job_routes(app)
+    _install_cancel_route(app)
     _install_dead_letter_routes(app)
     _install_health_routes(app)
     return app
@@ -301,6 +302,23 @@ async def _read_body(request: Request) -> bytes | Response:
             return json_error(413, "body_too_large", f"request body is over {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _install_cancel_route(app: FastAPI) -> None:
+    """Cancel a job that has not started; a running job's cancel is not offered (yet)."""
+
+    @app.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobView, responses=ERRORS)
+    async def cancel_job(request: Request, job_id: str) -> Response:
+        store = _head(request).store
+        job = await run_in_threadpool(store.cancel, job_id)
+        if job is not None:
+            return JSONResponse(job_body(job))
+        current = await run_in_threadpool(store.get, job_id)
+        if current is None:
+            return json_error(404, "unknown_job", f"no job with id {job_id!r}")
+        return json_error(
+            409, "not_cancellable", f"job {job_id!r} is {current.status.value}; only a queued job can be cancelled"
+        )
 
 
 def _install_dead_letter_routes(app: FastAPI) -> None:

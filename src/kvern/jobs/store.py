@@ -368,6 +368,18 @@ class JobStore:
             )
         return self.get(job_id) if result.rowcount == 1 else None
 
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a job that has not started: only a queued job becomes cancelled (None otherwise). Its message
+        stays in the broker; the worker that gets it finds the job no longer active and skips it."""
+        jobs = schema.jobs
+        with self._begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.CANCELLED.value, finished_at=time.time())
+            )
+        return self.get(job_id) if result.rowcount == 1 else None
+
     # -- reading ----------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
