@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -193,3 +194,23 @@ class StubCatalog:
 
     def names(self) -> list[str]:
         return ["t"]
+
+
+async def test_the_docs_page_loads_its_assets_from_the_instance(api: Any) -> None:
+    client, _, _ = api
+    page = await client.get("/api/docs")
+    assert page.status_code == 200
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page.text, re.IGNORECASE), "an external host"
+    assert '"validatorUrl": null' in page.text  # no validity badge fetched from a public validator
+    assets = re.findall(r"""(?:src|href)=["'](/[^"']+)["']""", page.text)
+    assert len(assets) >= 3  # the script, the stylesheet and the icon
+    for asset in assets:
+        response = await client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.content) > 100, asset
+
+
+async def test_metrics_are_in_the_openapi_document_as_text(api: Any) -> None:
+    client, _, _ = api
+    document = (await client.get("/api/openapi.json")).json()
+    assert "text/plain" in document["paths"]["/api/metrics"]["get"]["responses"]["200"]["content"]

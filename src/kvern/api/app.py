@@ -13,17 +13,28 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from kvern.api.batching import JobInserter
+from kvern.api.docs import install_docs
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
 from kvern.api.published import PublishedMarker
 from kvern.api.submission import Submission, SubmissionError, parse_submission
-from kvern.api.views import DeadJobView, ErrorView, JobPage, JobView, error_body, history_view, job_body, job_url
+from kvern.api.views import (
+    DeadJobView,
+    ErrorView,
+    HealthView,
+    JobPage,
+    JobView,
+    error_body,
+    history_view,
+    job_body,
+    job_url,
+)
 from kvern.broker.publisher import JobPublisher
 from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
@@ -38,6 +49,7 @@ log = logging.getLogger("kvern.api")
 
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY = 200
+OPENAPI_URL = "/api/openapi.json"
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code in (400, 404, 409, 413, 422, 503)}
 
 
@@ -120,10 +132,11 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         title="kvern job API",
         version="1",
         lifespan=lifespan,
-        openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        openapi_url=OPENAPI_URL,
+        docs_url=None,  # served by install_docs, with local assets
         redoc_url=None,
     )
+    install_docs(app, OPENAPI_URL)
     _install_error_handlers(app)
     _install_job_routes(app)
     _install_cancel_route(app)
@@ -351,8 +364,16 @@ def _install_dead_letter_routes(app: FastAPI) -> None:
         return JSONResponse(job_body(job), status_code=202)
 
 
+METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
 def _install_health_routes(app: FastAPI) -> None:
-    @app.get("/api/health")
+    @app.get("/api/health", response_model=HealthView, responses={503: {"model": HealthView}})
     async def health(request: Request) -> JSONResponse:
         head = _head(request)
         broker = await head.publisher.ping()
@@ -364,7 +385,7 @@ def _install_health_routes(app: FastAPI) -> None:
         status = 200 if broker and store else 503
         return JSONResponse({"broker": broker, "store": store}, status_code=status)
 
-    @app.get("/api/metrics", include_in_schema=False)
+    @app.get("/api/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSE)
     async def metrics(request: Request) -> Response:
         body = await run_in_threadpool(_head(request).metrics.render)
         return Response(body, media_type=METRICS_CONTENT_TYPE)

@@ -58,6 +58,11 @@ class DeadJobView(JobView):
     history: list[dict[str, Any]]  # one entry per attempt: every field of the attempt, times in ISO 8601
 
 
+class HealthView(BaseModel):
+    broker: bool
+    store: bool
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
