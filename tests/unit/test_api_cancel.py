@@ -8,6 +8,7 @@ from kvern.jobs.states import JobStatus
 from tests.unit import test_api
 
 project = test_api.project
+web_head = test_api.web_head
 api = test_api.api
 
 

@@ -14,6 +14,7 @@ from tests.unit import test_api
 
 # The fixtures of the main API tests: a web head on a real SQLite store with a stub publisher.
 project = test_api.project
+web_head = test_api.web_head
 api = test_api.api
 
 SUBMIT = "/api/v1/jobs"

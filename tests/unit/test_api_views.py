@@ -14,6 +14,7 @@ from kvern.jobs.store import JobStore
 from tests.unit import test_api
 
 project = test_api.project
+web_head = test_api.web_head
 api = test_api.api
 
 
