@@ -215,3 +215,12 @@ async def test_metrics_are_in_the_openapi_document_as_text(api: Any) -> None:
     client, _, _ = api
     document = (await client.get("/api/openapi.json")).json()
     assert "text/plain" in document["paths"]["/api/metrics"]["get"]["responses"]["200"]["content"]
+
+
+async def test_the_openapi_document_names_the_tasks_and_links_a_submission_to_its_job(api: Any) -> None:
+    client, _, _ = api
+    submit = (await client.get("/api/openapi.json")).json()["paths"]["/api/v1/jobs"]["post"]
+    media = submit["requestBody"]["content"]["application/json"]
+    assert media["schema"]["properties"]["task"]["examples"] == ["api_tasks.add"]
+    links = submit["responses"]["202"]["links"]
+    assert {link["operationId"] for link in links.values()} >= {"get_job", "cancel_job", "replay_dead"}

@@ -22,6 +22,7 @@ from kvern.api.batching import JobInserter
 from kvern.api.docs import install_docs
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
+from kvern.api.openapi import install_openapi, job_links
 from kvern.api.published import PublishedMarker
 from kvern.api.submission import Submission, SubmissionError, parse_submission
 from kvern.api.views import (
@@ -137,6 +138,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_docs(app, OPENAPI_URL)
+    install_openapi(app, lambda: list(_head_of(app).catalog.names()))
     _install_error_handlers(app)
     _install_job_routes(app)
     _install_cancel_route(app)
@@ -206,7 +208,11 @@ def _allowed_methods(request: Request) -> set[str]:
 
 
 def _head(request: Request) -> WebHead:
-    return request.app.state.head  # type: ignore[no-any-return]
+    return _head_of(request.app)
+
+
+def _head_of(app: FastAPI) -> WebHead:
+    return app.state.head  # type: ignore[no-any-return]
 
 
 SUBMIT_BODY = {
@@ -235,8 +241,9 @@ def _install_job_routes(app: FastAPI) -> None:
         f"{API_PREFIX}/jobs",
         status_code=202,
         response_model=JobView,
-        responses={**ERRORS, 200: {"model": JobView}},
+        responses={**ERRORS, 200: {"model": JobView, "links": job_links()}, 202: {"links": job_links()}},
         openapi_extra=SUBMIT_BODY,
+        operation_id="submit_job",
     )
     async def submit_job(
         request: Request,
@@ -256,7 +263,7 @@ def _install_job_routes(app: FastAPI) -> None:
         finally:
             _head(request).metrics.observe_submission(code, time.perf_counter() - started)
 
-    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobView, responses=ERRORS)
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobView, responses=ERRORS, operation_id="get_job")
     async def get_job(request: Request, job_id: str) -> Response:
         job = await run_in_threadpool(_head(request).store.get, job_id)
         if job is None:
@@ -320,7 +327,9 @@ async def _read_body(request: Request) -> bytes | Response:
 def _install_cancel_route(app: FastAPI) -> None:
     """Cancel a job that has not started; a running job's cancel is not offered (yet)."""
 
-    @app.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobView, responses=ERRORS)
+    @app.post(
+        f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobView, responses=ERRORS, operation_id="cancel_job"
+    )
     async def cancel_job(request: Request, job_id: str) -> Response:
         store = _head(request).store
         job = await run_in_threadpool(store.cancel, job_id)
@@ -342,7 +351,7 @@ def _install_dead_letter_routes(app: FastAPI) -> None:
         jobs.sort(key=lambda job: job.created_at, reverse=True)
         return JSONResponse({"jobs": [job_body(job) for job in jobs[:limit]], "next": None})
 
-    @app.get(f"{API_PREFIX}/dlq/{{job_id}}", response_model=DeadJobView, responses=ERRORS)
+    @app.get(f"{API_PREFIX}/dlq/{{job_id}}", response_model=DeadJobView, responses=ERRORS, operation_id="show_dead")
     async def show_dead(request: Request, job_id: str) -> Response:
         store = _head(request).store
         job = await run_in_threadpool(store.get, job_id)
@@ -351,7 +360,13 @@ def _install_dead_letter_routes(app: FastAPI) -> None:
         history = history_view(await run_in_threadpool(store.history, job_id))
         return JSONResponse({**job_body(job), "history": history})
 
-    @app.post(f"{API_PREFIX}/dlq/{{job_id}}/replay", status_code=202, response_model=JobView, responses=ERRORS)
+    @app.post(
+        f"{API_PREFIX}/dlq/{{job_id}}/replay",
+        status_code=202,
+        response_model=JobView,
+        responses=ERRORS,
+        operation_id="replay_dead",
+    )
     async def replay_dead(request: Request, job_id: str) -> Response:
         head = _head(request)
         job = await run_in_threadpool(head.store.replay, job_id)
