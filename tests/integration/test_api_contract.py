@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
+from kvern.jobs.records import NewJob
+from kvern.jobs.store import JobStore
 from tests.integration.conftest import Running, reports_spec, write_project
 
 pytestmark = pytest.mark.integration
@@ -75,8 +79,38 @@ def test_the_running_api_keeps_its_openapi_contract(contract_api: Running, tmp_p
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 
 
-def test_the_front_door_answers_methods_nginx_refuses_with_the_error_shape(contract_api: Running) -> None:
-    response = httpx.request("TRACE", f"{contract_api.url}/api/v1/jobs", timeout=10)
-    assert response.status_code == 405
-    assert response.json()["error"]["code"] == "method_not_allowed"
-    assert "POST" in response.headers["allow"]
+def test_through_the_front_door_errors_docs_and_old_rows(contract_api: Running) -> None:
+    with contract_api.client() as client:
+        # nginx refuses TRACE itself: the same JSON error shape as the API's, with Allow
+        trace = client.request("TRACE", "/api/v1/jobs")
+        assert trace.status_code == 405 and trace.json()["error"]["code"] == "method_not_allowed"
+        assert "POST" in trace.headers["allow"]
+
+        # the docs page and its assets come from the instance
+        page = client.get("/api/docs")
+        assert page.status_code == 200 and "https://" not in page.text
+        for asset in re.findall(r"""(?:src|href)=["'](/api/docs/assets/[^"']+)["']""", page.text):
+            assert client.get(asset).status_code == 200, asset
+
+        # a payload nested 500 deep is refused at the door and leaves nothing behind
+        deep = nested(500)
+        refused = client.post("/api/v1/jobs", json={"task": "tasks.echo", "kwargs": {"x": deep}})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "args_too_deep"
+        assert client.get("/api/v1/jobs").json()["jobs"] == []
+
+        # a row that deep already in the store (from before the limit) still lists, with a placeholder
+        store = JobStore(contract_api.config.store_url)
+        try:
+            store.create_jobs([NewJob(str(uuid.uuid4()), "tasks.echo", "reports", [], {"x": deep}, 1)])
+        finally:
+            store.close()
+        listed = client.get("/api/v1/jobs")
+        assert listed.status_code == 200
+        assert listed.json()["jobs"][0]["render_error"] == "kwargs could not be rendered"
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"n": value}
+    return value
