@@ -55,7 +55,7 @@ async def test_json_edge_cases_are_400_with_the_error_shape_and_record_nothing(a
 async def test_query_validation_errors_have_the_error_shape(api: Any, query: str) -> None:
     client, _, _ = api
     response = await client.get(f"/api/v1/jobs?{query}")
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert_error_shape(response.json(), "invalid_request")
     assert query.split("=", maxsplit=1)[0] in response.json()["error"]["message"]
 

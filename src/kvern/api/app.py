@@ -173,7 +173,8 @@ def _install_protocol_error_handlers(app: FastAPI) -> None:
         problems = [_validation_problem(error) for error in exc.errors()]
         if any(IDEMPOTENCY_HEADER in problem for problem in problems):
             return json_error(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1 to 200 characters")
-        return json_error(400, "invalid_request", "; ".join(problems))
+        # 422 as FastAPI has always answered here (clients may test for it); only the shape changes.
+        return json_error(422, "invalid_request", "; ".join(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
