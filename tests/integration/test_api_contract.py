@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from kvern.jobs.records import NewJob
 from kvern.jobs.store import JobStore
-from tests.integration.conftest import Running, reports_spec, write_project
+from tests.integration.conftest import Running, reports_spec, wait_for_outcome, write_project
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +115,19 @@ def nested(depth: int) -> Any:
     for _ in range(depth):
         value = {"n": value}
     return value
+
+
+def test_a_cancelled_job_never_runs_when_its_message_reaches_a_worker(contract_api: Running) -> None:
+    with contract_api.client() as client:
+        # given a job cancelled while its pool is still at zero processes
+        cancelled = client.post("/api/v1/jobs", json={"task": "tasks.echo", "args": ["cancel me"]}).json()["id"]
+        answer = client.post(f"/api/v1/jobs/{cancelled}/cancel")
+        assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
+        # when the pool scales up and a later job on the same queue has run
+        later = client.post("/api/v1/jobs", json={"task": "tasks.echo", "args": ["after"]}).json()["id"]
+        assert wait_for_outcome(client, later)["status"] == "succeeded"
+        time.sleep(1)  # the cancelled job's message went first; give its skip time to land if it were a run
+        # then the cancelled job never got an attempt
+        job = client.get(f"/api/v1/jobs/{cancelled}").json()
+        assert (job["status"], job["attempts"], job["started_at"]) == ("cancelled", 0, None)
+        assert client.post(f"/api/v1/jobs/{cancelled}/cancel").status_code == 409
