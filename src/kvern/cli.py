@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from kvern import constants as c
-from kvern.api.views import job_view
+from kvern.api.views import history_view, job_body
 from kvern.autoscale.pins import write_pin
 from kvern.broker.relay import publish_jobs
 from kvern.client import submit_and_follow
@@ -260,8 +260,7 @@ def dlq_show(ctx: click.Context, job_id: str) -> None:
     job = store.get(job_id)
     if job is None:
         raise JobNotFound(f"no job with id {job_id!r}")
-    history = [vars(attempt) for attempt in store.history(job_id)]
-    click.echo(json.dumps({**job_view(job).model_dump(mode="json"), "history": history}, indent=2))
+    click.echo(json.dumps({**job_body(job), "history": history_view(store.history(job_id))}, indent=2))
 
 
 @dlq.command("replay")

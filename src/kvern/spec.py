@@ -33,6 +33,11 @@ max_memory_per_child = 0    # replace a task process once its resident memory pa
 max_backlog = 100000        # length limit of each of its queues (a quorum queue lets in the message that
                             # crosses it); past it, POST /api/v1/jobs answers 503
 
+[limits]                    # optional; bounds of a submission's args and kwargs, checked before it is recorded
+args_bytes = 262144         # their size as compact JSON (UTF-8), at most the 1 MiB body limit
+args_depth = 32             # how deep lists and objects nest (args itself is depth 1), at most 100
+args_items = 10000          # elements of all their lists and objects together
+
 [tasks."tasks.generate_heavy_report"]
 queue = "reports"           # default: the first queue of the first pool
 retries = 3                 # retries after the first attempt, with exponential backoff and jitter
@@ -52,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kvern.constants import DEFAULT_MAX_BACKLOG
+from kvern.constants import DEFAULT_MAX_BACKLOG, MAX_BODY_BYTES
 from kvern.errors import SpecError
 
 DEFAULT_TIME_LIMIT_S = 300.0
@@ -85,6 +90,21 @@ class PoolSpec:
 
 
 @dataclass(frozen=True)
+class LimitsSpec:
+    """Bounds of a submission's args and kwargs: a payload a worker cannot decode, pickle or render is refused
+    at the door (400) instead of being recorded. The defaults are the only place the default values live."""
+
+    args_bytes: int = 256 * 1024  # compact JSON size of args and kwargs
+    args_depth: int = 32  # nesting of lists and objects; args and kwargs themselves are depth 1
+    args_items: int = 10_000  # elements of every list and object together
+
+
+# Past these, a payload breaks the layers behind the API (serializer and pickle recursion, the body limit).
+MAX_ARGS_DEPTH = 100
+MAX_ARGS_ITEMS = 1_000_000
+
+
+@dataclass(frozen=True)
 class TaskPolicy:
     """Delivery rules of one task; tasks the spec does not name get the defaults."""
 
@@ -107,6 +127,7 @@ class Spec:
     store_url: str | None = None
     static_dir: Path | None = None
     tasks: Mapping[str, TaskPolicy] = field(default_factory=dict)
+    limits: LimitsSpec = field(default_factory=LimitsSpec)
 
     @property
     def root(self) -> Path:
@@ -157,7 +178,7 @@ def load_spec(path: Path) -> Spec:
 
 def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
     reader = _Reader(raw, "")
-    reader.only("app", "web", "broker", "store", "pools", "tasks")
+    reader.only("app", "web", "broker", "store", "pools", "tasks", "limits")
     app = reader.table("app")
     app.only("name", "tasks", "static")
     tasks_module = app.get("tasks", str, required=True)
@@ -174,6 +195,7 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
         store_url=_parse_url(reader.table("store"), ("postgresql://", "postgresql+psycopg://", "sqlite:///")),
         static_dir=_parse_static(app, path.parent),
         tasks=_parse_tasks(reader.table("tasks"), pools),
+        limits=_parse_limits(reader.table("limits")),
     )
     return spec
 
@@ -272,6 +294,25 @@ def _check_pool_bounds(pool: PoolSpec, where: str) -> None:
         raise SpecError(f"{where}: max_tasks_per_child and max_memory_per_child must be >= 0 (0: no limit)")
     if pool.max_backlog < 1:
         raise SpecError(f"{where}.max_backlog: must be 1 or more")
+
+
+def _parse_limits(table: _Reader) -> LimitsSpec:
+    table.only("args_bytes", "args_depth", "args_items")
+    defaults = LimitsSpec()
+    limits = LimitsSpec(
+        args_bytes=table.get("args_bytes", int, default=defaults.args_bytes),
+        args_depth=table.get("args_depth", int, default=defaults.args_depth),
+        args_items=table.get("args_items", int, default=defaults.args_items),
+    )
+    bounds = {
+        "args_bytes": (limits.args_bytes, MAX_BODY_BYTES),
+        "args_depth": (limits.args_depth, MAX_ARGS_DEPTH),
+        "args_items": (limits.args_items, MAX_ARGS_ITEMS),
+    }
+    for name, (value, most) in bounds.items():
+        if not 1 <= value <= most:
+            raise SpecError(f"{table.where}.{name}: must be between 1 and {most}")
+    return limits
 
 
 def _parse_url(table: _Reader, schemes: tuple[str, ...]) -> str | None:

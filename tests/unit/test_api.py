@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,12 @@ class StubPublisher:
     def __init__(self) -> None:
         self.published: list[tuple[str, str, str]] = []
         self.failure: Exception | None = None
+        self.while_unconfirmed: Callable[[str], None] | None = None  # what happens before the confirm is lost
 
     async def publish(self, job_id: str, task: str, queue: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         await asyncio.sleep(0)
+        if self.while_unconfirmed is not None:
+            self.while_unconfirmed(job_id)
         if self.failure is not None:
             raise self.failure
         self.published.append((job_id, task, queue))
@@ -59,27 +62,32 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def api(project: Path, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, StubPublisher, JobStore]]:
+def web_head(project: Path, tmp_path: Path) -> WebHead:
     spec = load_spec(project)
     _, catalog = load_user_app(spec)
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
     store.create_schema()
-    publisher = StubPublisher()
-    app = create_app(WebHead(spec, catalog, store, publisher))  # type: ignore[arg-type]
+    return WebHead(spec, catalog, store, StubPublisher())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def api(web_head: WebHead) -> AsyncIterator[tuple[httpx.AsyncClient, StubPublisher, JobStore]]:
+    store, publisher = web_head.store, web_head.publisher
+    app = create_app(web_head)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a crash is a 500, as in production
         async with httpx.AsyncClient(transport=transport, base_url="http://web-head") as client:
             yield client, publisher, store
 
 
-async def test_accepted_job_is_recorded_published_and_located(api: Any) -> None:
+async def test_accepted_job_is_recorded_published_and_located(api: Any, web_head: WebHead) -> None:
     client, publisher, store = api
     response = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1, 2]})
     assert response.status_code == 202
     job_id = response.json()["id"]
     assert response.headers["location"] == f"/api/v1/jobs/{job_id}"
     assert publisher.published == [(job_id, "api_tasks.add", "main")]
-    await asyncio.sleep(0.2)  # confirmed jobs are marked published in batches, off the request path
+    await web_head.marker.settled()  # confirmed jobs are marked published in batches, off the request path
     job = store.get(job_id)
     assert job is not None and job.status.value == "queued" and job.published_at is not None
 
@@ -105,6 +113,20 @@ async def test_unconfirmed_publish_answers_503_and_withdraws_the_record(
     assert response.headers["retry-after"]
     assert response.json()["error"]["code"] == code
     assert store.counts_by_status()["queued"] == 0
+
+
+async def test_a_lost_confirm_for_a_job_a_worker_already_claimed_is_accepted(api: Any) -> None:
+    client, publisher, store = api
+
+    def worker_claims(job_id: str) -> None:  # the message reached the broker and a worker...
+        assert store.claim_attempt(job_id, "w@host").run
+
+    publisher.while_unconfirmed = worker_claims
+    publisher.failure = PublishError("confirm lost")  # ...but its confirm never came back
+    response = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1]})
+    assert response.status_code == 202
+    job = store.get(response.json()["id"])
+    assert job is not None and job.status.value == "running"
 
 
 async def test_idempotency_key_returns_the_same_job_and_refuses_a_different_body(api: Any) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from kvern.errors import SpecError
 from kvern.runtime.instance import consumer_timeout_warning
-from kvern.spec import DEFAULT_TIME_LIMIT_S, PoolSpec, Spec, TaskPolicy, WebSpec, load_spec
+from kvern.spec import DEFAULT_TIME_LIMIT_S, LimitsSpec, PoolSpec, Spec, TaskPolicy, WebSpec, load_spec
 
 FULL_SPEC = """
 [app]
@@ -185,6 +185,15 @@ def test_spec_helpers_route_unnamed_tasks_to_the_default_queue(tmp_path: Path) -
         spec.pool("nope")
 
 
+def test_limits_default_to_safe_bounds_and_can_be_set(tmp_path: Path) -> None:
+    default = load_spec(write_spec(tmp_path / "a", MINIMAL_SPEC)).limits
+    assert default == LimitsSpec() == LimitsSpec(args_bytes=256 * 1024, args_depth=32, args_items=10_000)
+    text = MINIMAL_SPEC + "\n[limits]\nargs_bytes = 4096\nargs_depth = 8\nargs_items = 50\n"
+    assert load_spec(write_spec(tmp_path / "b", text)).limits == LimitsSpec(4096, 8, 50)
+    partial = MINIMAL_SPEC + "\n[limits]\nargs_depth = 4\n"
+    assert load_spec(write_spec(tmp_path / "c", partial)).limits == LimitsSpec(args_depth=4)
+
+
 # -- invalid specs: each error names the field ----------------------------------------------------------------
 
 
@@ -316,6 +325,20 @@ def test_spec_helpers_route_unnamed_tasks_to_the_default_queue(tmp_path: Path) -
             MINIMAL_SPEC.replace('name = "default"', 'name = "default"\nqueues = ["kvern.control"]'),
             ("pools[0].queues", "reserved"),
             id="reserved-queue-name",
+        ),
+        pytest.param(MINIMAL_SPEC + "\n[limits]\nargs_depth = 0\n", ("limits.args_depth",), id="args-depth-0"),
+        pytest.param(
+            MINIMAL_SPEC + "\n[limits]\nargs_depth = 500\n", ("limits.args_depth", "1 and 100"), id="args-depth-500"
+        ),
+        pytest.param(
+            MINIMAL_SPEC + "\n[limits]\nargs_bytes = 2000000\n", ("limits.args_bytes",), id="args-bytes-over-body"
+        ),
+        pytest.param(MINIMAL_SPEC + "\n[limits]\nargs_items = -1\n", ("limits.args_items",), id="args-items-neg"),
+        pytest.param(
+            MINIMAL_SPEC + '\n[limits]\nargs_items = "many"\n', ("limits.args_items", "expected int"), id="items-str"
+        ),
+        pytest.param(
+            MINIMAL_SPEC + "\n[limits]\nargs_size = 10\n", ("limits.args_size", "unknown field"), id="limits-unknown"
         ),
     ],
 )

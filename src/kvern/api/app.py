@@ -5,21 +5,37 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from kvern.api.batching import JobInserter
+from kvern.api.docs import install_docs
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
+from kvern.api.openapi import install_openapi, job_links
 from kvern.api.published import PublishedMarker
 from kvern.api.submission import Submission, SubmissionError, parse_submission
-from kvern.api.views import ErrorView, JobPage, JobView, error_body, job_url, job_view
+from kvern.api.views import (
+    DeadJobView,
+    ErrorView,
+    HealthView,
+    JobPage,
+    JobView,
+    error_body,
+    history_view,
+    job_body,
+    job_url,
+)
 from kvern.broker.publisher import JobPublisher
 from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
@@ -33,6 +49,8 @@ from kvern.worker.app import TaskCatalog, load_user_app
 log = logging.getLogger("kvern.api")
 
 RETRY_AFTER_S = "2"
+MAX_IDEMPOTENCY_KEY = 200
+OPENAPI_URL = "/api/openapi.json"
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code in (400, 404, 409, 413, 422, 503)}
 
 
@@ -57,7 +75,8 @@ class WebHead:
         _, catalog = load_user_app(spec)
         return cls(spec, catalog, JobStore(config.store_url), JobPublisher(config.broker_urls[ROLE_WEB]))
 
-    async def submit(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
+    async def submit(self, submission: Submission, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        """Record and publish a job; returns the answer's body and whether the job is new."""
         policy = self.spec.policy(submission.task)
         new = NewJob(
             id=str(uuid.uuid4()),
@@ -74,7 +93,8 @@ class WebHead:
         else:
             job, created = await run_in_threadpool(self.store.create_job, new)
             if not created:
-                return job, False
+                return job_body(job), False
+        body = await self._render_or_withdraw(job)  # before publishing: once it is published, the answer is 202
         try:
             await self.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
         except PublishError:
@@ -84,7 +104,14 @@ class WebHead:
                 raise
             log.info("job %s: confirm lost but a worker already claimed it; accepted", job.id)
         self.marker.add(job.id)
-        return job, True
+        return body, True
+
+    async def _render_or_withdraw(self, job: Job) -> dict[str, Any]:
+        try:
+            return job_body(job)
+        except Exception:
+            await run_in_threadpool(self.store.withdraw, job.id)
+            raise
 
 
 def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -106,18 +133,23 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         title="kvern job API",
         version="1",
         lifespan=lifespan,
-        openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        openapi_url=OPENAPI_URL,
+        docs_url=None,  # served by install_docs, with local assets
         redoc_url=None,
     )
+    install_docs(app, OPENAPI_URL)
+    install_openapi(app, lambda: list(_head_of(app).catalog.names()))
     _install_error_handlers(app)
     _install_job_routes(app)
+    _install_cancel_route(app)
     _install_dead_letter_routes(app)
     _install_health_routes(app)
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    _install_protocol_error_handlers(app)
+
     @app.exception_handler(StoreUnavailable)
     async def store_down(_request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.warning("job store unavailable: %s", exc)
@@ -133,8 +165,55 @@ def _install_error_handlers(app: FastAPI) -> None:
         return json_error(503, "broker_unavailable", str(exc), {"Retry-After": RETRY_AFTER_S})
 
 
+def _install_protocol_error_handlers(app: FastAPI) -> None:
+    """FastAPI's and Starlette's own errors (validation, 404, 405, crashes) in the API's one error shape."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [_validation_problem(error) for error in exc.errors()]
+        if any(IDEMPOTENCY_HEADER in problem for problem in problems):
+            return json_error(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1 to 200 characters")
+        # 422 as FastAPI has always answered here (clients may test for it); only the shape changes.
+        return json_error(422, "invalid_request", "; ".join(problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
+        code = HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return json_error(exc.status_code, code, str(exc.detail), headers)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return json_error(500, "internal_error", "the web head failed to answer; the error is in its log")
+
+
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def _validation_problem(error: Mapping[str, Any]) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Every method some route takes at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
+
+
 def _head(request: Request) -> WebHead:
-    return request.app.state.head  # type: ignore[no-any-return]
+    return _head_of(request.app)
+
+
+def _head_of(app: FastAPI) -> WebHead:
+    return app.state.head  # type: ignore[no-any-return]
 
 
 SUBMIT_BODY = {
@@ -146,7 +225,7 @@ SUBMIT_BODY = {
                     "type": "object",
                     "required": ["task"],
                     "properties": {
-                        "task": {"type": "string"},
+                        "task": {"type": "string", "minLength": 1},
                         "args": {"type": "array", "items": {}},
                         "kwargs": {"type": "object"},
                     },
@@ -163,11 +242,15 @@ def _install_job_routes(app: FastAPI) -> None:
         f"{API_PREFIX}/jobs",
         status_code=202,
         response_model=JobView,
-        responses={**ERRORS, 200: {"model": JobView}},
+        responses={**ERRORS, 200: {"model": JobView, "links": job_links()}, 202: {"links": job_links()}},
         openapi_extra=SUBMIT_BODY,
+        operation_id="submit_job",
     )
     async def submit_job(
-        request: Request, idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None
+        request: Request,
+        idempotency_key: Annotated[
+            str | None, Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY)
+        ] = None,
     ) -> Response:
         started = time.perf_counter()
         code = 500
@@ -181,12 +264,12 @@ def _install_job_routes(app: FastAPI) -> None:
         finally:
             _head(request).metrics.observe_submission(code, time.perf_counter() - started)
 
-    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobView, responses=ERRORS)
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobView, responses=ERRORS, operation_id="get_job")
     async def get_job(request: Request, job_id: str) -> Response:
         job = await run_in_threadpool(_head(request).store.get, job_id)
         if job is None:
             return json_error(404, "unknown_job", f"no job with id {job_id!r}")
-        return JSONResponse(job_view(job).model_dump(mode="json"))
+        return JSONResponse(job_body(job))
 
     @app.get(f"{API_PREFIX}/jobs", response_model=JobPage, responses=ERRORS)
     async def list_jobs(
@@ -194,13 +277,13 @@ def _install_job_routes(app: FastAPI) -> None:
         status: JobStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         before: float | None = None,
-    ) -> JobPage:
+    ) -> Response:
         jobs = await run_in_threadpool(_head(request).store.list_jobs, status, limit, before)
         following = None
         if len(jobs) == limit:
             query = f"limit={limit}&before={jobs[-1].created_at!r}" + (f"&status={status.value}" if status else "")
             following = f"{API_PREFIX}/jobs?{query}"
-        return JobPage(jobs=[job_view(job) for job in jobs], next=following)
+        return JSONResponse({"jobs": [job_body(job) for job in jobs], "next": following})
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/artifacts/{{name}}", responses=ERRORS)
     async def get_artifact(request: Request, job_id: str, name: str) -> Response:
@@ -218,17 +301,14 @@ async def _submit(request: Request, idempotency_key: str | None) -> Response:
     if isinstance(body, Response):
         return body
     try:
-        submission = parse_submission(body, head.catalog)
+        submission = parse_submission(body, head.catalog, head.spec.limits)
     except SubmissionError as exc:
         return json_error(exc.status, exc.code, exc.message)
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
-        return json_error(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
     try:
-        job, created = await head.submit(submission, idempotency_key)
+        answer, created = await head.submit(submission, idempotency_key)
     except IdempotencyConflict as exc:
         return json_error(409, "idempotency_conflict", str(exc))
-    view = job_view(job).model_dump(mode="json")
-    return JSONResponse(view, status_code=202 if created else 200, headers={"Location": job_url(job.id)})
+    return JSONResponse(answer, status_code=202 if created else 200, headers={"Location": job_url(answer["id"])})
 
 
 async def _read_body(request: Request) -> bytes | Response:
@@ -245,36 +325,71 @@ async def _read_body(request: Request) -> bytes | Response:
     return b"".join(chunks)
 
 
+def _install_cancel_route(app: FastAPI) -> None:
+    """Cancel a job that has not started; a running job's cancel is not offered (yet)."""
+
+    @app.post(
+        f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobView, responses=ERRORS, operation_id="cancel_job"
+    )
+    async def cancel_job(request: Request, job_id: str) -> Response:
+        store = _head(request).store
+        job = await run_in_threadpool(store.cancel, job_id)
+        if job is not None:
+            return JSONResponse(job_body(job))
+        current = await run_in_threadpool(store.get, job_id)
+        if current is None:
+            return json_error(404, "unknown_job", f"no job with id {job_id!r}")
+        return json_error(
+            409, "not_cancellable", f"job {job_id!r} is {current.status.value}; only a queued job can be cancelled"
+        )
+
+
 def _install_dead_letter_routes(app: FastAPI) -> None:
-    @app.get(f"{API_PREFIX}/dlq", response_model=JobPage)
-    async def list_dead(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JobPage:
+    @app.get(f"{API_PREFIX}/dlq", response_model=JobPage, responses=ERRORS)
+    async def list_dead(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
         store = _head(request).store
         jobs = [job for status in REPLAYABLE for job in await run_in_threadpool(store.list_jobs, status, limit)]
         jobs.sort(key=lambda job: job.created_at, reverse=True)
-        return JobPage(jobs=[job_view(job) for job in jobs[:limit]], next=None)
+        return JSONResponse({"jobs": [job_body(job) for job in jobs[:limit]], "next": None})
 
-    @app.get(f"{API_PREFIX}/dlq/{{job_id}}", responses=ERRORS)
+    @app.get(f"{API_PREFIX}/dlq/{{job_id}}", response_model=DeadJobView, responses=ERRORS, operation_id="show_dead")
     async def show_dead(request: Request, job_id: str) -> Response:
         store = _head(request).store
         job = await run_in_threadpool(store.get, job_id)
         if job is None:
             return json_error(404, "unknown_job", f"no job with id {job_id!r}")
-        history = [vars(attempt) for attempt in await run_in_threadpool(store.history, job_id)]
-        return JSONResponse({**job_view(job).model_dump(mode="json"), "history": history})
+        history = history_view(await run_in_threadpool(store.history, job_id))
+        return JSONResponse({**job_body(job), "history": history})
 
-    @app.post(f"{API_PREFIX}/dlq/{{job_id}}/replay", status_code=202, response_model=JobView, responses=ERRORS)
+    @app.post(
+        f"{API_PREFIX}/dlq/{{job_id}}/replay",
+        status_code=202,
+        response_model=JobView,
+        responses=ERRORS,
+        operation_id="replay_dead",
+    )
     async def replay_dead(request: Request, job_id: str) -> Response:
         head = _head(request)
         job = await run_in_threadpool(head.store.replay, job_id)
         if job is None:
-            return json_error(409, "not_replayable", f"job {job_id!r} is unknown or not dead/failed")
+            if await run_in_threadpool(head.store.get, job_id) is None:
+                return json_error(404, "unknown_job", f"no job with id {job_id!r}")
+            return json_error(409, "not_replayable", f"job {job_id!r} is not dead or failed")
         await head.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
         await run_in_threadpool(head.store.mark_published, [job.id])
-        return JSONResponse(job_view(job).model_dump(mode="json"), status_code=202)
+        return JSONResponse(job_body(job), status_code=202)
+
+
+METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
 
 
 def _install_health_routes(app: FastAPI) -> None:
-    @app.get("/api/health")
+    @app.get("/api/health", response_model=HealthView, responses={503: {"model": HealthView}})
     async def health(request: Request) -> JSONResponse:
         head = _head(request)
         broker = await head.publisher.ping()
@@ -286,7 +401,7 @@ def _install_health_routes(app: FastAPI) -> None:
         status = 200 if broker and store else 503
         return JSONResponse({"broker": broker, "store": store}, status_code=status)
 
-    @app.get("/api/metrics", include_in_schema=False)
+    @app.get("/api/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSE)
     async def metrics(request: Request) -> Response:
         body = await run_in_threadpool(_head(request).metrics.render)
         return Response(body, media_type=METRICS_CONTENT_TYPE)

@@ -44,6 +44,12 @@ class PublishedMarker:
             except StoreUnavailable as exc:  # the relay's grace period and the worker's claim cover it
                 log.warning("could not mark %d jobs published: %s", len(batch), exc)
 
+    async def settled(self) -> None:
+        """Return once every job added so far is marked (or its batch failed)."""
+        while self.task is not None and not self.task.done():
+            await asyncio.shield(self.task)
+        await self.flush()
+
     async def close(self) -> None:
         if self.task is not None:
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,9 +8,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from kvern.spec import LimitsSpec
 from kvern.worker.app import TaskCatalog
 from kvern.worker.execution import original_run
 
@@ -31,7 +33,7 @@ class SubmissionError(Exception):
         self.message = message
 
 
-def parse_submission(body: bytes, catalog: TaskCatalog) -> Submission:
+def parse_submission(body: bytes, catalog: TaskCatalog, limits: LimitsSpec | None = None) -> Submission:
     payload = _parse_json(body)
     task_name = payload.get("task")
     if not isinstance(task_name, str) or not task_name:
@@ -45,6 +47,7 @@ def parse_submission(body: bytes, catalog: TaskCatalog) -> Submission:
     unknown = set(payload) - {"task", "args", "kwargs"}
     if unknown:
         raise SubmissionError(400, "invalid_request", f"unknown field(s): {', '.join(sorted(unknown))}")
+    _check_limits(args, kwargs, limits or LimitsSpec())
     task = catalog.resolve(task_name)
     if task is None:
         known = ", ".join(catalog.names())
@@ -56,12 +59,54 @@ def parse_submission(body: bytes, catalog: TaskCatalog) -> Submission:
 
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        payload = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise SubmissionError(400, "malformed_json", "request body is nested too deep to parse") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also an integer past Python's digit limit
         raise SubmissionError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise SubmissionError(400, "invalid_request", "request body must be a JSON object")
     return payload
+
+
+def _check_limits(args: list[Any], kwargs: dict[str, Any], limits: LimitsSpec) -> None:
+    """Depth and element count first, walking without recursion; the size only once it is safe to encode."""
+    pending: list[tuple[Any, int]] = [(args, 1), (kwargs, 1)]
+    items = 0
+    while pending:
+        value, depth = pending.pop()
+        children = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limits.args_depth:
+            raise SubmissionError(
+                400, "args_too_deep", f"args/kwargs nest deeper than {limits.args_depth} (limits.args_depth)"
+            )
+        items += len(children)
+        if items > limits.args_items:
+            raise SubmissionError(
+                400, "args_too_many_items", f"args/kwargs hold over {limits.args_items} elements (limits.args_items)"
+            )
+        pending.extend((child, depth + 1) for child in children)
+    size = len(json.dumps([args, kwargs], separators=(",", ":"), ensure_ascii=False).encode())
+    if size > limits.args_bytes:
+        raise SubmissionError(
+            400,
+            "args_too_large",
+            f"args/kwargs are {size} bytes as JSON; at most {limits.args_bytes} (limits.args_bytes)",
+        )
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); Python accepts them, and the task would get a NaN.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def _check_binding(name: str, function: Any, args: list[Any], kwargs: dict[str, Any]) -> None:

@@ -368,6 +368,18 @@ class JobStore:
             )
         return self.get(job_id) if result.rowcount == 1 else None
 
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a job that has not started: only a queued job becomes cancelled (None otherwise). Its message
+        stays in the broker; the worker that gets it finds the job no longer active and skips it."""
+        jobs = schema.jobs
+        with self._begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.CANCELLED.value, finished_at=time.time())
+            )
+        return self.get(job_id) if result.rowcount == 1 else None
+
     # -- reading ----------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
@@ -409,7 +421,26 @@ class JobStore:
         if before is not None:
             query = query.where(jobs.c.created_at < before)
         with self._read() as conn:
-            return [Job.from_row(row) for row in conn.execute(query)]
+            rows = list(conn.execute(query))
+            infos = self._artifact_infos_of_rows(conn, rows)
+        return [Job.from_row(row, infos.get(row.id, ())) for row in rows]
+
+    def _artifact_infos_of_rows(self, conn: Connection, rows: Sequence[Any]) -> dict[str, tuple[ArtifactInfo, ...]]:
+        """The artifacts of each job's recorded outcome, for a whole page of jobs in one query."""
+        outcome_of = {row.id: row.outcome_attempt for row in rows if row.outcome_attempt is not None}
+        if not outcome_of:
+            return {}
+        a = schema.artifacts
+        query = (
+            select(a.c.job_id, a.c.attempt, a.c.name, a.c.content_type, a.c.size)
+            .where(a.c.job_id.in_(list(outcome_of)))
+            .order_by(a.c.job_id, a.c.name)
+        )
+        found: dict[str, list[ArtifactInfo]] = {}
+        for r in conn.execute(query):
+            if r.attempt == outcome_of[r.job_id]:  # a losing attempt's files stay hidden, as in `get`
+                found.setdefault(r.job_id, []).append(ArtifactInfo(r.name, r.content_type, r.size))
+        return {job_id: tuple(infos) for job_id, infos in found.items()}
 
     def job_ids_starting_with(self, prefix: str, limit: int) -> list[str]:
         """Ids that begin with `prefix` (the short id the CLI shows), in order; a full id comes first."""

@@ -1,0 +1,39 @@
+"""What the OpenAPI document says beyond its routes: this instance's task names, and links from a submission
+to the operations on the job it made (so a client, or a fuzzer, can follow a job from its 202)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+# operationIds of the operations that take the id a submission answers with.
+JOB_OPERATIONS = ("get_job", "cancel_job", "show_dead", "replay_dead")
+SUBMIT_PATH = "/api/v1/jobs"
+
+
+def job_links() -> dict[str, Any]:
+    return {name: {"operationId": name, "parameters": {"job_id": "$response.body#/id"}} for name in JOB_OPERATIONS}
+
+
+def install_openapi(app: FastAPI, task_names: Callable[[], list[str]]) -> None:
+    """Build the document once, on first request (the task names are known only once the head is up)."""
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            built = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            _name_tasks(built, task_names())
+            app.openapi_schema = built
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
+
+
+def _name_tasks(document: dict[str, Any], names: list[str]) -> None:
+    if not names:
+        return
+    media = document["paths"][SUBMIT_PATH]["post"]["requestBody"]["content"]["application/json"]
+    media["schema"]["properties"]["task"]["examples"] = names
+    media["example"] = {"task": names[0], "args": [], "kwargs": {}}
