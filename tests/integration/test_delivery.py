@@ -37,6 +37,8 @@ pytestmark = pytest.mark.integration
 TINY_BACKLOG = 3
 MEMORY_LIMIT_MB = 250
 
+RETRY_BUDGETS = (0, 1, 3, 4, 10)
+
 TASKS = '''
 """Tasks that misbehave on purpose, one way each."""
 
@@ -121,11 +123,28 @@ def hog(mb):
 def parked(tag, seconds=0.0):
     time.sleep(seconds)
     return tag
-'''
+
+
+def _fails_every_time(tag):
+    raise RuntimeError(f"fails every time ({tag}) on attempt {kvern.current_job().attempt}")
+
+
+# One task per retry budget (tasks.fails_r0, tasks.fails_r1, ...), each declared in the spec.
+for _retries in RETRY_BUDGETS:
+    app.task(name=f"tasks.fails_r{_retries}")(_fails_every_time)
+'''.replace("RETRY_BUDGETS", repr(RETRY_BUDGETS))
+
+
+def retry_budget_tasks() -> str:
+    return "".join(
+        f'\n[tasks."tasks.fails_r{n}"]\nretries = {n}\nbackoff = 0\nbackoff_max = 0\n' for n in RETRY_BUDGETS
+    )
 
 
 def spec_text(store_url: str) -> str:
-    return f"""
+    return (
+        retry_budget_tasks()
+        + f"""
 [app]
 tasks = "tasks"
 
@@ -202,6 +221,7 @@ queue = "memory"
 [tasks."tasks.parked"]
 queue = "tiny"
 """
+    )
 
 
 @dataclass
@@ -369,6 +389,25 @@ def test_a_task_that_kills_its_process_every_time_is_dead_lettered(delivery: Del
         assert [a["outcome"] for a in history(client, job["id"])] == ["lost"] * DEFAULT_DELIVERY_LIMIT + ["dead"]
         # and: the pool is still serving
         assert run_job(client, "tasks.echo", "after-poison")["status"] == "succeeded"
+
+
+def test_any_retry_budget_gives_exactly_n_plus_1_attempts_and_replays_give_as_many_again(delivery: Delivery) -> None:
+    with delivery.running.client() as client:
+        # given tasks that always fail, with 0, 1, 3, 4 and 10 retries and no backoff
+        ids = {n: accepted(client, f"tasks.fails_r{n}", f"budget-{n}") for n in RETRY_BUDGETS}
+        # when they run, then each ends after exactly N+1 attempts: dead, or failed when no retries are declared
+        for n, job_id in ids.items():
+            job = wait_for_outcome(client, job_id, timeout=90)
+            assert (job["status"], job["attempts"]) == ("dead" if n else "failed", n + 1), job
+            assert f"on attempt {n + 1}" in job["error"]
+            assert [a["outcome"] for a in history(client, job_id)] == ["retry"] * n + [job["status"]]
+        # and a replay of a replay gives N+1 fresh attempts each time, then dead again
+        job_id = ids[4]
+        for round_ in (2, 3):
+            # (the replay answers once the job is queued again, so the wait below sees the new round)
+            assert client.post(f"/api/v1/dlq/{job_id}/replay").status_code == 202
+            job = wait_for_outcome(client, job_id, timeout=90)
+            assert (job["status"], job["attempts"]) == ("dead", 5 * round_), job
 
 
 def test_dead_jobs_are_listed_shown_and_replayed_keeping_id_and_history(delivery: Delivery, tmp_path: Path) -> None:

@@ -377,3 +377,84 @@ def test_unguarded_task_using_the_helpers_runs_as_a_plain_function(celery_app: C
     # then it just returns, and nothing reaches the store
     assert result.get() == 12
     assert store.counts_by_status() == {status.value: 0 for status in JobStatus}
+
+
+# -- retry budgets beyond Celery's own default (3) -------------------------------------------------------------
+
+
+class _ResentMessages:
+    """Stands in for the broker when a worker re-sends a retry: records each message's countdown."""
+
+    def __init__(self) -> None:
+        self.countdowns: list[float | None] = []
+
+    def __call__(self, request: Any, args: Any, kwargs: Any, countdown: float | None = None, **_: Any) -> Any:
+        self.countdowns.append(countdown)
+        return self
+
+    def apply_async(self) -> None:
+        return None
+
+
+def deliver_like_a_worker(task: Task, job_id: str, retries: int, *args: Any) -> BaseException | None:
+    """Run one delivery as a worker does (not eager), carrying the retry count of its message."""
+    task.push_request(id=job_id, retries=retries, is_eager=False, called_directly=False, args=args, kwargs={})
+    try:
+        task.run(*args)
+    except BaseException as exc:  # what escapes is what the test looks at
+        return exc
+    finally:
+        task.pop_request()
+    return None
+
+
+@pytest.mark.parametrize("retries", [1, 3, 4, 10])
+def test_a_retry_budget_of_n_gives_n_plus_1_attempts_then_dead(
+    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch, retries: int
+) -> None:
+    # given a task that always fails, with N retries and no backoff
+    def work(n: int) -> None:
+        raise ConnectionError(f"down on {n}")
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default", retries=retries, backoff=0.0, backoff_max=0.0), WORKER)
+    resent = _ResentMessages()
+    monkeypatch.setattr(task, "signature_from_request", resent)
+    job_id = submit(store, task, 1, max_attempts=retries + 1)
+
+    # when each delivery runs as a worker runs it, the message's retry count growing as Celery's does
+    escaped = [deliver_like_a_worker(task, job_id, delivery, 1) for delivery in range(retries + 1)]
+
+    # then every failure but the last is re-sent at once (not after Celery's default delay) ...
+    assert [type(exc).__name__ for exc in escaped[:-1]] == ["Retry"] * retries
+    assert resent.countdowns == [0] * retries
+    # ... and the job ends dead after exactly N+1 attempts
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.attempts) == (JobStatus.DEAD, retries + 1)
+    assert [a.outcome for a in store.history(job_id)] == ["retry"] * retries + ["dead"]
+
+
+def test_a_replayed_job_gets_a_fresh_budget_each_time(
+    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a dead job of a task with 4 retries
+    def work(n: int) -> None:
+        raise ConnectionError("down")
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default", retries=4, backoff=0.0, backoff_max=0.0), WORKER)
+    monkeypatch.setattr(task, "signature_from_request", _ResentMessages())
+    job_id = submit(store, task, 1, max_attempts=5)
+    for delivery in range(5):
+        deliver_like_a_worker(task, job_id, delivery, 1)
+
+    for replay in (1, 2):
+        # when it is replayed (a new message: its retry count starts again) and fails every time
+        assert store.replay(job_id) is not None
+        for delivery in range(5):
+            deliver_like_a_worker(task, job_id, delivery, 1)
+        # then it is dead again after 5 more attempts
+        job = store.get(job_id)
+        assert job is not None
+        assert (job.status, job.attempts) == (JobStatus.DEAD, 5 * (replay + 1))

@@ -12,10 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from sqlalchemy import MetaData, Table
 from sqlalchemy import event as sa_event
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 
 import kvern.jobs.store as store_module
+from kvern.jobs import schema
 from kvern.jobs.records import Claim, Job, NewJob, ScalingEvent
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
@@ -51,6 +54,22 @@ def get(store: JobStore, job_id: str) -> Job:
     job = store.get(job_id)
     assert job is not None
     return job
+
+
+# Columns added after the first release, by table: create_schema must add each to an older store.
+ADDED_COLUMNS = {"kvern_jobs": ("round_attempts",)}
+OLD_ROW = {
+    "id": "old-1",
+    "task": "tasks.t",
+    "queue": "reports",
+    "args": "[]",
+    "kwargs": "{}",
+    "status": "queued",
+    "progress": 0,
+    "attempts": 0,
+    "max_attempts": 2,
+    "created_at": 1_700_000_000.0,
+}
 
 
 @pytest.fixture
@@ -565,6 +584,32 @@ def test_replay_only_applies_to_failed_or_dead_jobs(job_store: JobStore, end: st
     assert get(job_store, job.id).status is status_before
 
 
+def _run_to_death(store: JobStore, job_id: str) -> None:
+    """Every attempt the job has left fails; the last one ends it dead, as a worker records it."""
+    while (claim := store.claim_attempt(job_id, "w")).run:
+        job = get(store, job_id)
+        if claim.attempt < job.max_attempts:
+            store.record_retry(job_id, claim.attempt, "flaky")
+        else:
+            store.record_failure(job_id, claim.attempt, "flaky", JobStatus.DEAD)
+
+
+def test_each_replay_grants_one_fresh_round_of_attempts(job_store: JobStore) -> None:
+    # given a job of a task with 4 retries (5 attempts a round) that died
+    job = submitted(job_store, max_attempts=5)
+    _run_to_death(job_store, job.id)
+    assert get(job_store, job.id).attempts == 5
+
+    for round_ in (2, 3):
+        # when it is replayed and every attempt fails again
+        replayed = job_store.replay(job.id)
+        assert replayed is not None and replayed.max_attempts == 5 * round_
+        _run_to_death(job_store, job.id)
+        # then it is dead again after exactly 5 more attempts (not a budget that doubles each replay)
+        dead = get(job_store, job.id)
+        assert (dead.status, dead.attempts) == (JobStatus.DEAD, 5 * round_)
+
+
 def test_replay_of_a_failed_job_is_allowed(job_store: JobStore) -> None:
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -715,3 +760,30 @@ def test_claim_racing_with_an_outcome_does_not_reopen_the_job(postgres_store: Jo
     assert finished.status is (JobStatus.SUCCEEDED if outcome == "success" else JobStatus.DEAD)
     assert finished.attempts == 1
     assert [a.attempt for a in store.history(job.id)] == [1]
+
+
+def test_create_schema_adds_the_columns_an_older_store_lacks(job_store: JobStore) -> None:
+    # given a store made by an earlier release: its tables lack the columns added since (all nullable)
+    old = MetaData()
+    for table in schema.metadata.sorted_tables:
+        kept = [c.copy() for c in table.columns if c.name not in ADDED_COLUMNS.get(table.name, ())]
+        Table(table.name, old, *kept)
+    with job_store.engine.begin() as conn:
+        schema.metadata.drop_all(conn)
+        old.create_all(conn)
+        conn.execute(old.tables["kvern_jobs"].insert().values(**OLD_ROW))
+
+    # when the schema is created by this release
+    job_store.create_schema()
+
+    # then the new columns exist, the old row reads back, and the store works with it
+    with job_store.engine.connect() as conn:
+        for table_name, columns in ADDED_COLUMNS.items():
+            present = {c["name"] for c in sa_inspect(conn).get_columns(table_name)}
+            assert set(columns) <= present, table_name
+    assert get(job_store, "old-1").status is JobStatus.QUEUED
+    assert job_store.claim_attempt("old-1", "w1") == Claim(run=True, attempt=1, tracked=True)
+    assert [j.id for j in job_store.list_jobs(None, 10)] == ["old-1"]
+    # and running it again adds nothing more
+    with job_store.engine.begin() as conn:
+        assert store_module.add_missing_columns(conn) == []

@@ -1,6 +1,7 @@
 """Tables of the job store (SQLAlchemy Core), the same on SQLite and PostgreSQL.
 
-Times are epoch seconds (float) so both engines compare and sort them the same way.
+Times are epoch seconds (float) so both engines compare and sort them the same way. A column added after the
+first release is nullable, so that `JobStore.create_schema` can add it to an existing store in place.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ jobs = Table(
     # Attempts started so far; the running attempt's number is the fence every write must match.
     Column("attempts", Integer, nullable=False, default=0),
     Column("max_attempts", Integer, nullable=False),
+    # The attempts one round allows (retries + 1): a replay grants this many again, not max_attempts again.
+    # Nullable like every column added after the first release: create_schema adds it to an older store.
+    Column("round_attempts", Integer),
     # The attempt whose outcome was recorded: only its artifacts are exposed.
     Column("outcome_attempt", Integer),
     Column("result", Text),

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, inspect, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
@@ -68,6 +68,27 @@ def _sqlite_on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def add_missing_columns(conn: Connection) -> list[str]:
+    """Add the nullable columns a newer kvern declares to the tables of an older store; returns them.
+
+    `create_all` creates missing tables only. Adding a nullable column is the one change made in place (the
+    same statement on SQLite and PostgreSQL), so a state dir made by an earlier release keeps working.
+    """
+    added = []
+    inspector = inspect(conn)
+    for table in schema.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"job store: {table.name}.{column.name} is missing and cannot be added in place")
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+            added.append(f"{table.name}.{column.name}")
+    return added
+
+
 class JobStore:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -76,6 +97,7 @@ class JobStore:
     def create_schema(self) -> None:
         with self._begin() as conn:
             schema.metadata.create_all(conn)
+            add_missing_columns(conn)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -143,6 +165,7 @@ class JobStore:
             "progress": 0,
             "attempts": 0,
             "max_attempts": new.max_attempts,
+            "round_attempts": new.max_attempts,
             "idempotency_key": new.idempotency_key,
             "request_hash": new.request_hash,
             "created_at": time.time(),
@@ -363,7 +386,8 @@ class JobStore:
                     finished_at=None,
                     outcome_attempt=None,
                     progress=0,
-                    max_attempts=jobs.c.attempts + jobs.c.max_attempts,
+                    # A fresh round of attempts, as many as the first one had (an older row: its budget).
+                    max_attempts=jobs.c.attempts + func.coalesce(jobs.c.round_attempts, jobs.c.max_attempts),
                 )
             )
         return self.get(job_id) if result.rowcount == 1 else None

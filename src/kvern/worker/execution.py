@@ -89,6 +89,10 @@ def guard_task(task: Task, store: JobStore, policy: TaskPolicy, worker_name: str
     task.reject_on_worker_lost = True
     task.acks_on_failure_or_timeout = True
     task.ignore_result = True
+    # kvern counts attempts itself (the job's max_attempts, which a replay extends): Celery's own limit (3 by
+    # default, which `retry(max_retries=None)` falls back to) would end a longer budget with the job running.
+    task.max_retries = None
+    task.default_retry_delay = 0  # a retry without a countdown is due at once, not in Celery's 3 minutes
     if policy.soft_time_limit is not None:
         task.soft_time_limit = policy.soft_time_limit
     task.time_limit = policy.time_limit
@@ -150,11 +154,11 @@ class _AttemptRunner:
             self._patiently(job_id, self.store.record_failure, job_id, claim.attempt, error, outcome.status)
             return None
         if self._patiently(job_id, self.store.record_retry, job_id, claim.attempt, error):
-            # Same task id: the retry is the same job. max_retries=None: kvern counts attempts itself.
+            # Same task id: the retry is the same job (guard_task lifted Celery's retry limit).
             # RabbitMQ's delayed delivery counts whole seconds and refuses a countdown under 1 s (the retry
             # would be rejected and the job stranded): round up, and retry at once only for no delay at all.
-            countdown = math.ceil(outcome.delay_s) if outcome.delay_s > 0 else None
-            raise self.task.retry(exc=exc, countdown=countdown, max_retries=None)
+            countdown = math.ceil(outcome.delay_s) if outcome.delay_s > 0 else 0
+            raise self.task.retry(exc=exc, countdown=countdown)
         return None
 
     def _patiently(self, job_id: str, write: Callable[..., bool], *args: Any) -> bool:
@@ -173,7 +177,7 @@ class _AttemptRunner:
 
     def _postpone(self, job_id: str, exc: StoreUnavailable) -> Retry:
         log.warning("job %s: %s; delivery postponed by %ds", job_id, exc, STORE_RETRY_S)
-        return self.task.retry(exc=exc, countdown=STORE_RETRY_S, max_retries=None, throw=False)
+        return self.task.retry(exc=exc, countdown=STORE_RETRY_S, throw=False)
 
 
 def watch_hard_time_limits(store: JobStore) -> None:
