@@ -361,6 +361,29 @@ def test_retries_with_backoff_end_dead_with_the_last_error_and_attempt_count(del
         assert [a["outcome"] for a in history(client, job["id"])] == ["retry", "retry", "dead"]
 
 
+def pool_log(delivery: Delivery, pool: str) -> str:
+    return "".join(path.read_text() for path in sorted((delivery.state_dir / "logs").glob(f"pool-{pool}-*.log")))
+
+
+def test_a_failure_keeps_its_traceback_and_the_worker_log_says_it_failed(delivery: Delivery) -> None:
+    with delivery.running.client() as client:
+        # given a job that fails every attempt, and one that raises a permanent error
+        dead = run_job(client, "tasks.always_fails", "tb")
+        failed = run_job(client, "tasks.permanent", "tb")
+        # then each attempt's history keeps the traceback down to the failing line (API and CLI)
+        for attempt in history(client, dead["id"]):
+            assert 'raise RuntimeError(f"always fails ({tag})' in attempt["traceback"], attempt
+            assert "in always_fails" in attempt["traceback"]
+        shown = kvern(delivery, "dlq", "show", failed["id"])
+        assert shown.returncode == 0, shown.stderr
+        assert "kvern.errors.PermanentError: bad input tb" in json.loads(shown.stdout)["history"][0]["traceback"]
+        # and the worker log reports the failures, never a success for these jobs
+        log = pool_log(delivery, "main")
+        assert f"tasks.always_fails[{dead['id']}] raised unexpected: RuntimeError" in log
+        assert f"tasks.permanent[{failed['id']}] raised expected: PermanentError" in log
+        assert f"[{dead['id']}] succeeded" not in log and f"[{failed['id']}] succeeded" not in log
+
+
 def test_a_permanent_error_fails_after_one_attempt(delivery: Delivery) -> None:
     with delivery.running.client() as client:
         job = run_job(client, "tasks.permanent", "x1")

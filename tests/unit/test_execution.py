@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 from celery import Celery, Task
+from celery.exceptions import Ignore
 
 import kvern
 from kvern.errors import PermanentError
@@ -16,7 +18,15 @@ from kvern.jobs.records import NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.spec import TaskPolicy
-from kvern.worker.execution import Outcome, backoff_delay, decide_after_failure, guard_task, original_run
+from kvern.worker.execution import (
+    TRACEBACK_FRAMES,
+    TRACEBACK_MAX_CHARS,
+    Outcome,
+    backoff_delay,
+    decide_after_failure,
+    guard_task,
+    original_run,
+)
 
 WORKER = "worker-1@host"
 
@@ -182,9 +192,10 @@ def test_second_delivery_of_a_finished_job_is_skipped(celery_app: Celery, store:
     # when the same job is delivered again
     again = task.apply(args=(21,), task_id=job_id)
 
-    # then the body does not run again and the recorded outcome is unchanged
+    # then the body does not run again (the delivery is ignored, not reported as a success) and the recorded
+    # outcome is unchanged
     assert calls == [21]
-    assert again.get() is None
+    assert again.state == "IGNORED"
     job = store.get(job_id)
     assert job is not None
     assert (job.status, job.result, job.attempts) == (JobStatus.SUCCEEDED, 42, 1)
@@ -304,12 +315,12 @@ def test_withdrawn_job_sent_by_a_web_head_is_skipped(celery_app: Celery, store: 
 
     # when the worker runs it
     try:
-        returned = task.run(3)
+        with pytest.raises(Ignore):  # acked without being logged as a success
+            task.run(3)
     finally:
         task.pop_request()
 
     # then the body never runs
-    assert returned is None
     assert calls == []
 
 
@@ -458,3 +469,75 @@ def test_a_replayed_job_gets_a_fresh_budget_each_time(
         job = store.get(job_id)
         assert job is not None
         assert (job.status, job.attempts) == (JobStatus.DEAD, 5 * (replay + 1))
+
+
+# -- what a failure leaves behind: its traceback, and a log that says it failed ------------------------------------
+
+
+def test_a_failed_attempt_keeps_its_traceback_and_is_logged_as_a_failure(
+    celery_app: Celery, store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a task that divides by zero, with no retries
+    def divide(n: int) -> float:
+        return n / 0
+
+    task = make_task(celery_app, divide)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, task, 1, max_attempts=1)
+
+    # when it runs
+    with caplog.at_level(logging.INFO):
+        outcome = task.apply(args=(1,), task_id=job_id)
+
+    # then the attempt history keeps where it raised, not only the message
+    [attempt] = store.history(job_id)
+    assert attempt.error == "ZeroDivisionError: division by zero"
+    assert attempt.traceback is not None
+    assert "in divide" in attempt.traceback and "return n / 0" in attempt.traceback
+    # and Celery reports the delivery as failed, never as a success
+    assert outcome.failed()
+    assert "raised unexpected: ZeroDivisionError" in caplog.text
+    assert "succeeded" not in caplog.text
+
+
+def test_a_permanent_error_is_logged_as_an_expected_failure(
+    celery_app: Celery, store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    def reject(n: int) -> None:
+        raise PermanentError(f"no user {n}")
+
+    task = make_task(celery_app, reject)
+    guard_task(task, store, TaskPolicy(queue="default", retries=3), WORKER)
+    job_id = submit(store, task, 4)
+
+    with caplog.at_level(logging.INFO):
+        outcome = task.apply(args=(4,), task_id=job_id)
+
+    assert outcome.failed()
+    assert "raised expected: PermanentError" in caplog.text
+    assert "succeeded" not in caplog.text
+    assert [a.outcome for a in store.history(job_id)] == ["failed"]
+
+
+def test_a_deep_traceback_keeps_only_its_last_frames_within_a_bounded_size(celery_app: Celery, store: JobStore) -> None:
+    # given a task that fails 300 calls deep, with a long message
+    def dive(depth: int) -> None:
+        if depth == 0:
+            raise ValueError("bottom " + "x" * 20_000)
+        dive(depth - 1)
+
+    task = make_task(celery_app, dive)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, task, 300, max_attempts=1)
+
+    # when it runs
+    task.apply(args=(300,), task_id=job_id)
+
+    # then its traceback is bounded: the last frames only, and at most the size limit
+    trace = store.history(job_id)[0].traceback
+    assert trace is not None
+    assert 'raise ValueError("bottom "' in trace  # the frame that raised is kept ...
+    assert "in __call__" not in trace  # ... the outermost ones are not
+    assert trace.count('File "') <= TRACEBACK_FRAMES
+    assert len(trace) <= TRACEBACK_MAX_CHARS + len("(earlier lines cut)\n")
+    assert "bottom xxx" in trace

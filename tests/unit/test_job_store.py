@@ -57,7 +57,7 @@ def get(store: JobStore, job_id: str) -> Job:
 
 
 # Columns added after the first release, by table: create_schema must add each to an older store.
-ADDED_COLUMNS = {"kvern_jobs": ("round_attempts",)}
+ADDED_COLUMNS = {"kvern_jobs": ("round_attempts",), "kvern_attempts": ("traceback",)}
 OLD_ROW = {
     "id": "old-1",
     "task": "tasks.t",

@@ -83,6 +83,7 @@ class Attempt:
     finished_at: float | None
     outcome: str | None
     error: str | None
+    traceback: str | None = None  # where a failed attempt raised: its last frames, bounded in size
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ attempts = Table(
     Column("finished_at", Float),
     Column("outcome", String(16)),
     Column("error", Text),
+    Column("traceback", Text),  # the failure's last frames, bounded by the worker
 )
 
 artifacts = Table(

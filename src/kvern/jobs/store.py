@@ -323,13 +323,21 @@ class JobStore:
         }
         return self._record_outcome(job_id, attempt, values, JobStatus.SUCCEEDED, None)
 
-    def record_failure(self, job_id: str, attempt: int, error: str, status: JobStatus) -> bool:
+    def record_failure(
+        self, job_id: str, attempt: int, error: str, status: JobStatus, traceback: str | None = None
+    ) -> bool:
         assert status in TERMINAL
         values = {"status": status.value, "error": error}
-        return self._record_outcome(job_id, attempt, values, status, error)
+        return self._record_outcome(job_id, attempt, values, status, error, traceback)
 
     def _record_outcome(
-        self, job_id: str, attempt: int, values: dict[str, Any], outcome: JobStatus, error: str | None
+        self,
+        job_id: str,
+        attempt: int,
+        values: dict[str, Any],
+        outcome: JobStatus,
+        error: str | None,
+        traceback: str | None = None,
     ) -> bool:
         now = time.time()
         with self._begin() as conn:
@@ -340,15 +348,16 @@ class JobStore:
             )
             won = result.rowcount == 1
             closed_as = outcome.value if won else "superseded"
-            self._close_attempt(conn, job_id, attempt, closed_as, error, now, won=won)
+            self._close_attempt(conn, job_id, attempt, closed_as, error, now, won=won, traceback=traceback)
         return won
 
-    def record_retry(self, job_id: str, attempt: int, error: str) -> bool:
+    def record_retry(self, job_id: str, attempt: int, error: str, traceback: str | None = None) -> bool:
         """The attempt failed and another will follow: keep the error, the job stays running."""
         now = time.time()
         with self._begin() as conn:
             result = conn.execute(update(schema.jobs).where(self._fence(job_id, attempt)).values(error=error))
-            self._close_attempt(conn, job_id, attempt, "retry", error, now, won=result.rowcount == 1)
+            won = result.rowcount == 1
+            self._close_attempt(conn, job_id, attempt, "retry", error, now, won=won, traceback=traceback)
         return result.rowcount == 1
 
     def _close_attempt(
@@ -361,12 +370,13 @@ class JobStore:
         now: float,
         *,
         won: bool,
+        traceback: str | None = None,
     ) -> None:
         at = schema.attempts
         query = update(at).where(at.c.job_id == job_id, at.c.attempt == attempt)
         if not won:  # a write that lost the fence must not overwrite an outcome the attempt already has
             query = query.where(or_(at.c.outcome.is_(None), at.c.outcome == "lost"))
-        conn.execute(query.values(finished_at=now, outcome=outcome, error=error))
+        conn.execute(query.values(finished_at=now, outcome=outcome, error=error, traceback=traceback))
 
     def mark_dead(self, job_id: str, error: str) -> bool:
         """The broker dead-lettered the job's message (delivery limit): whatever attempt ran, it is over."""
@@ -439,7 +449,9 @@ class JobStore:
         at = schema.attempts
         with self._read() as conn:
             rows = conn.execute(select(at).where(at.c.job_id == job_id).order_by(at.c.attempt))
-            return [Attempt(r.attempt, r.worker, r.started_at, r.finished_at, r.outcome, r.error) for r in rows]
+            return [
+                Attempt(r.attempt, r.worker, r.started_at, r.finished_at, r.outcome, r.error, r.traceback) for r in rows
+            ]
 
     def counts_by_status(self) -> dict[str, int]:
         jobs = schema.jobs
