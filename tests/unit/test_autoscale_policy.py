@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import Any
 
 import pytest
 
+import kvern.autoscale.loop as loop_module
 from kvern.autoscale.loop import DESIRED_FILE, Autoscaler, read_desired
 from kvern.autoscale.pins import write_pin
 from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
-from kvern.jobs.records import ScalingEvent
+from kvern.jobs.records import NewJob, ScalingEvent
 from kvern.jobs.store import JobStore
 from kvern.runtime.programs import pool_group, pool_slot
 from kvern.spec import PoolSpec
@@ -460,3 +462,38 @@ def test_after_a_pin_is_released_the_cool_down_starts_again(
     scaler.tick(now=110.0)
     assert supervisor.running("reports") == 1
     assert sqlite_store.scaling_events("reports", limit=1)[0].at == 110.0
+
+
+# -- Autoscaler.signals against a real store (the broker's queue depths stubbed) --------------------------------
+
+
+@pytest.fixture
+def empty_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker reports every queue empty."""
+
+    def depths(_url: str, queues: tuple[str, ...]) -> dict[str, dict[str, int]]:
+        return {name: {"ready": 0, "consumers": 1} for name in queues}
+
+    monkeypatch.setattr(loop_module, "queue_depths", depths)
+
+
+def test_a_scale_to_zero_pool_whose_only_job_waits_out_a_long_backoff_scales_to_zero(
+    sqlite_store: JobStore, tmp_path: Path, empty_queues: None
+) -> None:
+    # given a min = 0 pool with one process, whose only job failed and waits an hour for its retry
+    pool = PoolSpec(name="thumbs", queues=("thumbs",), min=0, max=2, idle_after=5.0, target_backlog=1)
+    supervisor = FakeSupervisor()
+    supervisor.add_pool(pool, running=1)
+    job_id = str(uuid.uuid4())
+    sqlite_store.create_job(NewJob(id=job_id, task="t", queue="thumbs", args=[], kwargs={}, max_attempts=3))
+    sqlite_store.claim_attempt(job_id, "w1")
+    sqlite_store.record_retry(job_id, 1, "flaky", delay_s=3600)
+    scaler = Autoscaler((pool,), sqlite_store, supervisor, "amqp://unused", tmp_path)
+
+    # when the autoscaler ticks through the cool-down
+    scaler.tick(now=1000.0)
+    scaler.tick(now=1006.0)
+
+    # then the pool scales to zero: nothing is there for a process to do until the retry is due
+    assert supervisor.running("thumbs") == 0
+    assert ("stop", pool_slot("thumbs", 0), False) in supervisor.calls

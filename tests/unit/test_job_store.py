@@ -57,7 +57,7 @@ def get(store: JobStore, job_id: str) -> Job:
 
 
 # Columns added after the first release, by table: create_schema must add each to an older store.
-ADDED_COLUMNS = {"kvern_jobs": ("round_attempts",), "kvern_attempts": ("traceback",)}
+ADDED_COLUMNS = {"kvern_jobs": ("round_attempts", "retry_at"), "kvern_attempts": ("traceback",)}
 OLD_ROW = {
     "id": "old-1",
     "task": "tasks.t",
@@ -537,6 +537,27 @@ def test_mark_dead_does_not_touch_a_finished_job(job_store: JobStore) -> None:
 
     assert job_store.mark_dead(job.id, "late dead-letter") is False
     assert get(job_store, job.id).status is JobStatus.SUCCEEDED
+
+
+def test_a_job_waiting_out_a_retry_backoff_is_not_counted_as_working(job_store: JobStore) -> None:
+    # given two running jobs on one queue; the first fails and waits 60 s for its retry
+    waiting, working = submitted(job_store), submitted(job_store)
+    job_store.claim_attempt(waiting.id, "w1")
+    job_store.claim_attempt(working.id, "w2")
+    before = time.time()
+    assert job_store.record_retry(waiting.id, 1, "flaky", delay_s=60)
+
+    # then it stays running, with the retry's due time, and only the other job counts as working
+    job = get(job_store, waiting.id)
+    assert job.status is JobStatus.RUNNING
+    assert job.retry_at is not None and before + 60 <= job.retry_at <= time.time() + 60
+    assert job_store.count_working(["reports"]) == 1
+    assert job_store.count_working(["other"]) == 0
+
+    # when its retry is delivered, it is working again
+    assert job_store.claim_attempt(waiting.id, "w1").attempt == 2
+    assert get(job_store, waiting.id).retry_at is None
+    assert job_store.count_working(["reports"]) == 2
 
 
 def test_replay_of_a_dead_job_queues_it_again_with_its_history(job_store: JobStore) -> None:

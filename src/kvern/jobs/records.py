@@ -49,6 +49,7 @@ class Job:
     idempotency_key: str | None
     request_hash: str | None
     artifacts: tuple[ArtifactInfo, ...] = ()
+    retry_at: float | None = None  # a running job waiting out a retry's backoff: when the retry is due
 
     @classmethod
     def from_row(cls, row: Any, artifacts: tuple[ArtifactInfo, ...] = ()) -> Job:
@@ -72,6 +73,7 @@ class Job:
             idempotency_key=row.idempotency_key,
             request_hash=row.request_hash,
             artifacts=artifacts,
+            retry_at=getattr(row, "retry_at", None),
         )
 
 

@@ -38,6 +38,9 @@ jobs = Table(
     # The attempts one round allows (retries + 1): a replay grants this many again, not max_attempts again.
     # Nullable like every column added after the first release: create_schema adds it to an older store.
     Column("round_attempts", Integer),
+    # When the retry of a running job waiting out its backoff is due (no attempt runs meanwhile); the next
+    # claim clears it. The autoscaler does not count such a job as work for a process.
+    Column("retry_at", Float),
     # The attempt whose outcome was recorded: only its artifacts are exposed.
     Column("outcome_attempt", Integer),
     Column("result", Text),

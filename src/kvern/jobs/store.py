@@ -248,6 +248,7 @@ class JobStore:
                 .values(
                     status=JobStatus.RUNNING.value,
                     attempts=attempt,
+                    retry_at=None,
                     started_at=func.coalesce(jobs.c.started_at, now),
                     published_at=func.coalesce(jobs.c.published_at, now),
                 )
@@ -351,11 +352,15 @@ class JobStore:
             self._close_attempt(conn, job_id, attempt, closed_as, error, now, won=won, traceback=traceback)
         return won
 
-    def record_retry(self, job_id: str, attempt: int, error: str, traceback: str | None = None) -> bool:
-        """The attempt failed and another will follow: keep the error, the job stays running."""
+    def record_retry(
+        self, job_id: str, attempt: int, error: str, traceback: str | None = None, delay_s: float = 0.0
+    ) -> bool:
+        """The attempt failed and another will follow after `delay_s`: keep the error, the job stays running."""
         now = time.time()
         with self._begin() as conn:
-            result = conn.execute(update(schema.jobs).where(self._fence(job_id, attempt)).values(error=error))
+            result = conn.execute(
+                update(schema.jobs).where(self._fence(job_id, attempt)).values(error=error, retry_at=now + delay_s)
+            )
             won = result.rowcount == 1
             self._close_attempt(conn, job_id, attempt, "retry", error, now, won=won, traceback=traceback)
         return result.rowcount == 1
@@ -396,6 +401,7 @@ class JobStore:
                     finished_at=None,
                     outcome_attempt=None,
                     progress=0,
+                    retry_at=None,
                     # A fresh round of attempts, as many as the first one had (an older row: its budget).
                     max_attempts=jobs.c.attempts + func.coalesce(jobs.c.round_attempts, jobs.c.max_attempts),
                 )
@@ -464,6 +470,15 @@ class JobStore:
     def count_status(self, status: JobStatus, queues: Sequence[str]) -> int:
         jobs = schema.jobs
         query = select(func.count()).where(jobs.c.status == status.value, jobs.c.queue.in_(list(queues)))
+        with self._read() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def count_working(self, queues: Sequence[str]) -> int:
+        """Running jobs that an attempt is working on: a job waiting out a retry's backoff needs no process."""
+        jobs = schema.jobs
+        query = select(func.count()).where(
+            jobs.c.status == JobStatus.RUNNING.value, jobs.c.retry_at.is_(None), jobs.c.queue.in_(list(queues))
+        )
         with self._read() as conn:
             return int(conn.execute(query).scalar() or 0)
 

@@ -173,11 +173,11 @@ class _AttemptRunner:
         if outcome.status is not None:
             self._patiently(job_id, self.store.record_failure, job_id, claim.attempt, error, outcome.status, trace)
             raise exc
-        if self._patiently(job_id, self.store.record_retry, job_id, claim.attempt, error, trace):
+        # RabbitMQ's delayed delivery counts whole seconds and refuses a countdown under 1 s (the retry would be
+        # rejected and the job stranded): round up, and retry at once only for no delay at all.
+        countdown = math.ceil(outcome.delay_s) if outcome.delay_s > 0 else 0
+        if self._patiently(job_id, self.store.record_retry, job_id, claim.attempt, error, trace, countdown):
             # Same task id: the retry is the same job (guard_task lifted Celery's retry limit).
-            # RabbitMQ's delayed delivery counts whole seconds and refuses a countdown under 1 s (the retry
-            # would be rejected and the job stranded): round up, and retry at once only for no delay at all.
-            countdown = math.ceil(outcome.delay_s) if outcome.delay_s > 0 else 0
             raise self.task.retry(exc=exc, countdown=countdown)
         raise exc  # another attempt owns the job now: this one just failed
 
