@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -10,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 import kvern.autoscale.loop as loop_module
 from kvern.autoscale.loop import DESIRED_FILE, Autoscaler, read_desired
 from kvern.autoscale.pins import write_pin
 from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
+from kvern.jobs import schema
 from kvern.jobs.records import NewJob, ScalingEvent
+from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.runtime.programs import pool_group, pool_slot
 from kvern.spec import PoolSpec
@@ -497,3 +501,24 @@ def test_a_scale_to_zero_pool_whose_only_job_waits_out_a_long_backoff_scales_to_
     # then the pool scales to zero: nothing is there for a process to do until the retry is due
     assert supervisor.running("thumbs") == 0
     assert ("stop", pool_slot("thumbs", 0), False) in supervisor.calls
+
+
+def test_a_replayed_old_job_does_not_count_as_a_long_wait(
+    sqlite_store: JobStore, tmp_path: Path, empty_queues: None
+) -> None:
+    # given a job created 157 s ago that died, replayed now
+    pool = PoolSpec(name="thumbs", queues=("thumbs",), min=0, max=3, idle_after=5.0, target_backlog=1, max_wait=5.0)
+    job_id = str(uuid.uuid4())
+    sqlite_store.create_job(NewJob(id=job_id, task="t", queue="thumbs", args=[], kwargs={}, max_attempts=1))
+    with sqlite_store.engine.begin() as conn:
+        conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(created_at=time.time() - 157))
+    sqlite_store.claim_attempt(job_id, "w1")
+    sqlite_store.record_failure(job_id, 1, "boom", JobStatus.DEAD)
+    sqlite_store.replay(job_id)
+    scaler = Autoscaler((pool,), sqlite_store, FakeSupervisor(), "amqp://unused", tmp_path)
+
+    # when the autoscaler reads the pool's signals
+    signals = scaler.signals(pool, 0, now=time.time())
+
+    # then the wait is measured from the replay, not from the job's creation
+    assert signals.oldest_wait_s < 5.0

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, Table
+from sqlalchemy import MetaData, Table, update
 from sqlalchemy import event as sa_event
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
@@ -57,7 +57,7 @@ def get(store: JobStore, job_id: str) -> Job:
 
 
 # Columns added after the first release, by table: create_schema must add each to an older store.
-ADDED_COLUMNS = {"kvern_jobs": ("round_attempts", "retry_at"), "kvern_attempts": ("traceback",)}
+ADDED_COLUMNS = {"kvern_jobs": ("round_attempts", "retry_at", "queued_at"), "kvern_attempts": ("traceback",)}
 OLD_ROW = {
     "id": "old-1",
     "task": "tasks.t",
@@ -711,6 +711,24 @@ def test_oldest_queued_at_looks_at_queued_jobs_of_the_given_queues(job_store: Jo
     assert job_store.oldest_queued_at(["reports"]) == second.created_at
     assert job_store.oldest_queued_at(["mail"]) == other.created_at
     assert job_store.oldest_queued_at(["nothing"]) is None
+
+
+def test_a_replayed_job_waits_from_its_replay_not_from_its_creation(job_store: JobStore) -> None:
+    # given a job created 157 s ago that died, and a job queued 5 s ago on another queue
+    job = submitted(job_store, max_attempts=1)
+    with job_store.engine.begin() as conn:
+        conn.execute(update(schema.jobs).where(schema.jobs.c.id == job.id).values(created_at=time.time() - 157))
+    job_store.claim_attempt(job.id, "w")
+    job_store.record_failure(job.id, 1, "boom", JobStatus.DEAD)
+
+    # when it is replayed
+    before = time.time()
+    assert job_store.replay(job.id) is not None
+
+    # then its queue's oldest wait starts at the replay
+    oldest = job_store.oldest_queued_at(["reports"])
+    assert oldest is not None and before <= oldest <= time.time()
+    assert get(job_store, job.id).created_at < before - 150  # its creation time is kept
 
 
 def test_scaling_events_round_trip_newest_first_per_pool(job_store: JobStore) -> None:

@@ -41,6 +41,8 @@ jobs = Table(
     # When the retry of a running job waiting out its backoff is due (no attempt runs meanwhile); the next
     # claim clears it. The autoscaler does not count such a job as work for a process.
     Column("retry_at", Float),
+    # When the job last became queued (created, replayed or requeued): a queued job's wait counts from here.
+    Column("queued_at", Float),
     # The attempt whose outcome was recorded: only its artifacts are exposed.
     Column("outcome_attempt", Integer),
     Column("result", Text),

@@ -155,6 +155,7 @@ class JobStore:
 
     @staticmethod
     def _new_row(new: NewJob) -> dict[str, Any]:
+        now = time.time()
         return {
             "id": new.id,
             "task": new.task,
@@ -168,7 +169,8 @@ class JobStore:
             "round_attempts": new.max_attempts,
             "idempotency_key": new.idempotency_key,
             "request_hash": new.request_hash,
-            "created_at": time.time(),
+            "created_at": now,
+            "queued_at": now,
             "progress_message": None,
             "result": None,
             "error": None,
@@ -402,6 +404,7 @@ class JobStore:
                     outcome_attempt=None,
                     progress=0,
                     retry_at=None,
+                    queued_at=time.time(),
                     # A fresh round of attempts, as many as the first one had (an older row: its budget).
                     max_attempts=jobs.c.attempts + func.coalesce(jobs.c.round_attempts, jobs.c.max_attempts),
                 )
@@ -484,7 +487,8 @@ class JobStore:
 
     def oldest_queued_at(self, queues: Sequence[str]) -> float | None:
         jobs = schema.jobs
-        query = select(func.min(jobs.c.created_at)).where(
+        # A replayed job waits from its replay, not from its creation (an older row: from its creation).
+        query = select(func.min(func.coalesce(jobs.c.queued_at, jobs.c.created_at))).where(
             jobs.c.status == JobStatus.QUEUED.value, jobs.c.queue.in_(list(queues))
         )
         with self._read() as conn:
