@@ -560,6 +560,65 @@ def test_a_job_waiting_out_a_retry_backoff_is_not_counted_as_working(job_store: 
     assert job_store.count_working(["reports"]) == 2
 
 
+def _started_ago(store: JobStore, job_id: str, seconds: float) -> None:
+    """Backdate the job's current attempt, as if it had started `seconds` ago."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(schema.attempts).where(schema.attempts.c.job_id == job_id).values(started_at=time.time() - seconds)
+        )
+
+
+def test_stuck_suspects_are_old_attempts_and_overdue_retries(job_store: JobStore) -> None:
+    old, fresh, overdue, backing_off, queued = (submitted(job_store) for _ in range(5))
+    for job in (old, fresh, overdue, backing_off):
+        job_store.claim_attempt(job.id, "w")
+    # given an attempt that started 1000 s ago, a fresh one, a retry due 1000 s ago that never ran, and a retry
+    # due in an hour whose failed attempt started long ago
+    _started_ago(job_store, old.id, 1000)
+    job_store.record_retry(overdue.id, 1, "flaky", delay_s=-1000)
+    job_store.record_retry(backing_off.id, 1, "flaky", delay_s=3600)
+    _started_ago(job_store, backing_off.id, 1000)
+
+    # when suspects are looked for: attempts started over 500 s ago, retries due over 500 s ago
+    now = time.time()
+    suspects = {s.id: s for s in job_store.stuck_suspects(now - 500, now - 500)}
+
+    # then the old attempt and the overdue retry are found, with what a recovery must fence on
+    assert set(suspects) == {old.id, overdue.id}
+    assert suspects[old.id].attempt == 1 and suspects[old.id].retry_at is None
+    assert suspects[old.id].started_at < now - 900
+    assert suspects[overdue.id].retry_at is not None and suspects[overdue.id].retry_at < now - 900
+    assert queued.id not in suspects
+
+
+def test_a_stuck_job_is_requeued_while_attempts_remain_then_buried_and_replayable(job_store: JobStore) -> None:
+    # given a job with 2 attempts whose first attempt is stuck
+    job = submitted(job_store, max_attempts=2)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.mark_published([job.id])
+
+    # when it is recovered
+    assert job_store.recover_stuck(job.id, 1, "stuck: attempt 1 outlived its hard time limit") is JobStatus.QUEUED
+
+    # then it is queued again, to be published, and the lost attempt says why
+    requeued = get(job_store, job.id)
+    assert (requeued.status, requeued.published_at, requeued.attempts) == (JobStatus.QUEUED, None, 1)
+    assert [j.id for j in job_store.unpublished(older_than_s=-1)] == [job.id]
+    [first] = job_store.history(job.id)
+    assert (first.outcome, first.error) == ("lost", "stuck: attempt 1 outlived its hard time limit")
+    # and a recovery fenced on an attempt it no longer is on changes nothing
+    assert job_store.claim_attempt(job.id, "w2").attempt == 2
+    assert job_store.recover_stuck(job.id, 1, "stale") is None
+    assert get(job_store, job.id).status is JobStatus.RUNNING
+
+    # when its last attempt is stuck too, it is buried with the reason, and can be replayed
+    assert job_store.recover_stuck(job.id, 2, "stuck: attempt 2 too") is JobStatus.DEAD
+    dead = get(job_store, job.id)
+    assert (dead.status, dead.error) == (JobStatus.DEAD, "stuck: attempt 2 too")
+    assert [a.outcome for a in job_store.history(job.id)] == ["lost", "dead"]
+    assert job_store.replay(job.id) is not None
+
+
 def test_replay_of_a_dead_job_queues_it_again_with_its_history(job_store: JobStore) -> None:
     # given a job that died after two attempts, with an artifact from the last one
     job = submitted(job_store, max_attempts=2)

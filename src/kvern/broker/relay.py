@@ -4,12 +4,16 @@
   message: the relay publishes it again (a duplicate message is harmless: attempts are fenced).
 - A message that hit its queue's delivery limit (it kept killing its worker) is dead-lettered by RabbitMQ:
   the dead-letter consumer marks its job `dead`, so nothing stays `running` forever.
+- Defence in depth, whatever the cause: a `running` job whose attempt outlived its hard time limit (Celery
+  has killed it by then), or whose retry is long overdue, has no live attempt. It is queued and published
+  again while it has attempts left (a duplicate is harmless: attempts are fenced), else it ends `dead`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,12 +23,18 @@ from kombu.messaging import Consumer, Producer
 
 from kvern.broker.publisher import celery_task_message
 from kvern.broker.topology import dead_letter_queue
-from kvern.jobs.records import Job
+from kvern.jobs.records import Job, StuckSuspect
+from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
+from kvern.spec import DEFAULT_TIME_LIMIT_S, Spec
 
 log = logging.getLogger("kvern.relay")
 
 OUTBOX_GRACE_S = 10.0
+# Past its hard time limit Celery has killed an attempt; the margin covers the kill and clocks apart.
+STUCK_MARGIN_S = 60.0
+# A retry's message may wait behind busy processes or a pool scaling out: only a long delay means it is lost.
+RETRY_OVERDUE_S = 300.0
 
 
 def publish_jobs(broker_url: str, jobs: Sequence[Job], store: JobStore) -> None:
@@ -57,6 +67,43 @@ def relay_unpublished(store: JobStore, broker_url: str, grace_s: float = OUTBOX_
     for job in jobs:
         log.warning("outbox: published job %s again (never confirmed before)", job.id)
     return len(jobs)
+
+
+def stuck_reason(suspect: StuckSuspect, spec: Spec, now: float) -> str | None:
+    """Why a suspect has no live attempt, or None when it may still have one."""
+    if suspect.retry_at is not None:
+        if now - suspect.retry_at < RETRY_OVERDUE_S:
+            return None
+        overdue = now - suspect.retry_at
+        return f"stuck: the retry after attempt {suspect.attempt} was due {overdue:.0f}s ago and never ran"
+    limit = spec.policy(suspect.task).time_limit
+    if now - suspect.started_at < limit + STUCK_MARGIN_S:
+        return None
+    return f"stuck: attempt {suspect.attempt} outlived its hard time limit ({limit:g}s) with no live worker"
+
+
+def find_stuck(store: JobStore, spec: Spec, now: float) -> list[tuple[StuckSuspect, str]]:
+    """Running jobs that no attempt is working on or will work on, each with the reason."""
+    shortest = min([DEFAULT_TIME_LIMIT_S, *(policy.time_limit for policy in spec.tasks.values())])
+    suspects = store.stuck_suspects(now - shortest - STUCK_MARGIN_S, now - RETRY_OVERDUE_S)
+    found = [(suspect, stuck_reason(suspect, spec, now)) for suspect in suspects]
+    return [(suspect, reason) for suspect, reason in found if reason is not None]
+
+
+def recover_stuck_jobs(store: JobStore, spec: Spec, broker_url: str, now: float | None = None) -> int:
+    """Queue and publish again each stuck job with attempts left, bury the others; returns how many."""
+    requeued = []
+    stuck = find_stuck(store, spec, time.time() if now is None else now)
+    for suspect, reason in stuck:
+        status = store.recover_stuck(suspect.id, suspect.attempt, reason)
+        if status is JobStatus.QUEUED:
+            log.warning("job %s queued again: %s", suspect.id, reason)
+            requeued.append(suspect.id)
+        elif status is JobStatus.DEAD:
+            log.warning("job %s is dead: %s; no attempts left", suspect.id, reason)
+    # Unpublished until the broker confirms: if this fails, the outbox relay publishes them later.
+    publish_jobs(broker_url, [job for job in map(store.get, requeued) if job is not None], store)
+    return len(stuck)
 
 
 def death_reason(message: Message) -> str:

@@ -89,6 +89,17 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class StuckSuspect:
+    """A running job that may have no live attempt: its current attempt is old, or its retry is overdue."""
+
+    id: str
+    task: str
+    attempt: int  # the job's current attempt number (the fence a recovery must match)
+    started_at: float  # when that attempt started
+    retry_at: float | None  # when its retry was due, if it was waiting for one
+
+
+@dataclass(frozen=True)
 class ScalingEvent:
     at: float
     pool: str

@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, inspect, or_, select, update
+from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, inspect, or_, select, true, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
-from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, ScalingEvent
+from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, ScalingEvent, StuckSuspect
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -266,12 +266,13 @@ class JobStore:
             conn.execute(insert(schema.attempts).values(job_id=job_id, attempt=attempt, worker=worker, started_at=now))
         return Claim(run=True, attempt=attempt, tracked=True, max_attempts=row.max_attempts)
 
-    def _bury(self, conn: Connection, job_id: str, error: str, now: float) -> bool:
-        """Make an active job dead; the attempt still open when it died is closed with it."""
+    def _bury(self, conn: Connection, job_id: str, error: str, now: float, only_if: Any = None) -> bool:
+        """Make an active job dead (`only_if`: a further condition); the attempt still open is closed with it."""
         jobs, at = schema.jobs, schema.attempts
         result = conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in ACTIVE]))
+            .where(only_if if only_if is not None else true())
             .values(status=JobStatus.DEAD.value, error=error, finished_at=now)
         )
         if result.rowcount != 1:
@@ -389,6 +390,52 @@ class JobStore:
         """The broker dead-lettered the job's message (delivery limit): whatever attempt ran, it is over."""
         with self._begin() as conn:
             return self._bury(conn, job_id, error, time.time())
+
+    def stuck_suspects(self, started_before: float, retry_due_before: float, limit: int = 500) -> list[StuckSuspect]:
+        """Running jobs whose current attempt started before `started_before` (and waits for no retry), or
+        whose retry was due before `retry_due_before` with no attempt started since (a claim clears it)."""
+        jobs, at = schema.jobs, schema.attempts
+        started = func.coalesce(at.c.started_at, jobs.c.started_at, jobs.c.created_at)
+        query = (
+            select(jobs.c.id, jobs.c.task, jobs.c.attempts, started.label("attempt_started"), jobs.c.retry_at)
+            .select_from(jobs.outerjoin(at, and_(at.c.job_id == jobs.c.id, at.c.attempt == jobs.c.attempts)))
+            .where(
+                jobs.c.status == JobStatus.RUNNING.value,
+                or_(
+                    and_(jobs.c.retry_at.is_(None), started < started_before),
+                    jobs.c.retry_at < retry_due_before,
+                ),
+            )
+            .order_by(started)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [StuckSuspect(r.id, r.task, r.attempts, r.attempt_started, r.retry_at) for r in conn.execute(query)]
+
+    def recover_stuck(self, job_id: str, attempt: int, reason: str) -> JobStatus | None:
+        """Queue a stuck job again (QUEUED, to be published) while it has attempts left, else bury it (DEAD).
+
+        Fenced on `attempt`: None when the job moved on since it was found (an attempt started or finished).
+        """
+        jobs, at = schema.jobs, schema.attempts
+        now = time.time()
+        fence = and_(jobs.c.id == job_id, jobs.c.attempts == attempt, jobs.c.status == JobStatus.RUNNING.value)
+        with self._begin() as conn:
+            requeued = conn.execute(
+                update(jobs)
+                .where(fence, jobs.c.attempts < jobs.c.max_attempts)
+                .values(status=JobStatus.QUEUED.value, published_at=None, queued_at=now, retry_at=None, progress=0)
+            )
+            if requeued.rowcount == 1:
+                conn.execute(
+                    update(at)
+                    .where(at.c.job_id == job_id, at.c.finished_at.is_(None))
+                    .values(finished_at=now, outcome="lost", error=reason)
+                )
+                return JobStatus.QUEUED
+            if self._bury(conn, job_id, reason, now, only_if=fence):
+                return JobStatus.DEAD
+        return None
 
     def replay(self, job_id: str) -> Job | None:
         """Send a failed or dead job round again: same id, attempts and history kept."""
