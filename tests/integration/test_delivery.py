@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kombu
 import pytest
 import sqlalchemy
 
 from kvern.autoscale.pins import write_pin
-from kvern.constants import DEFAULT_DELIVERY_LIMIT, PROGRAM_BROKER
+from kvern.broker.publisher import celery_task_message
+from kvern.constants import DEFAULT_DELIVERY_LIMIT, PROGRAM_BROKER, ROLE_WORKER
 from kvern.jobs.records import NewJob
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, owned_pids
@@ -466,6 +468,69 @@ def test_dead_jobs_are_listed_shown_and_replayed_keeping_id_and_history(delivery
         again = wait_for_outcome(client, failed["id"])
         assert again["status"] == "failed" and again["id"] == failed["id"]
         assert [a["outcome"] for a in history(client, failed["id"])] == ["failed", "failed"]
+
+
+# -- deliveries no worker can run ---------------------------------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+def publish_raw(delivery: Delivery, queue: str, task: str, body: bytes | None = None, **kwargs: Any) -> str:
+    """Record a job and publish its message straight to the queue, as no web head would (no validation)."""
+    job_id = str(uuid.uuid4())
+    delivery.store.create_job(NewJob(id=job_id, task=task, queue=queue, args=[], kwargs={}, max_attempts=4))
+    delivery.store.mark_published([job_id])  # so the outbox relay leaves it alone
+    text, headers = celery_task_message(job_id, task, [], kwargs)
+    url = delivery.running.config.broker_urls[ROLE_WORKER]
+    with kombu.Connection(url, connect_timeout=5, transport_options={"confirm_publish": True}) as conn:
+        kombu.Producer(conn.channel()).publish(
+            text.encode() if body is None else body,
+            routing_key=queue,
+            exchange="",
+            headers=headers,
+            content_type="application/json",
+            content_encoding="utf-8",
+            correlation_id=job_id,
+            delivery_mode=2,
+            serializer=None,
+        )
+    return job_id
+
+
+def pool_pids(delivery: Delivery, pool: str) -> dict[str, int]:
+    processes = Supervisor(delivery.state_dir).processes()
+    return {p["name"]: p["pid"] for p in processes if p["group"] == f"pool-{pool}" and p["statename"] == "RUNNING"}
+
+
+def test_a_message_no_worker_can_run_or_decode_is_dead_lettered_and_the_worker_lives_on(delivery: Delivery) -> None:
+    before = pool_pids(delivery, "main")
+    assert before
+    # given a job whose kwargs are nested 500 deep (prefork cannot pickle them to a child process), and one
+    # whose message body is not JSON at all
+    too_deep = publish_raw(delivery, "main", "tasks.echo", tag=nested(500))
+    garbled = publish_raw(delivery, "main", "tasks.echo", body=b'[["x"], {"tag": ')
+    # then both end dead, saying why
+    for job_id in (too_deep, garbled):
+        wait_until(lambda job_id=job_id: _status(delivery, job_id) == "dead", 60, f"job {job_id} to be dead")
+        job = delivery.store.get(job_id)
+        assert job is not None and "dead-lettered" in (job.error or ""), job
+    # and no worker process died for it: the same processes still run, and run a normal job
+    assert {name: pid for name, pid in pool_pids(delivery, "main").items() if name in before} == before
+    with delivery.running.client() as client:
+        assert run_job(client, "tasks.echo", "after-undeliverable")["status"] == "succeeded"
+    log = pool_log(delivery, "main")
+    assert f"job {too_deep}: its message cannot be handed to a worker process" in log
+    assert f"job {garbled}: its message cannot be decoded" in log
+
+
+def _status(delivery: Delivery, job_id: str) -> str | None:
+    job = delivery.store.get(job_id)
+    return job.status.value if job else None
 
 
 # -- idempotent submission --------------------------------------------------------------------------------

@@ -111,6 +111,8 @@ def death_reason(message: Message) -> str:
     reason = deaths[0].get("reason", "unknown") if deaths else "unknown"
     if reason == "delivery_limit":
         return "dead-lettered: delivery limit reached (the task kept killing its worker process)"
+    if reason == "rejected":
+        return "dead-lettered: no worker could decode its message or hand it to a process (see the worker log)"
     return f"dead-lettered by the broker: {reason}"
 
 
@@ -130,6 +132,9 @@ class DeadLetterWatcher:
         self.stopping.set()
         self.thread.join(timeout=5)
 
+    def on_raw_message(self, message: Message) -> None:
+        self.on_message(None, message)
+
     def on_message(self, body: Any, message: Message) -> None:
         job_id = (message.headers or {}).get("id") or message.properties.get("correlation_id")
         if job_id and self.store.mark_dead(str(job_id), death_reason(message)):
@@ -141,7 +146,9 @@ class DeadLetterWatcher:
             try:
                 with (
                     Connection(self.broker_url, connect_timeout=3, heartbeat=20) as conn,
-                    Consumer(conn, [dead_letter_queue(self.store.url)], callbacks=[self.on_message], accept=None),
+                    # on_message: the body is never decoded, so a dead letter that could not be decoded (the very
+                    # reason it may be here) cannot stop the watcher; the job id is in its headers.
+                    Consumer(conn, [dead_letter_queue(self.store.url)], on_message=self.on_raw_message, accept=None),
                 ):
                     while not self.stopping.is_set():
                         try:

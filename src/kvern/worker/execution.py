@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import pickle
 import random
 import time
 import traceback
@@ -21,6 +22,9 @@ from typing import Any, NoReturn
 from celery import Task
 from celery.exceptions import Ignore, Retry, TimeLimitExceeded
 from celery.signals import task_failure
+from celery.worker.consumer import Consumer
+from celery.worker.strategy import default as default_strategy
+from kombu.message import Message
 
 from kvern.broker.publisher import KVERN_JOB_HEADER
 from kvern.errors import PermanentError, StoreUnavailable
@@ -96,6 +100,7 @@ def guard_task(task: Task, store: JobStore, policy: TaskPolicy, worker_name: str
 
     setattr(task, ORIGINAL_RUN_ATTR, user_run)
     task.run = run
+    task.Strategy = checked_strategy
     # The task was bound to its app (which copies these from the app's config) before kvern's settings were
     # applied: without this, messages are acked before the task runs, and a crash loses the job.
     task.acks_late = True
@@ -198,6 +203,39 @@ class _AttemptRunner:
     def _postpone(self, job_id: str, exc: StoreUnavailable) -> Retry:
         log.warning("job %s: %s; delivery postponed by %ds", job_id, exc, STORE_RETRY_S)
         return self.task.retry(exc=exc, countdown=STORE_RETRY_S, throw=False)
+
+
+def checked_strategy(task: Task, app: Any, consumer: Any, **options: Any) -> Callable[..., Any]:
+    """Celery's own strategy, behind a check that the worker can hand the delivery to a pool process.
+
+    Prefork pickles each request (its decoded arguments included) to a child in the worker's main process:
+    arguments nested too deep raise RecursionError there, which kills the worker, and the redelivery the next
+    one. Pickling the arguments first costs microseconds for an ordinary job; a delivery that fails it is
+    rejected without requeueing, so its queue dead-letters it and the dead-letter watcher marks the job dead.
+    """
+    handle = default_strategy(task, app, consumer, **options)
+
+    def on_message(message: Message, *args: Any, **kwargs: Any) -> Any:
+        payload = message.payload  # a body that cannot be decoded raises here, for on_decode_error
+        try:
+            pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # RecursionError, or any object pickle refuses
+            job_id = (message.headers or {}).get("id")
+            log.error("job %s: its message cannot be handed to a worker process (%r); dead-lettered", job_id, exc)
+            message.reject_log_error(log, consumer.connection_errors)  # requeue=False: to the dead-letter exchange
+            return None
+        return handle(message, *args, **kwargs)
+
+    return on_message
+
+
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, except that a message it cannot decode is dead-lettered rather than acked and lost."""
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        job_id = (message.headers or {}).get("id")
+        log.error("job %s: its message cannot be decoded (%r); dead-lettered", job_id, exc)
+        message.reject_log_error(log, self.connection_errors)  # requeue=False: to the dead-letter exchange
 
 
 def watch_hard_time_limits(store: JobStore) -> None:
