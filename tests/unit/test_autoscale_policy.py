@@ -17,6 +17,7 @@ import kvern.autoscale.loop as loop_module
 from kvern.autoscale.loop import DESIRED_FILE, Autoscaler, read_desired
 from kvern.autoscale.pins import write_pin
 from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
+from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
 from kvern.jobs.records import NewJob, ScalingEvent
 from kvern.jobs.states import JobStatus
@@ -522,3 +523,34 @@ def test_a_replayed_old_job_does_not_count_as_a_long_wait(
 
     # then the wait is measured from the replay, not from the job's creation
     assert signals.oldest_wait_s < 5.0
+
+
+class _StoreAway(JobStore):
+    """A job store that cannot be reached for the signals the policy needs."""
+
+    def oldest_queued_at(self, queues: Any) -> float | None:
+        raise StoreUnavailable("job store unavailable: connection refused")
+
+    def count_working(self, queues: Any) -> int:
+        raise StoreUnavailable("job store unavailable: connection refused")
+
+
+def test_while_the_store_is_away_a_pool_holds_its_processes_and_pins_still_apply(
+    tmp_path: Path, empty_queues: None
+) -> None:
+    # given a scale-to-zero pool running 2 processes, a second pool pinned to 1, and the store away
+    store = _StoreAway(f"sqlite:///{tmp_path / 'jobs.db'}")
+    supervisor = FakeSupervisor()
+    supervisor.add_pool(OTHER, running=2)
+    supervisor.add_pool(POOL, running=1)
+    write_pin(tmp_path, POOL.name, 2)
+    scaler = Autoscaler((OTHER, POOL), store, supervisor, "amqp://unused", tmp_path)
+
+    # when the autoscaler ticks for longer than the pool's cool-down
+    for second in range(0, 60, 5):
+        scaler.tick(now=1000.0 + second)
+
+    # then the pool without signals keeps its processes (its jobs may be running), and the pin is applied
+    assert supervisor.running(OTHER.name) == 2
+    assert not [call for call in supervisor.calls if call[1].startswith(pool_group(OTHER.name))]
+    assert supervisor.running(POOL.name) == 2

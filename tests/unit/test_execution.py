@@ -10,15 +10,17 @@ from typing import Any
 
 import pytest
 from celery import Celery, Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 
 import kvern
-from kvern.errors import PermanentError
-from kvern.jobs.records import NewJob
+from kvern.errors import PermanentError, StoreUnavailable
+from kvern.jobs.records import Claim, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.spec import TaskPolicy
+from kvern.worker import execution
 from kvern.worker.execution import (
+    STORE_RETRY_S,
     TRACEBACK_FRAMES,
     TRACEBACK_MAX_CHARS,
     Outcome,
@@ -541,3 +543,65 @@ def test_a_deep_traceback_keeps_only_its_last_frames_within_a_bounded_size(celer
     assert trace.count('File "') <= TRACEBACK_FRAMES
     assert len(trace) <= TRACEBACK_MAX_CHARS + len("(earlier lines cut)\n")
     assert "bottom xxx" in trace
+
+
+# -- the job store away while a delivery runs ------------------------------------------------------------------
+
+
+def test_a_delivery_that_finds_the_store_away_is_sent_round_again_without_running(
+    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the store cannot be reached when a delivery claims its attempt
+    calls: list[int] = []
+
+    def work(n: int) -> int:
+        calls.append(n)
+        return n
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, task, 1)
+    resent = _ResentMessages()
+    monkeypatch.setattr(task, "signature_from_request", resent)
+
+    def away(*_: Any) -> Claim:
+        raise StoreUnavailable("job store unavailable: connection refused")
+
+    monkeypatch.setattr(store, "claim_attempt", away)
+
+    # when it is delivered
+    escaped = deliver_like_a_worker(task, job_id, 0, 1)
+
+    # then the body did not run and the message is re-sent for later (not acked and lost)
+    assert calls == []
+    assert isinstance(escaped, Retry)
+    assert resent.countdowns == [STORE_RETRY_S]
+
+
+def test_an_outcome_write_waits_out_a_short_store_outage(
+    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the store is away for the first two attempts to record a success
+    def double(n: int) -> int:
+        return n * 2
+
+    task = make_task(celery_app, double)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, task, 4)
+    record_success = store.record_success
+    failures = iter([True, True])
+
+    def flaky_record(*args: Any) -> bool:
+        if next(failures, False):
+            raise StoreUnavailable("job store unavailable: connection refused")
+        return record_success(*args)
+
+    monkeypatch.setattr(store, "record_success", flaky_record)
+    monkeypatch.setattr(execution.time, "sleep", lambda _s: None)
+
+    # when it runs
+    assert deliver_like_a_worker(task, job_id, 0, 4) is None
+
+    # then the outcome is recorded once the store answers
+    job = store.get(job_id)
+    assert job is not None and (job.status, job.result) == (JobStatus.SUCCEEDED, 8)
