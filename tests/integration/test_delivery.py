@@ -27,6 +27,7 @@ import sqlalchemy
 from kvern.autoscale.pins import write_pin
 from kvern.broker.publisher import celery_task_message
 from kvern.constants import DEFAULT_DELIVERY_LIMIT, PROGRAM_BROKER, ROLE_WORKER
+from kvern.jobs import schema
 from kvern.jobs.records import NewJob
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, owned_pids
@@ -531,6 +532,30 @@ def test_a_message_no_worker_can_run_or_decode_is_dead_lettered_and_the_worker_l
 def _status(delivery: Delivery, job_id: str) -> str | None:
     job = delivery.store.get(job_id)
     return job.status.value if job else None
+
+
+def test_the_controller_requeues_a_running_job_that_no_attempt_works_on(delivery: Delivery) -> None:
+    # given two jobs recorded as running with no message anywhere: one whose attempt started 1000 s ago (its
+    # worker vanished), one whose retry was due 1000 s ago and never came
+    ids = []
+    for tag in ("vanished-worker", "lost-retry"):
+        job_id = str(uuid.uuid4())
+        new = NewJob(id=job_id, task="tasks.echo", queue="main", args=[tag], kwargs={}, max_attempts=4)
+        delivery.store.create_job(new)
+        delivery.store.mark_published([job_id])
+        delivery.store.claim_attempt(job_id, "ghost@nowhere")
+        ids.append(job_id)
+    with delivery.store.engine.begin() as conn:
+        at = schema.attempts
+        conn.execute(sqlalchemy.update(at).where(at.c.job_id == ids[0]).values(started_at=time.time() - 1000))
+    delivery.store.record_retry(ids[1], 1, "RuntimeError: flaky", delay_s=-1000)
+    with delivery.running.client() as client:
+        # then the controller queues each again and a worker runs it as the next attempt
+        for job_id in ids:
+            job = wait_for_outcome(client, job_id, timeout=60)
+            assert (job["status"], job["attempts"]) == ("succeeded", 2), job
+        outcomes = [[a["outcome"] for a in client.get(f"/api/v1/dlq/{i}").json()["history"]] for i in ids]
+        assert outcomes == [["lost", "succeeded"], ["retry", "succeeded"]]
 
 
 # -- idempotent submission --------------------------------------------------------------------------------
