@@ -1,7 +1,8 @@
 """`python -m kvern.controller`: one per instance. It runs what keeps the instance whole:
 
-the outbox relay and the dead-letter watcher (when this instance runs the web tier) and the autoscaler (when it
-runs pools). Each loop survives the broker or the store being away, and catches up when they return.
+the outbox relay and the dead-letter watcher (when this instance runs the web tier), the autoscaler (when it
+runs pools), and the recovery of stuck jobs. Each loop survives the broker or the store being away, and
+catches up when they return.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import time
 
 from kvern.autoscale.loop import Autoscaler
-from kvern.broker.relay import DeadLetterWatcher, relay_unpublished
+from kvern.broker.relay import DeadLetterWatcher, recover_stuck_jobs, relay_unpublished
 from kvern.constants import ROLE_ADMIN, ROLE_WEB, ROLE_WORKER
 from kvern.jobs.store import JobStore
 from kvern.runtime.config import RuntimeConfig
@@ -23,6 +24,7 @@ log = logging.getLogger("kvern.controller")
 
 AUTOSCALE_INTERVAL_S = 0.5
 OUTBOX_INTERVAL_S = 2.0
+STUCK_INTERVAL_S = 15.0
 
 
 def main() -> None:
@@ -38,13 +40,16 @@ def main() -> None:
     stop = stop_on_signals()
     if watcher:
         watcher.start()
-    next_outbox = 0.0
+    next_outbox = next_stuck = 0.0
     while not stop.is_set():
         if pools:
             _guarded("autoscaler", scaler.tick)
         if run_web and time.monotonic() >= next_outbox:
             _guarded("outbox relay", lambda: relay_unpublished(store, broker_url))
             next_outbox = time.monotonic() + OUTBOX_INTERVAL_S
+        if time.monotonic() >= next_stuck:
+            _guarded("stuck jobs", lambda: recover_stuck_jobs(store, spec, broker_url))
+            next_stuck = time.monotonic() + STUCK_INTERVAL_S
         stop.wait(AUTOSCALE_INTERVAL_S)
     if watcher:
         watcher.stop()

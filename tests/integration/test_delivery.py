@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kombu
 import pytest
 import sqlalchemy
 
 from kvern.autoscale.pins import write_pin
-from kvern.constants import DEFAULT_DELIVERY_LIMIT, PROGRAM_BROKER
+from kvern.broker.publisher import celery_task_message
+from kvern.constants import DEFAULT_DELIVERY_LIMIT, PROGRAM_BROKER, ROLE_WORKER
+from kvern.jobs import schema
 from kvern.jobs.records import NewJob
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, owned_pids
@@ -36,6 +39,8 @@ pytestmark = pytest.mark.integration
 
 TINY_BACKLOG = 3
 MEMORY_LIMIT_MB = 250
+
+RETRY_BUDGETS = (0, 1, 3, 4, 10)
 
 TASKS = '''
 """Tasks that misbehave on purpose, one way each."""
@@ -121,11 +126,28 @@ def hog(mb):
 def parked(tag, seconds=0.0):
     time.sleep(seconds)
     return tag
-'''
+
+
+def _fails_every_time(tag):
+    raise RuntimeError(f"fails every time ({tag}) on attempt {kvern.current_job().attempt}")
+
+
+# One task per retry budget (tasks.fails_r0, tasks.fails_r1, ...), each declared in the spec.
+for _retries in RETRY_BUDGETS:
+    app.task(name=f"tasks.fails_r{_retries}")(_fails_every_time)
+'''.replace("RETRY_BUDGETS", repr(RETRY_BUDGETS))
+
+
+def retry_budget_tasks() -> str:
+    return "".join(
+        f'\n[tasks."tasks.fails_r{n}"]\nretries = {n}\nbackoff = 0\nbackoff_max = 0\n' for n in RETRY_BUDGETS
+    )
 
 
 def spec_text(store_url: str) -> str:
-    return f"""
+    return (
+        retry_budget_tasks()
+        + f"""
 [app]
 tasks = "tasks"
 
@@ -202,6 +224,7 @@ queue = "memory"
 [tasks."tasks.parked"]
 queue = "tiny"
 """
+    )
 
 
 @dataclass
@@ -341,6 +364,29 @@ def test_retries_with_backoff_end_dead_with_the_last_error_and_attempt_count(del
         assert [a["outcome"] for a in history(client, job["id"])] == ["retry", "retry", "dead"]
 
 
+def pool_log(delivery: Delivery, pool: str) -> str:
+    return "".join(path.read_text() for path in sorted((delivery.state_dir / "logs").glob(f"pool-{pool}-*.log")))
+
+
+def test_a_failure_keeps_its_traceback_and_the_worker_log_says_it_failed(delivery: Delivery) -> None:
+    with delivery.running.client() as client:
+        # given a job that fails every attempt, and one that raises a permanent error
+        dead = run_job(client, "tasks.always_fails", "tb")
+        failed = run_job(client, "tasks.permanent", "tb")
+        # then each attempt's history keeps the traceback down to the failing line (API and CLI)
+        for attempt in history(client, dead["id"]):
+            assert 'raise RuntimeError(f"always fails ({tag})' in attempt["traceback"], attempt
+            assert "in always_fails" in attempt["traceback"]
+        shown = kvern(delivery, "dlq", "show", failed["id"])
+        assert shown.returncode == 0, shown.stderr
+        assert "kvern.errors.PermanentError: bad input tb" in json.loads(shown.stdout)["history"][0]["traceback"]
+        # and the worker log reports the failures, never a success for these jobs
+        log = pool_log(delivery, "main")
+        assert f"tasks.always_fails[{dead['id']}] raised unexpected: RuntimeError" in log
+        assert f"tasks.permanent[{failed['id']}] raised expected: PermanentError" in log
+        assert f"[{dead['id']}] succeeded" not in log and f"[{failed['id']}] succeeded" not in log
+
+
 def test_a_permanent_error_fails_after_one_attempt(delivery: Delivery) -> None:
     with delivery.running.client() as client:
         job = run_job(client, "tasks.permanent", "x1")
@@ -369,6 +415,25 @@ def test_a_task_that_kills_its_process_every_time_is_dead_lettered(delivery: Del
         assert [a["outcome"] for a in history(client, job["id"])] == ["lost"] * DEFAULT_DELIVERY_LIMIT + ["dead"]
         # and: the pool is still serving
         assert run_job(client, "tasks.echo", "after-poison")["status"] == "succeeded"
+
+
+def test_any_retry_budget_gives_exactly_n_plus_1_attempts_and_replays_give_as_many_again(delivery: Delivery) -> None:
+    with delivery.running.client() as client:
+        # given tasks that always fail, with 0, 1, 3, 4 and 10 retries and no backoff
+        ids = {n: accepted(client, f"tasks.fails_r{n}", f"budget-{n}") for n in RETRY_BUDGETS}
+        # when they run, then each ends after exactly N+1 attempts: dead, or failed when no retries are declared
+        for n, job_id in ids.items():
+            job = wait_for_outcome(client, job_id, timeout=90)
+            assert (job["status"], job["attempts"]) == ("dead" if n else "failed", n + 1), job
+            assert f"on attempt {n + 1}" in job["error"]
+            assert [a["outcome"] for a in history(client, job_id)] == ["retry"] * n + [job["status"]]
+        # and a replay of a replay gives N+1 fresh attempts each time, then dead again
+        job_id = ids[4]
+        for round_ in (2, 3):
+            # (the replay answers once the job is queued again, so the wait below sees the new round)
+            assert client.post(f"/api/v1/dlq/{job_id}/replay").status_code == 202
+            job = wait_for_outcome(client, job_id, timeout=90)
+            assert (job["status"], job["attempts"]) == ("dead", 5 * round_), job
 
 
 def test_dead_jobs_are_listed_shown_and_replayed_keeping_id_and_history(delivery: Delivery, tmp_path: Path) -> None:
@@ -404,6 +469,93 @@ def test_dead_jobs_are_listed_shown_and_replayed_keeping_id_and_history(delivery
         again = wait_for_outcome(client, failed["id"])
         assert again["status"] == "failed" and again["id"] == failed["id"]
         assert [a["outcome"] for a in history(client, failed["id"])] == ["failed", "failed"]
+
+
+# -- deliveries no worker can run ---------------------------------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+def publish_raw(delivery: Delivery, queue: str, task: str, body: bytes | None = None, **kwargs: Any) -> str:
+    """Record a job and publish its message straight to the queue, as no web head would (no validation)."""
+    job_id = str(uuid.uuid4())
+    delivery.store.create_job(NewJob(id=job_id, task=task, queue=queue, args=[], kwargs={}, max_attempts=4))
+    delivery.store.mark_published([job_id])  # so the outbox relay leaves it alone
+    text, headers = celery_task_message(job_id, task, [], kwargs)
+    url = delivery.running.config.broker_urls[ROLE_WORKER]
+    with kombu.Connection(url, connect_timeout=5, transport_options={"confirm_publish": True}) as conn:
+        kombu.Producer(conn.channel()).publish(
+            text.encode() if body is None else body,
+            routing_key=queue,
+            exchange="",
+            headers=headers,
+            content_type="application/json",
+            content_encoding="utf-8",
+            correlation_id=job_id,
+            delivery_mode=2,
+            serializer=None,
+        )
+    return job_id
+
+
+def pool_pids(delivery: Delivery, pool: str) -> dict[str, int]:
+    processes = Supervisor(delivery.state_dir).processes()
+    return {p["name"]: p["pid"] for p in processes if p["group"] == f"pool-{pool}" and p["statename"] == "RUNNING"}
+
+
+def test_a_message_no_worker_can_run_or_decode_is_dead_lettered_and_the_worker_lives_on(delivery: Delivery) -> None:
+    before = pool_pids(delivery, "main")
+    assert before
+    # given a job whose kwargs are nested 500 deep (prefork cannot pickle them to a child process), and one
+    # whose message body is not JSON at all
+    too_deep = publish_raw(delivery, "main", "tasks.echo", tag=nested(500))
+    garbled = publish_raw(delivery, "main", "tasks.echo", body=b'[["x"], {"tag": ')
+    # then both end dead, saying why
+    for job_id in (too_deep, garbled):
+        wait_until(lambda job_id=job_id: _status(delivery, job_id) == "dead", 60, f"job {job_id} to be dead")
+        job = delivery.store.get(job_id)
+        assert job is not None and "dead-lettered" in (job.error or ""), job
+    # and no worker process died for it: the same processes still run, and run a normal job
+    assert {name: pid for name, pid in pool_pids(delivery, "main").items() if name in before} == before
+    with delivery.running.client() as client:
+        assert run_job(client, "tasks.echo", "after-undeliverable")["status"] == "succeeded"
+    log = pool_log(delivery, "main")
+    assert f"job {too_deep}: its message cannot be handed to a worker process" in log
+    assert f"job {garbled}: its message cannot be decoded" in log
+
+
+def _status(delivery: Delivery, job_id: str) -> str | None:
+    job = delivery.store.get(job_id)
+    return job.status.value if job else None
+
+
+def test_the_controller_requeues_a_running_job_that_no_attempt_works_on(delivery: Delivery) -> None:
+    # given two jobs recorded as running with no message anywhere: one whose attempt started 1000 s ago (its
+    # worker vanished), one whose retry was due 1000 s ago and never came
+    ids = []
+    for tag in ("vanished-worker", "lost-retry"):
+        job_id = str(uuid.uuid4())
+        new = NewJob(id=job_id, task="tasks.echo", queue="main", args=[tag], kwargs={}, max_attempts=4)
+        delivery.store.create_job(new)
+        delivery.store.mark_published([job_id])
+        delivery.store.claim_attempt(job_id, "ghost@nowhere")
+        ids.append(job_id)
+    with delivery.store.engine.begin() as conn:
+        at = schema.attempts
+        conn.execute(sqlalchemy.update(at).where(at.c.job_id == ids[0]).values(started_at=time.time() - 1000))
+    delivery.store.record_retry(ids[1], 1, "RuntimeError: flaky", delay_s=-1000)
+    with delivery.running.client() as client:
+        # then the controller queues each again and a worker runs it as the next attempt
+        for job_id in ids:
+            job = wait_for_outcome(client, job_id, timeout=60)
+            assert (job["status"], job["attempts"]) == ("succeeded", 2), job
+        outcomes = [[a["outcome"] for a in client.get(f"/api/v1/dlq/{i}").json()["history"]] for i in ids]
+        assert outcomes == [["lost", "succeeded"], ["retry", "succeeded"]]
 
 
 # -- idempotent submission --------------------------------------------------------------------------------

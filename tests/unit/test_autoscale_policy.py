@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+import kvern.autoscale.loop as loop_module
 from kvern.autoscale.loop import DESIRED_FILE, Autoscaler, read_desired
 from kvern.autoscale.pins import write_pin
 from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
-from kvern.jobs.records import ScalingEvent
+from kvern.errors import StoreUnavailable
+from kvern.jobs import schema
+from kvern.jobs.records import NewJob, ScalingEvent
+from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.runtime.programs import pool_group, pool_slot
 from kvern.spec import PoolSpec
@@ -460,3 +467,90 @@ def test_after_a_pin_is_released_the_cool_down_starts_again(
     scaler.tick(now=110.0)
     assert supervisor.running("reports") == 1
     assert sqlite_store.scaling_events("reports", limit=1)[0].at == 110.0
+
+
+# -- Autoscaler.signals against a real store (the broker's queue depths stubbed) --------------------------------
+
+
+@pytest.fixture
+def empty_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker reports every queue empty."""
+
+    def depths(_url: str, queues: tuple[str, ...]) -> dict[str, dict[str, int]]:
+        return {name: {"ready": 0, "consumers": 1} for name in queues}
+
+    monkeypatch.setattr(loop_module, "queue_depths", depths)
+
+
+def test_a_scale_to_zero_pool_whose_only_job_waits_out_a_long_backoff_scales_to_zero(
+    sqlite_store: JobStore, tmp_path: Path, empty_queues: None
+) -> None:
+    # given a min = 0 pool with one process, whose only job failed and waits an hour for its retry
+    pool = PoolSpec(name="thumbs", queues=("thumbs",), min=0, max=2, idle_after=5.0, target_backlog=1)
+    supervisor = FakeSupervisor()
+    supervisor.add_pool(pool, running=1)
+    job_id = str(uuid.uuid4())
+    sqlite_store.create_job(NewJob(id=job_id, task="t", queue="thumbs", args=[], kwargs={}, max_attempts=3))
+    sqlite_store.claim_attempt(job_id, "w1")
+    sqlite_store.record_retry(job_id, 1, "flaky", delay_s=3600)
+    scaler = Autoscaler((pool,), sqlite_store, supervisor, "amqp://unused", tmp_path)
+
+    # when the autoscaler ticks through the cool-down
+    scaler.tick(now=1000.0)
+    scaler.tick(now=1006.0)
+
+    # then the pool scales to zero: nothing is there for a process to do until the retry is due
+    assert supervisor.running("thumbs") == 0
+    assert ("stop", pool_slot("thumbs", 0), False) in supervisor.calls
+
+
+def test_a_replayed_old_job_does_not_count_as_a_long_wait(
+    sqlite_store: JobStore, tmp_path: Path, empty_queues: None
+) -> None:
+    # given a job created 157 s ago that died, replayed now
+    pool = PoolSpec(name="thumbs", queues=("thumbs",), min=0, max=3, idle_after=5.0, target_backlog=1, max_wait=5.0)
+    job_id = str(uuid.uuid4())
+    sqlite_store.create_job(NewJob(id=job_id, task="t", queue="thumbs", args=[], kwargs={}, max_attempts=1))
+    with sqlite_store.engine.begin() as conn:
+        conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(created_at=time.time() - 157))
+    sqlite_store.claim_attempt(job_id, "w1")
+    sqlite_store.record_failure(job_id, 1, "boom", JobStatus.DEAD)
+    sqlite_store.replay(job_id)
+    scaler = Autoscaler((pool,), sqlite_store, FakeSupervisor(), "amqp://unused", tmp_path)
+
+    # when the autoscaler reads the pool's signals
+    signals = scaler.signals(pool, 0, now=time.time())
+
+    # then the wait is measured from the replay, not from the job's creation
+    assert signals.oldest_wait_s < 5.0
+
+
+class _StoreAway(JobStore):
+    """A job store that cannot be reached for the signals the policy needs."""
+
+    def oldest_queued_at(self, queues: Any) -> float | None:
+        raise StoreUnavailable("job store unavailable: connection refused")
+
+    def count_working(self, queues: Any) -> int:
+        raise StoreUnavailable("job store unavailable: connection refused")
+
+
+def test_while_the_store_is_away_a_pool_holds_its_processes_and_pins_still_apply(
+    tmp_path: Path, empty_queues: None
+) -> None:
+    # given a scale-to-zero pool running 2 processes, a second pool pinned to 1, and the store away
+    store = _StoreAway(f"sqlite:///{tmp_path / 'jobs.db'}")
+    supervisor = FakeSupervisor()
+    supervisor.add_pool(OTHER, running=2)
+    supervisor.add_pool(POOL, running=1)
+    write_pin(tmp_path, POOL.name, 2)
+    scaler = Autoscaler((OTHER, POOL), store, supervisor, "amqp://unused", tmp_path)
+
+    # when the autoscaler ticks for longer than the pool's cool-down
+    for second in range(0, 60, 5):
+        scaler.tick(now=1000.0 + second)
+
+    # then the pool without signals keeps its processes (its jobs may be running), and the pin is applied
+    assert supervisor.running(OTHER.name) == 2
+    assert not [call for call in supervisor.calls if call[1].startswith(pool_group(OTHER.name))]
+    assert supervisor.running(POOL.name) == 2

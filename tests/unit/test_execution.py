@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -9,14 +10,25 @@ from typing import Any
 
 import pytest
 from celery import Celery, Task
+from celery.exceptions import Ignore, Retry
 
 import kvern
-from kvern.errors import PermanentError
-from kvern.jobs.records import NewJob
+from kvern.errors import PermanentError, StoreUnavailable
+from kvern.jobs.records import Claim, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.spec import TaskPolicy
-from kvern.worker.execution import Outcome, backoff_delay, decide_after_failure, guard_task, original_run
+from kvern.worker import execution
+from kvern.worker.execution import (
+    STORE_RETRY_S,
+    TRACEBACK_FRAMES,
+    TRACEBACK_MAX_CHARS,
+    Outcome,
+    backoff_delay,
+    decide_after_failure,
+    guard_task,
+    original_run,
+)
 
 WORKER = "worker-1@host"
 
@@ -182,9 +194,10 @@ def test_second_delivery_of_a_finished_job_is_skipped(celery_app: Celery, store:
     # when the same job is delivered again
     again = task.apply(args=(21,), task_id=job_id)
 
-    # then the body does not run again and the recorded outcome is unchanged
+    # then the body does not run again (the delivery is ignored, not reported as a success) and the recorded
+    # outcome is unchanged
     assert calls == [21]
-    assert again.get() is None
+    assert again.state == "IGNORED"
     job = store.get(job_id)
     assert job is not None
     assert (job.status, job.result, job.attempts) == (JobStatus.SUCCEEDED, 42, 1)
@@ -304,12 +317,12 @@ def test_withdrawn_job_sent_by_a_web_head_is_skipped(celery_app: Celery, store: 
 
     # when the worker runs it
     try:
-        returned = task.run(3)
+        with pytest.raises(Ignore):  # acked without being logged as a success
+            task.run(3)
     finally:
         task.pop_request()
 
     # then the body never runs
-    assert returned is None
     assert calls == []
 
 
@@ -377,3 +390,218 @@ def test_unguarded_task_using_the_helpers_runs_as_a_plain_function(celery_app: C
     # then it just returns, and nothing reaches the store
     assert result.get() == 12
     assert store.counts_by_status() == {status.value: 0 for status in JobStatus}
+
+
+# -- retry budgets beyond Celery's own default (3) -------------------------------------------------------------
+
+
+class _ResentMessages:
+    """Stands in for the broker when a worker re-sends a retry: records each message's countdown."""
+
+    def __init__(self) -> None:
+        self.countdowns: list[float | None] = []
+
+    def __call__(self, request: Any, args: Any, kwargs: Any, countdown: float | None = None, **_: Any) -> Any:
+        self.countdowns.append(countdown)
+        return self
+
+    def apply_async(self) -> None:
+        return None
+
+
+def deliver_like_a_worker(task: Task, job_id: str, retries: int, *args: Any) -> BaseException | None:
+    """Run one delivery as a worker does (not eager), carrying the retry count of its message."""
+    task.push_request(id=job_id, retries=retries, is_eager=False, called_directly=False, args=args, kwargs={})
+    try:
+        task.run(*args)
+    except BaseException as exc:  # what escapes is what the test looks at
+        return exc
+    finally:
+        task.pop_request()
+    return None
+
+
+@pytest.mark.parametrize("retries", [1, 3, 4, 10])
+def test_a_retry_budget_of_n_gives_n_plus_1_attempts_then_dead(
+    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch, retries: int
+) -> None:
+    # given a task that always fails, with N retries and no backoff
+    def work(n: int) -> None:
+        raise ConnectionError(f"down on {n}")
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default", retries=retries, backoff=0.0, backoff_max=0.0), WORKER)
+    resent = _ResentMessages()
+    monkeypatch.setattr(task, "signature_from_request", resent)
+    job_id = submit(store, task, 1, max_attempts=retries + 1)
+
+    # when each delivery runs as a worker runs it, the message's retry count growing as Celery's does
+    escaped = [deliver_like_a_worker(task, job_id, delivery, 1) for delivery in range(retries + 1)]
+
+    # then every failure but the last is re-sent at once (not after Celery's default delay) ...
+    assert [type(exc).__name__ for exc in escaped[:-1]] == ["Retry"] * retries
+    assert resent.countdowns == [0] * retries
+    # ... and the job ends dead after exactly N+1 attempts
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.attempts) == (JobStatus.DEAD, retries + 1)
+    assert [a.outcome for a in store.history(job_id)] == ["retry"] * retries + ["dead"]
+
+
+def test_a_replayed_job_gets_a_fresh_budget_each_time(
+    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a dead job of a task with 4 retries
+    def work(n: int) -> None:
+        raise ConnectionError("down")
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default", retries=4, backoff=0.0, backoff_max=0.0), WORKER)
+    monkeypatch.setattr(task, "signature_from_request", _ResentMessages())
+    job_id = submit(store, task, 1, max_attempts=5)
+    for delivery in range(5):
+        deliver_like_a_worker(task, job_id, delivery, 1)
+
+    for replay in (1, 2):
+        # when it is replayed (a new message: its retry count starts again) and fails every time
+        assert store.replay(job_id) is not None
+        for delivery in range(5):
+            deliver_like_a_worker(task, job_id, delivery, 1)
+        # then it is dead again after 5 more attempts
+        job = store.get(job_id)
+        assert job is not None
+        assert (job.status, job.attempts) == (JobStatus.DEAD, 5 * (replay + 1))
+
+
+# -- what a failure leaves behind: its traceback, and a log that says it failed ------------------------------------
+
+
+def test_a_failed_attempt_keeps_its_traceback_and_is_logged_as_a_failure(
+    celery_app: Celery, store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a task that divides by zero, with no retries
+    def divide(n: int) -> float:
+        return n / 0
+
+    task = make_task(celery_app, divide)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, task, 1, max_attempts=1)
+
+    # when it runs
+    with caplog.at_level(logging.INFO):
+        outcome = task.apply(args=(1,), task_id=job_id)
+
+    # then the attempt history keeps where it raised, not only the message
+    [attempt] = store.history(job_id)
+    assert attempt.error == "ZeroDivisionError: division by zero"
+    assert attempt.traceback is not None
+    assert "in divide" in attempt.traceback and "return n / 0" in attempt.traceback
+    # and Celery reports the delivery as failed, never as a success
+    assert outcome.failed()
+    assert "raised unexpected: ZeroDivisionError" in caplog.text
+    assert "succeeded" not in caplog.text
+
+
+def test_a_permanent_error_is_logged_as_an_expected_failure(
+    celery_app: Celery, store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    def reject(n: int) -> None:
+        raise PermanentError(f"no user {n}")
+
+    task = make_task(celery_app, reject)
+    guard_task(task, store, TaskPolicy(queue="default", retries=3), WORKER)
+    job_id = submit(store, task, 4)
+
+    with caplog.at_level(logging.INFO):
+        outcome = task.apply(args=(4,), task_id=job_id)
+
+    assert outcome.failed()
+    assert "raised expected: PermanentError" in caplog.text
+    assert "succeeded" not in caplog.text
+    assert [a.outcome for a in store.history(job_id)] == ["failed"]
+
+
+def test_a_deep_traceback_keeps_only_its_last_frames_within_a_bounded_size(celery_app: Celery, store: JobStore) -> None:
+    # given a task that fails 300 calls deep, with a long message
+    def dive(depth: int) -> None:
+        if depth == 0:
+            raise ValueError("bottom " + "x" * 20_000)
+        dive(depth - 1)
+
+    task = make_task(celery_app, dive)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, task, 300, max_attempts=1)
+
+    # when it runs
+    task.apply(args=(300,), task_id=job_id)
+
+    # then its traceback is bounded: the last frames only, and at most the size limit
+    trace = store.history(job_id)[0].traceback
+    assert trace is not None
+    assert 'raise ValueError("bottom "' in trace  # the frame that raised is kept ...
+    assert "in __call__" not in trace  # ... the outermost ones are not
+    assert trace.count('File "') <= TRACEBACK_FRAMES
+    assert len(trace) <= TRACEBACK_MAX_CHARS + len("(earlier lines cut)\n")
+    assert "bottom xxx" in trace
+
+
+# -- the job store away while a delivery runs ------------------------------------------------------------------
+
+
+def test_a_delivery_that_finds_the_store_away_is_sent_round_again_without_running(
+    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the store cannot be reached when a delivery claims its attempt
+    calls: list[int] = []
+
+    def work(n: int) -> int:
+        calls.append(n)
+        return n
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, task, 1)
+    resent = _ResentMessages()
+    monkeypatch.setattr(task, "signature_from_request", resent)
+
+    def away(*_: Any) -> Claim:
+        raise StoreUnavailable("job store unavailable: connection refused")
+
+    monkeypatch.setattr(store, "claim_attempt", away)
+
+    # when it is delivered
+    escaped = deliver_like_a_worker(task, job_id, 0, 1)
+
+    # then the body did not run and the message is re-sent for later (not acked and lost)
+    assert calls == []
+    assert isinstance(escaped, Retry)
+    assert resent.countdowns == [STORE_RETRY_S]
+
+
+def test_an_outcome_write_waits_out_a_short_store_outage(
+    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the store is away for the first two attempts to record a success
+    def double(n: int) -> int:
+        return n * 2
+
+    task = make_task(celery_app, double)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, task, 4)
+    record_success = store.record_success
+    failures = iter([True, True])
+
+    def flaky_record(*args: Any) -> bool:
+        if next(failures, False):
+            raise StoreUnavailable("job store unavailable: connection refused")
+        return record_success(*args)
+
+    monkeypatch.setattr(store, "record_success", flaky_record)
+    monkeypatch.setattr(execution.time, "sleep", lambda _s: None)
+
+    # when it runs
+    assert deliver_like_a_worker(task, job_id, 0, 4) is None
+
+    # then the outcome is recorded once the store answers
+    job = store.get(job_id)
+    assert job is not None and (job.status, job.result) == (JobStatus.SUCCEEDED, 8)

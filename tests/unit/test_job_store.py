@@ -12,10 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from sqlalchemy import MetaData, Table, update
 from sqlalchemy import event as sa_event
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 
 import kvern.jobs.store as store_module
+from kvern.jobs import schema
 from kvern.jobs.records import Claim, Job, NewJob, ScalingEvent
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
@@ -51,6 +54,22 @@ def get(store: JobStore, job_id: str) -> Job:
     job = store.get(job_id)
     assert job is not None
     return job
+
+
+# Columns added after the first release, by table: create_schema must add each to an older store.
+ADDED_COLUMNS = {"kvern_jobs": ("round_attempts", "retry_at", "queued_at"), "kvern_attempts": ("traceback",)}
+OLD_ROW = {
+    "id": "old-1",
+    "task": "tasks.t",
+    "queue": "reports",
+    "args": "[]",
+    "kwargs": "{}",
+    "status": "queued",
+    "progress": 0,
+    "attempts": 0,
+    "max_attempts": 2,
+    "created_at": 1_700_000_000.0,
+}
 
 
 @pytest.fixture
@@ -520,6 +539,86 @@ def test_mark_dead_does_not_touch_a_finished_job(job_store: JobStore) -> None:
     assert get(job_store, job.id).status is JobStatus.SUCCEEDED
 
 
+def test_a_job_waiting_out_a_retry_backoff_is_not_counted_as_working(job_store: JobStore) -> None:
+    # given two running jobs on one queue; the first fails and waits 60 s for its retry
+    waiting, working = submitted(job_store), submitted(job_store)
+    job_store.claim_attempt(waiting.id, "w1")
+    job_store.claim_attempt(working.id, "w2")
+    before = time.time()
+    assert job_store.record_retry(waiting.id, 1, "flaky", delay_s=60)
+
+    # then it stays running, with the retry's due time, and only the other job counts as working
+    job = get(job_store, waiting.id)
+    assert job.status is JobStatus.RUNNING
+    assert job.retry_at is not None and before + 60 <= job.retry_at <= time.time() + 60
+    assert job_store.count_working(["reports"]) == 1
+    assert job_store.count_working(["other"]) == 0
+
+    # when its retry is delivered, it is working again
+    assert job_store.claim_attempt(waiting.id, "w1").attempt == 2
+    assert get(job_store, waiting.id).retry_at is None
+    assert job_store.count_working(["reports"]) == 2
+
+
+def _started_ago(store: JobStore, job_id: str, seconds: float) -> None:
+    """Backdate the job's current attempt, as if it had started `seconds` ago."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(schema.attempts).where(schema.attempts.c.job_id == job_id).values(started_at=time.time() - seconds)
+        )
+
+
+def test_stuck_suspects_are_old_attempts_and_overdue_retries(job_store: JobStore) -> None:
+    old, fresh, overdue, backing_off, queued = (submitted(job_store) for _ in range(5))
+    for job in (old, fresh, overdue, backing_off):
+        job_store.claim_attempt(job.id, "w")
+    # given an attempt that started 1000 s ago, a fresh one, a retry due 1000 s ago that never ran, and a retry
+    # due in an hour whose failed attempt started long ago
+    _started_ago(job_store, old.id, 1000)
+    job_store.record_retry(overdue.id, 1, "flaky", delay_s=-1000)
+    job_store.record_retry(backing_off.id, 1, "flaky", delay_s=3600)
+    _started_ago(job_store, backing_off.id, 1000)
+
+    # when suspects are looked for: attempts started over 500 s ago, retries due over 500 s ago
+    now = time.time()
+    suspects = {s.id: s for s in job_store.stuck_suspects(now - 500, now - 500)}
+
+    # then the old attempt and the overdue retry are found, with what a recovery must fence on
+    assert set(suspects) == {old.id, overdue.id}
+    assert suspects[old.id].attempt == 1 and suspects[old.id].retry_at is None
+    assert suspects[old.id].started_at < now - 900
+    assert suspects[overdue.id].retry_at is not None and suspects[overdue.id].retry_at < now - 900
+    assert queued.id not in suspects
+
+
+def test_a_stuck_job_is_requeued_while_attempts_remain_then_buried_and_replayable(job_store: JobStore) -> None:
+    # given a job with 2 attempts whose first attempt is stuck
+    job = submitted(job_store, max_attempts=2)
+    job_store.claim_attempt(job.id, "w1")
+    job_store.mark_published([job.id])
+
+    # when it is recovered
+    assert job_store.recover_stuck(job.id, 1, "stuck: attempt 1 outlived its hard time limit") is JobStatus.QUEUED
+
+    # then it is queued again, to be published, and the lost attempt says why
+    requeued = get(job_store, job.id)
+    assert (requeued.status, requeued.published_at, requeued.attempts) == (JobStatus.QUEUED, None, 1)
+    assert [j.id for j in job_store.unpublished(older_than_s=-1)] == [job.id]
+    [first] = job_store.history(job.id)
+    assert (first.outcome, first.error) == ("lost", "stuck: attempt 1 outlived its hard time limit")
+    # and a recovery fenced on an attempt it no longer is on changes nothing
+    assert job_store.claim_attempt(job.id, "w2").attempt == 2
+    assert job_store.recover_stuck(job.id, 1, "stale") is None
+    assert get(job_store, job.id).status is JobStatus.RUNNING
+
+    # when its last attempt is stuck too, it is buried with the reason, and can be replayed
+    assert job_store.recover_stuck(job.id, 2, "stuck: attempt 2 too") is JobStatus.DEAD
+    dead = get(job_store, job.id)
+    assert (dead.status, dead.error) == (JobStatus.DEAD, "stuck: attempt 2 too")
+    assert [a.outcome for a in job_store.history(job.id)] == ["lost", "dead"]
+    assert job_store.replay(job.id) is not None
+
+
 def test_replay_of_a_dead_job_queues_it_again_with_its_history(job_store: JobStore) -> None:
     # given a job that died after two attempts, with an artifact from the last one
     job = submitted(job_store, max_attempts=2)
@@ -563,6 +662,32 @@ def test_replay_only_applies_to_failed_or_dead_jobs(job_store: JobStore, end: st
     # when / then replay refuses it and leaves it alone
     assert job_store.replay(job.id) is None
     assert get(job_store, job.id).status is status_before
+
+
+def _run_to_death(store: JobStore, job_id: str) -> None:
+    """Every attempt the job has left fails; the last one ends it dead, as a worker records it."""
+    while (claim := store.claim_attempt(job_id, "w")).run:
+        job = get(store, job_id)
+        if claim.attempt < job.max_attempts:
+            store.record_retry(job_id, claim.attempt, "flaky")
+        else:
+            store.record_failure(job_id, claim.attempt, "flaky", JobStatus.DEAD)
+
+
+def test_each_replay_grants_one_fresh_round_of_attempts(job_store: JobStore) -> None:
+    # given a job of a task with 4 retries (5 attempts a round) that died
+    job = submitted(job_store, max_attempts=5)
+    _run_to_death(job_store, job.id)
+    assert get(job_store, job.id).attempts == 5
+
+    for round_ in (2, 3):
+        # when it is replayed and every attempt fails again
+        replayed = job_store.replay(job.id)
+        assert replayed is not None and replayed.max_attempts == 5 * round_
+        _run_to_death(job_store, job.id)
+        # then it is dead again after exactly 5 more attempts (not a budget that doubles each replay)
+        dead = get(job_store, job.id)
+        assert (dead.status, dead.attempts) == (JobStatus.DEAD, 5 * round_)
 
 
 def test_replay_of_a_failed_job_is_allowed(job_store: JobStore) -> None:
@@ -647,6 +772,24 @@ def test_oldest_queued_at_looks_at_queued_jobs_of_the_given_queues(job_store: Jo
     assert job_store.oldest_queued_at(["nothing"]) is None
 
 
+def test_a_replayed_job_waits_from_its_replay_not_from_its_creation(job_store: JobStore) -> None:
+    # given a job created 157 s ago that died, and a job queued 5 s ago on another queue
+    job = submitted(job_store, max_attempts=1)
+    with job_store.engine.begin() as conn:
+        conn.execute(update(schema.jobs).where(schema.jobs.c.id == job.id).values(created_at=time.time() - 157))
+    job_store.claim_attempt(job.id, "w")
+    job_store.record_failure(job.id, 1, "boom", JobStatus.DEAD)
+
+    # when it is replayed
+    before = time.time()
+    assert job_store.replay(job.id) is not None
+
+    # then its queue's oldest wait starts at the replay
+    oldest = job_store.oldest_queued_at(["reports"])
+    assert oldest is not None and before <= oldest <= time.time()
+    assert get(job_store, job.id).created_at < before - 150  # its creation time is kept
+
+
 def test_scaling_events_round_trip_newest_first_per_pool(job_store: JobStore) -> None:
     # given scaling events of two pools
     events = [
@@ -715,3 +858,30 @@ def test_claim_racing_with_an_outcome_does_not_reopen_the_job(postgres_store: Jo
     assert finished.status is (JobStatus.SUCCEEDED if outcome == "success" else JobStatus.DEAD)
     assert finished.attempts == 1
     assert [a.attempt for a in store.history(job.id)] == [1]
+
+
+def test_create_schema_adds_the_columns_an_older_store_lacks(job_store: JobStore) -> None:
+    # given a store made by an earlier release: its tables lack the columns added since (all nullable)
+    old = MetaData()
+    for table in schema.metadata.sorted_tables:
+        kept = [c.copy() for c in table.columns if c.name not in ADDED_COLUMNS.get(table.name, ())]
+        Table(table.name, old, *kept)
+    with job_store.engine.begin() as conn:
+        schema.metadata.drop_all(conn)
+        old.create_all(conn)
+        conn.execute(old.tables["kvern_jobs"].insert().values(**OLD_ROW))
+
+    # when the schema is created by this release
+    job_store.create_schema()
+
+    # then the new columns exist, the old row reads back, and the store works with it
+    with job_store.engine.connect() as conn:
+        for table_name, columns in ADDED_COLUMNS.items():
+            present = {c["name"] for c in sa_inspect(conn).get_columns(table_name)}
+            assert set(columns) <= present, table_name
+    assert get(job_store, "old-1").status is JobStatus.QUEUED
+    assert job_store.claim_attempt("old-1", "w1") == Claim(run=True, attempt=1, tracked=True)
+    assert [j.id for j in job_store.list_jobs(None, 10)] == ["old-1"]
+    # and running it again adds nothing more
+    with job_store.engine.begin() as conn:
+        assert store_module.add_missing_columns(conn) == []

@@ -17,7 +17,6 @@ from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
 from kvern.broker.admin import queue_depths
 from kvern.errors import StoreUnavailable
 from kvern.jobs.records import ScalingEvent
-from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.runtime.programs import pool_group, pool_slot
 from kvern.runtime.supervisor import Supervisor
@@ -106,7 +105,7 @@ class Autoscaler:
         depths = queue_depths(self.broker_url, pool.queues)
         ready = sum(d["ready"] for d in depths.values() if d)
         oldest = self.store.oldest_queued_at(pool.queues)
-        running = self.store.count_status(JobStatus.RUNNING, pool.queues)
+        running = self.store.count_working(pool.queues)  # a job waiting out a retry's backoff needs no process
         return PoolSignals(ready, running, max(0.0, now - oldest) if oldest else 0.0, processes)
 
     def _slots(self) -> tuple[dict[str, list[int]], dict[str, set[int]]]:

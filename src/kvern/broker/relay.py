@@ -4,12 +4,16 @@
   message: the relay publishes it again (a duplicate message is harmless: attempts are fenced).
 - A message that hit its queue's delivery limit (it kept killing its worker) is dead-lettered by RabbitMQ:
   the dead-letter consumer marks its job `dead`, so nothing stays `running` forever.
+- Defence in depth, whatever the cause: a `running` job whose attempt outlived its hard time limit (Celery
+  has killed it by then), or whose retry is long overdue, has no live attempt. It is queued and published
+  again while it has attempts left (a duplicate is harmless: attempts are fenced), else it ends `dead`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,12 +23,18 @@ from kombu.messaging import Consumer, Producer
 
 from kvern.broker.publisher import celery_task_message
 from kvern.broker.topology import dead_letter_queue
-from kvern.jobs.records import Job
+from kvern.jobs.records import Job, StuckSuspect
+from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
+from kvern.spec import DEFAULT_TIME_LIMIT_S, Spec
 
 log = logging.getLogger("kvern.relay")
 
 OUTBOX_GRACE_S = 10.0
+# Past its hard time limit Celery has killed an attempt; the margin covers the kill and clocks apart.
+STUCK_MARGIN_S = 60.0
+# A retry's message may wait behind busy processes or a pool scaling out: only a long delay means it is lost.
+RETRY_OVERDUE_S = 300.0
 
 
 def publish_jobs(broker_url: str, jobs: Sequence[Job], store: JobStore) -> None:
@@ -59,11 +69,50 @@ def relay_unpublished(store: JobStore, broker_url: str, grace_s: float = OUTBOX_
     return len(jobs)
 
 
+def stuck_reason(suspect: StuckSuspect, spec: Spec, now: float) -> str | None:
+    """Why a suspect has no live attempt, or None when it may still have one."""
+    if suspect.retry_at is not None:
+        if now - suspect.retry_at < RETRY_OVERDUE_S:
+            return None
+        overdue = now - suspect.retry_at
+        return f"stuck: the retry after attempt {suspect.attempt} was due {overdue:.0f}s ago and never ran"
+    limit = spec.policy(suspect.task).time_limit
+    if now - suspect.started_at < limit + STUCK_MARGIN_S:
+        return None
+    return f"stuck: attempt {suspect.attempt} outlived its hard time limit ({limit:g}s) with no live worker"
+
+
+def find_stuck(store: JobStore, spec: Spec, now: float) -> list[tuple[StuckSuspect, str]]:
+    """Running jobs that no attempt is working on or will work on, each with the reason."""
+    shortest = min([DEFAULT_TIME_LIMIT_S, *(policy.time_limit for policy in spec.tasks.values())])
+    suspects = store.stuck_suspects(now - shortest - STUCK_MARGIN_S, now - RETRY_OVERDUE_S)
+    found = [(suspect, stuck_reason(suspect, spec, now)) for suspect in suspects]
+    return [(suspect, reason) for suspect, reason in found if reason is not None]
+
+
+def recover_stuck_jobs(store: JobStore, spec: Spec, broker_url: str, now: float | None = None) -> int:
+    """Queue and publish again each stuck job with attempts left, bury the others; returns how many."""
+    requeued = []
+    stuck = find_stuck(store, spec, time.time() if now is None else now)
+    for suspect, reason in stuck:
+        status = store.recover_stuck(suspect.id, suspect.attempt, reason)
+        if status is JobStatus.QUEUED:
+            log.warning("job %s queued again: %s", suspect.id, reason)
+            requeued.append(suspect.id)
+        elif status is JobStatus.DEAD:
+            log.warning("job %s is dead: %s; no attempts left", suspect.id, reason)
+    # Unpublished until the broker confirms: if this fails, the outbox relay publishes them later.
+    publish_jobs(broker_url, [job for job in map(store.get, requeued) if job is not None], store)
+    return len(stuck)
+
+
 def death_reason(message: Message) -> str:
     deaths = (message.headers or {}).get("x-death") or []
     reason = deaths[0].get("reason", "unknown") if deaths else "unknown"
     if reason == "delivery_limit":
         return "dead-lettered: delivery limit reached (the task kept killing its worker process)"
+    if reason == "rejected":
+        return "dead-lettered: no worker could decode its message or hand it to a process (see the worker log)"
     return f"dead-lettered by the broker: {reason}"
 
 
@@ -83,6 +132,9 @@ class DeadLetterWatcher:
         self.stopping.set()
         self.thread.join(timeout=5)
 
+    def on_raw_message(self, message: Message) -> None:
+        self.on_message(None, message)
+
     def on_message(self, body: Any, message: Message) -> None:
         job_id = (message.headers or {}).get("id") or message.properties.get("correlation_id")
         if job_id and self.store.mark_dead(str(job_id), death_reason(message)):
@@ -94,7 +146,9 @@ class DeadLetterWatcher:
             try:
                 with (
                     Connection(self.broker_url, connect_timeout=3, heartbeat=20) as conn,
-                    Consumer(conn, [dead_letter_queue(self.store.url)], callbacks=[self.on_message], accept=None),
+                    # on_message: the body is never decoded, so a dead letter that could not be decoded (the very
+                    # reason it may be here) cannot stop the watcher; the job id is in its headers.
+                    Consumer(conn, [dead_letter_queue(self.store.url)], on_message=self.on_raw_message, accept=None),
                 ):
                     while not self.stopping.is_set():
                         try:

@@ -49,6 +49,7 @@ class Job:
     idempotency_key: str | None
     request_hash: str | None
     artifacts: tuple[ArtifactInfo, ...] = ()
+    retry_at: float | None = None  # a running job waiting out a retry's backoff: when the retry is due
 
     @classmethod
     def from_row(cls, row: Any, artifacts: tuple[ArtifactInfo, ...] = ()) -> Job:
@@ -72,6 +73,7 @@ class Job:
             idempotency_key=row.idempotency_key,
             request_hash=row.request_hash,
             artifacts=artifacts,
+            retry_at=getattr(row, "retry_at", None),
         )
 
 
@@ -83,6 +85,18 @@ class Attempt:
     finished_at: float | None
     outcome: str | None
     error: str | None
+    traceback: str | None = None  # where a failed attempt raised: its last frames, bounded in size
+
+
+@dataclass(frozen=True)
+class StuckSuspect:
+    """A running job that may have no live attempt: its current attempt is old, or its retry is overdue."""
+
+    id: str
+    task: str
+    attempt: int  # the job's current attempt number (the fence a recovery must match)
+    started_at: float  # when that attempt started
+    retry_at: float | None  # when its retry was due, if it was waiting for one
 
 
 @dataclass(frozen=True)

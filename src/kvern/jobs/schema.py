@@ -1,6 +1,7 @@
 """Tables of the job store (SQLAlchemy Core), the same on SQLite and PostgreSQL.
 
-Times are epoch seconds (float) so both engines compare and sort them the same way.
+Times are epoch seconds (float) so both engines compare and sort them the same way. A column added after the
+first release is nullable, so that `JobStore.create_schema` can add it to an existing store in place.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ jobs = Table(
     # Attempts started so far; the running attempt's number is the fence every write must match.
     Column("attempts", Integer, nullable=False, default=0),
     Column("max_attempts", Integer, nullable=False),
+    # The attempts one round allows (retries + 1): a replay grants this many again, not max_attempts again.
+    # Nullable like every column added after the first release: create_schema adds it to an older store.
+    Column("round_attempts", Integer),
+    # When the retry of a running job waiting out its backoff is due (no attempt runs meanwhile); the next
+    # claim clears it. The autoscaler does not count such a job as work for a process.
+    Column("retry_at", Float),
+    # When the job last became queued (created, replayed or requeued): a queued job's wait counts from here.
+    Column("queued_at", Float),
     # The attempt whose outcome was recorded: only its artifacts are exposed.
     Column("outcome_attempt", Integer),
     Column("result", Text),
@@ -58,6 +67,7 @@ attempts = Table(
     Column("finished_at", Float),
     Column("outcome", String(16)),
     Column("error", Text),
+    Column("traceback", Text),  # the failure's last frames, bounded by the worker
 )
 
 artifacts = Table(

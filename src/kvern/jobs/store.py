@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, inspect, or_, select, true, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
-from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, ScalingEvent
+from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, ScalingEvent, StuckSuspect
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -68,6 +68,27 @@ def _sqlite_on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def add_missing_columns(conn: Connection) -> list[str]:
+    """Add the nullable columns a newer kvern declares to the tables of an older store; returns them.
+
+    `create_all` creates missing tables only. Adding a nullable column is the one change made in place (the
+    same statement on SQLite and PostgreSQL), so a state dir made by an earlier release keeps working.
+    """
+    added = []
+    inspector = inspect(conn)
+    for table in schema.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"job store: {table.name}.{column.name} is missing and cannot be added in place")
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+            added.append(f"{table.name}.{column.name}")
+    return added
+
+
 class JobStore:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -76,6 +97,7 @@ class JobStore:
     def create_schema(self) -> None:
         with self._begin() as conn:
             schema.metadata.create_all(conn)
+            add_missing_columns(conn)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -133,6 +155,7 @@ class JobStore:
 
     @staticmethod
     def _new_row(new: NewJob) -> dict[str, Any]:
+        now = time.time()
         return {
             "id": new.id,
             "task": new.task,
@@ -143,9 +166,11 @@ class JobStore:
             "progress": 0,
             "attempts": 0,
             "max_attempts": new.max_attempts,
+            "round_attempts": new.max_attempts,
             "idempotency_key": new.idempotency_key,
             "request_hash": new.request_hash,
-            "created_at": time.time(),
+            "created_at": now,
+            "queued_at": now,
             "progress_message": None,
             "result": None,
             "error": None,
@@ -225,6 +250,7 @@ class JobStore:
                 .values(
                     status=JobStatus.RUNNING.value,
                     attempts=attempt,
+                    retry_at=None,
                     started_at=func.coalesce(jobs.c.started_at, now),
                     published_at=func.coalesce(jobs.c.published_at, now),
                 )
@@ -240,12 +266,13 @@ class JobStore:
             conn.execute(insert(schema.attempts).values(job_id=job_id, attempt=attempt, worker=worker, started_at=now))
         return Claim(run=True, attempt=attempt, tracked=True, max_attempts=row.max_attempts)
 
-    def _bury(self, conn: Connection, job_id: str, error: str, now: float) -> bool:
-        """Make an active job dead; the attempt still open when it died is closed with it."""
+    def _bury(self, conn: Connection, job_id: str, error: str, now: float, only_if: Any = None) -> bool:
+        """Make an active job dead (`only_if`: a further condition); the attempt still open is closed with it."""
         jobs, at = schema.jobs, schema.attempts
         result = conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in ACTIVE]))
+            .where(only_if if only_if is not None else true())
             .values(status=JobStatus.DEAD.value, error=error, finished_at=now)
         )
         if result.rowcount != 1:
@@ -300,13 +327,21 @@ class JobStore:
         }
         return self._record_outcome(job_id, attempt, values, JobStatus.SUCCEEDED, None)
 
-    def record_failure(self, job_id: str, attempt: int, error: str, status: JobStatus) -> bool:
+    def record_failure(
+        self, job_id: str, attempt: int, error: str, status: JobStatus, traceback: str | None = None
+    ) -> bool:
         assert status in TERMINAL
         values = {"status": status.value, "error": error}
-        return self._record_outcome(job_id, attempt, values, status, error)
+        return self._record_outcome(job_id, attempt, values, status, error, traceback)
 
     def _record_outcome(
-        self, job_id: str, attempt: int, values: dict[str, Any], outcome: JobStatus, error: str | None
+        self,
+        job_id: str,
+        attempt: int,
+        values: dict[str, Any],
+        outcome: JobStatus,
+        error: str | None,
+        traceback: str | None = None,
     ) -> bool:
         now = time.time()
         with self._begin() as conn:
@@ -317,15 +352,20 @@ class JobStore:
             )
             won = result.rowcount == 1
             closed_as = outcome.value if won else "superseded"
-            self._close_attempt(conn, job_id, attempt, closed_as, error, now, won=won)
+            self._close_attempt(conn, job_id, attempt, closed_as, error, now, won=won, traceback=traceback)
         return won
 
-    def record_retry(self, job_id: str, attempt: int, error: str) -> bool:
-        """The attempt failed and another will follow: keep the error, the job stays running."""
+    def record_retry(
+        self, job_id: str, attempt: int, error: str, traceback: str | None = None, delay_s: float = 0.0
+    ) -> bool:
+        """The attempt failed and another will follow after `delay_s`: keep the error, the job stays running."""
         now = time.time()
         with self._begin() as conn:
-            result = conn.execute(update(schema.jobs).where(self._fence(job_id, attempt)).values(error=error))
-            self._close_attempt(conn, job_id, attempt, "retry", error, now, won=result.rowcount == 1)
+            result = conn.execute(
+                update(schema.jobs).where(self._fence(job_id, attempt)).values(error=error, retry_at=now + delay_s)
+            )
+            won = result.rowcount == 1
+            self._close_attempt(conn, job_id, attempt, "retry", error, now, won=won, traceback=traceback)
         return result.rowcount == 1
 
     def _close_attempt(
@@ -338,17 +378,64 @@ class JobStore:
         now: float,
         *,
         won: bool,
+        traceback: str | None = None,
     ) -> None:
         at = schema.attempts
         query = update(at).where(at.c.job_id == job_id, at.c.attempt == attempt)
         if not won:  # a write that lost the fence must not overwrite an outcome the attempt already has
             query = query.where(or_(at.c.outcome.is_(None), at.c.outcome == "lost"))
-        conn.execute(query.values(finished_at=now, outcome=outcome, error=error))
+        conn.execute(query.values(finished_at=now, outcome=outcome, error=error, traceback=traceback))
 
     def mark_dead(self, job_id: str, error: str) -> bool:
         """The broker dead-lettered the job's message (delivery limit): whatever attempt ran, it is over."""
         with self._begin() as conn:
             return self._bury(conn, job_id, error, time.time())
+
+    def stuck_suspects(self, started_before: float, retry_due_before: float, limit: int = 500) -> list[StuckSuspect]:
+        """Running jobs whose current attempt started before `started_before` (and waits for no retry), or
+        whose retry was due before `retry_due_before` with no attempt started since (a claim clears it)."""
+        jobs, at = schema.jobs, schema.attempts
+        started = func.coalesce(at.c.started_at, jobs.c.started_at, jobs.c.created_at)
+        query = (
+            select(jobs.c.id, jobs.c.task, jobs.c.attempts, started.label("attempt_started"), jobs.c.retry_at)
+            .select_from(jobs.outerjoin(at, and_(at.c.job_id == jobs.c.id, at.c.attempt == jobs.c.attempts)))
+            .where(
+                jobs.c.status == JobStatus.RUNNING.value,
+                or_(
+                    and_(jobs.c.retry_at.is_(None), started < started_before),
+                    jobs.c.retry_at < retry_due_before,
+                ),
+            )
+            .order_by(started)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [StuckSuspect(r.id, r.task, r.attempts, r.attempt_started, r.retry_at) for r in conn.execute(query)]
+
+    def recover_stuck(self, job_id: str, attempt: int, reason: str) -> JobStatus | None:
+        """Queue a stuck job again (QUEUED, to be published) while it has attempts left, else bury it (DEAD).
+
+        Fenced on `attempt`: None when the job moved on since it was found (an attempt started or finished).
+        """
+        jobs, at = schema.jobs, schema.attempts
+        now = time.time()
+        fence = and_(jobs.c.id == job_id, jobs.c.attempts == attempt, jobs.c.status == JobStatus.RUNNING.value)
+        with self._begin() as conn:
+            requeued = conn.execute(
+                update(jobs)
+                .where(fence, jobs.c.attempts < jobs.c.max_attempts)
+                .values(status=JobStatus.QUEUED.value, published_at=None, queued_at=now, retry_at=None, progress=0)
+            )
+            if requeued.rowcount == 1:
+                conn.execute(
+                    update(at)
+                    .where(at.c.job_id == job_id, at.c.finished_at.is_(None))
+                    .values(finished_at=now, outcome="lost", error=reason)
+                )
+                return JobStatus.QUEUED
+            if self._bury(conn, job_id, reason, now, only_if=fence):
+                return JobStatus.DEAD
+        return None
 
     def replay(self, job_id: str) -> Job | None:
         """Send a failed or dead job round again: same id, attempts and history kept."""
@@ -363,7 +450,10 @@ class JobStore:
                     finished_at=None,
                     outcome_attempt=None,
                     progress=0,
-                    max_attempts=jobs.c.attempts + jobs.c.max_attempts,
+                    retry_at=None,
+                    queued_at=time.time(),
+                    # A fresh round of attempts, as many as the first one had (an older row: its budget).
+                    max_attempts=jobs.c.attempts + func.coalesce(jobs.c.round_attempts, jobs.c.max_attempts),
                 )
             )
         return self.get(job_id) if result.rowcount == 1 else None
@@ -454,7 +544,9 @@ class JobStore:
         at = schema.attempts
         with self._read() as conn:
             rows = conn.execute(select(at).where(at.c.job_id == job_id).order_by(at.c.attempt))
-            return [Attempt(r.attempt, r.worker, r.started_at, r.finished_at, r.outcome, r.error) for r in rows]
+            return [
+                Attempt(r.attempt, r.worker, r.started_at, r.finished_at, r.outcome, r.error, r.traceback) for r in rows
+            ]
 
     def counts_by_status(self) -> dict[str, int]:
         jobs = schema.jobs
@@ -470,9 +562,19 @@ class JobStore:
         with self._read() as conn:
             return int(conn.execute(query).scalar() or 0)
 
+    def count_working(self, queues: Sequence[str]) -> int:
+        """Running jobs that an attempt is working on: a job waiting out a retry's backoff needs no process."""
+        jobs = schema.jobs
+        query = select(func.count()).where(
+            jobs.c.status == JobStatus.RUNNING.value, jobs.c.retry_at.is_(None), jobs.c.queue.in_(list(queues))
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     def oldest_queued_at(self, queues: Sequence[str]) -> float | None:
         jobs = schema.jobs
-        query = select(func.min(jobs.c.created_at)).where(
+        # A replayed job waits from its replay, not from its creation (an older row: from its creation).
+        query = select(func.min(func.coalesce(jobs.c.queued_at, jobs.c.created_at))).where(
             jobs.c.status == JobStatus.QUEUED.value, jobs.c.queue.in_(list(queues))
         )
         with self._read() as conn:

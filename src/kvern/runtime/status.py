@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kvern.autoscale.loop import read_desired
 from kvern.broker.admin import queue_depths
+from kvern.broker.relay import find_stuck
 from kvern.constants import POOL_GROUP_PREFIX, ROLE_ADMIN, WEB_GROUP
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, front_door_url
@@ -57,6 +59,8 @@ def collect_status(instance: Instance) -> dict[str, Any]:
         ],
         "queues": queue_depths(config.broker_urls[ROLE_ADMIN], instance.spec.all_queues),
         "jobs": store.counts_by_status(),
+        # Running jobs with no live attempt right now; the controller requeues or buries them within seconds.
+        "stuck_jobs": len(find_stuck(store, instance.spec, time.time())),
         "pools": [_pool_report(pool, processes, store, autoscaler) for pool in pools],
     }
     store.close()
@@ -71,7 +75,10 @@ def render_status(report: dict[str, Any]) -> str:
         f"  {name:<24} ready {q['ready'] if q else '?':>6}  consumers {q['consumers'] if q else '?'}"
         for name, q in report["queues"].items()
     ]
-    lines += ["", "jobs: " + ", ".join(f"{k} {v}" for k, v in report["jobs"].items()), "", "pools:"]
+    lines += ["", "jobs: " + ", ".join(f"{k} {v}" for k, v in report["jobs"].items())]
+    if report.get("stuck_jobs"):
+        lines.append(f"  {report['stuck_jobs']} running with no live attempt: being requeued or buried")
+    lines += ["", "pools:"]
     for pool in report["pools"]:
         last = pool["last_decision"]
         decision = f"last {last['from']}->{last['to']}: {last['reason']}" if last else "no decision yet"

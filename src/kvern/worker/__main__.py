@@ -11,7 +11,7 @@ from kvern.jobs.store import JobStore
 from kvern.runtime.config import RuntimeConfig
 from kvern.spec import load_spec
 from kvern.worker.app import load_user_app, safe_settings
-from kvern.worker.execution import guard_task, watch_hard_time_limits
+from kvern.worker.execution import DeadLetteringConsumer, guard_task, watch_hard_time_limits
 from kvern.worker.memory import share_memory_with_children
 
 
@@ -23,6 +23,7 @@ def main(argv: list[str]) -> None:
     pool = spec.pool(pool_name)
     app, catalog = load_user_app(spec)
     app.conf.update(safe_settings(spec, config.broker_urls[ROLE_WORKER], pool.queues))
+    app.conf.worker_consumer = f"{DeadLetteringConsumer.__module__}:{DeadLetteringConsumer.__name__}"
     store = JobStore(config.store_url)
     node = f"{pool_name}-{index}@{config.instance}.{socket.gethostname()}"
     for name, task in catalog.tasks.items():

@@ -11,16 +11,20 @@ import functools
 import json
 import logging
 import math
+import pickle
 import random
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Retry, TimeLimitExceeded
+from celery.exceptions import Ignore, Retry, TimeLimitExceeded
 from celery.signals import task_failure
+from celery.worker.consumer import Consumer
+from celery.worker.strategy import default as default_strategy
+from kombu.message import Message
 
 from kvern.broker.publisher import KVERN_JOB_HEADER
 from kvern.errors import PermanentError, StoreUnavailable
@@ -35,6 +39,9 @@ log = logging.getLogger("kvern.worker")
 ORIGINAL_RUN_ATTR = "_kvern_original_run"
 STORE_PATIENCE_S = 20.0  # how long a finished attempt waits for the job store to record its outcome
 STORE_RETRY_S = 5  # a delivery that found the job store away comes back after this long
+TRACEBACK_FRAMES = 20  # the last frames of a failure kept in the attempt history
+TRACEBACK_MAX_CHARS = 8 * 1024
+TRACEBACK_PART_CHARS = 1024  # one frame, or the message
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,16 @@ def decide_after_failure(
     return Outcome(None, backoff_delay(policy, max(1, round_attempt)))
 
 
+def format_traceback(exc: BaseException) -> str:
+    """The failure's last frames, bounded: what a user needs to find the failing line, not the whole stack."""
+    parts = traceback.TracebackException.from_exception(exc, limit=-TRACEBACK_FRAMES).format()
+    # One huge message (or source line) must not crowd out the frames.
+    text = "".join(p if len(p) <= TRACEBACK_PART_CHARS else p[:TRACEBACK_PART_CHARS] + " (cut)\n" for p in parts)
+    if len(text) > TRACEBACK_MAX_CHARS:
+        text = "(earlier lines cut)\n" + text[-TRACEBACK_MAX_CHARS:]
+    return text
+
+
 def original_run(task: Task) -> Callable[..., Any]:
     """The user's function, for binding arguments against its signature."""
     return getattr(task, ORIGINAL_RUN_ATTR, task.run)  # type: ignore[no-any-return]
@@ -83,12 +100,19 @@ def guard_task(task: Task, store: JobStore, policy: TaskPolicy, worker_name: str
 
     setattr(task, ORIGINAL_RUN_ATTR, user_run)
     task.run = run
+    task.Strategy = checked_strategy
     # The task was bound to its app (which copies these from the app's config) before kvern's settings were
     # applied: without this, messages are acked before the task runs, and a crash loses the job.
     task.acks_late = True
     task.reject_on_worker_lost = True
     task.acks_on_failure_or_timeout = True
     task.ignore_result = True
+    # Celery logs a failure it expects at INFO without a traceback ("raised expected"), others as errors.
+    task.throws = (*task.throws, PermanentError)
+    # kvern counts attempts itself (the job's max_attempts, which a replay extends): Celery's own limit (3 by
+    # default, which `retry(max_retries=None)` falls back to) would end a longer budget with the job running.
+    task.max_retries = None
+    task.default_retry_delay = 0  # a retry without a countdown is due at once, not in Celery's 3 minutes
     if policy.soft_time_limit is not None:
         task.soft_time_limit = policy.soft_time_limit
     task.time_limit = policy.time_limit
@@ -114,17 +138,17 @@ class _AttemptRunner:
         if not claim.tracked and self.task.request.get(KVERN_JOB_HEADER):
             # Sent by a web head whose record is gone: the publish was never confirmed and the client got 503.
             log.info("job %s was withdrawn before it was accepted; skipped", job_id)
-            return None
+            raise Ignore()  # acked, and not logged as a success: nothing ran
         if not claim.run:
             log.info("job %s already has an outcome; duplicate delivery skipped", job_id)
-            return None
+            raise Ignore()
         token = _current.set(JobContext(self.store, JobInfo(job_id, claim.attempt)))
         try:
             result = self.user_run(*args, **kwargs)
         except Retry:
             raise
         except Exception as exc:
-            return self._on_failure(job_id, claim, exc)
+            self._on_failure(job_id, claim, exc)
         finally:
             _current.reset(token)
         self._on_success(job_id, claim, result)
@@ -140,22 +164,27 @@ class _AttemptRunner:
         if not self._patiently(job_id, self.store.record_success, job_id, claim.attempt, result):
             log.warning("job %s attempt %d finished but another attempt owns the job", job_id, claim.attempt)
 
-    def _on_failure(self, job_id: str, claim: Claim, exc: Exception) -> None:
+    def _on_failure(self, job_id: str, claim: Claim, exc: Exception) -> NoReturn:
+        """Record the failed attempt, then raise: a retry, or the error itself so Celery logs a failure.
+
+        Celery acks a task that raised (acks_on_failure_or_timeout): the outcome is already in the store.
+        """
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         log.warning("job %s attempt %d failed: %s", job_id, claim.attempt, error)
         if not claim.tracked:
             raise exc
         outcome = decide_after_failure(exc, self.policy, claim.attempt, claim.max_attempts)
+        trace = format_traceback(exc)
         if outcome.status is not None:
-            self._patiently(job_id, self.store.record_failure, job_id, claim.attempt, error, outcome.status)
-            return None
-        if self._patiently(job_id, self.store.record_retry, job_id, claim.attempt, error):
-            # Same task id: the retry is the same job. max_retries=None: kvern counts attempts itself.
-            # RabbitMQ's delayed delivery counts whole seconds and refuses a countdown under 1 s (the retry
-            # would be rejected and the job stranded): round up, and retry at once only for no delay at all.
-            countdown = math.ceil(outcome.delay_s) if outcome.delay_s > 0 else None
-            raise self.task.retry(exc=exc, countdown=countdown, max_retries=None)
-        return None
+            self._patiently(job_id, self.store.record_failure, job_id, claim.attempt, error, outcome.status, trace)
+            raise exc
+        # RabbitMQ's delayed delivery counts whole seconds and refuses a countdown under 1 s (the retry would be
+        # rejected and the job stranded): round up, and retry at once only for no delay at all.
+        countdown = math.ceil(outcome.delay_s) if outcome.delay_s > 0 else 0
+        if self._patiently(job_id, self.store.record_retry, job_id, claim.attempt, error, trace, countdown):
+            # Same task id: the retry is the same job (guard_task lifted Celery's retry limit).
+            raise self.task.retry(exc=exc, countdown=countdown)
+        raise exc  # another attempt owns the job now: this one just failed
 
     def _patiently(self, job_id: str, write: Callable[..., bool], *args: Any) -> bool:
         """An outcome write, retried while the store is briefly away; past that, the delivery is postponed."""
@@ -173,7 +202,40 @@ class _AttemptRunner:
 
     def _postpone(self, job_id: str, exc: StoreUnavailable) -> Retry:
         log.warning("job %s: %s; delivery postponed by %ds", job_id, exc, STORE_RETRY_S)
-        return self.task.retry(exc=exc, countdown=STORE_RETRY_S, max_retries=None, throw=False)
+        return self.task.retry(exc=exc, countdown=STORE_RETRY_S, throw=False)
+
+
+def checked_strategy(task: Task, app: Any, consumer: Any, **options: Any) -> Callable[..., Any]:
+    """Celery's own strategy, behind a check that the worker can hand the delivery to a pool process.
+
+    Prefork pickles each request (its decoded arguments included) to a child in the worker's main process:
+    arguments nested too deep raise RecursionError there, which kills the worker, and the redelivery the next
+    one. Pickling the arguments first costs microseconds for an ordinary job; a delivery that fails it is
+    rejected without requeueing, so its queue dead-letters it and the dead-letter watcher marks the job dead.
+    """
+    handle = default_strategy(task, app, consumer, **options)
+
+    def on_message(message: Message, *args: Any, **kwargs: Any) -> Any:
+        payload = message.payload  # a body that cannot be decoded raises here, for on_decode_error
+        try:
+            pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # RecursionError, or any object pickle refuses
+            job_id = (message.headers or {}).get("id")
+            log.error("job %s: its message cannot be handed to a worker process (%r); dead-lettered", job_id, exc)
+            message.reject_log_error(log, consumer.connection_errors)  # requeue=False: to the dead-letter exchange
+            return None
+        return handle(message, *args, **kwargs)
+
+    return on_message
+
+
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, except that a message it cannot decode is dead-lettered rather than acked and lost."""
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        job_id = (message.headers or {}).get("id")
+        log.error("job %s: its message cannot be decoded (%r); dead-lettered", job_id, exc)
+        message.reject_log_error(log, self.connection_errors)  # requeue=False: to the dead-letter exchange
 
 
 def watch_hard_time_limits(store: JobStore) -> None:
