@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,15 @@ from kvern.errors import RuntimeStateError, StartError
 from kvern.jobs.store import JobStore
 from kvern.runtime import nginx
 from kvern.runtime.config import RuntimeConfig
+from kvern.runtime.leftovers import stop_leftovers
 from kvern.runtime.programs import build_programs, pool_slot, tiers, web_program_name
 from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode
 from kvern.runtime.supervisor import Supervisor, render_supervisord_conf
 from kvern.spec import Spec
 from kvern.worker.app import load_user_app
 
+# Progress lines for a person (`kvern up` prints them); tests pass their own.
+Reporter = Callable[[str], None]
 HEALTH_TIMEOUT_S = 90.0
 BROKER_READY_TIMEOUT_S = 90.0
 
@@ -48,6 +52,10 @@ ROLE_PERMISSIONS: dict[str, tuple[str, str, str]] = {
 
 def broker_user(role: str) -> str:
     return f"kvern-{role}"
+
+
+def _silent(_line: str) -> None:
+    pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -84,12 +92,14 @@ class Instance:
 
     # -- up ---------------------------------------------------------------------------------------------
 
-    def up(self, only: str = "all") -> RuntimeConfig:
+    def up(self, only: str = "all", report: Reporter = _silent) -> RuntimeConfig:
         if self.is_running():
             raise RuntimeStateError(f"kvern is already running with state dir {self.state_dir}")
         load_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        config = self._new_runtime(only)
+        # A previous run whose supervisord died may have left processes (the broker holds the node name).
+        stop_leftovers(self.state_dir, self.stop_wait_s, report)
+        config = self._new_runtime(only, report)
         config.save()
         JobStore(config.store_url).create_schema()
         node = self.private_node(config)
@@ -145,12 +155,13 @@ class Instance:
                 raise StartError(f"not healthy after {HEALTH_TIMEOUT_S:.0f}s (waiting for: {waiting or 'web'})")
             time.sleep(0.2)
 
-    def _new_runtime(self, only: str) -> RuntimeConfig:
+    def _new_runtime(self, only: str, report: Reporter = _silent) -> RuntimeConfig:
+        previous = _previous_runtime(self.state_dir)
         common: dict[str, Any] = {
             "spec_path": str(self.spec.path),
             "state_dir": str(self.state_dir),
             "instance": f"{self.spec.name}-{hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:6]}",
-            "front_door_port": self.spec.web.port or free_port(),
+            "front_door_port": self.spec.web.port or _front_door_port(previous, report),
             "store_url": self.spec.store_url or f"sqlite:///{self.state_dir / SQLITE_FILE}",
             "only": only,
         }
@@ -160,7 +171,6 @@ class Instance:
             return RuntimeConfig(
                 **common, broker_urls=urls, management_url=None, management_auth=None, private_broker=False
             )
-        previous = _previous_runtime(self.state_dir)
         ports = {"amqp": free_port(), "dist": free_port(), "management": free_port()}
         passwords = {role: _reuse_password(previous, role) for role in ROLE_PERMISSIONS}
         vhost = quote(VHOST, safe="")
@@ -178,14 +188,22 @@ class Instance:
 
     # -- down -------------------------------------------------------------------------------------------
 
-    def down(self) -> bool:
-        """Stop everything (workers warm); returns False when nothing was running."""
+    @property
+    def stop_wait_s(self) -> float:
+        """How long a graceful stop may take: a worker finishes its running job first."""
+        return self.spec.longest_time_limit + 120
+
+    def down(self, report: Reporter = _silent) -> bool:
+        """Stop everything (workers warm); returns False when nothing was running.
+
+        Processes of the state dir that outlived their supervisord are stopped too, by pid.
+        """
         supervisor = self.supervisor
-        if not supervisor.is_running():
-            return False
-        stop_wait = self.spec.longest_time_limit + 120
-        supervisor.shutdown(timeout=stop_wait)
-        return True
+        running = supervisor.is_running()
+        if running:
+            supervisor.shutdown(timeout=self.stop_wait_s)
+        leftovers = stop_leftovers(self.state_dir, self.stop_wait_s, report)
+        return running or leftovers > 0
 
 
 RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S = 1800.0
@@ -231,6 +249,28 @@ def _previous_runtime(state_dir: Path) -> RuntimeConfig | None:
         return RuntimeConfig.load(state_dir)
     except (RuntimeStateError, TypeError, ValueError):
         return None
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nginx could listen on `port` (it sets SO_REUSEADDR too, so TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _front_door_port(previous: RuntimeConfig | None, report: Reporter) -> int:
+    """The previous run's port when it is still free, so bookmarks and scripts keep working across restarts."""
+    if previous is None or not previous.front_door_port:
+        return free_port()
+    if port_is_free(previous.front_door_port):
+        return previous.front_door_port
+    port = free_port()
+    report(f"front door port {previous.front_door_port} is taken by another program: using {port} this time")
+    return port
 
 
 def _reuse_password(previous: RuntimeConfig | None, role: str) -> str:

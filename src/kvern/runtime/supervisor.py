@@ -22,6 +22,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from kvern.constants import LOG_DIR, SUPERVISOR_CONF, SUPERVISOR_PID, SUPERVISOR_SOCK
 from kvern.errors import StartError
 
+PARENT_DEATH_WRAPPER = Path(__file__).with_name("parent_death.py")
 RUNNING_STATES = frozenset({"RUNNING"})
 STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
 
@@ -54,7 +55,7 @@ def _quote(value: str) -> str:
 
 def _program_section(program: ProgramConfig, log_dir: Path) -> str:
     env = ",".join(f"{key}={_quote(value)}" for key, value in program.environment.items())
-    command = " ".join(_shell_word(word) for word in program.command)
+    command = " ".join(_shell_word(word) for word in guarded_command(program))
     lines = [
         f"[program:{program.name}]",
         f"command={command}",
@@ -77,6 +78,11 @@ def _program_section(program: ProgramConfig, log_dir: Path) -> str:
     if program.directory:
         lines.append(f"directory={program.directory}")
     return "\n".join(lines)
+
+
+def guarded_command(program: ProgramConfig) -> list[str]:
+    """The program's command behind the parent-death wrapper: it gets its stop signal if supervisord dies."""
+    return [sys.executable, "-I", "-S", str(PARENT_DEATH_WRAPPER), program.stopsignal, "--", *program.command]
 
 
 def _shell_word(word: str) -> str:
