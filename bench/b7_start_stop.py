@@ -108,14 +108,12 @@ def main() -> dict[str, Any]:
         ]
         for step in steps
     ]
-    parts = sorted({part for run in runs for step in PART_STEPS for part in run[step].parts()})
+    # In the order they were printed (up's parts, then down's), as first seen in any run.
+    parts = list(dict.fromkeys(part for step in PART_STEPS for run in runs for part in run[step].parts()))
     part_rows = [
         [
             part,
-            *(
-                median(run[step].parts().get(part, float("nan")) for run in runs)
-                for step in ("up (fresh)", "up (restart)")
-            ),
+            *(median(run[step].parts().get(part, float("nan")) for run in runs) for step in PART_STEPS),
         ]
         for part in parts
     ]
