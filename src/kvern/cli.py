@@ -108,14 +108,14 @@ def _progress(line: str) -> None:
 
 
 def _already_running(ctx: click.Context, instance: Instance) -> None:
-    """Not an error to hide behind: say where it runs and what to do with it, exit RET_ALREADY_RUNNING."""
+    """Say where it runs and what to do with it (on stderr, as for any refusal), exit RET_ALREADY_RUNNING."""
     config = instance.runtime()
     where = front_door_url(config) if config.only in ("all", "web") else f"pools only ({config.only})"
     command = _command_prefix(ctx)
-    click.echo(f"kvern is already running: {where}")
-    click.echo(f"  {command} status    what runs, queue depths, jobs")
-    click.echo(f"  {command} logs      the tail of every process's log")
-    click.echo(f"  {command} down      stop it (running jobs finish first)")
+    click.echo(f"kvern is already running: {where}", err=True)
+    click.echo(f"  {command} status    what runs, queue depths, jobs", err=True)
+    click.echo(f"  {command} logs      the tail of every process's log", err=True)
+    click.echo(f"  {command} down      stop it (running jobs finish first)", err=True)
     sys.exit(c.RET_ALREADY_RUNNING)
 
 

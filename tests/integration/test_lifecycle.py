@@ -115,6 +115,6 @@ def test_up_when_already_running_shows_where_and_what_to_do(project: Path) -> No
     config = up(project)
     done = kvern(project, "up", "-d")
     assert done.returncode == RET_ALREADY_RUNNING
-    assert f"http://127.0.0.1:{config.front_door_port}" in done.stdout
+    assert f"kvern is already running: http://127.0.0.1:{config.front_door_port}" in done.stderr
     for command in ("status", "logs", "down"):
-        assert f"kvern -f {project} {command}" in done.stdout, done.stdout
+        assert f"kvern -f {project} {command}" in done.stderr, done.stderr
