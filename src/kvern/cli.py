@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -109,17 +110,45 @@ def up(ctx: click.Context, detach: bool, only: str) -> None:
     instance = instance_from(ctx)
     if only not in ("all", "web", "pools") and only not in {p.name for p in instance.spec.pools}:
         raise SpecError(f"--only: {only!r} is not 'web', 'pools' or a pool of the spec")
+    if instance.is_running():
+        _already_running(ctx, instance)
     warning = consumer_timeout_warning(instance.spec)
     if warning:
         click.echo(f"kvern: {warning}", err=True)
-    config = instance.up(only)
+    config = instance.up(only, report=_progress)
     click.echo(f"kvern is up: {front_door_url(config)}" if only in ("all", "web") else "kvern pools are up")
     if detach:
         return
     _wait_for_interrupt()
     click.echo("stopping (running jobs finish first)...")
-    instance.down()
+    instance.down(report=_progress)
     click.echo("kvern is down")
+
+
+def _progress(line: str) -> None:
+    click.echo(f"  {line}")
+
+
+def _already_running(ctx: click.Context, instance: Instance) -> None:
+    """Say where it runs and what to do with it (on stderr, as for any refusal), exit RET_ALREADY_RUNNING."""
+    config = instance.runtime()
+    where = front_door_url(config) if config.only in ("all", "web") else f"pools only ({config.only})"
+    command = _command_prefix(ctx)
+    click.echo(f"kvern is already running: {where}", err=True)
+    click.echo(f"  {command} status    what runs, queue depths, jobs", err=True)
+    click.echo(f"  {command} logs      the tail of every process's log", err=True)
+    click.echo(f"  {command} down      stop it (running jobs finish first)", err=True)
+    sys.exit(c.RET_ALREADY_RUNNING)
+
+
+def _command_prefix(ctx: click.Context) -> str:
+    """`kvern` with the -f/--state options this command was given, so the suggestions can be pasted."""
+    words = ["kvern"]
+    if ctx.obj["spec"] != Path("kvern.toml"):
+        words += ["-f", str(ctx.obj["spec"])]
+    if ctx.obj["state"] is not None:
+        words += ["--state", str(ctx.obj["state"])]
+    return " ".join(words)
 
 
 def _wait_for_interrupt() -> None:
@@ -134,8 +163,9 @@ def _wait_for_interrupt() -> None:
 def down(ctx: click.Context) -> None:
     """Stop everything; workers finish their running job first."""
     instance = instance_from(ctx)
-    if instance.down():
-        click.echo("kvern is down")
+    started = time.monotonic()
+    if instance.down(report=_progress):
+        click.echo(f"kvern is down ({time.monotonic() - started:.1f}s)")
     else:
         click.echo("kvern was not running")
 

@@ -22,6 +22,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -38,6 +40,7 @@ from kvern.constants import PROGRAM_BROKER, PROGRAM_NGINX, ROLE_ADMIN
 from kvern.jobs.states import ACTIVE, JobStatus
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, front_door_url, owned_pids
+from kvern.runtime.leftovers import alive, instance_pids
 from kvern.runtime.supervisor import Supervisor
 from kvern.spec import load_spec
 from tests.chaos.conftest import ROWS
@@ -447,3 +450,27 @@ def test_a_poison_task(chaos: Chaos) -> None:
     # whichever comes first: the queue's delivery limit or the job's attempt budget
     assert "delivery limit" in (job.error or "") or "attempt budget spent" in (job.error or "")
     assert_clean(row)
+
+
+def kill_supervisord_then_up(chaos: Chaos, _stream: Stream) -> None:
+    """SIGKILL the instance's supervisord mid-stream, then recover the state dir with one `kvern up -d`."""
+    state = chaos.instance.state_dir
+    before = set(instance_pids(state))
+    old_supervisor = chaos.supervisor.daemon_pid()
+    assert old_supervisor is not None and before
+    os.kill(old_supervisor, signal.SIGKILL)
+    done = subprocess.run(
+        [sys.executable, "-m", "kvern.cli", "-f", str(chaos.instance.spec.path), "--state", str(state), "up", "-d"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert chaos.supervisor.daemon_pid() not in (None, old_supervisor)
+    survivors = [pid for pid in before if alive(pid)]
+    assert not survivors, f"processes of the dead supervisor outlived the recovery: {survivors}"
+
+
+def test_sigkill_of_supervisord_then_up_recovers(chaos: Chaos) -> None:
+    assert_clean(run_scenario(chaos, "kill supervisord, up", kill_supervisord_then_up))

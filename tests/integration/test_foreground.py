@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kvern.runtime.config import RuntimeConfig
 from kvern.runtime.instance import owned_pids
 from tests.integration.conftest import reports_spec, write_project
 
@@ -30,9 +32,16 @@ def test_ctrl_c_on_a_foreground_up_stops_every_process(tmp_path: Path) -> None:
     state = spec.parent / ".kvern"
     try:
         assert process.stdout is not None
-        first_line = process.stdout.readline()
-        assert first_line.startswith("kvern is up: http://127.0.0.1:"), first_line
-        url = first_line.split(": ", 1)[1].strip()
+        progress = []
+        for line in iter(process.stdout.readline, ""):
+            if line.startswith("kvern is up: http://127.0.0.1:"):
+                break
+            progress.append(line)
+        # ...each part was reported, with its time, as it became ready (the loop stopped at "kvern is up")
+        parts = {re.split(r" (?:ready|up,|healthy) ", line.strip())[0] for line in progress}
+        assert {"job store", "broker", "web heads", "pool reports", "front door"} <= parts, progress
+        assert all(line.rstrip().endswith("s)") for line in progress), progress
+        url = f"http://127.0.0.1:{RuntimeConfig.load(state).front_door_port}"
         assert httpx.get(f"{url}/api/health", timeout=5).status_code == 200
 
         # when the user presses Ctrl-C

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
 from amqp.exceptions import AccessRefused
 from kombu.connection import Connection
@@ -27,7 +26,7 @@ from kombu.entity import Exchange, Queue
 from kombu.exceptions import OperationalError
 
 from kvern.errors import BrokerAdminError
-from kvern.runtime.rabbitmq import RABBITMQ_SERVER, BrokerPorts, PrivateNode
+from kvern.runtime.rabbitmq import RABBITMQ_SERVER, BrokerPorts, PrivateNode, build_definitions
 from tests.conftest import services_required
 
 pytestmark = pytest.mark.integration
@@ -65,17 +64,19 @@ def free_ports(count: int) -> list[int]:
 
 
 def new_node(state_dir: Path, consumer_timeout_ms: int = 600_000) -> PrivateNode:
-    amqp, dist, management = free_ports(3)
-    return PrivateNode(state_dir, BrokerPorts(amqp=amqp, dist=dist, management=management), consumer_timeout_ms)
+    amqp, dist = free_ports(2)
+    return PrivateNode(state_dir, BrokerPorts(amqp=amqp, dist=dist), consumer_timeout_ms)
 
 
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[Callable[..., Started]]:
     started: list[Started] = []
 
-    def start(name: str, *, wait: bool = True, node: PrivateNode | None = None) -> Started:
+    def start(
+        name: str, *, wait: bool = True, node: PrivateNode | None = None, definitions: dict[str, Any] | None = None
+    ) -> Started:
         node = node or new_node(tmp_path / name)
-        node.prepare()
+        node.prepare(definitions)
         with (node.state_dir / "stdout.log").open("ab") as out:
             proc = subprocess.Popen(
                 node.command(),
@@ -248,10 +249,10 @@ def test_prepare_is_idempotent_private_and_isolated(tmp_path: Path) -> None:
     assert node.cookie_file.stat().st_mode & 0o777 == 0o400
     assert node.config_file.stat().st_mode & 0o777 == 0o600
     assert node.state_dir.stat().st_mode & 0o777 == 0o700
-    assert (node.state_dir / "enabled_plugins").read_text() == "[rabbitmq_management].\n"
+    # No management plugin: nothing reads it, and it cost a second of every boot and 5 s of every shutdown.
+    assert (node.state_dir / "enabled_plugins").read_text() == "[].\n"
     assert f"listeners.tcp.default = 127.0.0.1:{node.ports.amqp}\n" in config
-    assert "management.tcp.ip = 127.0.0.1\n" in config
-    assert f"management.tcp.port = {node.ports.management}\n" in config
+    assert "management" not in config and "load_definitions" not in config
     assert "consumer_timeout = 123000\n" in config
     assert "guest" not in config
 
@@ -298,16 +299,41 @@ def test_node_serves_amqp_on_loopback_and_stops_clean_on_sigterm(start_node: Cal
     assert login_refused(url)
     assert round_trip(amqp_url(node, "app", "n3w-password", vhost), {"n": "2"}) == [{"n": "2"}]
 
-    # The management API answers on loopback, for tagged users only.
-    api = f"http://127.0.0.1:{node.ports.management}/api/whoami"
-    assert httpx.get(api, auth=("viewer", "view-only"), timeout=10).status_code == 401
-    assert httpx.get(api, auth=("app", "n3w-password"), timeout=10).json()["name"] == "app"
-
-    # Nothing but the three chosen ports, and only on 127.0.0.1 (no prometheus, no 0.0.0.0, no IPv6).
-    expected = {("127.0.0.1", node.ports.amqp), ("127.0.0.1", node.ports.dist), ("127.0.0.1", node.ports.management)}
+    # Nothing but the two chosen ports, and only on 127.0.0.1 (no management, no prometheus, no 0.0.0.0, no IPv6).
+    expected = {("127.0.0.1", node.ports.amqp), ("127.0.0.1", node.ports.dist)}
     assert listening_addresses(pid) == expected
 
     stop_and_check_clean(started)
+
+
+def test_definitions_given_to_prepare_are_loaded_as_the_node_boots(start_node: Callable[..., Started]) -> None:
+    vhost = "kvern"
+    users = {"app": (PASSWORD, (".*", ".*", ".*")), "web": ("web-pass", ("^$", "^amq\\.default$", "^$"))}
+    definitions = build_definitions(vhost, users, tags={"app": ("administrator",)})
+    started = start_node("rabbitmq", wait=False, definitions=definitions)
+    node = started.node
+    assert (node.state_dir / "definitions.json").stat().st_mode & 0o777 == 0o600  # it holds passwords
+    # Ready as soon as a provisioned user gets in: no rabbitmqctl on the way.
+    node.wait_login("app", PASSWORD, vhost, READY_TIMEOUT_S, lambda: started.proc.poll() is None)
+    assert users_of(node) == {"app": ["administrator"], "web": []}  # and no bootstrap user was ever made
+    assert not node.bootstrap_user_exists()
+    assert round_trip(amqp_url(node, "app", PASSWORD, vhost), {"booted": "with definitions"}) == [
+        {"booted": "with definitions"}
+    ]
+    assert login_refused(amqp_url(node, "web", "wrong", vhost))
+    stop_and_check_clean(started)
+
+
+def test_wait_login_fails_fast_when_the_node_dies(start_node: Callable[..., Started], tmp_path: Path) -> None:
+    node = new_node(tmp_path / "rabbitmq")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", node.ports.dist))
+        squatter.listen()
+        started = start_node("rabbitmq", wait=False, node=node)
+        begun = time.monotonic()
+        with pytest.raises(BrokerAdminError, match="exited while starting"):
+            node.wait_login("app", PASSWORD, "kvern", READY_TIMEOUT_S, lambda: started.proc.poll() is None)
+    assert time.monotonic() - begun < READY_TIMEOUT_S / 2
 
 
 def test_two_nodes_run_side_by_side(start_node: Callable[..., Started]) -> None:

@@ -172,9 +172,9 @@ def test_two_instances_run_side_by_side_with_their_own_ports_and_brokers(
     side_by_side: tuple[Running, Running, str],
 ) -> None:
     a, b, _ = side_by_side
-    # then nothing is shared: front door, AMQP, distribution and management ports, supervisord
+    # then nothing is shared: front door, AMQP and distribution ports, supervisord
     ports_a, ports_b = ports(a), ports(b)
-    assert len(ports_a) == 4 and len(ports_b) == 4  # front door, broker's AMQP, distribution, management
+    assert len(ports_a) == 3 and len(ports_b) == 3  # front door, broker's AMQP, distribution (no management)
     assert not ports_a & ports_b
     assert 5672 not in ports_a | ports_b  # and the machine's own RabbitMQ keeps its port
     assert a.config.private_broker and b.config.private_broker

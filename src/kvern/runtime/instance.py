@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import socket
 import time
+import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import httpx
 
 from kvern.broker.topology import declare_topology
 from kvern.constants import (
+    PROGRAM_BROKER,
     PROGRAM_CONTROLLER,
     PROGRAM_NGINX,
     ROLE_ADMIN,
@@ -25,17 +28,20 @@ from kvern.constants import (
     VHOST,
     WEB_GROUP,
 )
-from kvern.errors import RuntimeStateError, StartError
+from kvern.errors import AlreadyRunning, RuntimeStateError, StartError
 from kvern.jobs.store import JobStore
 from kvern.runtime import nginx
 from kvern.runtime.config import RuntimeConfig
+from kvern.runtime.leftovers import stop_leftovers
 from kvern.runtime.programs import build_programs, pool_slot, tiers, web_program_name
-from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode
-from kvern.runtime.supervisor import Supervisor, render_supervisord_conf
+from kvern.runtime.progress import Progress, Reporter, silent
+from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode, build_definitions
+from kvern.runtime.supervisor import STOPPED_STATES, Supervisor, render_supervisord_conf
 from kvern.spec import Spec
 from kvern.worker.app import load_user_app
 
 HEALTH_TIMEOUT_S = 90.0
+HEALTH_POLL_S = 0.05
 BROKER_READY_TIMEOUT_S = 90.0
 
 # What each broker role may do on kvern's vhost (configure, write, read).
@@ -84,17 +90,20 @@ class Instance:
 
     # -- up ---------------------------------------------------------------------------------------------
 
-    def up(self, only: str = "all") -> RuntimeConfig:
+    def up(self, only: str = "all", report: Reporter = silent) -> RuntimeConfig:
+        """Start every part; `report` gets a line as each becomes ready (broker, store, web heads, pools...)."""
         if self.is_running():
-            raise RuntimeStateError(f"kvern is already running with state dir {self.state_dir}")
+            raise AlreadyRunning(f"kvern is already running with state dir {self.state_dir}")
+        progress = Progress(report)
         load_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        config = self._new_runtime(only)
+        # A previous run whose supervisord died may have left processes (the broker holds the node name).
+        stop_leftovers(self.state_dir, self.stop_wait_s, report)
+        config = self._new_runtime(only, report)
         config.save()
-        JobStore(config.store_url).create_schema()
         node = self.private_node(config)
         if node is not None:
-            node.prepare()
+            node.prepare(_broker_definitions(config))  # users and vhost are loaded by the node as it boots
         run_web, pools = tiers(only, self.spec)
         if run_web:
             (self.state_dir / "run").mkdir(exist_ok=True)
@@ -103,54 +112,71 @@ class Instance:
         supervisor = self.supervisor
         supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs))
         try:
-            self._start_in_order(config, node, run_web, [(p.name, p.min) for p in pools])
+            self._start_parts(config, node, run_web, [(p.name, p.min) for p in pools], progress)
         except BaseException:
             self.down()
             raise
         return config
 
-    def _start_in_order(
-        self, config: RuntimeConfig, node: PrivateNode | None, run_web: bool, pools: list[tuple[str, int]]
+    def _start_parts(
+        self,
+        config: RuntimeConfig,
+        node: PrivateNode | None,
+        run_web: bool,
+        pools: list[tuple[str, int]],
+        progress: Progress,
     ) -> None:
+        """The broker boots (autostarted) while web heads import and the store's schema is made; then the rest."""
+        supervisor = self.supervisor
+        if run_web:  # a web head connects to the broker on its first request, not at start
+            for index in range(self.spec.web.heads):
+                supervisor.start(f"{WEB_GROUP}:{web_program_name(index)}", wait=False)
+        JobStore(config.store_url).create_schema()
+        progress.mark("job store")
         if node is not None:
-            node.wait_ready(BROKER_READY_TIMEOUT_S)
-            users = {broker_user(role): (_password(config, role), ROLE_PERMISSIONS[role]) for role in ROLE_PERMISSIONS}
-            node.provision(VHOST, users, tags={broker_user(ROLE_ADMIN): ("administrator",)})
+            self._wait_broker(config, node)
+            progress.mark("broker")
         declare_topology(
             config.broker_urls[ROLE_ADMIN],
             {q: self.spec.max_backlog(q) for q in self.spec.all_queues},
             config.store_url,
         )
-        supervisor = self.supervisor
         for pool, minimum in pools:
             for index in range(minimum):
                 supervisor.start(pool_slot(pool, index), wait=False)
-        if run_web:
-            for index in range(self.spec.web.heads):
-                supervisor.start(f"{WEB_GROUP}:{web_program_name(index)}", wait=False)
-            supervisor.start(PROGRAM_NGINX)
         supervisor.start(PROGRAM_CONTROLLER, wait=False)
-        self.wait_healthy(config, run_web, pools)
+        self.wait_healthy(config, run_web, pools, progress)
 
-    def wait_healthy(self, config: RuntimeConfig, run_web: bool, pools: list[tuple[str, int]]) -> None:
+    def _wait_broker(self, config: RuntimeConfig, node: PrivateNode) -> None:
+        node.wait_login(
+            broker_user(ROLE_ADMIN), _password(config, ROLE_ADMIN), VHOST, BROKER_READY_TIMEOUT_S, self._broker_alive
+        )
+        if node.bootstrap_user_exists():  # a node first booted by an older kvern, or guest from elsewhere
+            node.remove_default_users(keep=_broker_users(config))
+
+    def _broker_alive(self) -> bool:
+        state = self.supervisor.process(PROGRAM_BROKER)["statename"]
+        return state in ("STARTING", "RUNNING", "BACKOFF")
+
+    def wait_healthy(
+        self, config: RuntimeConfig, run_web: bool, pools: list[tuple[str, int]], progress: Progress | None = None
+    ) -> None:
+        """Until every pool's minimum is RUNNING and the front door answers healthy, reporting each part."""
+        progress = progress or Progress(silent)
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        expected = {pool_slot(pool, i) for pool, minimum in pools for i in range(minimum)}
-        while True:
-            states = {_full_name(p): p["statename"] for p in self.supervisor.processes()}
-            workers_up = all(states.get(name) == "RUNNING" for name in expected)
-            if workers_up and (not run_web or _front_door_healthy(config)):
-                return
+        waiting = _Waiting(self, config, run_web, pools, progress)
+        while not waiting.step():
             if time.monotonic() > deadline:
-                waiting = sorted(n for n in expected if states.get(n) != "RUNNING")
-                raise StartError(f"not healthy after {HEALTH_TIMEOUT_S:.0f}s (waiting for: {waiting or 'web'})")
-            time.sleep(0.2)
+                raise StartError(f"not healthy after {HEALTH_TIMEOUT_S:.0f}s (waiting for: {waiting.left()})")
+            time.sleep(HEALTH_POLL_S)
 
-    def _new_runtime(self, only: str) -> RuntimeConfig:
+    def _new_runtime(self, only: str, report: Reporter = silent) -> RuntimeConfig:
+        previous = _previous_runtime(self.state_dir)
         common: dict[str, Any] = {
             "spec_path": str(self.spec.path),
             "state_dir": str(self.state_dir),
             "instance": f"{self.spec.name}-{hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:6]}",
-            "front_door_port": self.spec.web.port or free_port(),
+            "front_door_port": self.spec.web.port or _front_door_port(previous, report),
             "store_url": self.spec.store_url or f"sqlite:///{self.state_dir / SQLITE_FILE}",
             "only": only,
         }
@@ -160,8 +186,7 @@ class Instance:
             return RuntimeConfig(
                 **common, broker_urls=urls, management_url=None, management_auth=None, private_broker=False
             )
-        previous = _previous_runtime(self.state_dir)
-        ports = {"amqp": free_port(), "dist": free_port(), "management": free_port()}
+        ports = {"amqp": free_port(), "dist": free_port()}
         passwords = {role: _reuse_password(previous, role) for role in ROLE_PERMISSIONS}
         vhost = quote(VHOST, safe="")
         return RuntimeConfig(
@@ -170,22 +195,51 @@ class Instance:
                 role: f"amqp://{broker_user(role)}:{passwords[role]}@127.0.0.1:{ports['amqp']}/{vhost}"
                 for role in ROLE_PERMISSIONS
             },
-            management_url=f"http://127.0.0.1:{ports['management']}",
-            management_auth=(broker_user(ROLE_ADMIN), passwords[ROLE_ADMIN]),
+            management_url=None,  # no management plugin: nothing reads it
+            management_auth=None,
             private_broker=True,
             extra={f"broker_{k}_port": str(v) for k, v in ports.items()},
         )
 
     # -- down -------------------------------------------------------------------------------------------
 
-    def down(self) -> bool:
-        """Stop everything (workers warm); returns False when nothing was running."""
+    @property
+    def stop_wait_s(self) -> float:
+        """How long a graceful stop may take: a worker finishes its running job first."""
+        return self.spec.longest_time_limit + 120
+
+    def down(self, report: Reporter = silent) -> bool:
+        """Stop everything (workers warm); returns False when nothing was running.
+
+        Processes of the state dir that outlived their supervisord are stopped too, by pid.
+        """
         supervisor = self.supervisor
-        if not supervisor.is_running():
-            return False
-        stop_wait = self.spec.longest_time_limit + 120
-        supervisor.shutdown(timeout=stop_wait)
-        return True
+        running = supervisor.is_running()
+        if running:
+            progress = Progress(report)
+            with contextlib.suppress(OSError, xmlrpc.client.Fault):  # shutdown() below still stops everything
+                self._stop_in_tiers(progress)
+            supervisor.shutdown(timeout=self.stop_wait_s)
+            progress.mark("supervisor", "stopped")
+        leftovers = stop_leftovers(self.state_dir, self.stop_wait_s, report)
+        return running or leftovers > 0
+
+    def _stop_in_tiers(self, progress: Progress) -> None:
+        """The front door first (it finishes the requests in flight), then all between it and the broker at once
+        (workers finish their running job), the broker last (so workers can still ack)."""
+        supervisor = self.supervisor
+        live = [name for name, state in supervisor.states().items() if state not in STOPPED_STATES]
+        middle = [name for name in live if name not in (PROGRAM_NGINX, PROGRAM_BROKER)]
+        tiers = [
+            ("front door", [PROGRAM_NGINX]),
+            ("web heads, workers, controller", middle),
+            ("broker", [PROGRAM_BROKER]),
+        ]
+        for label, names in tiers:
+            present = [name for name in names if name in live]
+            if present:
+                supervisor.stop_together(present, self.stop_wait_s)
+                progress.mark(label, "stopped")
 
 
 RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S = 1800.0
@@ -231,6 +285,80 @@ def _previous_runtime(state_dir: Path) -> RuntimeConfig | None:
         return RuntimeConfig.load(state_dir)
     except (RuntimeStateError, TypeError, ValueError):
         return None
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nginx could listen on `port` (it sets SO_REUSEADDR too, so TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _front_door_port(previous: RuntimeConfig | None, report: Reporter) -> int:
+    """The previous run's port when it is still free, so bookmarks and scripts keep working across restarts."""
+    if previous is None or not previous.front_door_port:
+        return free_port()
+    if port_is_free(previous.front_door_port):
+        return previous.front_door_port
+    port = free_port()
+    report(f"front door port {previous.front_door_port} is taken by another program: using {port} this time")
+    return port
+
+
+def _broker_users(config: RuntimeConfig) -> dict[str, tuple[str, tuple[str, str, str]]]:
+    return {broker_user(role): (_password(config, role), ROLE_PERMISSIONS[role]) for role in ROLE_PERMISSIONS}
+
+
+def _broker_definitions(config: RuntimeConfig) -> dict[str, Any]:
+    return build_definitions(VHOST, _broker_users(config), tags={broker_user(ROLE_ADMIN): ("administrator",)})
+
+
+class _Waiting:
+    """What `wait_healthy` still waits for: each pool's minimum, the web heads' sockets, then the front door."""
+
+    def __init__(
+        self, instance: Instance, config: RuntimeConfig, run_web: bool, pools: list[tuple[str, int]], progress: Progress
+    ) -> None:
+        self.instance, self.config, self.run_web, self.progress = instance, config, run_web, progress
+        self.pools = {pool: {pool_slot(pool, i) for i in range(minimum)} for pool, minimum in pools}
+        heads = instance.spec.web.heads if run_web else 0
+        self.heads = [nginx.web_socket(instance.state_dir, i) for i in range(heads)]
+        self.nginx_started = False
+
+    def step(self) -> bool:
+        states = {_full_name(p): p["statename"] for p in self.instance.supervisor.processes()}
+        for pool, slots in self.pools.items():
+            if all(states.get(slot) == "RUNNING" for slot in slots):
+                self.progress.mark(f"pool {pool}", f"up, {len(slots)} process(es)")
+        pools_up = all(f"pool {pool}" in self.progress.done for pool in self.pools)
+        if not self.run_web:
+            return pools_up
+        if not self.nginx_started and all(_socket_listening(path) for path in self.heads):
+            # nginx only once the heads listen: connection errors before that would count against max_fails.
+            self.progress.mark("web heads", f"up, {len(self.heads)} listening")
+            self.instance.supervisor.start(PROGRAM_NGINX, wait=False)
+            self.nginx_started = True
+        if self.nginx_started and "front door" not in self.progress.done and _front_door_healthy(self.config):
+            self.progress.mark("front door", f"healthy at {front_door_url(self.config)}")
+        return pools_up and "front door" in self.progress.done
+
+    def left(self) -> str:
+        pools = [f"pool {pool}" for pool in self.pools if f"pool {pool}" not in self.progress.done]
+        web = [] if not self.run_web else [p for p in ("web heads", "front door") if p not in self.progress.done]
+        return ", ".join(pools + web) or "nothing"
+
+
+def _socket_listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _reuse_password(previous: RuntimeConfig | None, role: str) -> str:

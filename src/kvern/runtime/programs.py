@@ -55,7 +55,7 @@ def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None
     run_web, pools = tiers(config.only, spec)
     programs: list[ProgramConfig] = []
     if broker is not None:
-        programs.append(_broker_program(broker))
+        programs.append(_broker_program(broker, env))
     for pool in pools:
         programs += _pool_programs(pool, spec, env)
     if run_web:
@@ -64,6 +64,7 @@ def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None
             ProgramConfig(
                 PROGRAM_NGINX,
                 nginx_command(state / "nginx" / "nginx.conf"),
+                environment={ENV_STATE_DIR: str(state)},  # marks it as this instance's (runtime/leftovers.py)
                 priority=PRIORITY_NGINX,
                 stopsignal="QUIT",  # graceful: finish the requests in flight
                 stopwaitsecs=30,
@@ -82,11 +83,11 @@ def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None
     return programs
 
 
-def _broker_program(broker: PrivateNode) -> ProgramConfig:
+def _broker_program(broker: PrivateNode, env: dict[str, str]) -> ProgramConfig:
     return ProgramConfig(
         PROGRAM_BROKER,
         broker.command(),
-        environment=broker.environment(),
+        environment={**broker.environment(), ENV_STATE_DIR: env[ENV_STATE_DIR]},
         directory=broker.state_dir,
         priority=PRIORITY_BROKER,
         autostart=True,

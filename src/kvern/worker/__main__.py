@@ -13,6 +13,7 @@ from kvern.spec import load_spec
 from kvern.worker.app import load_user_app, safe_settings
 from kvern.worker.execution import DeadLetteringConsumer, guard_task, watch_hard_time_limits
 from kvern.worker.memory import share_memory_with_children
+from kvern.worker.wakeup import wake_on_signals
 
 
 def main(argv: list[str]) -> None:
@@ -35,6 +36,7 @@ def main(argv: list[str]) -> None:
         recycling.append(f"--max-memory-per-child={pool.max_memory_per_child * 1024}")  # Celery counts KiB
     watch_hard_time_limits(store)
     share_memory_with_children()
+    wake_on_signals(app)  # an idle worker acts on SIGTERM at once, not after its next poll timeout
     app.worker_main(
         [
             "worker",
