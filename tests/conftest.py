@@ -68,6 +68,18 @@ def postgres_store_url(postgres_admin_url: str) -> Iterator[str]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@pytest.fixture(autouse=True)
+def _forget_shared_tasks_of_earlier_projects() -> Iterator[None]:
+    """Celery's `@app.task` is shared by default: it joins every app finalized later in the process. Tests load
+    many projects in one process (`Instance.up` loads the tasks module to check it); without this, a project's
+    catalog would hold the tasks of every project loaded before it."""
+    from celery import _state  # noqa: PLC0415
+
+    before = set(_state._on_app_finalizers)
+    yield
+    _state._on_app_finalizers.intersection_update(before)
+
+
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[JobStore]:
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")

@@ -140,3 +140,20 @@ def test_kvern_up_refuses_an_unknown_task_with_exit_3(tmp_path: Path) -> None:
     assert result.exit_code == RET_SPEC, result.output
     assert f'invalid spec: tasks."{module}.chrage"' in result.output
     assert not (tmp_path / ".kvern").exists()
+
+
+def test_a_second_project_with_a_same_named_tasks_module_gets_its_own_module(tmp_path: Path) -> None:
+    # Given two projects whose tasks modules are both called `tasks`, loaded one after the other in one process
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, task in ((first, "charge"), (second, "ship")):
+        folder.mkdir()
+        source = f"from celery import Celery\napp = Celery('{task}')\n\n@app.task(shared=False)\ndef {task}(n):\n    return n\n"
+        (folder / "tasks.py").write_text(source)
+        (folder / "kvern.toml").write_text(
+            f'[app]\ntasks = "tasks"\n\n[[pools]]\nname = "main"\n\n[tasks."tasks.{task}"]\nretries = 1\n'
+        )
+    _, catalog = load_user_app(load_spec(first / "kvern.toml"))
+    assert catalog.names() == ["tasks.charge"]
+    # When the second project is loaded, then its own module is imported, not the first one's cached module
+    _, catalog = load_user_app(load_spec(second / "kvern.toml"))
+    assert catalog.names() == ["tasks.ship"]

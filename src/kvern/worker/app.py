@@ -45,14 +45,34 @@ class TaskCatalog:
 
 def import_tasks_module(spec: Spec) -> ModuleType:
     root = str(spec.root)
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)  # first: the spec's folder wins over a same-named module elsewhere on the path
+    _forget_module_from_elsewhere(spec.tasks_module, spec.root)
     try:
         return importlib.import_module(spec.tasks_module)
     except ModuleNotFoundError as exc:
         if not _is_the_tasks_module(exc.name, spec.tasks_module):
             raise  # an import inside the user's code: reported with its file and line
         raise SpecError(f"app.tasks: cannot import {spec.tasks_module!r} from {spec.root}: {exc}") from exc
+
+
+def _forget_module_from_elsewhere(name: str, root: Path) -> None:
+    """A module of that name loaded earlier in this process from another project's folder is not this spec's.
+
+    Standard-library and installed modules are left alone: shadowing them is not ours to undo.
+    """
+    top = name.split(".", maxsplit=1)[0]
+    cached = sys.modules.get(top)
+    location = getattr(cached, "__file__", None)
+    if cached is None or location is None or top in sys.stdlib_module_names:
+        return
+    path = Path(location).resolve()
+    if path.is_relative_to(root.resolve()) or {"site-packages", "dist-packages"} & set(path.parts):
+        return
+    for loaded in [key for key in sys.modules if key == top or key.startswith(f"{top}.")]:
+        del sys.modules[loaded]
+    importlib.invalidate_caches()
 
 
 def _is_the_tasks_module(missing: str | None, tasks_module: str) -> bool:
