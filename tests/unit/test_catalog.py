@@ -147,7 +147,8 @@ def test_a_second_project_with_a_same_named_tasks_module_gets_its_own_module(tmp
     first, second = tmp_path / "first", tmp_path / "second"
     for folder, task in ((first, "charge"), (second, "ship")):
         folder.mkdir()
-        source = f"from celery import Celery\napp = Celery('{task}')\n\n@app.task(shared=False)\ndef {task}(n):\n    return n\n"
+        source = f"from celery import Celery\napp = Celery('{task}')\n\n"
+        source += f"@app.task(shared=False)\ndef {task}(n):\n    return n\n"
         (folder / "tasks.py").write_text(source)
         (folder / "kvern.toml").write_text(
             f'[app]\ntasks = "tasks"\n\n[[pools]]\nname = "main"\n\n[tasks."tasks.{task}"]\nretries = 1\n'
