@@ -7,6 +7,8 @@ import hashlib
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from kvern.constants import (
     VHOST,
     WEB_GROUP,
 )
-from kvern.errors import AlreadyRunning, RuntimeStateError, StartError
+from kvern.errors import AlreadyRunning, RuntimeStateError, SpecError, StartError
 from kvern.jobs.store import JobStore
 from kvern.runtime import nginx
 from kvern.runtime.config import RuntimeConfig
@@ -38,9 +40,10 @@ from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode, build_definitions
 from kvern.runtime.supervisor import STOPPED_STATES, Supervisor, render_supervisord_conf
 from kvern.spec import Spec
-from kvern.worker.app import load_user_app
+from kvern.worker.check import ERROR_MARKER
 
 HEALTH_TIMEOUT_S = 90.0
+USER_APP_CHECK_TIMEOUT_S = 60.0
 HEALTH_POLL_S = 0.05
 BROKER_READY_TIMEOUT_S = 90.0
 
@@ -95,7 +98,7 @@ class Instance:
         if self.is_running():
             raise AlreadyRunning(f"kvern is already running with state dir {self.state_dir}")
         progress = Progress(report)
-        load_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
+        check_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A previous run whose supervisord died may have left processes (the broker holds the node name).
         stop_leftovers(self.state_dir, self.stop_wait_s, report)
@@ -240,6 +243,26 @@ class Instance:
             if present:
                 supervisor.stop_together(present, self.stop_wait_s)
                 progress.mark(label, "stopped")
+
+
+def check_user_app(spec: Spec) -> None:
+    """Load the user's tasks module in a child process, as a worker would; a failure is a `SpecError`."""
+    command = [sys.executable, "-m", "kvern.worker.check", str(spec.path)]
+    try:
+        result = subprocess.run(
+            command, cwd=spec.root, capture_output=True, text=True, timeout=USER_APP_CHECK_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise SpecError(
+            f"app.tasks: loading {spec.tasks_module!r} did not finish in {USER_APP_CHECK_TIMEOUT_S:.0f}s"
+        ) from None
+    if result.returncode == 0:
+        return
+    reported = [line for line in result.stderr.splitlines() if line.startswith(ERROR_MARKER)]
+    if reported:
+        raise SpecError(reported[-1].removeprefix(ERROR_MARKER))
+    last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    raise SpecError(f"app.tasks: loading {spec.tasks_module!r} failed (exit {result.returncode}): {last}")
 
 
 RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S = 1800.0
