@@ -37,6 +37,7 @@ from kvern.api.views import (
     job_url,
 )
 from kvern.broker.publisher import JobPublisher
+from kvern.catalog import TaskCatalog, load_user_app
 from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.records import Job, NewJob
@@ -44,7 +45,6 @@ from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
 from kvern.runtime.config import RuntimeConfig
 from kvern.spec import Spec, load_spec
-from kvern.worker.app import TaskCatalog, load_user_app
 
 log = logging.getLogger("kvern.api")
 

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from kvern.broker.topology import declare_topology
+from kvern.catalog import load_user_app
 from kvern.constants import (
     PROGRAM_BROKER,
     PROGRAM_CONTROLLER,
@@ -38,7 +39,6 @@ from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode, build_definitions
 from kvern.runtime.supervisor import STOPPED_STATES, Supervisor, render_supervisord_conf
 from kvern.spec import Spec
-from kvern.worker.app import load_user_app
 
 HEALTH_TIMEOUT_S = 90.0
 HEALTH_POLL_S = 0.05

@@ -6,11 +6,12 @@ import logging
 import socket
 import sys
 
+from kvern.catalog import load_user_app
 from kvern.constants import ROLE_WORKER
 from kvern.jobs.store import JobStore
 from kvern.runtime.config import RuntimeConfig
 from kvern.spec import load_spec
-from kvern.worker.app import load_user_app, safe_settings
+from kvern.worker.app import safe_settings
 from kvern.worker.execution import DeadLetteringConsumer, guard_task, watch_hard_time_limits
 from kvern.worker.memory import share_memory_with_children
 from kvern.worker.wakeup import wake_on_signals
