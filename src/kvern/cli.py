@@ -13,15 +13,15 @@ from typing import Any, TypeVar
 import click
 
 from kvern import constants as c
-from kvern.api.views import history_view, job_body
 from kvern.autoscale.pins import write_pin
 from kvern.broker.relay import publish_jobs
 from kvern.client import submit_and_follow
 from kvern.errors import AlreadyRunning, JobNotFound, KvernError, NotRunning, RuntimeStateError, SpecError, StartError
 from kvern.jobs.states import REPLAYABLE
 from kvern.jobs.store import JobStore
+from kvern.jobs.views import history_view, job_body
+from kvern.report import collect_status, render_status
 from kvern.runtime.instance import Instance, consumer_timeout_warning, default_state_dir, front_door_url
-from kvern.runtime.status import collect_status, render_status
 from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.web_scaling import scale_web
 from kvern.spec import PoolSpec, load_spec

@@ -32,9 +32,6 @@ from kvern.api.views import (
     JobPage,
     JobView,
     error_body,
-    history_view,
-    job_body,
-    job_url,
 )
 from kvern.broker.publisher import JobPublisher
 from kvern.catalog import TaskCatalog, load_user_app
@@ -43,6 +40,7 @@ from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
+from kvern.jobs.views import history_view, job_body, job_url
 from kvern.runtime.config import RuntimeConfig
 from kvern.spec import Spec, load_spec
 

@@ -26,8 +26,8 @@ from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
 from kombu.message import Message
 
-from kvern.broker.publisher import KVERN_JOB_HEADER
 from kvern.catalog import ORIGINAL_RUN_ATTR
+from kvern.constants import KVERN_JOB_HEADER
 from kvern.errors import PermanentError, StoreUnavailable
 from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
