@@ -35,6 +35,7 @@ PUBLISH_CONFIRM_TIMEOUT_S: Final = 3.0
 
 # Files inside the state dir.
 RUNTIME_FILE: Final = "runtime.json"
+SPEC_SNAPSHOT: Final = "spec.snapshot.toml"  # the spec `up` validated; what every process of the instance reads
 SUPERVISOR_CONF: Final = "supervisord.conf"
 SUPERVISOR_SOCK: Final = "supervisor.sock"
 SUPERVISOR_PID: Final = "supervisord.pid"
@@ -49,4 +50,5 @@ PROGRAM_BROKER: Final = "broker"
 PROGRAM_NGINX: Final = "nginx"
 PROGRAM_CONTROLLER: Final = "controller"
 WEB_GROUP: Final = "web"
+MAX_WEB_HEADS: Final = 16  # web program slots rendered once at `up`: web.heads and `scale web` stay within
 POOL_GROUP_PREFIX: Final = "pool-"

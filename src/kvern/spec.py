@@ -53,11 +53,11 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kvern.constants import DEFAULT_MAX_BACKLOG, MAX_BODY_BYTES
+from kvern.constants import DEFAULT_MAX_BACKLOG, MAX_BODY_BYTES, MAX_WEB_HEADS
 from kvern.errors import SpecError
 
 DEFAULT_TIME_LIMIT_S = 300.0
@@ -128,6 +128,7 @@ class Spec:
     static_dir: Path | None = None
     tasks: Mapping[str, TaskPolicy] = field(default_factory=dict)
     limits: LimitsSpec = field(default_factory=LimitsSpec)
+    text: str = field(default="", repr=False, compare=False)  # the TOML it was parsed from (for the snapshot)
 
     @property
     def root(self) -> Path:
@@ -164,16 +165,52 @@ class Spec:
         return max([DEFAULT_TIME_LIMIT_S, *limits])
 
 
-def load_spec(path: Path) -> Spec:
-    """Read and validate a spec file; raises `SpecError` naming the field at fault."""
+@dataclass(frozen=True)
+class Tiers:
+    """Which tiers one instance runs (`kvern up --only`): the web tier, the pools, or one pool alone."""
+
+    web: bool = True
+    pools: bool = True
+    pool: str | None = None  # one pool's name: only that pool runs
+
+    @classmethod
+    def parse(cls, text: str) -> Tiers:
+        """`all`, `web`, `pools` or a pool's name (the spec, not this, knows whether the pool exists)."""
+        named = {"all": cls(), "web": cls(pools=False), "pools": cls(web=False)}
+        return named.get(text) or cls(web=False, pool=text)
+
+    def __str__(self) -> str:
+        if self.pool is not None:
+            return self.pool
+        return "all" if self.web and self.pools else "web" if self.web else "pools"
+
+    def check(self, spec: Spec) -> Tiers:
+        if self.pool is not None and self.pool not in {p.name for p in spec.pools}:
+            raise SpecError(f"--only: {self.pool!r} is not 'web', 'pools' or a pool of the spec")
+        return self
+
+    def pools_of(self, spec: Spec) -> tuple[PoolSpec, ...]:
+        """The pools of the spec this instance runs."""
+        if self.pool is not None:
+            return (spec.pool(self.pool),)
+        return spec.pools if self.pools else ()
+
+
+def load_spec(path: Path, origin: Path | None = None) -> Spec:
+    """Read and validate a spec file; raises `SpecError` naming the field at fault.
+
+    `origin`: the spec file this one is a copy of (a running instance's snapshot): the spec's folder, where
+    the tasks module and the static folder are found, is the origin's.
+    """
     path = path.resolve()
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_spec(raw, path)
+    return replace(parse_spec(raw, (origin or path).resolve()), text=text)
 
 
 def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
@@ -213,8 +250,8 @@ def _parse_name(app: _Reader, path: Path) -> str:
 def _parse_web(web: _Reader) -> WebSpec:
     web.only("heads", "port")
     heads = web.get("heads", int, default=2)
-    if not 1 <= heads <= 64:
-        raise SpecError("web.heads: must be between 1 and 64")
+    if not 1 <= heads <= MAX_WEB_HEADS:
+        raise SpecError(f"web.heads: must be between 1 and {MAX_WEB_HEADS}")
     port = web.get("port", int, default=None)
     if port is not None and not 1 <= port <= 65535:
         raise SpecError("web.port: must be a TCP port between 1 and 65535")

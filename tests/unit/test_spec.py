@@ -225,7 +225,8 @@ def test_limits_default_to_safe_bounds_and_can_be_set(tmp_path: Path) -> None:
             ("pools[0].concurrency",),
             id="pool-concurrency-zero",
         ),
-        pytest.param(MINIMAL_SPEC + "\n[web]\nheads = 0\n", ("web.heads", "between 1 and 64"), id="web-heads-0"),
+        pytest.param(MINIMAL_SPEC + "\n[web]\nheads = 0\n", ("web.heads", "between 1 and 16"), id="web-heads-0"),
+        pytest.param(MINIMAL_SPEC + "\n[web]\nheads = 17\n", ("web.heads", "between 1 and 16"), id="web-heads-17"),
         pytest.param(MINIMAL_SPEC + "\n[web]\nheads = 65\n", ("web.heads",), id="web-heads-65"),
         pytest.param(MINIMAL_SPEC + "\n[web]\nport = 70000\n", ("web.port",), id="web-port-out-of-range"),
         pytest.param(

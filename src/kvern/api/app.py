@@ -41,8 +41,8 @@ from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
 from kvern.jobs.views import history_view, job_body, job_url
-from kvern.runtime.config import RuntimeConfig
-from kvern.spec import Spec, load_spec
+from kvern.runtime_config import RuntimeConfig
+from kvern.spec import Spec
 
 log = logging.getLogger("kvern.api")
 
@@ -69,7 +69,7 @@ class WebHead:
 
     @classmethod
     def from_runtime(cls, config: RuntimeConfig) -> WebHead:
-        spec = load_spec(config.spec_file)
+        spec = config.spec()
         _, catalog = load_user_app(spec)
         return cls(spec, catalog, JobStore(config.store_url), JobPublisher(config.broker_urls[ROLE_WEB]))
 
