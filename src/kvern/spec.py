@@ -53,7 +53,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -248,14 +248,12 @@ def _parse_name(app: _Reader, path: Path) -> str:
 
 
 def _parse_web(web: _Reader) -> WebSpec:
-    web.only("heads", "port")
-    heads = web.get("heads", int, default=2)
-    if not 1 <= heads <= MAX_WEB_HEADS:
+    spec = WebSpec(**_read_fields(web, WebSpec))
+    if not 1 <= spec.heads <= MAX_WEB_HEADS:
         raise SpecError(f"web.heads: must be between 1 and {MAX_WEB_HEADS}")
-    port = web.get("port", int, default=None)
-    if port is not None and not 1 <= port <= 65535:
+    if spec.port is not None and not 1 <= spec.port <= 65535:
         raise SpecError("web.port: must be a TCP port between 1 and 65535")
-    return WebSpec(heads=heads, port=port)
+    return spec
 
 
 def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
@@ -276,19 +274,7 @@ def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
 
 
 def _parse_pool(pool: _Reader) -> PoolSpec:
-    pool.only(
-        "name",
-        "queues",
-        "concurrency",
-        "min",
-        "max",
-        "idle_after",
-        "target_backlog",
-        "max_wait",
-        "max_tasks_per_child",
-        "max_memory_per_child",
-        "max_backlog",
-    )
+    pool.only(*(f.name for f in fields(PoolSpec)))
     name = pool.get("name", str, required=True)
     if not NAME_PATTERN.match(name) or name == "web":
         raise SpecError(
@@ -299,19 +285,7 @@ def _parse_pool(pool: _Reader) -> PoolSpec:
         raise SpecError(f"{pool.where}.queues: must be a non-empty list of queue names ([A-Za-z0-9_.-])")
     if any(q.startswith("kvern.") for q in queues):
         raise SpecError(f"{pool.where}.queues: names starting with 'kvern.' are reserved")
-    spec = PoolSpec(
-        name=name,
-        queues=tuple(queues),
-        concurrency=pool.get("concurrency", int, default=2),
-        min=pool.get("min", int, default=0),
-        max=pool.get("max", int, default=4),
-        idle_after=pool.get("idle_after", float, default=30.0),
-        target_backlog=pool.get("target_backlog", int, default=4),
-        max_wait=pool.get("max_wait", float, default=5.0),
-        max_tasks_per_child=pool.get("max_tasks_per_child", int, default=0),
-        max_memory_per_child=pool.get("max_memory_per_child", int, default=0),
-        max_backlog=pool.get("max_backlog", int, default=DEFAULT_MAX_BACKLOG),
-    )
+    spec = PoolSpec(name=name, queues=tuple(queues), **_read_fields(pool, PoolSpec))
     _check_pool_bounds(spec, pool.where)
     return spec
 
@@ -334,13 +308,7 @@ def _check_pool_bounds(pool: PoolSpec, where: str) -> None:
 
 
 def _parse_limits(table: _Reader) -> LimitsSpec:
-    table.only("args_bytes", "args_depth", "args_items")
-    defaults = LimitsSpec()
-    limits = LimitsSpec(
-        args_bytes=table.get("args_bytes", int, default=defaults.args_bytes),
-        args_depth=table.get("args_depth", int, default=defaults.args_depth),
-        args_items=table.get("args_items", int, default=defaults.args_items),
-    )
+    limits = LimitsSpec(**_read_fields(table, LimitsSpec))
     bounds = {
         "args_bytes": (limits.args_bytes, MAX_BODY_BYTES),
         "args_depth": (limits.args_depth, MAX_ARGS_DEPTH),
@@ -375,15 +343,7 @@ def _parse_tasks(tasks: _Reader, pools: tuple[PoolSpec, ...]) -> dict[str, TaskP
     policies: dict[str, TaskPolicy] = {}
     for task_name in tasks.keys():  # noqa: SIM118 (a _Reader, not a dict)
         entry = tasks.table(task_name)
-        entry.only("queue", "retries", "backoff", "backoff_max", "soft_time_limit", "time_limit")
-        policy = TaskPolicy(
-            queue=entry.get("queue", str, default=pools[0].queues[0]),
-            retries=entry.get("retries", int, default=3),
-            backoff=entry.get("backoff", float, default=1.0),
-            backoff_max=entry.get("backoff_max", float, default=60.0),
-            soft_time_limit=entry.get("soft_time_limit", float, default=None),
-            time_limit=entry.get("time_limit", float, default=DEFAULT_TIME_LIMIT_S),
-        )
+        policy = TaskPolicy(**_read_fields(entry, TaskPolicy, queue=pools[0].queues[0]))
         _check_policy(policy, entry.where, consumed)
         policies[task_name] = policy
     return policies
@@ -400,6 +360,23 @@ def _check_policy(policy: TaskPolicy, where: str, consumed: set[str]) -> None:
         raise SpecError(f"{where}.time_limit: must be positive")
     if policy.soft_time_limit is not None and not 0 < policy.soft_time_limit < policy.time_limit:
         raise SpecError(f"{where}.soft_time_limit: must be positive and below time_limit")
+
+
+# The type a field's annotation names (annotations are strings here) -> the TOML value the parser accepts.
+FIELD_KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
+FIELD_KINDS["str | None"] = str
+
+
+def _read_fields(table: _Reader, cls: type, **defaults: Any) -> dict[str, Any]:
+    """The table's value of each field of `cls` that has a default, else that default: the dataclass is the one
+    place defaults live (`defaults` overrides one that depends on the rest of the spec). Fields without a
+    default are the caller's to read; any other key in the table is refused."""
+    table.only(*(f.name for f in fields(cls)))
+    return {
+        f.name: table.get(f.name, FIELD_KINDS[str(f.type)], default=defaults.get(f.name, f.default))
+        for f in fields(cls)
+        if f.default is not MISSING
+    }
 
 
 class _Reader:
