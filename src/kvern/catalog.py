@@ -20,10 +20,9 @@ from typing import Any
 
 from celery import Celery, Task
 
+from kvern.constants import ORIGINAL_RUN_ATTR
 from kvern.errors import SpecError
 from kvern.spec import Spec
-
-ORIGINAL_RUN_ATTR = "_kvern_original_run"  # where the worker keeps the user's function once it guards a task
 
 BUILTIN_TASK_PREFIX = "celery."
 KNOWN_TASKS_SHOWN = 20  # an error message lists at most this many of the app's tasks

@@ -20,12 +20,16 @@ DEAD_LETTER_EXCHANGE: Final = "kvern.dead"
 DEAD_LETTER_QUEUE: Final = "kvern.dead"
 DEFAULT_DELIVERY_LIMIT: Final = 5
 DEFAULT_MAX_BACKLOG: Final = 100_000
+DEFAULT_TIME_LIMIT_S: Final = 300.0  # a task's hard time limit unless the spec sets one
 KVERN_JOB_HEADER: Final = "kvern_job"  # on every message kvern publishes: a worker knows the job is tracked
 
 # Broker roles; each gets its own generated user.
 ROLE_WEB: Final = "web"
 ROLE_WORKER: Final = "worker"
 ROLE_ADMIN: Final = "admin"
+
+# Where a guarded task keeps the user's own function (the worker sets it; argument binding reads it).
+ORIGINAL_RUN_ATTR: Final = "_kvern_original_run"
 
 # HTTP.
 API_PREFIX: Final = "/api/v1"
@@ -41,6 +45,8 @@ SUPERVISOR_SOCK: Final = "supervisor.sock"
 SUPERVISOR_PID: Final = "supervisord.pid"
 SQLITE_FILE: Final = "jobs.sqlite3"
 LOG_DIR: Final = "logs"
+PINS_FILE: Final = "pins.json"  # pools pinned by `kvern scale POOL N`, read by the autoscaler
+DESIRED_FILE: Final = "autoscale.json"  # the autoscaler's latest wish per pool, shown by `kvern status`
 
 # Environment passed to every child process.
 ENV_STATE_DIR: Final = "KVERN_STATE_DIR"

@@ -57,10 +57,9 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kvern.constants import DEFAULT_MAX_BACKLOG, MAX_BODY_BYTES, MAX_WEB_HEADS
+from kvern.constants import DEFAULT_MAX_BACKLOG, DEFAULT_TIME_LIMIT_S, MAX_BODY_BYTES, MAX_WEB_HEADS
 from kvern.errors import SpecError
 
-DEFAULT_TIME_LIMIT_S = 300.0
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

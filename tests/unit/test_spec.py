@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from kvern.constants import DEFAULT_TIME_LIMIT_S
 from kvern.errors import SpecError
 from kvern.runtime.instance import consumer_timeout_warning
-from kvern.spec import DEFAULT_TIME_LIMIT_S, LimitsSpec, PoolSpec, Spec, TaskPolicy, WebSpec, load_spec
+from kvern.spec import LimitsSpec, PoolSpec, Spec, TaskPolicy, WebSpec, load_spec
 
 FULL_SPEC = """
 [app]

@@ -114,7 +114,7 @@ class Instance:
             node.prepare(_broker_definitions(config))  # users and vhost are loaded by the node as it boots
         run_web, pools = only.web, only.pools_of(self.spec)
         if run_web:
-            (self.state_dir / "run").mkdir(exist_ok=True)
+            nginx.socket_dir(self.state_dir).mkdir(exist_ok=True)
             nginx.write_config(self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads)
         programs = build_programs(self.spec, config, node)
         supervisor = self.supervisor

@@ -14,7 +14,7 @@ from kvern.constants import (
     PROGRAM_NGINX,
     WEB_GROUP,
 )
-from kvern.runtime.nginx import nginx_command, web_socket
+from kvern.runtime.nginx import config_path, nginx_command, web_socket
 from kvern.runtime.rabbitmq import PrivateNode
 from kvern.runtime.supervisor import ProgramConfig
 from kvern.runtime_config import RuntimeConfig
@@ -51,7 +51,7 @@ def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None
         programs.append(
             ProgramConfig(
                 PROGRAM_NGINX,
-                nginx_command(state / "nginx" / "nginx.conf"),
+                nginx_command(config_path(state)),
                 environment={ENV_STATE_DIR: str(state)},  # marks it as this instance's (runtime/leftovers.py)
                 priority=PRIORITY_NGINX,
                 stopsignal="QUIT",  # graceful: finish the requests in flight

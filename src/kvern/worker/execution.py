@@ -26,8 +26,7 @@ from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
 from kombu.message import Message
 
-from kvern.catalog import ORIGINAL_RUN_ATTR
-from kvern.constants import KVERN_JOB_HEADER
+from kvern.constants import KVERN_JOB_HEADER, ORIGINAL_RUN_ATTR
 from kvern.errors import PermanentError, StoreUnavailable
 from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
