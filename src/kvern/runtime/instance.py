@@ -386,7 +386,10 @@ def _password(config: RuntimeConfig, role: str) -> str:
 
 
 def owned_pids(state_dir: Path) -> list[int]:
-    """Processes whose command line or environment names this state dir (for tests and `down` checks)."""
+    """Processes whose command line or environment names this state dir: what tests check is gone after `down`.
+
+    `down` itself does not use it: it stops the instance's processes found by `leftovers.instance_pids`.
+    """
     found = []
     marker = str(state_dir).encode()
     for entry in Path("/proc").iterdir():
