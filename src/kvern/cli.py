@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -68,7 +69,8 @@ def instance_from(ctx: click.Context) -> Instance:
     command acts on what runs; otherwise with the spec file."""
     state = state_dir_of(ctx)
     if Supervisor(state).is_running():
-        return Instance.started(state)
+        with contextlib.suppress(RuntimeStateError, TypeError):  # TypeError: started by a kvern without snapshots
+            return Instance.started(state)
     return spec_file_instance(ctx)
 
 
