@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import REPORTS_EXAMPLE, log
-from kvern.runtime.config import RuntimeConfig
 from kvern.runtime.instance import Instance, front_door_url, owned_pids
-from kvern.spec import load_spec
+from kvern.runtime_config import RuntimeConfig
+from kvern.spec import Tiers, load_spec
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORKLOADS = BENCH_DIR / "workloads.py"
@@ -133,7 +133,7 @@ def kvern_instance(spec_path: Path, state_dir: Path, only: str = "all") -> Itera
     instance = Instance(load_spec(spec_path), state_dir.resolve())
     started = time.monotonic()
     try:
-        config = instance.up(only)
+        config = instance.up(Tiers.parse(only))
         log(f"kvern up in {time.monotonic() - started:.1f}s: {front_door_url(config)} ({spec_path})")
         yield RunningInstance(instance, config)
     finally:

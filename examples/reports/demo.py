@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from kvern.report import collect_status
 from kvern.runtime.instance import Instance, front_door_url
-from kvern.runtime.status import collect_status
 from kvern.spec import load_spec
 
 HERE = Path(__file__).resolve().parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -13,18 +14,19 @@ from typing import Any, TypeVar
 import click
 
 from kvern import constants as c
-from kvern.api.views import history_view, job_body
 from kvern.autoscale.pins import write_pin
 from kvern.broker.relay import publish_jobs
 from kvern.client import submit_and_follow
 from kvern.errors import AlreadyRunning, JobNotFound, KvernError, NotRunning, RuntimeStateError, SpecError, StartError
 from kvern.jobs.states import REPLAYABLE
 from kvern.jobs.store import JobStore
+from kvern.jobs.views import history_view, job_body
+from kvern.report import collect_status, render_status
 from kvern.runtime.instance import Instance, consumer_timeout_warning, default_state_dir, front_door_url
-from kvern.runtime.status import collect_status, render_status
 from kvern.runtime.stopping import stop_on_signals
+from kvern.runtime.supervisor import Supervisor
 from kvern.runtime.web_scaling import scale_web
-from kvern.spec import PoolSpec, load_spec
+from kvern.spec import PoolSpec, Tiers, load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,11 +60,22 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def state_dir_of(ctx: click.Context) -> Path:
+    return Path(ctx.obj["state"] or default_state_dir(ctx.obj["spec"])).resolve()
+
+
 def instance_from(ctx: click.Context) -> Instance:
-    spec_path: Path = ctx.obj["spec"]
-    spec = load_spec(spec_path)
-    state = ctx.obj["state"] or default_state_dir(spec.path)
-    return Instance(spec, Path(state).resolve())
+    """The instance of the state dir: while it runs, with the spec it was started with (its snapshot), so a
+    command acts on what runs; otherwise with the spec file."""
+    state = state_dir_of(ctx)
+    if Supervisor(state).is_running():
+        with contextlib.suppress(RuntimeStateError, TypeError):  # TypeError: started by a kvern without snapshots
+            return Instance.started(state)
+    return spec_file_instance(ctx)
+
+
+def spec_file_instance(ctx: click.Context) -> Instance:
+    return Instance(load_spec(ctx.obj["spec"]), state_dir_of(ctx))
 
 
 def running_instance(ctx: click.Context) -> Instance:
@@ -107,16 +120,15 @@ def main(ctx: click.Context, spec: Path, state: Path | None) -> None:
 @handle_errors
 def up(ctx: click.Context, detach: bool, only: str) -> None:
     """Start the platform (foreground: Ctrl-C stops everything)."""
-    instance = instance_from(ctx)
-    if only not in ("all", "web", "pools") and only not in {p.name for p in instance.spec.pools}:
-        raise SpecError(f"--only: {only!r} is not 'web', 'pools' or a pool of the spec")
+    instance = spec_file_instance(ctx)  # `up` starts from the spec file as it is now (and snapshots it)
+    tiers = Tiers.parse(only).check(instance.spec)
     if instance.is_running():
         _already_running(ctx, instance)
     warning = consumer_timeout_warning(instance.spec)
     if warning:
         click.echo(f"kvern: {warning}", err=True)
-    config = instance.up(only, report=_progress)
-    click.echo(f"kvern is up: {front_door_url(config)}" if only in ("all", "web") else "kvern pools are up")
+    config = instance.up(tiers, report=_progress)
+    click.echo(f"kvern is up: {front_door_url(config)}" if tiers.web else "kvern pools are up")
     if detach:
         return
     _wait_for_interrupt()
@@ -132,7 +144,7 @@ def _progress(line: str) -> None:
 def _already_running(ctx: click.Context, instance: Instance) -> None:
     """Say where it runs and what to do with it (on stderr, as for any refusal), exit RET_ALREADY_RUNNING."""
     config = instance.runtime()
-    where = front_door_url(config) if config.only in ("all", "web") else f"pools only ({config.only})"
+    where = front_door_url(config) if config.only.web else f"pools only ({config.only})"
     command = _command_prefix(ctx)
     click.echo(f"kvern is already running: {where}", err=True)
     click.echo(f"  {command} status    what runs, queue depths, jobs", err=True)

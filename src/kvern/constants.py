@@ -20,11 +20,16 @@ DEAD_LETTER_EXCHANGE: Final = "kvern.dead"
 DEAD_LETTER_QUEUE: Final = "kvern.dead"
 DEFAULT_DELIVERY_LIMIT: Final = 5
 DEFAULT_MAX_BACKLOG: Final = 100_000
+DEFAULT_TIME_LIMIT_S: Final = 300.0  # a task's hard time limit unless the spec sets one
+KVERN_JOB_HEADER: Final = "kvern_job"  # on every message kvern publishes: a worker knows the job is tracked
 
 # Broker roles; each gets its own generated user.
 ROLE_WEB: Final = "web"
 ROLE_WORKER: Final = "worker"
 ROLE_ADMIN: Final = "admin"
+
+# Where a guarded task keeps the user's own function (the worker sets it; argument binding reads it).
+ORIGINAL_RUN_ATTR: Final = "_kvern_original_run"
 
 # HTTP.
 API_PREFIX: Final = "/api/v1"
@@ -34,11 +39,14 @@ PUBLISH_CONFIRM_TIMEOUT_S: Final = 3.0
 
 # Files inside the state dir.
 RUNTIME_FILE: Final = "runtime.json"
+SPEC_SNAPSHOT: Final = "spec.snapshot.toml"  # the spec `up` validated; what every process of the instance reads
 SUPERVISOR_CONF: Final = "supervisord.conf"
 SUPERVISOR_SOCK: Final = "supervisor.sock"
 SUPERVISOR_PID: Final = "supervisord.pid"
 SQLITE_FILE: Final = "jobs.sqlite3"
 LOG_DIR: Final = "logs"
+PINS_FILE: Final = "pins.json"  # pools pinned by `kvern scale POOL N`, read by the autoscaler
+DESIRED_FILE: Final = "autoscale.json"  # the autoscaler's latest wish per pool, shown by `kvern status`
 
 # Environment passed to every child process.
 ENV_STATE_DIR: Final = "KVERN_STATE_DIR"
@@ -48,4 +56,5 @@ PROGRAM_BROKER: Final = "broker"
 PROGRAM_NGINX: Final = "nginx"
 PROGRAM_CONTROLLER: Final = "controller"
 WEB_GROUP: Final = "web"
+MAX_WEB_HEADS: Final = 16  # web program slots rendered once at `up`: web.heads and `scale web` stay within
 POOL_GROUP_PREFIX: Final = "pool-"

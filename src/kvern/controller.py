@@ -14,11 +14,9 @@ from kvern.autoscale.loop import Autoscaler
 from kvern.broker.relay import DeadLetterWatcher, recover_stuck_jobs, relay_unpublished
 from kvern.constants import ROLE_ADMIN, ROLE_WEB, ROLE_WORKER
 from kvern.jobs.store import JobStore
-from kvern.runtime.config import RuntimeConfig
-from kvern.runtime.programs import tiers
 from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.supervisor import Supervisor
-from kvern.spec import load_spec
+from kvern.runtime_config import RuntimeConfig
 
 log = logging.getLogger("kvern.controller")
 
@@ -30,9 +28,9 @@ STUCK_INTERVAL_S = 15.0
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = RuntimeConfig.from_environment()
-    spec = load_spec(config.spec_file)
+    spec = config.spec()
     store = JobStore(config.store_url)
-    run_web, pools = tiers(config.only, spec)
+    run_web, pools = config.only.web, config.only.pools_of(spec)
     # The web role may only publish to the default exchange; the relay and watcher use the worker role.
     broker_url = config.broker_urls.get(ROLE_WORKER) or config.broker_urls[ROLE_WEB]
     watcher = DeadLetterWatcher(store, broker_url) if run_web else None

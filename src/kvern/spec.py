@@ -53,14 +53,13 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kvern.constants import DEFAULT_MAX_BACKLOG, MAX_BODY_BYTES
+from kvern.constants import DEFAULT_MAX_BACKLOG, DEFAULT_TIME_LIMIT_S, MAX_BODY_BYTES, MAX_WEB_HEADS
 from kvern.errors import SpecError
 
-DEFAULT_TIME_LIMIT_S = 300.0
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -128,6 +127,7 @@ class Spec:
     static_dir: Path | None = None
     tasks: Mapping[str, TaskPolicy] = field(default_factory=dict)
     limits: LimitsSpec = field(default_factory=LimitsSpec)
+    text: str = field(default="", repr=False, compare=False)  # the TOML it was parsed from (for the snapshot)
 
     @property
     def root(self) -> Path:
@@ -164,16 +164,52 @@ class Spec:
         return max([DEFAULT_TIME_LIMIT_S, *limits])
 
 
-def load_spec(path: Path) -> Spec:
-    """Read and validate a spec file; raises `SpecError` naming the field at fault."""
+@dataclass(frozen=True)
+class Tiers:
+    """Which tiers one instance runs (`kvern up --only`): the web tier, the pools, or one pool alone."""
+
+    web: bool = True
+    pools: bool = True
+    pool: str | None = None  # one pool's name: only that pool runs
+
+    @classmethod
+    def parse(cls, text: str) -> Tiers:
+        """`all`, `web`, `pools` or a pool's name (the spec, not this, knows whether the pool exists)."""
+        named = {"all": cls(), "web": cls(pools=False), "pools": cls(web=False)}
+        return named.get(text) or cls(web=False, pool=text)
+
+    def __str__(self) -> str:
+        if self.pool is not None:
+            return self.pool
+        return "all" if self.web and self.pools else "web" if self.web else "pools"
+
+    def check(self, spec: Spec) -> Tiers:
+        if self.pool is not None and self.pool not in {p.name for p in spec.pools}:
+            raise SpecError(f"--only: {self.pool!r} is not 'web', 'pools' or a pool of the spec")
+        return self
+
+    def pools_of(self, spec: Spec) -> tuple[PoolSpec, ...]:
+        """The pools of the spec this instance runs."""
+        if self.pool is not None:
+            return (spec.pool(self.pool),)
+        return spec.pools if self.pools else ()
+
+
+def load_spec(path: Path, origin: Path | None = None) -> Spec:
+    """Read and validate a spec file; raises `SpecError` naming the field at fault.
+
+    `origin`: the spec file this one is a copy of (a running instance's snapshot): the spec's folder, where
+    the tasks module and the static folder are found, is the origin's.
+    """
     path = path.resolve()
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_spec(raw, path)
+    return replace(parse_spec(raw, (origin or path).resolve()), text=text)
 
 
 def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
@@ -211,14 +247,12 @@ def _parse_name(app: _Reader, path: Path) -> str:
 
 
 def _parse_web(web: _Reader) -> WebSpec:
-    web.only("heads", "port")
-    heads = web.get("heads", int, default=2)
-    if not 1 <= heads <= 64:
-        raise SpecError("web.heads: must be between 1 and 64")
-    port = web.get("port", int, default=None)
-    if port is not None and not 1 <= port <= 65535:
+    spec = WebSpec(**_read_fields(web, WebSpec))
+    if not 1 <= spec.heads <= MAX_WEB_HEADS:
+        raise SpecError(f"web.heads: must be between 1 and {MAX_WEB_HEADS}")
+    if spec.port is not None and not 1 <= spec.port <= 65535:
         raise SpecError("web.port: must be a TCP port between 1 and 65535")
-    return WebSpec(heads=heads, port=port)
+    return spec
 
 
 def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
@@ -239,19 +273,7 @@ def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
 
 
 def _parse_pool(pool: _Reader) -> PoolSpec:
-    pool.only(
-        "name",
-        "queues",
-        "concurrency",
-        "min",
-        "max",
-        "idle_after",
-        "target_backlog",
-        "max_wait",
-        "max_tasks_per_child",
-        "max_memory_per_child",
-        "max_backlog",
-    )
+    pool.only(*(f.name for f in fields(PoolSpec)))
     name = pool.get("name", str, required=True)
     if not NAME_PATTERN.match(name) or name == "web":
         raise SpecError(
@@ -262,19 +284,7 @@ def _parse_pool(pool: _Reader) -> PoolSpec:
         raise SpecError(f"{pool.where}.queues: must be a non-empty list of queue names ([A-Za-z0-9_.-])")
     if any(q.startswith("kvern.") for q in queues):
         raise SpecError(f"{pool.where}.queues: names starting with 'kvern.' are reserved")
-    spec = PoolSpec(
-        name=name,
-        queues=tuple(queues),
-        concurrency=pool.get("concurrency", int, default=2),
-        min=pool.get("min", int, default=0),
-        max=pool.get("max", int, default=4),
-        idle_after=pool.get("idle_after", float, default=30.0),
-        target_backlog=pool.get("target_backlog", int, default=4),
-        max_wait=pool.get("max_wait", float, default=5.0),
-        max_tasks_per_child=pool.get("max_tasks_per_child", int, default=0),
-        max_memory_per_child=pool.get("max_memory_per_child", int, default=0),
-        max_backlog=pool.get("max_backlog", int, default=DEFAULT_MAX_BACKLOG),
-    )
+    spec = PoolSpec(name=name, queues=tuple(queues), **_read_fields(pool, PoolSpec))
     _check_pool_bounds(spec, pool.where)
     return spec
 
@@ -297,13 +307,7 @@ def _check_pool_bounds(pool: PoolSpec, where: str) -> None:
 
 
 def _parse_limits(table: _Reader) -> LimitsSpec:
-    table.only("args_bytes", "args_depth", "args_items")
-    defaults = LimitsSpec()
-    limits = LimitsSpec(
-        args_bytes=table.get("args_bytes", int, default=defaults.args_bytes),
-        args_depth=table.get("args_depth", int, default=defaults.args_depth),
-        args_items=table.get("args_items", int, default=defaults.args_items),
-    )
+    limits = LimitsSpec(**_read_fields(table, LimitsSpec))
     bounds = {
         "args_bytes": (limits.args_bytes, MAX_BODY_BYTES),
         "args_depth": (limits.args_depth, MAX_ARGS_DEPTH),
@@ -338,15 +342,7 @@ def _parse_tasks(tasks: _Reader, pools: tuple[PoolSpec, ...]) -> dict[str, TaskP
     policies: dict[str, TaskPolicy] = {}
     for task_name in tasks.keys():  # noqa: SIM118 (a _Reader, not a dict)
         entry = tasks.table(task_name)
-        entry.only("queue", "retries", "backoff", "backoff_max", "soft_time_limit", "time_limit")
-        policy = TaskPolicy(
-            queue=entry.get("queue", str, default=pools[0].queues[0]),
-            retries=entry.get("retries", int, default=3),
-            backoff=entry.get("backoff", float, default=1.0),
-            backoff_max=entry.get("backoff_max", float, default=60.0),
-            soft_time_limit=entry.get("soft_time_limit", float, default=None),
-            time_limit=entry.get("time_limit", float, default=DEFAULT_TIME_LIMIT_S),
-        )
+        policy = TaskPolicy(**_read_fields(entry, TaskPolicy, queue=pools[0].queues[0]))
         _check_policy(policy, entry.where, consumed)
         policies[task_name] = policy
     return policies
@@ -363,6 +359,23 @@ def _check_policy(policy: TaskPolicy, where: str, consumed: set[str]) -> None:
         raise SpecError(f"{where}.time_limit: must be positive")
     if policy.soft_time_limit is not None and not 0 < policy.soft_time_limit < policy.time_limit:
         raise SpecError(f"{where}.soft_time_limit: must be positive and below time_limit")
+
+
+# The type a field's annotation names (annotations are strings here) -> the TOML value the parser accepts.
+FIELD_KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
+FIELD_KINDS["str | None"] = str
+
+
+def _read_fields(table: _Reader, cls: type, **defaults: Any) -> dict[str, Any]:
+    """The table's value of each field of `cls` that has a default, else that default: the dataclass is the one
+    place defaults live (`defaults` overrides one that depends on the rest of the spec). Fields without a
+    default are the caller's to read; any other key in the table is refused."""
+    table.only(*(f.name for f in fields(cls)))
+    return {
+        f.name: table.get(f.name, FIELD_KINDS[str(f.type)], default=defaults.get(f.name, f.default))
+        for f in fields(cls)
+        if f.default is not MISSING
+    }
 
 
 class _Reader:

@@ -21,9 +21,9 @@ import httpx
 import pytest
 import sqlalchemy
 
-from kvern.runtime.config import RuntimeConfig
 from kvern.runtime.instance import Instance, front_door_url, owned_pids
-from kvern.spec import load_spec
+from kvern.runtime_config import RuntimeConfig
+from kvern.spec import Tiers, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 REPORTS = REPO / "examples" / "reports"
@@ -90,7 +90,7 @@ def start_instance(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     def start(spec_path: Path, only: str = "all", state: Path | None = None) -> Running:
         instance = Instance(load_spec(spec_path), (state or spec_path.parent / ".kvern").resolve())
         started.append(instance)
-        config = instance.up(only)
+        config = instance.up(Tiers.parse(only))
         return Running(instance, config)
 
     yield start

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kvern.runtime.config import RuntimeConfig
 from kvern.runtime.instance import owned_pids
+from kvern.runtime_config import RuntimeConfig
 from tests.integration.conftest import reports_spec, write_project
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from kvern.constants import RET_ALREADY_RUNNING, RET_NOT_RUNNING
-from kvern.runtime.config import RuntimeConfig
 from kvern.runtime.instance import owned_pids
 from kvern.runtime.leftovers import alive, instance_pids
 from kvern.runtime.supervisor import Supervisor
+from kvern.runtime_config import RuntimeConfig
 from tests.integration.conftest import reports_spec, submit_report, wait_for_outcome, write_project
 
 pytestmark = pytest.mark.integration

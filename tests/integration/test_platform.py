@@ -14,7 +14,9 @@ import pytest
 from pypdf import PdfReader
 
 from kvern.constants import MAX_BODY_BYTES, RET_SPEC
+from kvern.runtime import nginx
 from kvern.runtime.instance import Instance, owned_pids
+from kvern.runtime.web_scaling import scale_web
 from kvern.spec import load_spec
 from tests.integration.conftest import Running, reports_spec, submit_report, wait_for_outcome, write_project
 
@@ -155,3 +157,23 @@ def test_an_invalid_spec_names_the_field_and_starts_nothing(tmp_path: Path) -> N
     assert result.stderr.strip().count("\n") == 0
     assert "pools[0].min" in result.stderr
     assert not (tmp_path / "bad" / ".kvern").exists()
+
+
+def test_a_spec_edited_while_running_reaches_no_process(platform: Running) -> None:
+    # given the running platform (retries = 2), and its kvern.toml edited to retries = 9
+    spec_file = platform.instance.spec.path
+    original = spec_file.read_text()
+    state = platform.instance.state_dir
+    spec_file.write_text(original.replace("retries = 2", "retries = 9"))
+    try:
+        # when a web head starts after the edit (`kvern scale web 3`)
+        assert scale_web(platform.instance.supervisor, state, 3) == (2, 3)
+        # then it computes max_attempts from the snapshot `up` took, like the heads started before it
+        transport = httpx.HTTPTransport(uds=str(nginx.web_socket(state, 2)))
+        with httpx.Client(transport=transport, base_url="http://web-head", timeout=30) as head:
+            response = submit_report(head, user_id=1, seconds=0.1)
+        assert response.status_code == 202, response.text
+        assert response.json()["max_attempts"] == 3
+    finally:
+        spec_file.write_text(original)
+        scale_web(platform.instance.supervisor, state, 2)

@@ -36,7 +36,7 @@ from kvern.constants import RET_ALREADY_RUNNING, RET_NOT_RUNNING, SQLITE_FILE
 from kvern.errors import RuntimeStateError
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, owned_pids
-from kvern.spec import load_spec
+from kvern.spec import Tiers, load_spec
 from tests.integration.conftest import (
     SYSTEM_BROKER,
     Running,
@@ -103,9 +103,9 @@ def running(*projects: tuple[Path, str], parallel: bool = False) -> Iterator[lis
     try:
         if parallel:  # each private node boots while the other one does
             with ThreadPoolExecutor(len(instances)) as pool:
-                configs = list(pool.map(lambda i, o: i.up(o), instances, onlys))
+                configs = list(pool.map(lambda i, o: i.up(Tiers.parse(o)), instances, onlys))
         else:
-            configs = [instance.up(only) for instance, only in zip(instances, onlys, strict=True)]
+            configs = [instance.up(Tiers.parse(only)) for instance, only in zip(instances, onlys, strict=True)]
         yield [Running(instance, config) for instance, config in zip(instances, configs, strict=True)]
     finally:
         with ThreadPoolExecutor(len(instances)) as pool:

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from kvern.api.app import WebHead, create_app
+from kvern.catalog import load_user_app
 from kvern.errors import BacklogFull, PublishError
 from kvern.jobs.store import JobStore
 from kvern.spec import load_spec
-from kvern.worker.app import load_user_app
 
 
 class StubPublisher:

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from kvern.api.views import attempt_view
+from kvern.api.views import JobView
 from kvern.jobs.records import Attempt, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
+from kvern.jobs.views import attempt_view, job_body
 from tests.unit import test_api
 
 project = test_api.project
@@ -125,3 +126,18 @@ def test_attempt_view_is_generic_over_the_attempt_fields() -> None:
         "error": None,
         "traceback": None,
     }
+
+
+@pytest.mark.parametrize("result", [{"total": 3}, float("nan"), [1.5, None]])
+def test_the_job_json_has_the_shape_of_the_api_model(sqlite_store: JobStore, result: Any) -> None:
+    # given a finished job (the CLI and the API render it with kvern.jobs.views, the OpenAPI model documents it)
+    job_id = insert_job(sqlite_store, args=[1, 2])
+    finish(sqlite_store, job_id, JobStatus.SUCCEEDED)
+    stored = sqlite_store.get(job_id)
+    assert stored is not None
+    job = dataclasses.replace(stored, result=result)  # a NaN as an older version may have stored it
+    # when it is rendered, then the body is exactly what the response model makes of it
+    body = job_body(job)
+    assert list(body) == list(JobView.model_fields)
+    assert body["render_error"] is None  # a NaN is shown as null, as the response model always showed it
+    assert JobView.model_validate(body).model_dump(mode="json") == body

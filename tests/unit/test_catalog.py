@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from kvern.catalog import load_user_app
 from kvern.cli import main
 from kvern.constants import RET_SPEC
 from kvern.errors import SpecError
 from kvern.spec import load_spec
-from kvern.worker.app import load_user_app
 
 GOOD_TASKS = """
 from celery import Celery

@@ -17,6 +17,9 @@ from kvern.errors import AlreadyRunning, NotRunning
 from kvern.jobs.records import NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
+from kvern.runtime.supervisor import Supervisor
+from kvern.runtime_config import RuntimeConfig, snapshot_spec
+from kvern.spec import load_spec
 
 SPEC = """
 [app]
@@ -95,6 +98,33 @@ def test_scale_of_an_unknown_pool_is_a_bad_command_line(spec_path: Path) -> None
 def test_scale_within_max_needs_a_running_instance(spec_path: Path) -> None:
     result = kvern(spec_path, "scale", "images", "3")
     assert result.exit_code == RET_NOT_RUNNING, result.output
+
+
+def test_scale_of_a_running_instance_follows_the_spec_it_was_started_with(
+    spec_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an instance started with max = 4 (its snapshot and runtime.json in the state dir), still running
+    state = spec_path.parent / ".kvern"
+    state.mkdir()
+    spec = load_spec(spec_path)
+    RuntimeConfig(
+        spec_path=str(spec.path),
+        spec_snapshot=str(snapshot_spec(spec, state)),
+        state_dir=str(state),
+        instance="cli",
+        front_door_port=1,
+        store_url="sqlite://",
+        broker_urls={},
+        management_url=None,
+        management_auth=None,
+        private_broker=False,
+    ).save()
+    monkeypatch.setattr(Supervisor, "is_running", lambda _self: True)
+    # when kvern.toml is edited to max = 20, then `scale` still holds the pool to the running max
+    spec_path.write_text(SPEC.replace("max = 4", "max = 20"))
+    result = kvern(spec_path, "scale", "images", "9")
+    assert result.exit_code == RET_USAGE, result.output
+    assert "9 is above pool images's max (4)" in result.output
 
 
 # -- status --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Retry
 
 import kvern
+from kvern.catalog import original_run
 from kvern.errors import PermanentError, StoreUnavailable
 from kvern.jobs.records import Claim, NewJob
 from kvern.jobs.states import JobStatus
@@ -27,7 +28,6 @@ from kvern.worker.execution import (
     backoff_delay,
     decide_after_failure,
     guard_task,
-    original_run,
 )
 
 WORKER = "worker-1@host"

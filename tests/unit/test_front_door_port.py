@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import socket
 
-from kvern.runtime.config import RuntimeConfig
 from kvern.runtime.instance import _front_door_port, free_port
+from kvern.runtime_config import RuntimeConfig
 
 
 def previous_run(port: int) -> RuntimeConfig:
     return RuntimeConfig(
         spec_path="kvern.toml",
+        spec_snapshot="/tmp/x/spec.snapshot.toml",
         state_dir="/tmp/x",
         instance="x",
         front_door_port=port,

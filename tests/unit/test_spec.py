@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from kvern.constants import DEFAULT_TIME_LIMIT_S
 from kvern.errors import SpecError
 from kvern.runtime.instance import consumer_timeout_warning
-from kvern.spec import DEFAULT_TIME_LIMIT_S, LimitsSpec, PoolSpec, Spec, TaskPolicy, WebSpec, load_spec
+from kvern.spec import LimitsSpec, PoolSpec, Spec, TaskPolicy, WebSpec, load_spec
 
 FULL_SPEC = """
 [app]
@@ -225,7 +227,8 @@ def test_limits_default_to_safe_bounds_and_can_be_set(tmp_path: Path) -> None:
             ("pools[0].concurrency",),
             id="pool-concurrency-zero",
         ),
-        pytest.param(MINIMAL_SPEC + "\n[web]\nheads = 0\n", ("web.heads", "between 1 and 64"), id="web-heads-0"),
+        pytest.param(MINIMAL_SPEC + "\n[web]\nheads = 0\n", ("web.heads", "between 1 and 16"), id="web-heads-0"),
+        pytest.param(MINIMAL_SPEC + "\n[web]\nheads = 17\n", ("web.heads", "between 1 and 16"), id="web-heads-17"),
         pytest.param(MINIMAL_SPEC + "\n[web]\nheads = 65\n", ("web.heads",), id="web-heads-65"),
         pytest.param(MINIMAL_SPEC + "\n[web]\nport = 70000\n", ("web.port",), id="web-port-out-of-range"),
         pytest.param(
@@ -411,3 +414,24 @@ def test_an_external_broker_with_long_tasks_gets_a_consumer_timeout_warning(tmp_
         assert (warning is not None) is warned
         if warning:
             assert "consumer_timeout >= 3660000" in warning
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "read"),
+    [
+        (PoolSpec, "concurrency", lambda spec: spec.pools[0].concurrency),
+        (PoolSpec, "max_wait", lambda spec: spec.pools[0].max_wait),
+        (TaskPolicy, "retries", lambda spec: spec.tasks["tasks.t"].retries),
+        (TaskPolicy, "time_limit", lambda spec: spec.tasks["tasks.t"].time_limit),
+        (WebSpec, "heads", lambda spec: spec.web.heads),
+        (LimitsSpec, "args_depth", lambda spec: spec.limits.args_depth),
+    ],
+)
+def test_the_parser_takes_each_default_from_the_dataclass_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cls: type, name: str, read: Callable[[Spec], object]
+) -> None:
+    # given a field's default changed in its dataclass alone
+    monkeypatch.setattr(cls.__dataclass_fields__[name], "default", 7)  # type: ignore[attr-defined]
+    # when a spec that does not set it is parsed, then the parser gives the new default (no copy of the old one)
+    spec = load_spec(write_spec(tmp_path, MINIMAL_SPEC + '\n[tasks."tasks.t"]\nqueue = "default"\n'))
+    assert read(spec) == 7

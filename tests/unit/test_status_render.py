@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvern.runtime.status import render_status
+from kvern.report import render_status
 
 
 def report(stuck: int) -> dict[str, Any]:

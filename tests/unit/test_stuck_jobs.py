@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from kvern.broker import relay
+from kvern.constants import DEFAULT_TIME_LIMIT_S
 from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
-from kvern.spec import DEFAULT_TIME_LIMIT_S, PoolSpec, Spec, TaskPolicy, WebSpec
+from kvern.spec import PoolSpec, Spec, TaskPolicy, WebSpec
 
 SHORT_LIMIT_S = 10.0
 

@@ -32,19 +32,17 @@ from kvern.api.views import (
     JobPage,
     JobView,
     error_body,
-    history_view,
-    job_body,
-    job_url,
 )
 from kvern.broker.publisher import JobPublisher
+from kvern.catalog import TaskCatalog, load_user_app
 from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
-from kvern.runtime.config import RuntimeConfig
-from kvern.spec import Spec, load_spec
-from kvern.worker.app import TaskCatalog, load_user_app
+from kvern.jobs.views import history_view, job_body, job_url
+from kvern.runtime_config import RuntimeConfig
+from kvern.spec import Spec
 
 log = logging.getLogger("kvern.api")
 
@@ -71,7 +69,7 @@ class WebHead:
 
     @classmethod
     def from_runtime(cls, config: RuntimeConfig) -> WebHead:
-        spec = load_spec(config.spec_file)
+        spec = config.spec()
         _, catalog = load_user_app(spec)
         return cls(spec, catalog, JobStore(config.store_url), JobPublisher(config.broker_urls[ROLE_WEB]))
 

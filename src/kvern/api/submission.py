@@ -6,15 +6,13 @@ Validation happens before anything is recorded or published: a rejected request 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from kvern.catalog import BindingError, TaskCatalog, check_binding
 from kvern.spec import LimitsSpec
-from kvern.worker.app import TaskCatalog
-from kvern.worker.execution import original_run
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,10 @@ def parse_submission(body: bytes, catalog: TaskCatalog, limits: LimitsSpec | Non
     if task is None:
         known = ", ".join(catalog.names())
         raise SubmissionError(404, "unknown_task", f"no task named {task_name!r} (known: {known})")
-    _check_binding(task.name, original_run(task), args, kwargs)
+    try:
+        check_binding(task, args, kwargs)
+    except BindingError as exc:
+        raise SubmissionError(422, "bad_arguments", str(exc)) from None
     canonical = json.dumps({"task": task.name, "args": args, "kwargs": kwargs}, sort_keys=True)
     return Submission(task.name, args, kwargs, hashlib.sha256(canonical.encode()).hexdigest())
 
@@ -107,23 +108,3 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"number {text[:40]} is out of range")
     return value
-
-
-def _check_binding(name: str, function: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
-    try:
-        inspect.signature(function).bind(*args, **kwargs)
-    except TypeError as exc:
-        raise SubmissionError(
-            422, "bad_arguments", f"arguments do not fit {name}{_signature(function)}: {exc}"
-        ) from None
-
-
-def _signature(function: Any) -> str:
-    """The signature as the user wrote it, without the quotes postponed annotations add."""
-    try:
-        return str(inspect.signature(function, eval_str=True))
-    except Exception:  # an annotation that does not evaluate here: show it as written
-        try:
-            return str(inspect.signature(function))
-        except (TypeError, ValueError):
-            return "(...)"

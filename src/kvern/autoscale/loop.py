@@ -15,7 +15,9 @@ from pathlib import Path
 from kvern.autoscale.pins import read_pins
 from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
 from kvern.broker.admin import queue_depths
+from kvern.constants import DESIRED_FILE
 from kvern.errors import StoreUnavailable
+from kvern.files import atomic_write
 from kvern.jobs.records import ScalingEvent
 from kvern.jobs.store import JobStore
 from kvern.runtime.programs import pool_group, pool_slot
@@ -25,7 +27,6 @@ from kvern.spec import PoolSpec
 log = logging.getLogger("kvern.autoscale")
 
 # The autoscaler's latest view per pool (desired processes, pin), for `kvern status`.
-DESIRED_FILE = "autoscale.json"
 ACTIVE_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF"})
 
 
@@ -91,10 +92,7 @@ class Autoscaler:
     def _publish(self, desired: dict[str, dict[str, int | None]]) -> None:
         if desired == self._published:
             return
-        path = self.state_dir / DESIRED_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(desired))
-        tmp.replace(path)
+        atomic_write(self.state_dir / DESIRED_FILE, json.dumps(desired))
         self._published = desired
 
     def _pinned(self, pool: PoolSpec, current: int, pin: int) -> Decision | None:

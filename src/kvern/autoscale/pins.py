@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PINS_FILE = "pins.json"
+from kvern.constants import PINS_FILE
+from kvern.files import atomic_write
 
 
 def read_pins(state_dir: Path) -> dict[str, int]:
@@ -23,7 +24,4 @@ def write_pin(state_dir: Path, pool: str, processes: int | None) -> None:
         pins.pop(pool, None)
     else:
         pins[pool] = processes
-    path = state_dir / PINS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(pins))
-    tmp.replace(path)
+    atomic_write(state_dir / PINS_FILE, json.dumps(pins))

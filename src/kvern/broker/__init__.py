@@ -1,1 +1,1 @@
-"""The broker side: queue topology, dead letters, publishing with confirms, and the management API."""
+"""The broker side: queue topology, dead letters, publishing with confirms, and queue depths read over AMQP."""

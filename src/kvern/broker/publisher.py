@@ -18,10 +18,9 @@ from aio_pika.exceptions import AMQPError, DeliveryError
 from aio_pika.exceptions import PublishError as AioPublishError
 from pamqp.commands import Basic
 
-from kvern.constants import PUBLISH_CONFIRM_TIMEOUT_S
+from kvern.constants import KVERN_JOB_HEADER, PUBLISH_CONFIRM_TIMEOUT_S
 from kvern.errors import BacklogFull, PublishError
 
-KVERN_JOB_HEADER = "kvern_job"
 CONNECT_TIMEOUT_S = 2.0
 
 

@@ -23,10 +23,11 @@ from kombu.messaging import Consumer, Producer
 
 from kvern.broker.publisher import celery_task_message
 from kvern.broker.topology import dead_letter_queue
+from kvern.constants import DEFAULT_TIME_LIMIT_S
 from kvern.jobs.records import Job, StuckSuspect
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
-from kvern.spec import DEFAULT_TIME_LIMIT_S, Spec
+from kvern.spec import Spec
 
 log = logging.getLogger("kvern.relay")
 

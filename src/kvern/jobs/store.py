@@ -9,7 +9,9 @@ outcome, and a state never moves backwards.
 from __future__ import annotations
 
 import json
+import os
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -41,10 +43,26 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=4, max_overflow=8, pool_pre_ping=True, pool_recycle=300)
+        pooled = create_engine(url, pool_size=4, max_overflow=8, pool_pre_ping=True, pool_recycle=300)
+        return fresh_pool_after_fork(pooled)
     engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def fresh_pool_after_fork(engine: Engine) -> Engine:
+    """A forked child (a worker's task process) must not use the parent's pooled connections: two processes on
+    one socket corrupt the protocol. The child starts with an empty pool and leaves the parent's connections
+    open for the parent (SQLAlchemy's documented `dispose(close=False)`)."""
+    alive = weakref.ref(engine)  # the hook must not keep a discarded engine alive
+
+    def in_child() -> None:
+        engine = alive()
+        if engine is not None:
+            engine.dispose(close=False)
+
+    os.register_at_fork(after_in_child=in_child)
     return engine
 
 

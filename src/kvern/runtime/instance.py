@@ -33,15 +33,16 @@ from kvern.constants import (
 from kvern.errors import AlreadyRunning, RuntimeStateError, SpecError, StartError
 from kvern.jobs.store import JobStore
 from kvern.runtime import nginx
-from kvern.runtime.config import RuntimeConfig
 from kvern.runtime.leftovers import stop_leftovers
-from kvern.runtime.programs import build_programs, pool_slot, tiers, web_program_name
+from kvern.runtime.programs import build_programs, pool_slot, web_program_name
 from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode, build_definitions
 from kvern.runtime.supervisor import STOPPED_STATES, Supervisor, render_supervisord_conf
-from kvern.spec import Spec
+from kvern.runtime_config import RuntimeConfig, snapshot_spec
+from kvern.spec import Spec, Tiers
 from kvern.worker.check import ERROR_MARKER
 
+ALL_TIERS = Tiers()
 HEALTH_TIMEOUT_S = 90.0
 USER_APP_CHECK_TIMEOUT_S = 60.0
 HEALTH_POLL_S = 0.05
@@ -93,7 +94,12 @@ class Instance:
 
     # -- up ---------------------------------------------------------------------------------------------
 
-    def up(self, only: str = "all", report: Reporter = silent) -> RuntimeConfig:
+    @classmethod
+    def started(cls, state_dir: Path) -> Instance:
+        """The instance that runs (or last ran) with this state dir, with the spec it was started with."""
+        return cls(RuntimeConfig.load(state_dir).spec(), state_dir)
+
+    def up(self, only: Tiers = ALL_TIERS, report: Reporter = silent) -> RuntimeConfig:
         """Start every part; `report` gets a line as each becomes ready (broker, store, web heads, pools...)."""
         if self.is_running():
             raise AlreadyRunning(f"kvern is already running with state dir {self.state_dir}")
@@ -102,14 +108,16 @@ class Instance:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A previous run whose supervisord died may have left processes (the broker holds the node name).
         stop_leftovers(self.state_dir, self.stop_wait_s, report)
-        config = self._new_runtime(only, report)
+        # What runs is what was validated: a later edit of the spec file reaches no process of this instance.
+        snapshot = snapshot_spec(self.spec, self.state_dir)
+        config = self._new_runtime(only, snapshot, report)
         config.save()
         node = self.private_node(config)
         if node is not None:
             node.prepare(_broker_definitions(config))  # users and vhost are loaded by the node as it boots
-        run_web, pools = tiers(only, self.spec)
+        run_web, pools = only.web, only.pools_of(self.spec)
         if run_web:
-            (self.state_dir / "run").mkdir(exist_ok=True)
+            nginx.socket_dir(self.state_dir).mkdir(exist_ok=True)
             nginx.write_config(self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads)
         programs = build_programs(self.spec, config, node)
         supervisor = self.supervisor
@@ -173,10 +181,11 @@ class Instance:
                 raise StartError(f"not healthy after {HEALTH_TIMEOUT_S:.0f}s (waiting for: {waiting.left()})")
             time.sleep(HEALTH_POLL_S)
 
-    def _new_runtime(self, only: str, report: Reporter = silent) -> RuntimeConfig:
+    def _new_runtime(self, only: Tiers, snapshot: Path, report: Reporter = silent) -> RuntimeConfig:
         previous = _previous_runtime(self.state_dir)
         common: dict[str, Any] = {
             "spec_path": str(self.spec.path),
+            "spec_snapshot": str(snapshot),
             "state_dir": str(self.state_dir),
             "instance": f"{self.spec.name}-{hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:6]}",
             "front_door_port": self.spec.web.port or _front_door_port(previous, report),
@@ -400,7 +409,10 @@ def _password(config: RuntimeConfig, role: str) -> str:
 
 
 def owned_pids(state_dir: Path) -> list[int]:
-    """Processes whose command line or environment names this state dir (for tests and `down` checks)."""
+    """Processes whose command line or environment names this state dir: what tests check is gone after `down`.
+
+    `down` itself does not use it: it stops the instance's processes found by `leftovers.instance_pids`.
+    """
     found = []
     marker = str(state_dir).encode()
     for entry in Path("/proc").iterdir():

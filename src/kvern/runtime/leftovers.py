@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvern.constants import ENV_STATE_DIR
+from kvern.runtime import nginx
 
 POLL_S = 0.05
 # Started by the broker on a machine without one, then shared by every Erlang node: never ours to stop.
@@ -55,7 +56,7 @@ def _ancestors_of_self() -> set[int]:
 def instance_pids(state_dir: Path) -> list[int]:
     """Live processes that belong to the instance of `state_dir` (marked ones and their descendants)."""
     marker = f"{ENV_STATE_DIR}={state_dir}".encode()
-    named = str(state_dir / "nginx" / "nginx.conf").encode()  # nginx overwrites its environment with its title
+    named = str(nginx.config_path(state_dir)).encode()  # nginx overwrites its environment with its title
     parents: dict[int, int] = {}
     marked: set[int] = set()
     for entry in Path("/proc").iterdir():

@@ -11,6 +11,7 @@ from string import Template
 
 from kvern.constants import MAX_BODY_BYTES
 from kvern.errors import StartError
+from kvern.files import atomic_write
 
 NGINX_BINARY_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 # nginx's own limit sits a little above the app's, so the app answers 413 with its JSON error first.
@@ -26,8 +27,18 @@ def nginx_binary() -> str:
     return found
 
 
+def socket_dir(state_dir: Path) -> Path:
+    """Where the web heads listen (nginx reaches them by these sockets)."""
+    return state_dir / "run"
+
+
 def web_socket(state_dir: Path, index: int) -> Path:
-    return state_dir / "run" / f"web-{index}.sock"
+    return socket_dir(state_dir) / f"web-{index}.sock"
+
+
+def config_path(state_dir: Path) -> Path:
+    """nginx's main config (also how a leftover nginx is recognised: it shows in its command line)."""
+    return state_dir / "nginx" / "nginx.conf"
 
 
 def render_upstream(state_dir: Path, heads: int) -> str:
@@ -71,20 +82,16 @@ def render_config(state_dir: Path, port: int, static_dir: Path | None) -> str:
 
 def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int) -> Path:
     """Write nginx.conf and upstream.conf; returns the main config's path."""
-    folder = state_dir / "nginx"
+    path = config_path(state_dir)
     for name in TEMP_DIRS:
-        (folder / name).mkdir(parents=True, exist_ok=True)
+        (path.parent / name).mkdir(parents=True, exist_ok=True)
     write_upstream(state_dir, heads)
-    path = folder / "nginx.conf"
     path.write_text(render_config(state_dir, port, static_dir))
     return path
 
 
 def write_upstream(state_dir: Path, heads: int) -> None:
-    path = state_dir / "nginx" / "upstream.conf"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(render_upstream(state_dir, heads))
-    tmp.replace(path)
+    atomic_write(config_path(state_dir).parent / "upstream.conf", render_upstream(state_dir, heads))
 
 
 def nginx_command(config: Path) -> list[str]:

@@ -7,33 +7,22 @@ from pathlib import Path
 
 from kvern.constants import (
     ENV_STATE_DIR,
+    MAX_WEB_HEADS,
     POOL_GROUP_PREFIX,
     PROGRAM_BROKER,
     PROGRAM_CONTROLLER,
     PROGRAM_NGINX,
     WEB_GROUP,
 )
-from kvern.runtime.config import RuntimeConfig
-from kvern.runtime.nginx import nginx_command, web_socket
+from kvern.runtime.nginx import config_path, nginx_command, web_socket
 from kvern.runtime.rabbitmq import PrivateNode
 from kvern.runtime.supervisor import ProgramConfig
+from kvern.runtime_config import RuntimeConfig
 from kvern.spec import PoolSpec, Spec
 
-MAX_WEB_HEADS = 16
 # Priorities order start-up and, reversed, shut-down: the front door stops first, the broker last.
 PRIORITY_BROKER, PRIORITY_POOLS, PRIORITY_WEB, PRIORITY_CONTROLLER, PRIORITY_NGINX = 10, 20, 30, 40, 50
 STOP_MARGIN_S = 15
-
-
-def tiers(only: str, spec: Spec) -> tuple[bool, tuple[PoolSpec, ...]]:
-    """(runs web tier, pools it runs) for `--only`."""
-    if only == "all":
-        return True, spec.pools
-    if only == "web":
-        return True, ()
-    if only == "pools":
-        return False, spec.pools
-    return False, (spec.pool(only),)
 
 
 def web_program_name(index: int) -> str:
@@ -52,18 +41,17 @@ def pool_slot(pool: str, index: int) -> str:
 def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None) -> list[ProgramConfig]:
     state = config.state_path
     env = {ENV_STATE_DIR: str(state), "PYTHONUNBUFFERED": "1"}
-    run_web, pools = tiers(config.only, spec)
     programs: list[ProgramConfig] = []
     if broker is not None:
         programs.append(_broker_program(broker, env))
-    for pool in pools:
+    for pool in config.only.pools_of(spec):
         programs += _pool_programs(pool, spec, env)
-    if run_web:
+    if config.only.web:
         programs += [_web_program(state, i, env, spec.root) for i in range(MAX_WEB_HEADS)]
         programs.append(
             ProgramConfig(
                 PROGRAM_NGINX,
-                nginx_command(state / "nginx" / "nginx.conf"),
+                nginx_command(config_path(state)),
                 environment={ENV_STATE_DIR: str(state)},  # marks it as this instance's (runtime/leftovers.py)
                 priority=PRIORITY_NGINX,
                 stopsignal="QUIT",  # graceful: finish the requests in flight

@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import socket
 import subprocess
@@ -40,6 +39,7 @@ from typing import Any
 import amqp
 
 from kvern.errors import BrokerAdminError
+from kvern.files import atomic_write
 
 __all__ = ["RABBITMQCTL", "RABBITMQ_SERVER", "BrokerAdminError", "BrokerPorts", "PrivateNode"]
 
@@ -140,13 +140,14 @@ class PrivateNode:
         definitions_file = None
         if definitions is not None:
             definitions_file = self.state_dir / DEFINITIONS_FILE
-            _write_private(definitions_file, json.dumps(definitions))  # passwords: owner only
-        _write_private(self.config_file, self._render_config(cookie, definitions_file))
-        _write_private(self.state_dir / "enabled_plugins", f"[{','.join(PLUGINS)}].\n")
+            atomic_write(definitions_file, json.dumps(definitions), mode=0o600)  # passwords: owner only
+        atomic_write(self.config_file, self._render_config(cookie, definitions_file), mode=0o600)
+        atomic_write(self.state_dir / "enabled_plugins", f"[{','.join(PLUGINS)}].\n", mode=0o600)
         # Present (and empty) so nothing is sourced from /etc/rabbitmq/rabbitmq-env.conf.
-        _write_private(
+        atomic_write(
             self.state_dir / "rabbitmq-env.conf",
             "# Intentionally empty: kvern passes the node's settings in its environment.\n",
+            mode=0o600,
         )
 
     def _ensure_cookie(self) -> str:
@@ -157,7 +158,7 @@ class PrivateNode:
                 self.cookie_file.chmod(0o400)  # Erlang refuses a cookie others can read
                 return cookie
         cookie = secrets.token_hex(20).upper()
-        _write_private(self.cookie_file, cookie, mode=0o400)
+        atomic_write(self.cookie_file, cookie, mode=0o400)
         return cookie
 
     def _render_config(self, cookie: str, definitions_file: Path | None = None) -> str:
@@ -403,18 +404,6 @@ def _check_users(users: Mapping[str, tuple[str, tuple[str, str, str]]], tags: Ma
     unknown = set(tags) - set(users)
     if unknown:
         raise ValueError(f"tags given for users not provisioned: {sorted(unknown)}")
-
-
-def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """Atomically replace `path` with `text`, readable by the owner only (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # a leftover, possibly read-only
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.chmod(mode)
-    os.replace(tmp, path)
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 
-from kvern.constants import PROGRAM_NGINX, WEB_GROUP
+from kvern.constants import MAX_WEB_HEADS, PROGRAM_NGINX, WEB_GROUP
 from kvern.errors import StartError
 from kvern.runtime import nginx
-from kvern.runtime.programs import MAX_WEB_HEADS, web_program_name
+from kvern.runtime.programs import web_program_name
 from kvern.runtime.supervisor import Supervisor
 
 HEAD_READY_TIMEOUT_S = 30.0

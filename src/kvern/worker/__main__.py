@@ -6,11 +6,11 @@ import logging
 import socket
 import sys
 
+from kvern.catalog import load_user_app
 from kvern.constants import ROLE_WORKER
 from kvern.jobs.store import JobStore
-from kvern.runtime.config import RuntimeConfig
-from kvern.spec import load_spec
-from kvern.worker.app import load_user_app, safe_settings
+from kvern.runtime_config import RuntimeConfig
+from kvern.worker.app import safe_settings
 from kvern.worker.execution import DeadLetteringConsumer, guard_task, watch_hard_time_limits
 from kvern.worker.memory import share_memory_with_children
 from kvern.worker.wakeup import wake_on_signals
@@ -20,7 +20,7 @@ def main(argv: list[str]) -> None:
     pool_name, index = argv[0], int(argv[1])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = RuntimeConfig.from_environment()
-    spec = load_spec(config.spec_file)
+    spec = config.spec()
     pool = spec.pool(pool_name)
     app, catalog = load_user_app(spec)
     app.conf.update(safe_settings(spec, config.broker_urls[ROLE_WORKER], pool.queues))

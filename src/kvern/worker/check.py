@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from kvern.catalog import load_user_app
 from kvern.constants import RET_SPEC
 from kvern.errors import SpecError
 from kvern.spec import load_spec
-from kvern.worker.app import load_user_app
 
 ERROR_MARKER = "kvern-spec-error: "
 

@@ -26,7 +26,7 @@ from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
 from kombu.message import Message
 
-from kvern.broker.publisher import KVERN_JOB_HEADER
+from kvern.constants import KVERN_JOB_HEADER, ORIGINAL_RUN_ATTR
 from kvern.errors import PermanentError, StoreUnavailable
 from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
@@ -36,7 +36,6 @@ from kvern.worker.context import JobContext, JobInfo, _current
 
 log = logging.getLogger("kvern.worker")
 
-ORIGINAL_RUN_ATTR = "_kvern_original_run"
 STORE_PATIENCE_S = 20.0  # how long a finished attempt waits for the job store to record its outcome
 STORE_RETRY_S = 5  # a delivery that found the job store away comes back after this long
 TRACEBACK_FRAMES = 20  # the last frames of a failure kept in the attempt history
@@ -80,11 +79,6 @@ def format_traceback(exc: BaseException) -> str:
     if len(text) > TRACEBACK_MAX_CHARS:
         text = "(earlier lines cut)\n" + text[-TRACEBACK_MAX_CHARS:]
     return text
-
-
-def original_run(task: Task) -> Callable[..., Any]:
-    """The user's function, for binding arguments against its signature."""
-    return getattr(task, ORIGINAL_RUN_ATTR, task.run)  # type: ignore[no-any-return]
 
 
 def guard_task(task: Task, store: JobStore, policy: TaskPolicy, worker_name: str) -> None:

@@ -11,7 +11,7 @@ from kvern.broker.relay import find_stuck
 from kvern.constants import POOL_GROUP_PREFIX, ROLE_ADMIN, WEB_GROUP
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, front_door_url
-from kvern.runtime.programs import pool_group, tiers
+from kvern.runtime.programs import pool_group
 from kvern.spec import PoolSpec
 
 
@@ -47,10 +47,10 @@ def collect_status(instance: Instance) -> dict[str, Any]:
     config = instance.runtime()
     store = JobStore(config.store_url)
     processes = instance.supervisor.processes()  # one XML-RPC round trip serves the whole report
-    _, pools = tiers(config.only, instance.spec)
+    pools = config.only.pools_of(instance.spec)
     autoscaler = read_desired(instance.state_dir)
     report = {
-        "front_door": front_door_url(config) if config.only in ("all", "web") else None,
+        "front_door": front_door_url(config) if config.only.web else None,
         "state_dir": str(instance.state_dir),
         "processes": [
             {"name": p["name"], "group": p["group"], "state": p["statename"], "pid": p["pid"] or None}

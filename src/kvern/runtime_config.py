@@ -1,6 +1,8 @@
 """`RuntimeConfig`: what every child process of one instance needs to know, written once by `kvern up`.
 
-It holds the generated broker credentials, so the file is 0600 and lives in the state dir.
+It holds the generated broker credentials, so the file is 0600 and lives in the state dir. Beside it, `up`
+keeps a snapshot of the spec it validated: every process of the instance reads that, never the editable
+kvern.toml, so a spec edited while the instance runs cannot reach one process and not another.
 """
 
 from __future__ import annotations
@@ -9,14 +11,18 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from kvern.constants import ENV_STATE_DIR, RUNTIME_FILE
+from kvern.constants import ENV_STATE_DIR, RUNTIME_FILE, SPEC_SNAPSHOT
 from kvern.errors import RuntimeStateError
+from kvern.files import atomic_write
+from kvern.spec import Spec, Tiers, load_spec
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    spec_path: str
+    spec_path: str  # the spec file as the user keeps it: its folder holds the tasks module and static folder
+    spec_snapshot: str  # the copy `up` validated and started from, in the state dir: what every process reads
     state_dir: str
     instance: str
     front_door_port: int
@@ -25,7 +31,7 @@ class RuntimeConfig:
     management_url: str | None  # http://127.0.0.1:port of the broker's management API, if any
     management_auth: tuple[str, str] | None
     private_broker: bool
-    only: str = "all"  # which tiers this instance runs: all | web | pools | <pool name>
+    only: Tiers = field(default_factory=Tiers)  # which tiers this instance runs (in runtime.json as --only's text)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -36,13 +42,18 @@ class RuntimeConfig:
     def state_path(self) -> Path:
         return Path(self.state_dir)
 
+    @property
+    def spec_root(self) -> Path:
+        """The spec's original folder (the snapshot lives elsewhere)."""
+        return self.spec_file.parent
+
+    def spec(self) -> Spec:
+        """The spec this instance was started with: its snapshot, seen from the original folder."""
+        return load_spec(Path(self.spec_snapshot), origin=self.spec_file)
+
     def save(self) -> None:
-        path = self.state_path / RUNTIME_FILE
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(asdict(self), out, indent=2)
-        tmp.replace(path)
+        raw: dict[str, Any] = asdict(self) | {"only": str(self.only)}
+        atomic_write(self.state_path / RUNTIME_FILE, json.dumps(raw, indent=2), mode=0o600)
 
     @classmethod
     def load(cls, state_dir: Path) -> RuntimeConfig:
@@ -53,6 +64,7 @@ class RuntimeConfig:
             raise RuntimeStateError(f"no kvern instance has run with state dir {state_dir}") from None
         auth = raw.get("management_auth")
         raw["management_auth"] = tuple(auth) if auth else None
+        raw["only"] = Tiers.parse(raw.get("only", "all"))
         return cls(**raw)
 
     @classmethod
@@ -62,3 +74,10 @@ class RuntimeConfig:
         if not state_dir:
             raise RuntimeStateError(f"{ENV_STATE_DIR} is not set: this process must be started by kvern")
         return cls.load(Path(state_dir))
+
+
+def snapshot_spec(spec: Spec, state_dir: Path) -> Path:
+    """Keep the spec text `up` validated in the state dir: what every process of the instance reads."""
+    path = state_dir / SPEC_SNAPSHOT
+    atomic_write(path, spec.text)
+    return path
