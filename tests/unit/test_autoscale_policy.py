@@ -20,6 +20,7 @@ from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
 from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
 from kvern.jobs.records import NewJob, ScalingEvent
+from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.runtime.programs import pool_group, pool_slot
@@ -256,6 +257,7 @@ def setup(sqlite_store: JobStore, tmp_path: Path) -> tuple[ScriptedAutoscaler, F
     scaler = ScriptedAutoscaler(
         (POOL, OTHER),
         sqlite_store,
+        ScalingEventLog(sqlite_store.engine),
         supervisor,
         "amqp://unused",
         tmp_path,
@@ -280,7 +282,7 @@ def test_tick_scales_out_by_starting_free_slots_and_records_the_reason(
     assert ("start", pool_slot("thumbs", 0), False) in supervisor.calls
     assert supervisor.running("reports") == 4 and supervisor.running("thumbs") == 1
     # and every decision is an event with its signals
-    events = {e.pool: e for e in sqlite_store.scaling_events()}
+    events = {e.pool: e for e in ScalingEventLog(sqlite_store.engine).latest()}
     assert events["reports"].at == 1000.0
     assert (events["reports"].from_processes, events["reports"].to_processes) == (1, 4)
     assert "ready=7 running=1" in events["reports"].reason
@@ -309,7 +311,7 @@ def test_tick_scales_in_warm_from_the_highest_slots_after_the_cool_down(
         ("stop", pool_slot("reports", 3), False),
         ("stop", pool_slot("reports", 2), False),
     ]
-    last = sqlite_store.scaling_events("reports", limit=1)[0]
+    last = ScalingEventLog(sqlite_store.engine).latest("reports", limit=1)[0]
     assert (last.from_processes, last.to_processes) == (4, 2)
     assert "cool-down" in last.reason
 
@@ -322,7 +324,7 @@ def test_a_pin_overrides_the_policy_until_released(
     write_pin(tmp_path, "reports", 3)
     scaler.tick(now=0.0)
     assert supervisor.running("reports") == 3
-    assert "pinned to 3" in sqlite_store.scaling_events("reports", limit=1)[0].reason
+    assert "pinned to 3" in ScalingEventLog(sqlite_store.engine).latest("reports", limit=1)[0].reason
 
     # when a spike comes, and then a long idle time passes
     load.per_pool["reports"] = (50, 2, 30.0)
@@ -333,7 +335,7 @@ def test_a_pin_overrides_the_policy_until_released(
 
     # then the pin holds against both
     assert supervisor.running("reports") == 3
-    assert len(sqlite_store.scaling_events("reports")) == 1
+    assert len(ScalingEventLog(sqlite_store.engine).latest("reports")) == 1
 
     # when the pin is released, the autoscaler takes over again (and the idle pool cools down to min)
     write_pin(tmp_path, "reports", None)
@@ -370,7 +372,7 @@ def test_a_slot_still_stopping_warm_is_not_started_again(
     # then the free slots 2 and 3 are started, not the stopping one, and the event says what was reached
     started = [name for action, name, _ in supervisor.calls if action == "start"]
     assert started == [pool_slot("reports", 2), pool_slot("reports", 3)]
-    assert sqlite_store.scaling_events("reports", limit=1)[0].to_processes == 3
+    assert ScalingEventLog(sqlite_store.engine).latest("reports", limit=1)[0].to_processes == 3
 
 
 def test_no_event_when_every_free_slot_is_still_stopping(
@@ -388,7 +390,7 @@ def test_no_event_when_every_free_slot_is_still_stopping(
 
     # then nothing is started and no event claims a scale-out that did not happen
     assert supervisor.calls == []
-    assert sqlite_store.scaling_events("thumbs") == []
+    assert ScalingEventLog(sqlite_store.engine).latest("thumbs") == []
 
     # and once a slot has exited, the next tick starts it
     supervisor.states[pool_slot("thumbs", 0)] = "STOPPED"
@@ -404,7 +406,7 @@ def test_no_decision_no_event(setup: tuple[ScriptedAutoscaler, FakeSupervisor, L
         scaler.tick(now=float(second))
 
     assert supervisor.calls == []
-    assert sqlite_store.scaling_events() == []
+    assert ScalingEventLog(sqlite_store.engine).latest() == []
 
 
 def test_desired_and_pins_are_published_for_status(
@@ -437,7 +439,7 @@ def test_every_event_is_a_scaling_event_record(
     scaler.tick(now=1.0)
     scaler.tick(now=11.0)
 
-    events = sqlite_store.scaling_events("reports")
+    events = ScalingEventLog(sqlite_store.engine).latest("reports")
     assert all(isinstance(e, ScalingEvent) and e.reason for e in events)
     assert [(e.at, e.from_processes, e.to_processes) for e in reversed(events)] == [(0.0, 1, 2), (11.0, 2, 1)]
 
@@ -466,7 +468,7 @@ def test_after_a_pin_is_released_the_cool_down_starts_again(
     assert supervisor.running("reports") == 3
     scaler.tick(now=110.0)
     assert supervisor.running("reports") == 1
-    assert sqlite_store.scaling_events("reports", limit=1)[0].at == 110.0
+    assert ScalingEventLog(sqlite_store.engine).latest("reports", limit=1)[0].at == 110.0
 
 
 # -- Autoscaler.signals against a real store (the broker's queue depths stubbed) --------------------------------
@@ -493,7 +495,9 @@ def test_a_scale_to_zero_pool_whose_only_job_waits_out_a_long_backoff_scales_to_
     sqlite_store.create_job(NewJob(id=job_id, task="t", queue="thumbs", args=[], kwargs={}, max_attempts=3))
     sqlite_store.claim_attempt(job_id, "w1")
     sqlite_store.record_retry(job_id, 1, "flaky", delay_s=3600)
-    scaler = Autoscaler((pool,), sqlite_store, supervisor, "amqp://unused", tmp_path)
+    scaler = Autoscaler(
+        (pool,), sqlite_store, ScalingEventLog(sqlite_store.engine), supervisor, "amqp://unused", tmp_path
+    )
 
     # when the autoscaler ticks through the cool-down
     scaler.tick(now=1000.0)
@@ -516,7 +520,9 @@ def test_a_replayed_old_job_does_not_count_as_a_long_wait(
     sqlite_store.claim_attempt(job_id, "w1")
     sqlite_store.record_failure(job_id, 1, "boom", JobStatus.DEAD)
     sqlite_store.replay(job_id)
-    scaler = Autoscaler((pool,), sqlite_store, FakeSupervisor(), "amqp://unused", tmp_path)
+    scaler = Autoscaler(
+        (pool,), sqlite_store, ScalingEventLog(sqlite_store.engine), FakeSupervisor(), "amqp://unused", tmp_path
+    )
 
     # when the autoscaler reads the pool's signals
     signals = scaler.signals(pool, 0, now=time.time())
@@ -544,7 +550,7 @@ def test_while_the_store_is_away_a_pool_holds_its_processes_and_pins_still_apply
     supervisor.add_pool(OTHER, running=2)
     supervisor.add_pool(POOL, running=1)
     write_pin(tmp_path, POOL.name, 2)
-    scaler = Autoscaler((OTHER, POOL), store, supervisor, "amqp://unused", tmp_path)
+    scaler = Autoscaler((OTHER, POOL), store, ScalingEventLog(store.engine), supervisor, "amqp://unused", tmp_path)
 
     # when the autoscaler ticks for longer than the pool's cool-down
     for second in range(0, 60, 5):

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 import kvern.jobs.store as store_module
 from kvern.jobs import schema
-from kvern.jobs.records import Claim, Job, NewJob, ScalingEvent
+from kvern.jobs.records import Claim, Job, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
 
@@ -788,24 +788,6 @@ def test_a_replayed_job_waits_from_its_replay_not_from_its_creation(job_store: J
     oldest = job_store.oldest_queued_at(["reports"])
     assert oldest is not None and before <= oldest <= time.time()
     assert get(job_store, job.id).created_at < before - 150  # its creation time is kept
-
-
-def test_scaling_events_round_trip_newest_first_per_pool(job_store: JobStore) -> None:
-    # given scaling events of two pools
-    events = [
-        ScalingEvent(at=100.0, pool="reports", from_processes=0, to_processes=2, reason="backlog 9"),
-        ScalingEvent(at=101.5, pool="mail", from_processes=0, to_processes=1, reason="oldest waited 6s"),
-        ScalingEvent(at=130.25, pool="reports", from_processes=2, to_processes=0, reason="idle 30s"),
-    ]
-    for event in events:
-        job_store.record_scaling_event(event)
-
-    # when read back
-    # then they come back intact, newest first, filtered by pool and limited
-    assert job_store.scaling_events() == [events[2], events[1], events[0]]
-    assert job_store.scaling_events(pool="reports") == [events[2], events[0]]
-    assert job_store.scaling_events(pool="reports", limit=1) == [events[2]]
-    assert job_store.scaling_events(pool="nothing") == []
 
 
 def test_ping_and_create_schema_twice(job_store: JobStore) -> None:

@@ -17,6 +17,7 @@ from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
 from kvern.broker.admin import queue_depths
 from kvern.errors import StoreUnavailable
 from kvern.jobs.records import ScalingEvent
+from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
 from kvern.runtime.programs import pool_group, pool_slot
 from kvern.runtime.supervisor import Supervisor
@@ -51,12 +52,14 @@ class Autoscaler:
         self,
         pools: tuple[PoolSpec, ...],
         store: JobStore,
+        events: ScalingEventLog,
         supervisor: Supervisor,
         broker_url: str,
         state_dir: Path,
     ) -> None:
         self.scalers = [PoolScaler(pool) for pool in pools]
         self.store = store
+        self.events = events
         self.supervisor = supervisor
         self.broker_url = broker_url
         self.state_dir = state_dir
@@ -141,6 +144,6 @@ class Autoscaler:
                 self.supervisor.stop(pool_slot(pool.name, index), wait=False)
         log.info("pool %s: %d -> %d (%s)", pool.name, len(current), target, decision.reason)
         try:
-            self.store.record_scaling_event(ScalingEvent(now, pool.name, len(current), target, decision.reason))
+            self.events.record(ScalingEvent(now, pool.name, len(current), target, decision.reason))
         except StoreUnavailable as exc:  # the decision stands; only its record is lost
             log.warning("pool %s: scaling event not recorded: %s", pool.name, exc)

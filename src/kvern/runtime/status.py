@@ -9,6 +9,7 @@ from kvern.autoscale.loop import read_desired
 from kvern.broker.admin import queue_depths
 from kvern.broker.relay import find_stuck
 from kvern.constants import POOL_GROUP_PREFIX, ROLE_ADMIN, WEB_GROUP
+from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, front_door_url
 from kvern.runtime.programs import pool_group, tiers
@@ -25,7 +26,7 @@ def _pool_report(
     pool: PoolSpec, processes: list[dict[str, Any]], store: JobStore, autoscaler: dict[str, dict[str, int | None]]
 ) -> dict[str, Any]:
     running = sum(1 for p in processes if p["group"] == pool_group(pool.name) and p["statename"] == "RUNNING")
-    events = store.scaling_events(pool.name, limit=1)
+    events = ScalingEventLog(store.engine).latest(pool.name, limit=1)
     last = events[0] if events else None
     return {
         "name": pool.name,
