@@ -25,6 +25,7 @@ from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.runtime.programs import pool_group, pool_slot
 from kvern.spec import PoolSpec
+from tests.unit.doubles import FakeSupervisor
 
 POOL = PoolSpec(name="reports", queues=("reports",), min=1, max=4, idle_after=10.0, target_backlog=2, max_wait=5.0)
 
@@ -189,40 +190,6 @@ def test_partial_scale_in_lands_on_the_backlog_target() -> None:
 
 
 # -- Autoscaler.tick with a fake Supervisor and scripted signals ---------------------------------------------------
-
-
-@dataclass
-class FakeSupervisor:
-    """Supervisor's process table for pool slots; records every start and stop."""
-
-    states: dict[str, str] = field(default_factory=dict)
-    calls: list[tuple[str, str, bool]] = field(default_factory=list)
-
-    def add_pool(self, pool: PoolSpec, running: int) -> None:
-        for index in range(pool.max):
-            self.states[pool_slot(pool.name, index)] = "RUNNING" if index < running else "STOPPED"
-
-    def processes(self) -> list[dict[str, Any]]:
-        infos = []
-        for full_name, state in self.states.items():
-            group, name = full_name.split(":")
-            infos.append({"group": group, "name": name, "statename": state, "pid": 1})
-        return infos
-
-    def start(self, full_name: str, wait: bool = True) -> None:
-        self.calls.append(("start", full_name, wait))
-        self.states[full_name] = "STARTING"
-
-    def stop(self, full_name: str, wait: bool = True) -> None:
-        self.calls.append(("stop", full_name, wait))
-        self.states[full_name] = "STOPPING"  # a warm stop: the slot finishes its job first
-
-    def running(self, pool: str) -> int:
-        return sum(
-            1
-            for name, state in self.states.items()
-            if name.startswith(pool_group(pool) + ":") and state in ("RUNNING", "STARTING")
-        )
 
 
 class ScriptedAutoscaler(Autoscaler):

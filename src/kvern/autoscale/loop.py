@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvern.autoscale.pins import read_pins
-from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
+from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals, ScalingPolicy
 from kvern.broker.admin import queue_depths
 from kvern.errors import StoreUnavailable
 from kvern.jobs.records import ScalingEvent
@@ -41,10 +42,7 @@ def read_desired(state_dir: Path) -> dict[str, dict[str, int | None]]:
 @dataclass
 class PoolScaler:
     pool: PoolSpec
-    policy: BacklogPolicy = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.policy = BacklogPolicy(self.pool)
+    policy: ScalingPolicy
 
 
 class Autoscaler:
@@ -56,8 +54,9 @@ class Autoscaler:
         supervisor: Supervisor,
         broker_url: str,
         state_dir: Path,
+        policy_for: Callable[[PoolSpec], ScalingPolicy] = BacklogPolicy,
     ) -> None:
-        self.scalers = [PoolScaler(pool) for pool in pools]
+        self.scalers = [PoolScaler(pool, policy_for(pool)) for pool in pools]
         self.store = store
         self.events = events
         self.supervisor = supervisor
