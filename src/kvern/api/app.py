@@ -39,6 +39,7 @@ from kvern.api.views import (
 from kvern.broker.publisher import JobPublisher
 from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
+from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
@@ -58,7 +59,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code i
 class WebHead:
     spec: Spec
     catalog: TaskCatalog
-    store: JobStore
+    store: JobStoreProtocol
     publisher: JobPublisher
     marker: PublishedMarker = field(init=False)
     metrics: ApiMetrics = field(init=False)

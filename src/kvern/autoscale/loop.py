@@ -17,9 +17,9 @@ from kvern.autoscale.pins import read_pins
 from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals, ScalingPolicy
 from kvern.broker.admin import queue_depths
 from kvern.errors import StoreUnavailable
+from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import ScalingEvent
 from kvern.jobs.scaling_events import ScalingEventLog
-from kvern.jobs.store import JobStore
 from kvern.runtime.programs import pool_group, pool_slot
 from kvern.runtime.supervisor import Supervisor
 from kvern.spec import PoolSpec
@@ -49,7 +49,7 @@ class Autoscaler:
     def __init__(
         self,
         pools: tuple[PoolSpec, ...],
-        store: JobStore,
+        store: JobStoreProtocol,
         events: ScalingEventLog,
         supervisor: Supervisor,
         broker_url: str,

@@ -23,6 +23,7 @@ from kombu.messaging import Consumer, Producer
 
 from kvern.broker.publisher import celery_task_message
 from kvern.broker.topology import dead_letter_queue
+from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, StuckSuspect
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
@@ -37,7 +38,7 @@ STUCK_MARGIN_S = 60.0
 RETRY_OVERDUE_S = 300.0
 
 
-def publish_jobs(broker_url: str, jobs: Sequence[Job], store: JobStore) -> None:
+def publish_jobs(broker_url: str, jobs: Sequence[Job], store: JobStoreProtocol) -> None:
     """Publish jobs with confirms (blocking), marking each published once the broker confirmed it."""
     if not jobs:
         return
@@ -60,7 +61,7 @@ def publish_jobs(broker_url: str, jobs: Sequence[Job], store: JobStore) -> None:
             store.mark_published([job.id])
 
 
-def relay_unpublished(store: JobStore, broker_url: str, grace_s: float = OUTBOX_GRACE_S) -> int:
+def relay_unpublished(store: JobStoreProtocol, broker_url: str, grace_s: float = OUTBOX_GRACE_S) -> int:
     """Publish again every queued job the broker never confirmed; returns how many."""
     jobs = store.unpublished(older_than_s=grace_s)
     publish_jobs(broker_url, jobs, store)
@@ -82,7 +83,7 @@ def stuck_reason(suspect: StuckSuspect, spec: Spec, now: float) -> str | None:
     return f"stuck: attempt {suspect.attempt} outlived its hard time limit ({limit:g}s) with no live worker"
 
 
-def find_stuck(store: JobStore, spec: Spec, now: float) -> list[tuple[StuckSuspect, str]]:
+def find_stuck(store: JobStoreProtocol, spec: Spec, now: float) -> list[tuple[StuckSuspect, str]]:
     """Running jobs that no attempt is working on or will work on, each with the reason."""
     shortest = min([DEFAULT_TIME_LIMIT_S, *(policy.time_limit for policy in spec.tasks.values())])
     suspects = store.stuck_suspects(now - shortest - STUCK_MARGIN_S, now - RETRY_OVERDUE_S)
@@ -90,7 +91,7 @@ def find_stuck(store: JobStore, spec: Spec, now: float) -> list[tuple[StuckSuspe
     return [(suspect, reason) for suspect, reason in found if reason is not None]
 
 
-def recover_stuck_jobs(store: JobStore, spec: Spec, broker_url: str, now: float | None = None) -> int:
+def recover_stuck_jobs(store: JobStoreProtocol, spec: Spec, broker_url: str, now: float | None = None) -> int:
     """Queue and publish again each stuck job with attempts left, bury the others; returns how many."""
     requeued = []
     stuck = find_stuck(store, spec, time.time() if now is None else now)
@@ -120,7 +121,7 @@ class DeadLetterWatcher:
     """Consumes kvern's dead-letter queue in a thread and marks each job dead."""
 
     def __init__(self, store: JobStore, broker_url: str) -> None:
-        self.store = store
+        self.store = store  # the SQL store: its URL names the instance's dead-letter queue
         self.broker_url = broker_url
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="dead-letters", daemon=True)

@@ -21,19 +21,14 @@ from sqlalchemy.pool import NullPool
 
 from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
+
+# Re-exported (the `as` form tells mypy so): callers import it from here, where it was first defined.
+from kvern.jobs.base import IdempotencyConflict as IdempotencyConflict  # noqa: PLC0414
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 READ_ONLY_OPTION = "kvern_read_only"
-
-
-class IdempotencyConflict(Exception):
-    """The idempotency key was used before with a different request."""
-
-    def __init__(self, existing: Job) -> None:
-        super().__init__(f"idempotency key already used for job {existing.id} with a different request")
-        self.existing = existing
 
 
 def make_engine(url: str) -> Engine:
@@ -110,6 +105,8 @@ def add_missing_columns(conn: Connection) -> list[str]:
 
 
 class JobStore:
+    """The job store kvern runs: SQLAlchemy Core over SQLite or PostgreSQL (implements JobStoreProtocol)."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
