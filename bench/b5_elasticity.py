@@ -28,7 +28,7 @@ from kvern.broker.admin import queue_depths
 from kvern.constants import ROLE_ADMIN
 from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
-from kvern.runtime.programs import pool_group
+from kvern.processes import pool_group
 
 REPEATS = 5
 BURST = 4
@@ -48,7 +48,7 @@ class SpikeSample:
 def live_processes(running: RunningInstance, pool: str) -> int:
     """Processes of the pool that exist at all (a stopping one still finishes its job)."""
     group = pool_group(pool)
-    return sum(1 for p in running.instance.supervisor.processes() if p["group"] == group and p["statename"] in LIVE)
+    return sum(1 for p in running.instance.supervisor.processes() if p.group == group and p.state in LIVE)
 
 
 def consumers(running: RunningInstance, queue: str) -> int:

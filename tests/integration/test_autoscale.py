@@ -22,8 +22,8 @@ import pytest
 
 from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
+from kvern.processes import pool_group
 from kvern.runtime.instance import Instance, owned_pids
-from kvern.runtime.programs import pool_group
 from kvern.runtime.web_scaling import running_heads
 from kvern.spec import load_spec
 from tests.integration.conftest import REPORTS, Running, submit_report, wait_for_outcome, write_project
@@ -104,9 +104,7 @@ def kvern(run: Running, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def pool_size(run: Running, pool: str) -> int:
-    return sum(
-        1 for p in run.instance.supervisor.processes() if p["group"] == pool_group(pool) and p["statename"] == "RUNNING"
-    )
+    return sum(1 for p in run.instance.supervisor.processes() if p.group == pool_group(pool) and p.state == "RUNNING")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> float:

@@ -505,7 +505,7 @@ def publish_raw(delivery: Delivery, queue: str, task: str, body: bytes | None = 
 
 def pool_pids(delivery: Delivery, pool: str) -> dict[str, int]:
     processes = Supervisor(delivery.state_dir).processes()
-    return {p["name"]: p["pid"] for p in processes if p["group"] == f"pool-{pool}" and p["statename"] == "RUNNING"}
+    return {p.name: p.pid for p in processes if p.group == f"pool-{pool}" and p.state == "RUNNING" and p.pid}
 
 
 def test_a_message_no_worker_can_run_or_decode_is_dead_lettered_and_the_worker_lives_on(delivery: Delivery) -> None:
@@ -726,9 +726,7 @@ def test_store_down_answers_503_and_a_job_delivered_meanwhile_is_not_lost(delive
 
 
 def _pool_running(delivery: Delivery, pool: str) -> bool:
-    return any(
-        p["group"] == f"pool-{pool}" and p["statename"] == "RUNNING" for p in Supervisor(delivery.state_dir).processes()
-    )
+    return any(p.group == f"pool-{pool}" and p.state == "RUNNING" for p in Supervisor(delivery.state_dir).processes())
 
 
 def test_kvern_down_lets_the_running_job_finish(delivery: Delivery) -> None:

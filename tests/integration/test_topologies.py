@@ -152,7 +152,7 @@ def span(job: dict[str, Any]) -> tuple[float, float]:
 
 
 def program_groups(run: Running) -> set[str]:
-    return {p["group"] for p in run.instance.supervisor.processes() if p["statename"] != "STOPPED"}
+    return {p.group for p in run.instance.supervisor.processes() if p.state != "STOPPED"}
 
 
 # -- two instances side by side, each with its private broker; the second keeps its jobs in PostgreSQL -------
@@ -358,7 +358,7 @@ def test_status_of_a_split_run_shows_each_instance_its_own_tier(split: tuple[Run
 
     assert web_report["front_door"] == web.url and web_report["pools"] == []
     assert pools_report["front_door"] is None
-    assert [p["name"] for p in pools_report["pools"]] == ["reports"]
+    assert [p.name for p in pools_report["pools"]] == ["reports"]
     assert pools_report["pools"][0]["processes"] >= 1
     # both see the same job store
     assert web_report["jobs"] == pools_report["jobs"]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from kvern.autoscale.policy import Decision, PoolSignals
-from kvern.runtime.programs import pool_group, pool_slot
+from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessInfo, ProcessState, pool_group, pool_slot
 from kvern.spec import PoolSpec
 
 
@@ -29,34 +28,54 @@ class FixedPolicy:
 
 
 @dataclass
-class FakeSupervisor:
-    """Supervisor's process table for pool slots; records every start and stop."""
+class StubRunner:
+    """A ProcessRunner over a table of programs (full name -> state); records every start, stop and signal.
 
-    states: dict[str, str] = field(default_factory=dict)
+    Starting makes a program STARTING and stopping makes it STOPPING (a warm stop: a worker finishes its job
+    first); a test moves it on by setting `states`. Pids are 1000 + the program's position while it is live.
+    """
+
+    states: dict[str, ProcessState] = field(default_factory=dict)
     calls: list[tuple[str, str, bool]] = field(default_factory=list)
+    signals: list[tuple[str, str]] = field(default_factory=list)
 
     def add_pool(self, pool: PoolSpec, running: int) -> None:
         for index in range(pool.max):
-            self.states[pool_slot(pool.name, index)] = "RUNNING" if index < running else "STOPPED"
+            self.states[pool_slot(pool.name, index)] = ProcessState.RUNNING if index < running else ProcessState.STOPPED
 
-    def processes(self) -> list[dict[str, Any]]:
-        infos = []
-        for full_name, state in self.states.items():
-            group, name = full_name.split(":")
-            infos.append({"group": group, "name": name, "statename": state, "pid": 1})
-        return infos
+    def add_program(self, full_name: str, state: ProcessState = ProcessState.STOPPED) -> None:
+        self.states[full_name] = state
+
+    def processes(self) -> list[ProcessInfo]:
+        return [self._info(position, name, state) for position, (name, state) in enumerate(self.states.items())]
+
+    def process(self, full_name: str) -> ProcessInfo:
+        position = list(self.states).index(full_name)  # an unknown name raises, as Supervisor's BAD_NAME does
+        return self._info(position, full_name, self.states[full_name])
+
+    @staticmethod
+    def _info(position: int, full_name: str, state: ProcessState) -> ProcessInfo:
+        group, _, name = full_name.rpartition(":")
+        pid = 1000 + position if state in (ProcessState.RUNNING, ProcessState.STOPPING) else None
+        return ProcessInfo.of(group or name, name, state, pid)
 
     def start(self, full_name: str, wait: bool = True) -> None:
         self.calls.append(("start", full_name, wait))
-        self.states[full_name] = "STARTING"
+        if self.states[full_name] not in ACTIVE_STATES:
+            self.states[full_name] = ProcessState.RUNNING if wait else ProcessState.STARTING
 
     def stop(self, full_name: str, wait: bool = True) -> None:
         self.calls.append(("stop", full_name, wait))
-        self.states[full_name] = "STOPPING"  # a warm stop: the slot finishes its job first
+        if self.states[full_name] not in STOPPED_STATES:
+            self.states[full_name] = ProcessState.STOPPED if wait else ProcessState.STOPPING
+
+    def signal(self, full_name: str, signal_name: str) -> None:
+        self.signals.append((full_name, signal_name))
 
     def running(self, pool: str) -> int:
+        """The pool's slots started or starting."""
         return sum(
             1
             for name, state in self.states.items()
-            if name.startswith(pool_group(pool) + ":") and state in ("RUNNING", "STARTING")
+            if name.startswith(pool_group(pool) + ":") and state in (ProcessState.RUNNING, ProcessState.STARTING)
         )

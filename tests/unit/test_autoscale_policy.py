@@ -23,9 +23,9 @@ from kvern.jobs.records import NewJob, ScalingEvent
 from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
-from kvern.runtime.programs import pool_group, pool_slot
+from kvern.processes import ProcessState, pool_group, pool_slot
 from kvern.spec import PoolSpec
-from tests.unit.doubles import FakeSupervisor
+from tests.unit.doubles import StubRunner
 
 POOL = PoolSpec(name="reports", queues=("reports",), min=1, max=4, idle_after=10.0, target_backlog=2, max_wait=5.0)
 
@@ -216,8 +216,8 @@ OTHER = PoolSpec(name="thumbs", queues=("thumbs",), min=0, max=2, idle_after=5.0
 
 
 @pytest.fixture
-def setup(sqlite_store: JobStore, tmp_path: Path) -> tuple[ScriptedAutoscaler, FakeSupervisor, Load]:
-    supervisor = FakeSupervisor()
+def setup(sqlite_store: JobStore, tmp_path: Path) -> tuple[ScriptedAutoscaler, StubRunner, Load]:
+    supervisor = StubRunner()
     supervisor.add_pool(POOL, running=1)
     supervisor.add_pool(OTHER, running=0)
     load = Load()
@@ -234,7 +234,7 @@ def setup(sqlite_store: JobStore, tmp_path: Path) -> tuple[ScriptedAutoscaler, F
 
 
 def test_tick_scales_out_by_starting_free_slots_and_records_the_reason(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore
 ) -> None:
     scaler, supervisor, load = setup
     # given a spike on reports (7 ready, 1 running: 4 processes wanted) and one job for thumbs
@@ -257,7 +257,7 @@ def test_tick_scales_out_by_starting_free_slots_and_records_the_reason(
 
 
 def test_tick_scales_in_warm_from_the_highest_slots_after_the_cool_down(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore
 ) -> None:
     scaler, supervisor, load = setup
     # given reports scaled out to 4
@@ -284,7 +284,7 @@ def test_tick_scales_in_warm_from_the_highest_slots_after_the_cool_down(
 
 
 def test_a_pin_overrides_the_policy_until_released(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore, tmp_path: Path
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore, tmp_path: Path
 ) -> None:
     scaler, supervisor, load = setup
     # given reports pinned to 3 while there is no work at all
@@ -312,7 +312,7 @@ def test_a_pin_overrides_the_policy_until_released(
 
 
 def test_a_pin_to_zero_and_a_pin_above_max_are_honoured_within_bounds(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], tmp_path: Path
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], tmp_path: Path
 ) -> None:
     scaler, supervisor, load = setup
     load.per_pool["reports"] = (9, 0, 0.0)
@@ -326,11 +326,11 @@ def test_a_pin_to_zero_and_a_pin_above_max_are_honoured_within_bounds(
 
 
 def test_a_slot_still_stopping_warm_is_not_started_again(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore
 ) -> None:
     scaler, supervisor, load = setup
     # given slot 1 of reports still finishing its job after a warm stop
-    supervisor.states[pool_slot("reports", 1)] = "STOPPING"
+    supervisor.states[pool_slot("reports", 1)] = ProcessState.STOPPING
 
     # when a spike wants 3 processes
     load.per_pool["reports"] = (6, 0, 0.0)
@@ -343,12 +343,12 @@ def test_a_slot_still_stopping_warm_is_not_started_again(
 
 
 def test_no_event_when_every_free_slot_is_still_stopping(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore
 ) -> None:
     scaler, supervisor, load = setup
     # given a scale-to-zero pool whose only slots are both stopping warm
     for index in range(OTHER.max):
-        supervisor.states[pool_slot("thumbs", index)] = "STOPPING"
+        supervisor.states[pool_slot("thumbs", index)] = ProcessState.STOPPING
 
     # when a job arrives, tick after tick
     load.per_pool["thumbs"] = (1, 0, 0.0)
@@ -360,12 +360,12 @@ def test_no_event_when_every_free_slot_is_still_stopping(
     assert ScalingEventLog(sqlite_store.engine).latest("thumbs") == []
 
     # and once a slot has exited, the next tick starts it
-    supervisor.states[pool_slot("thumbs", 0)] = "STOPPED"
+    supervisor.states[pool_slot("thumbs", 0)] = ProcessState.STOPPED
     scaler.tick(now=6.0)
     assert supervisor.calls == [("start", pool_slot("thumbs", 0), False)]
 
 
-def test_no_decision_no_event(setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore) -> None:
+def test_no_decision_no_event(setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore) -> None:
     scaler, supervisor, load = setup
     load.per_pool["reports"] = (1, 1, 0.0)  # on target for 1 process
 
@@ -377,7 +377,7 @@ def test_no_decision_no_event(setup: tuple[ScriptedAutoscaler, FakeSupervisor, L
 
 
 def test_desired_and_pins_are_published_for_status(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], tmp_path: Path
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], tmp_path: Path
 ) -> None:
     scaler, _, load = setup
     # given reports wanting fewer processes (cooling down) and thumbs pinned
@@ -395,7 +395,7 @@ def test_desired_and_pins_are_published_for_status(
 
 
 def test_every_event_is_a_scaling_event_record(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore
 ) -> None:
     scaler, supervisor, load = setup
     # a spike, then idleness: out, then in after the cool-down
@@ -412,7 +412,7 @@ def test_every_event_is_a_scaling_event_record(
 
 
 def test_after_a_pin_is_released_the_cool_down_starts_again(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore, tmp_path: Path
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore, tmp_path: Path
 ) -> None:
     scaler, supervisor, load = setup
     # given reports at 3 processes, idle, 8 s into its 10 s cool-down
@@ -456,7 +456,7 @@ def test_a_scale_to_zero_pool_whose_only_job_waits_out_a_long_backoff_scales_to_
 ) -> None:
     # given a min = 0 pool with one process, whose only job failed and waits an hour for its retry
     pool = PoolSpec(name="thumbs", queues=("thumbs",), min=0, max=2, idle_after=5.0, target_backlog=1)
-    supervisor = FakeSupervisor()
+    supervisor = StubRunner()
     supervisor.add_pool(pool, running=1)
     job_id = str(uuid.uuid4())
     sqlite_store.create_job(NewJob(id=job_id, task="t", queue="thumbs", args=[], kwargs={}, max_attempts=3))
@@ -488,7 +488,7 @@ def test_a_replayed_old_job_does_not_count_as_a_long_wait(
     sqlite_store.record_failure(job_id, 1, "boom", JobStatus.DEAD)
     sqlite_store.replay(job_id)
     scaler = Autoscaler(
-        (pool,), sqlite_store, ScalingEventLog(sqlite_store.engine), FakeSupervisor(), "amqp://unused", tmp_path
+        (pool,), sqlite_store, ScalingEventLog(sqlite_store.engine), StubRunner(), "amqp://unused", tmp_path
     )
 
     # when the autoscaler reads the pool's signals
@@ -513,7 +513,7 @@ def test_while_the_store_is_away_a_pool_holds_its_processes_and_pins_still_apply
 ) -> None:
     # given a scale-to-zero pool running 2 processes, a second pool pinned to 1, and the store away
     store = _StoreAway(f"sqlite:///{tmp_path / 'jobs.db'}")
-    supervisor = FakeSupervisor()
+    supervisor = StubRunner()
     supervisor.add_pool(OTHER, running=2)
     supervisor.add_pool(POOL, running=1)
     write_pin(tmp_path, POOL.name, 2)

@@ -16,7 +16,7 @@ from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals, Scaling
 from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
 from kvern.spec import PoolSpec
-from tests.unit.doubles import FakeSupervisor, FixedPolicy
+from tests.unit.doubles import FixedPolicy, StubRunner
 
 POOLS = (
     PoolSpec(name="reports", queues=("reports",), min=1, max=4, idle_after=10.0, target_backlog=2, max_wait=5.0),
@@ -82,7 +82,7 @@ def test_reset_forgets_what_earlier_ticks_left(make_policy: PolicyFactory) -> No
 def test_the_autoscaler_asks_the_policy_it_is_given(sqlite_store: JobStore, tmp_path: Path) -> None:
     # given an autoscaler whose policy wants 2 processes whatever the load, over an idle pool of 1
     pool = POOLS[0]
-    supervisor = FakeSupervisor()
+    supervisor = StubRunner()
     supervisor.add_pool(pool, running=1)
     scaler = Autoscaler(
         (pool,),

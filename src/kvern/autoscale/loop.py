@@ -20,15 +20,13 @@ from kvern.errors import StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import ScalingEvent
 from kvern.jobs.scaling_events import ScalingEventLog
-from kvern.runtime.programs import pool_group, pool_slot
-from kvern.runtime.supervisor import Supervisor
+from kvern.processes import ACTIVE_STATES, ProcessRunner, ProcessState, pool_group, pool_slot
 from kvern.spec import PoolSpec
 
 log = logging.getLogger("kvern.autoscale")
 
 # The autoscaler's latest view per pool (desired processes, pin), for `kvern status`.
 DESIRED_FILE = "autoscale.json"
-ACTIVE_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF"})
 
 
 def read_desired(state_dir: Path) -> dict[str, dict[str, int | None]]:
@@ -51,7 +49,7 @@ class Autoscaler:
         pools: tuple[PoolSpec, ...],
         store: JobStoreProtocol,
         events: ScalingEventLog,
-        supervisor: Supervisor,
+        supervisor: ProcessRunner,
         broker_url: str,
         state_dir: Path,
         policy_for: Callable[[PoolSpec], ScalingPolicy] = BacklogPolicy,
@@ -116,13 +114,12 @@ class Autoscaler:
         stopping: dict[str, set[int]] = {}
         for info in self.supervisor.processes():
             for scaler in self.scalers:
-                if info["group"] != pool_group(scaler.pool.name):
+                if info.group != pool_group(scaler.pool.name) or info.slot is None:
                     continue
-                index = int(info["name"].rsplit("-", 1)[1])
-                if info["statename"] in ACTIVE_STATES:
-                    running.setdefault(scaler.pool.name, []).append(index)
-                elif info["statename"] == "STOPPING":
-                    stopping.setdefault(scaler.pool.name, set()).add(index)
+                if info.state in ACTIVE_STATES:
+                    running.setdefault(scaler.pool.name, []).append(info.slot)
+                elif info.state is ProcessState.STOPPING:
+                    stopping.setdefault(scaler.pool.name, set()).add(info.slot)
         return {name: sorted(indexes) for name, indexes in running.items()}, stopping
 
     def apply(

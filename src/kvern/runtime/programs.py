@@ -7,12 +7,12 @@ from pathlib import Path
 
 from kvern.constants import (
     ENV_STATE_DIR,
-    POOL_GROUP_PREFIX,
     PROGRAM_BROKER,
     PROGRAM_CONTROLLER,
     PROGRAM_NGINX,
     WEB_GROUP,
 )
+from kvern.processes import pool_group, pool_program_name, web_program_name
 from kvern.runtime.config import RuntimeConfig
 from kvern.runtime.nginx import nginx_command, web_socket
 from kvern.runtime.rabbitmq import PrivateNode
@@ -34,19 +34,6 @@ def tiers(only: str, spec: Spec) -> tuple[bool, tuple[PoolSpec, ...]]:
     if only == "pools":
         return False, spec.pools
     return False, (spec.pool(only),)
-
-
-def web_program_name(index: int) -> str:
-    return f"web-{index}"
-
-
-def pool_group(pool: str) -> str:
-    return f"{POOL_GROUP_PREFIX}{pool}"
-
-
-def pool_slot(pool: str, index: int) -> str:
-    """Supervisor's full name of one worker process slot of a pool."""
-    return f"{pool_group(pool)}:{pool_group(pool)}-{index}"
 
 
 def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None) -> list[ProgramConfig]:
@@ -126,7 +113,7 @@ def _pool_programs(pool: PoolSpec, spec: Spec, env: dict[str, str]) -> list[Prog
     stop_wait = int(spec.longest_time_limit) + STOP_MARGIN_S
     return [
         ProgramConfig(
-            f"{pool_group(pool.name)}-{i}",
+            pool_program_name(pool.name, i),
             [sys.executable, "-m", "kvern.worker", pool.name, str(i)],
             group=pool_group(pool.name),
             environment=env,
