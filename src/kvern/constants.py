@@ -20,6 +20,7 @@ DEAD_LETTER_EXCHANGE: Final = "kvern.dead"
 DEAD_LETTER_QUEUE: Final = "kvern.dead"
 DEFAULT_DELIVERY_LIMIT: Final = 5
 DEFAULT_MAX_BACKLOG: Final = 100_000
+KVERN_JOB_HEADER: Final = "kvern_job"  # on every message kvern publishes: a worker knows the job is tracked
 
 # Broker roles; each gets its own generated user.
 ROLE_WEB: Final = "web"

@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy
 
 from kvern.autoscale.pins import write_pin
-from kvern.broker.publisher import celery_task_message
+from kvern.broker.message import task_message
 from kvern.constants import DEFAULT_DELIVERY_LIMIT, PROGRAM_BROKER, ROLE_WORKER
 from kvern.jobs import schema
 from kvern.jobs.records import NewJob
@@ -486,18 +486,18 @@ def publish_raw(delivery: Delivery, queue: str, task: str, body: bytes | None = 
     job_id = str(uuid.uuid4())
     delivery.store.create_job(NewJob(id=job_id, task=task, queue=queue, args=[], kwargs={}, max_attempts=4))
     delivery.store.mark_published([job_id])  # so the outbox relay leaves it alone
-    text, headers = celery_task_message(job_id, task, [], kwargs)
+    message = task_message(job_id, task, queue, [], kwargs)
     url = delivery.running.config.broker_urls[ROLE_WORKER]
     with kombu.Connection(url, connect_timeout=5, transport_options={"confirm_publish": True}) as conn:
         kombu.Producer(conn.channel()).publish(
-            text.encode() if body is None else body,
+            message.body if body is None else body,
             routing_key=queue,
             exchange="",
-            headers=headers,
-            content_type="application/json",
-            content_encoding="utf-8",
+            headers=message.headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
             correlation_id=job_id,
-            delivery_mode=2,
+            delivery_mode=message.delivery_mode,
             serializer=None,
         )
     return job_id

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvern.autoscale.policy import Decision, PoolSignals
+from kvern.jobs.records import Job
 from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessInfo, ProcessState, pool_group, pool_slot
 from kvern.spec import PoolSpec
+
+
+class StubPublisher:
+    """A JobPublisherProtocol that records what would be published; can be told to fail like a broker that is
+    down or full."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str, str]] = []  # (job id, task, queue)
+        self.failure: Exception | None = None
+        self.while_unconfirmed: Callable[[str], None] | None = None  # what happens before the confirm is lost
+
+    async def publish(self, job: Job) -> None:
+        await asyncio.sleep(0)
+        if self.while_unconfirmed is not None:
+            self.while_unconfirmed(job.id)
+        if self.failure is not None:
+            raise self.failure
+        self.published.append((job.id, job.task, job.queue))
+
+    async def ping(self) -> bool:
+        return self.failure is None
+
+    async def close(self) -> None:
+        return None
 
 
 class FixedPolicy:

@@ -36,6 +36,7 @@ from kvern.api.views import (
     job_body,
     job_url,
 )
+from kvern.broker.message import JobPublisherProtocol
 from kvern.broker.publisher import JobPublisher
 from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
@@ -60,7 +61,7 @@ class WebHead:
     spec: Spec
     catalog: TaskCatalog
     store: JobStoreProtocol
-    publisher: JobPublisher
+    publisher: JobPublisherProtocol
     marker: PublishedMarker = field(init=False)
     metrics: ApiMetrics = field(init=False)
     inserter: JobInserter = field(init=False)
@@ -97,7 +98,7 @@ class WebHead:
                 return job_body(job), False
         body = await self._render_or_withdraw(job)  # before publishing: once it is published, the answer is 202
         try:
-            await self.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
+            await self.publisher.publish(job)
         except PublishError:
             # Never confirmed: withdraw the record so a 503 leaves nothing behind. If a worker claimed the job
             # meanwhile, the message did reach the broker after all: the job is accepted.
@@ -376,7 +377,7 @@ def _install_dead_letter_routes(app: FastAPI) -> None:
             if await run_in_threadpool(head.store.get, job_id) is None:
                 return json_error(404, "unknown_job", f"no job with id {job_id!r}")
             return json_error(409, "not_replayable", f"job {job_id!r} is not dead or failed")
-        await head.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
+        await head.publisher.publish(job)
         await run_in_threadpool(head.store.mark_published, [job.id])
         return JSONResponse(job_body(job), status_code=202)
 

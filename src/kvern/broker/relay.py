@@ -21,7 +21,7 @@ from kombu.connection import Connection
 from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 
-from kvern.broker.publisher import celery_task_message
+from kvern.broker.message import job_message
 from kvern.broker.topology import dead_letter_queue
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, StuckSuspect
@@ -38,27 +38,38 @@ STUCK_MARGIN_S = 60.0
 RETRY_OVERDUE_S = 300.0
 
 
+class KombuPublisher:
+    """The blocking publisher (a BlockingPublisherProtocol): one connection with confirms per batch."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.broker_url = broker_url
+
+    def publish_jobs(self, jobs: Sequence[Job], store: JobStoreProtocol) -> None:
+        if not jobs:
+            return
+        with Connection(self.broker_url, connect_timeout=3, transport_options={"confirm_publish": True}) as conn:
+            producer = Producer(conn.channel())
+            for job in jobs:
+                message = job_message(job)
+                producer.publish(
+                    message.body,
+                    routing_key=message.queue,
+                    exchange="",
+                    headers=message.headers,
+                    content_type=message.content_type,
+                    content_encoding=message.content_encoding,
+                    correlation_id=message.correlation_id,
+                    delivery_mode=message.delivery_mode,
+                    priority=message.priority,
+                    mandatory=True,
+                    serializer=None,
+                )
+                store.mark_published([job.id])
+
+
 def publish_jobs(broker_url: str, jobs: Sequence[Job], store: JobStoreProtocol) -> None:
     """Publish jobs with confirms (blocking), marking each published once the broker confirmed it."""
-    if not jobs:
-        return
-    with Connection(broker_url, connect_timeout=3, transport_options={"confirm_publish": True}) as conn:
-        producer = Producer(conn.channel())
-        for job in jobs:
-            body, headers = celery_task_message(job.id, job.task, job.args, job.kwargs)
-            producer.publish(
-                body,
-                routing_key=job.queue,
-                exchange="",
-                headers=headers,
-                content_type="application/json",
-                content_encoding="utf-8",
-                correlation_id=job.id,
-                delivery_mode=2,
-                mandatory=True,
-                serializer=None,
-            )
-            store.mark_published([job.id])
+    KombuPublisher(broker_url).publish_jobs(jobs, store)
 
 
 def relay_unpublished(store: JobStoreProtocol, broker_url: str, grace_s: float = OUTBOX_GRACE_S) -> int:

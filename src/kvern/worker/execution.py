@@ -26,7 +26,7 @@ from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
 from kombu.message import Message
 
-from kvern.broker.publisher import KVERN_JOB_HEADER
+from kvern.constants import KVERN_JOB_HEADER
 from kvern.errors import PermanentError, StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Claim
