@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import kombu
 import pytest
 import sqlalchemy
+from kombu.connection import Connection
+from kombu.messaging import Producer
 
 from kvern.autoscale.pins import write_pin
 from kvern.broker.message import task_message
@@ -488,8 +489,8 @@ def publish_raw(delivery: Delivery, queue: str, task: str, body: bytes | None = 
     delivery.store.mark_published([job_id])  # so the outbox relay leaves it alone
     message = task_message(job_id, task, queue, [], kwargs)
     url = delivery.running.config.broker_urls[ROLE_WORKER]
-    with kombu.Connection(url, connect_timeout=5, transport_options={"confirm_publish": True}) as conn:
-        kombu.Producer(conn.channel()).publish(
+    with Connection(url, connect_timeout=5, transport_options={"confirm_publish": True}) as conn:
+        Producer(conn.channel()).publish(
             message.body if body is None else body,
             routing_key=queue,
             exchange="",

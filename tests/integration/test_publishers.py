@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import kombu
 import pytest
+from kombu.connection import Connection
+from kombu.entity import Queue
 from kombu.message import Message
 
 from kvern.broker.message import BlockingPublisherProtocol, JobPublisherProtocol, job_message
@@ -52,13 +53,13 @@ PUBLISHERS: dict[str, Publish] = {"aio-pika": _publish_async, "kombu": _publish_
 @pytest.fixture
 def queue() -> Iterator[str]:
     name = f"kvern-test-publish-{uuid.uuid4().hex}"
-    with kombu.Connection(SYSTEM_BROKER, connect_timeout=5) as conn:
-        kombu.Queue(name, durable=False, channel=conn.default_channel).declare()
+    with Connection(SYSTEM_BROKER, connect_timeout=5) as conn:
+        Queue(name, durable=False, channel=conn.default_channel).declare()
     try:
         yield name
     finally:
-        with kombu.Connection(SYSTEM_BROKER, connect_timeout=5) as conn:
-            kombu.Queue(name, channel=conn.default_channel).delete()
+        with Connection(SYSTEM_BROKER, connect_timeout=5) as conn:
+            Queue(name, channel=conn.default_channel).delete()
 
 
 def _recorded(store: MemoryJobStore, queue: str) -> Job:
@@ -69,8 +70,8 @@ def _recorded(store: MemoryJobStore, queue: str) -> Job:
 
 
 def _take(queue: str) -> Message:
-    with kombu.Connection(SYSTEM_BROKER, connect_timeout=5) as conn:
-        message = kombu.Queue(queue, channel=conn.default_channel).get(no_ack=True)
+    with Connection(SYSTEM_BROKER, connect_timeout=5) as conn:
+        message: Message | None = Queue(queue, channel=conn.default_channel).get(no_ack=True)
     assert message is not None, f"nothing on {queue}"
     return message
 

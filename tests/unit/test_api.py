@@ -51,6 +51,7 @@ def web_head(project: Path, tmp_path: Path) -> WebHead:
 @pytest.fixture
 async def api(web_head: WebHead) -> AsyncIterator[tuple[httpx.AsyncClient, StubPublisher, JobStore]]:
     store, publisher = web_head.store, web_head.publisher
+    assert isinstance(store, JobStore) and isinstance(publisher, StubPublisher)  # as the web_head fixture made
     app = create_app(web_head)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a crash is a 500, as in production

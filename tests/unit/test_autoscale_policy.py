@@ -263,7 +263,9 @@ def test_tick_scales_in_warm_from_the_highest_slots_after_the_cool_down(
     # given reports scaled out to 4
     load.per_pool["reports"] = (8, 0, 0.0)
     scaler.tick(now=0.0)
-    supervisor.states = {k: "RUNNING" if v == "STARTING" else v for k, v in supervisor.states.items()}
+    supervisor.states = {
+        k: ProcessState.RUNNING if v is ProcessState.STARTING else v for k, v in supervisor.states.items()
+    }
     supervisor.calls.clear()
 
     # when the load drops to 4 running jobs (work for 2 processes) and stays there
@@ -401,7 +403,9 @@ def test_every_event_is_a_scaling_event_record(
     # a spike, then idleness: out, then in after the cool-down
     load.per_pool["reports"] = (3, 0, 0.0)
     scaler.tick(now=0.0)
-    supervisor.states = {k: "RUNNING" if v == "STARTING" else v for k, v in supervisor.states.items()}
+    supervisor.states = {
+        k: ProcessState.RUNNING if v is ProcessState.STARTING else v for k, v in supervisor.states.items()
+    }
     load.per_pool["reports"] = (0, 0, 0.0)
     scaler.tick(now=1.0)
     scaler.tick(now=11.0)
@@ -418,7 +422,9 @@ def test_after_a_pin_is_released_the_cool_down_starts_again(
     # given reports at 3 processes, idle, 8 s into its 10 s cool-down
     load.per_pool["reports"] = (6, 0, 0.0)
     scaler.tick(now=0.0)
-    supervisor.states = {k: "RUNNING" if v == "STARTING" else v for k, v in supervisor.states.items()}
+    supervisor.states = {
+        k: ProcessState.RUNNING if v is ProcessState.STARTING else v for k, v in supervisor.states.items()
+    }
     load.per_pool["reports"] = (0, 0, 0.0)
     scaler.tick(now=1.0)
     scaler.tick(now=9.0)

@@ -20,7 +20,6 @@ from kvern.jobs.records import Claim, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.spec import TaskPolicy
-from kvern.worker import execution
 from kvern.worker.execution import (
     STORE_RETRY_S,
     TRACEBACK_FRAMES,
@@ -135,7 +134,7 @@ def submit(store: JobStoreProtocol, task: Task, *args: Any, max_attempts: int = 
 
 
 def make_task(app: Celery, body: Callable[..., Any], name: str = "tasks.work") -> Task:
-    return app.task(name=name)(body)  # type: ignore[no-any-return]
+    return app.task(name=name)(body)
 
 
 def test_successful_task_records_result_progress_and_artifact(celery_app: Celery, store: JobStoreProtocol) -> None:
@@ -603,7 +602,7 @@ def test_an_outcome_write_waits_out_a_short_store_outage(
         return record_success(*args)
 
     monkeypatch.setattr(store, "record_success", flaky_record)
-    monkeypatch.setattr(execution.time, "sleep", lambda _s: None)
+    monkeypatch.setattr("kvern.worker.execution.time.sleep", lambda _s: None)
 
     # when it runs
     assert deliver_like_a_worker(task, job_id, 0, 4) is None

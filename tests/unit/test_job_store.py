@@ -598,7 +598,8 @@ def test_stuck_suspects_are_old_attempts_and_overdue_retries(job_store: JobStore
     assert set(suspects) == {old.id, overdue.id}
     assert suspects[old.id].attempt == 1 and suspects[old.id].retry_at is None
     assert suspects[old.id].started_at < now - 900
-    assert suspects[overdue.id].retry_at is not None and suspects[overdue.id].retry_at < now - 900
+    overdue_retry = suspects[overdue.id].retry_at
+    assert overdue_retry is not None and overdue_retry < now - 900
     assert queued.id not in suspects
 
 
@@ -675,7 +676,7 @@ def test_replay_only_applies_to_failed_or_dead_jobs(job_store: JobStoreProtocol,
     assert get(job_store, job.id).status is status_before
 
 
-def _run_to_death(store: JobStore, job_id: str) -> None:
+def _run_to_death(store: JobStoreProtocol, job_id: str) -> None:
     """Every attempt the job has left fails; the last one ends it dead, as a worker records it."""
     while (claim := store.claim_attempt(job_id, "w")).run:
         job = get(store, job_id)
