@@ -358,7 +358,7 @@ def test_status_of_a_split_run_shows_each_instance_its_own_tier(split: tuple[Run
 
     assert web_report["front_door"] == web.url and web_report["pools"] == []
     assert pools_report["front_door"] is None
-    assert [p.name for p in pools_report["pools"]] == ["reports"]
+    assert [p["name"] for p in pools_report["pools"]] == ["reports"]
     assert pools_report["pools"][0]["processes"] >= 1
     # both see the same job store
     assert web_report["jobs"] == pools_report["jobs"]
