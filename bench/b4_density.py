@@ -21,7 +21,7 @@ from bench.jobs import job_body, outcome_summary, submit_many
 from bench.procs import RunningInstance, kvern_instance, temp_dir, write_project
 from bench.specs import density_spec
 from kvern.jobs.store import JobStore
-from kvern.runtime.programs import pool_group
+from kvern.processes import pool_group
 
 CONCURRENCY = 8
 REPORTS = 32
@@ -71,7 +71,7 @@ def children_of(pid: int) -> list[int]:
 
 def pool_main_pid(running: RunningInstance, pool: str) -> int:
     group = pool_group(pool)
-    pids = [p["pid"] for p in running.instance.supervisor.processes() if p["group"] == group and p["pid"]]
+    pids = [p.pid for p in running.instance.supervisor.processes() if p.group == group and p.pid]
     if len(pids) != 1:
         raise RuntimeError(f"expected one running process in pool {pool}, found {pids}")
     return int(pids[0])

@@ -26,8 +26,9 @@ from bench.procs import RunningInstance, kvern_instance, temp_dir, write_project
 from bench.specs import NOOP_TASK, SLEEP_TASK, elastic_spec
 from kvern.broker.admin import queue_depths
 from kvern.constants import ROLE_ADMIN
+from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
-from kvern.runtime.programs import pool_group
+from kvern.processes import pool_group
 
 REPEATS = 5
 BURST = 4
@@ -47,7 +48,7 @@ class SpikeSample:
 def live_processes(running: RunningInstance, pool: str) -> int:
     """Processes of the pool that exist at all (a stopping one still finishes its job)."""
     group = pool_group(pool)
-    return sum(1 for p in running.instance.supervisor.processes() if p["group"] == group and p["statename"] in LIVE)
+    return sum(1 for p in running.instance.supervisor.processes() if p.group == group and p.state in LIVE)
 
 
 def consumers(running: RunningInstance, queue: str) -> int:
@@ -80,7 +81,11 @@ def wait_started(store: JobStore, ids: list[str]) -> None:
 
 
 def _decision_after(store: JobStore, pool: str, moment: float) -> float | None:
-    outs = [e.at for e in store.scaling_events(pool, limit=10) if e.at >= moment and e.to_processes > e.from_processes]
+    outs = [
+        e.at
+        for e in ScalingEventLog(store.engine).latest(pool, limit=10)
+        if e.at >= moment and e.to_processes > e.from_processes
+    ]
     return min(outs) - moment if outs else None
 
 

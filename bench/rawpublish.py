@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
-from kvern.broker.publisher import celery_message
+from kvern.broker.message import task_message
+from kvern.broker.publisher import aio_pika_message
 from kvern.broker.topology import work_queue_arguments
 
 RAW_QUEUE = "bench.raw-publish"
@@ -35,7 +36,7 @@ class PublishRate:
 
 async def _publisher(channel: AbstractChannel, end: float, counter: list[int]) -> None:
     while time.perf_counter() < end:
-        message = celery_message(str(uuid.uuid4()), "bench.noop", [], {})
+        message = aio_pika_message(task_message(str(uuid.uuid4()), "bench.noop", RAW_QUEUE, [], {}))
         await channel.default_exchange.publish(message, routing_key=RAW_QUEUE, mandatory=True)
         counter[0] += 1
 

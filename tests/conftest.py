@@ -1,4 +1,4 @@
-"""Shared fixtures: job stores on SQLite (always) and PostgreSQL (an isolated schema per test).
+"""Shared fixtures: job stores on SQLite (always), PostgreSQL (an isolated schema per test) and in memory.
 
 PostgreSQL tests skip when the server cannot be reached, unless CI=1 or KVERN_REQUIRE_SERVICES=1: then they
 fail, so a CI run can never pass silently without the PostgreSQL backend.
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.memory import MemoryJobStore
 from kvern.jobs.store import JobStore
 
 # KVERN_TEST_POSTGRES_URL names another server; by default user postgres, then root (trust auth).
@@ -22,6 +24,7 @@ POSTGRES_URLS = (
     else ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test")
 )
 TRUTHY = {"1", "true", "yes", "on"}
+STORE_FIXTURES = {"sqlite": "sqlite_store", "postgresql": "postgres_store", "memory": "memory_store"}
 
 
 def services_required() -> bool:
@@ -100,9 +103,20 @@ def postgres_store(postgres_store_url: str) -> Iterator[JobStore]:
         store.close()  # before the schema is dropped: no pooled connection may hold it
 
 
+@pytest.fixture
+def memory_store() -> MemoryJobStore:
+    return MemoryJobStore()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
+def job_store(request: pytest.FixtureRequest) -> JobStoreProtocol:
+    """The same contract, run against each implementation."""
+    store: JobStoreProtocol = request.getfixturevalue(STORE_FIXTURES[request.param])
+    return store
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def job_store(request: pytest.FixtureRequest) -> JobStore:
-    """The same contract, run against each backend."""
-    name = "sqlite_store" if request.param == "sqlite" else "postgres_store"
-    store: JobStore = request.getfixturevalue(name)
+def sql_job_store(request: pytest.FixtureRequest) -> JobStore:
+    """Each SQL backend, for what only a database has (its tables, their migration, its transactions)."""
+    store: JobStore = request.getfixturevalue(STORE_FIXTURES[request.param])
     return store

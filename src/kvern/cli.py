@@ -18,6 +18,7 @@ from kvern.autoscale.pins import write_pin
 from kvern.broker.relay import publish_jobs
 from kvern.client import submit_and_follow
 from kvern.errors import AlreadyRunning, JobNotFound, KvernError, NotRunning, RuntimeStateError, SpecError, StartError
+from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.states import REPLAYABLE
 from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
@@ -88,7 +89,7 @@ def require_running(instance: Instance) -> Instance:
     return instance
 
 
-def resolve_job_id(store: JobStore, given: str) -> str:
+def resolve_job_id(store: JobStoreProtocol, given: str) -> str:
     """The full id of the one job whose id is `given` or starts with it (the short id `submit --wait` shows)."""
     if len(given) < MIN_ID_PREFIX:
         raise click.BadParameter(f"{given!r}: give at least {MIN_ID_PREFIX} characters of the id", param_hint="JOB_ID")
@@ -323,7 +324,7 @@ def dlq_replay(ctx: click.Context, job_id: str | None, replay_all: bool) -> None
         _fail(f"job {ids[0]} is {_status_of(store, ids[0])}: only dead or failed jobs can be replayed", c.RET_FAILURE)
 
 
-def _status_of(store: JobStore, job_id: str) -> str:
+def _status_of(store: JobStoreProtocol, job_id: str) -> str:
     job = store.get(job_id)
     return job.status.value if job is not None else "gone"
 

@@ -13,6 +13,7 @@ import time
 from kvern.autoscale.loop import Autoscaler
 from kvern.broker.relay import DeadLetterWatcher, recover_stuck_jobs, relay_unpublished
 from kvern.constants import ROLE_ADMIN, ROLE_WEB, ROLE_WORKER
+from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
 from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.supervisor import Supervisor
@@ -34,7 +35,14 @@ def main() -> None:
     # The web role may only publish to the default exchange; the relay and watcher use the worker role.
     broker_url = config.broker_urls.get(ROLE_WORKER) or config.broker_urls[ROLE_WEB]
     watcher = DeadLetterWatcher(store, broker_url) if run_web else None
-    scaler = Autoscaler(pools, store, Supervisor(config.state_path), config.broker_urls[ROLE_ADMIN], config.state_path)
+    scaler = Autoscaler(
+        pools,
+        store,
+        ScalingEventLog(store.engine),
+        Supervisor(config.state_path),
+        config.broker_urls[ROLE_ADMIN],
+        config.state_path,
+    )
     stop = stop_on_signals()
     if watcher:
         watcher.start()

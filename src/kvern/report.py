@@ -8,24 +8,24 @@ from typing import Any
 from kvern.autoscale.loop import read_desired
 from kvern.broker.admin import queue_depths
 from kvern.broker.relay import find_stuck
-from kvern.constants import POOL_GROUP_PREFIX, ROLE_ADMIN, WEB_GROUP
+from kvern.constants import ROLE_ADMIN
+from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
+from kvern.processes import RUNNING_STATES, ProcessInfo, ProcessState, pool_group
 from kvern.runtime.instance import Instance, front_door_url
-from kvern.runtime.programs import pool_group
 from kvern.spec import PoolSpec
 
 
-def _unused_slot(info: dict[str, Any]) -> bool:
+def _unused_slot(info: ProcessInfo) -> bool:
     """A web head or worker slot that is configured but not started: not worth listing."""
-    group, state = str(info["group"]), str(info["statename"])
-    return (group == WEB_GROUP or group.startswith(POOL_GROUP_PREFIX)) and state == "STOPPED"
+    return info.slot is not None and info.state is ProcessState.STOPPED
 
 
 def _pool_report(
-    pool: PoolSpec, processes: list[dict[str, Any]], store: JobStore, autoscaler: dict[str, dict[str, int | None]]
+    pool: PoolSpec, processes: list[ProcessInfo], store: JobStore, autoscaler: dict[str, dict[str, int | None]]
 ) -> dict[str, Any]:
-    running = sum(1 for p in processes if p["group"] == pool_group(pool.name) and p["statename"] == "RUNNING")
-    events = store.scaling_events(pool.name, limit=1)
+    running = sum(1 for p in processes if p.group == pool_group(pool.name) and p.state in RUNNING_STATES)
+    events = ScalingEventLog(store.engine).latest(pool.name, limit=1)
     last = events[0] if events else None
     return {
         "name": pool.name,
@@ -53,7 +53,7 @@ def collect_status(instance: Instance) -> dict[str, Any]:
         "front_door": front_door_url(config) if config.only.web else None,
         "state_dir": str(instance.state_dir),
         "processes": [
-            {"name": p["name"], "group": p["group"], "state": p["statename"], "pid": p["pid"] or None}
+            {"name": p.name, "group": p.group, "state": p.state.value, "pid": p.pid}
             for p in processes
             if not _unused_slot(p)
         ],

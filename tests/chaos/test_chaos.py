@@ -131,8 +131,8 @@ class Chaos:
 
     def running_pid(self, program: str) -> int | None:
         for info in self.supervisor.processes():
-            if info["name"] == program and info["statename"] == "RUNNING":
-                return int(info["pid"])
+            if info.name == program and info.state == "RUNNING":
+                return info.pid
         return None
 
     def broker_address(self) -> tuple[str, int]:
@@ -142,9 +142,9 @@ class Chaos:
 
     def worker_mains(self) -> dict[int, str]:
         return {
-            int(p["pid"]): p["name"]
+            p.pid: p.name
             for p in self.supervisor.processes()
-            if p["group"] == f"pool-{POOL}" and p["statename"] == "RUNNING"
+            if p.group == f"pool-{POOL}" and p.state == "RUNNING" and p.pid is not None
         }
 
 
@@ -288,7 +288,7 @@ def wait_whole(chaos: Chaos, timeout: float = 90) -> None:
     """Every program RUNNING again and the front door healthy, before the next scenario."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = [p["statename"] for p in chaos.supervisor.processes() if p["statename"] != "STOPPED"]
+        states = [p.state for p in chaos.supervisor.processes() if p.state != "STOPPED"]
         with contextlib.suppress(httpx.HTTPError):
             healthy = httpx.get(f"{chaos.url}/api/health", timeout=2).status_code == 200
             if healthy and all(state == "RUNNING" for state in states) and len(chaos.worker_mains()) == 2:

@@ -20,9 +20,10 @@ from datetime import datetime
 import httpx
 import pytest
 
+from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
+from kvern.processes import pool_group
 from kvern.runtime.instance import Instance, owned_pids
-from kvern.runtime.programs import pool_group
 from kvern.runtime.web_scaling import running_heads
 from kvern.spec import load_spec
 from tests.integration.conftest import REPORTS, Running, submit_report, wait_for_outcome, write_project
@@ -103,9 +104,7 @@ def kvern(run: Running, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def pool_size(run: Running, pool: str) -> int:
-    return sum(
-        1 for p in run.instance.supervisor.processes() if p["group"] == pool_group(pool) and p["statename"] == "RUNNING"
-    )
+    return sum(1 for p in run.instance.supervisor.processes() if p.group == pool_group(pool) and p.state == "RUNNING")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> float:
@@ -164,7 +163,7 @@ def test_a_spike_scales_the_pool_out_to_its_max(platform: Running, capsys: pytes
             for job in jobs
             if not (store.history(job["id"])[0].worker or "").startswith("reports-0@")
         )
-        events = store.scaling_events("reports", limit=20)
+        events = ScalingEventLog(store.engine).latest("reports", limit=20)
     finally:
         store.close()
     out = [e for e in events if e.at >= spike and e.to_processes > e.from_processes]
@@ -203,7 +202,7 @@ def test_scaling_in_while_jobs_run_reruns_none_of_them(platform: Running) -> Non
         store = store_of(platform)
         try:
             assert all(len(store.history(job_id)) == 1 for job_id in ids)
-            last = store.scaling_events("reports", limit=1)[0]
+            last = ScalingEventLog(store.engine).latest("reports", limit=1)[0]
         finally:
             store.close()
         # and the pool did go down to 1, by a decision that says why
@@ -254,7 +253,7 @@ def test_an_idle_pool_scales_to_zero_after_idle_after(platform: Running, capsys:
         idle_for = zero - finished
         store = store_of(platform)
         try:
-            last = store.scaling_events("naps", limit=1)[0]
+            last = ScalingEventLog(store.engine).latest("naps", limit=1)[0]
         finally:
             store.close()
         assert last.to_processes == 0 and "cool-down" in last.reason

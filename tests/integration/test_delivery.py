@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import kombu
 import pytest
 import sqlalchemy
+from kombu.connection import Connection
+from kombu.messaging import Producer
 
 from kvern.autoscale.pins import write_pin
-from kvern.broker.publisher import celery_task_message
+from kvern.broker.message import task_message
 from kvern.constants import DEFAULT_DELIVERY_LIMIT, PROGRAM_BROKER, ROLE_WORKER
 from kvern.jobs import schema
 from kvern.jobs.records import NewJob
@@ -486,18 +487,18 @@ def publish_raw(delivery: Delivery, queue: str, task: str, body: bytes | None = 
     job_id = str(uuid.uuid4())
     delivery.store.create_job(NewJob(id=job_id, task=task, queue=queue, args=[], kwargs={}, max_attempts=4))
     delivery.store.mark_published([job_id])  # so the outbox relay leaves it alone
-    text, headers = celery_task_message(job_id, task, [], kwargs)
+    message = task_message(job_id, task, queue, [], kwargs)
     url = delivery.running.config.broker_urls[ROLE_WORKER]
-    with kombu.Connection(url, connect_timeout=5, transport_options={"confirm_publish": True}) as conn:
-        kombu.Producer(conn.channel()).publish(
-            text.encode() if body is None else body,
+    with Connection(url, connect_timeout=5, transport_options={"confirm_publish": True}) as conn:
+        Producer(conn.channel()).publish(
+            message.body if body is None else body,
             routing_key=queue,
             exchange="",
-            headers=headers,
-            content_type="application/json",
-            content_encoding="utf-8",
+            headers=message.headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
             correlation_id=job_id,
-            delivery_mode=2,
+            delivery_mode=message.delivery_mode,
             serializer=None,
         )
     return job_id
@@ -505,7 +506,7 @@ def publish_raw(delivery: Delivery, queue: str, task: str, body: bytes | None = 
 
 def pool_pids(delivery: Delivery, pool: str) -> dict[str, int]:
     processes = Supervisor(delivery.state_dir).processes()
-    return {p["name"]: p["pid"] for p in processes if p["group"] == f"pool-{pool}" and p["statename"] == "RUNNING"}
+    return {p.name: p.pid for p in processes if p.group == f"pool-{pool}" and p.state == "RUNNING" and p.pid}
 
 
 def test_a_message_no_worker_can_run_or_decode_is_dead_lettered_and_the_worker_lives_on(delivery: Delivery) -> None:
@@ -726,9 +727,7 @@ def test_store_down_answers_503_and_a_job_delivered_meanwhile_is_not_lost(delive
 
 
 def _pool_running(delivery: Delivery, pool: str) -> bool:
-    return any(
-        p["group"] == f"pool-{pool}" and p["statename"] == "RUNNING" for p in Supervisor(delivery.state_dir).processes()
-    )
+    return any(p.group == f"pool-{pool}" and p.state == "RUNNING" for p in Supervisor(delivery.state_dir).processes())
 
 
 def test_kvern_down_lets_the_running_job_finish(delivery: Delivery) -> None:

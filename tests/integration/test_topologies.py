@@ -152,7 +152,7 @@ def span(job: dict[str, Any]) -> tuple[float, float]:
 
 
 def program_groups(run: Running) -> set[str]:
-    return {p["group"] for p in run.instance.supervisor.processes() if p["statename"] != "STOPPED"}
+    return {p.group for p in run.instance.supervisor.processes() if p.state != "STOPPED"}
 
 
 # -- two instances side by side, each with its private broker; the second keeps its jobs in PostgreSQL -------

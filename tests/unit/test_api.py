@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +17,7 @@ from kvern.catalog import load_user_app
 from kvern.errors import BacklogFull, PublishError
 from kvern.jobs.store import JobStore
 from kvern.spec import load_spec
-
-
-class StubPublisher:
-    """Records what would be published; can be told to fail like a broker that is down or full."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, str, str]] = []
-        self.failure: Exception | None = None
-        self.while_unconfirmed: Callable[[str], None] | None = None  # what happens before the confirm is lost
-
-    async def publish(self, job_id: str, task: str, queue: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-        await asyncio.sleep(0)
-        if self.while_unconfirmed is not None:
-            self.while_unconfirmed(job_id)
-        if self.failure is not None:
-            raise self.failure
-        self.published.append((job_id, task, queue))
-
-    async def ping(self) -> bool:
-        return self.failure is None
-
-    async def close(self) -> None:
-        return None
+from tests.unit.doubles import StubPublisher
 
 
 @pytest.fixture
@@ -67,12 +45,13 @@ def web_head(project: Path, tmp_path: Path) -> WebHead:
     _, catalog = load_user_app(spec)
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
     store.create_schema()
-    return WebHead(spec, catalog, store, StubPublisher())  # type: ignore[arg-type]
+    return WebHead(spec, catalog, store, StubPublisher())
 
 
 @pytest.fixture
 async def api(web_head: WebHead) -> AsyncIterator[tuple[httpx.AsyncClient, StubPublisher, JobStore]]:
     store, publisher = web_head.store, web_head.publisher
+    assert isinstance(store, JobStore) and isinstance(publisher, StubPublisher)  # as the web_head fixture made
     app = create_app(web_head)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a crash is a 500, as in production

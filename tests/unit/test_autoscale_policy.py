@@ -14,16 +14,19 @@ import pytest
 from sqlalchemy import update
 
 import kvern.autoscale.loop as loop_module
-from kvern.autoscale.loop import DESIRED_FILE, Autoscaler, read_desired
+from kvern.autoscale.loop import Autoscaler, read_desired
 from kvern.autoscale.pins import write_pin
 from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
+from kvern.constants import DESIRED_FILE
 from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
 from kvern.jobs.records import NewJob, ScalingEvent
+from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
-from kvern.runtime.programs import pool_group, pool_slot
+from kvern.processes import ProcessState, pool_group, pool_slot
 from kvern.spec import PoolSpec
+from tests.unit.doubles import StubRunner
 
 POOL = PoolSpec(name="reports", queues=("reports",), min=1, max=4, idle_after=10.0, target_backlog=2, max_wait=5.0)
 
@@ -190,40 +193,6 @@ def test_partial_scale_in_lands_on_the_backlog_target() -> None:
 # -- Autoscaler.tick with a fake Supervisor and scripted signals ---------------------------------------------------
 
 
-@dataclass
-class FakeSupervisor:
-    """Supervisor's process table for pool slots; records every start and stop."""
-
-    states: dict[str, str] = field(default_factory=dict)
-    calls: list[tuple[str, str, bool]] = field(default_factory=list)
-
-    def add_pool(self, pool: PoolSpec, running: int) -> None:
-        for index in range(pool.max):
-            self.states[pool_slot(pool.name, index)] = "RUNNING" if index < running else "STOPPED"
-
-    def processes(self) -> list[dict[str, Any]]:
-        infos = []
-        for full_name, state in self.states.items():
-            group, name = full_name.split(":")
-            infos.append({"group": group, "name": name, "statename": state, "pid": 1})
-        return infos
-
-    def start(self, full_name: str, wait: bool = True) -> None:
-        self.calls.append(("start", full_name, wait))
-        self.states[full_name] = "STARTING"
-
-    def stop(self, full_name: str, wait: bool = True) -> None:
-        self.calls.append(("stop", full_name, wait))
-        self.states[full_name] = "STOPPING"  # a warm stop: the slot finishes its job first
-
-    def running(self, pool: str) -> int:
-        return sum(
-            1
-            for name, state in self.states.items()
-            if name.startswith(pool_group(pool) + ":") and state in ("RUNNING", "STARTING")
-        )
-
-
 class ScriptedAutoscaler(Autoscaler):
     """The real tick, with each pool's broker and store signals given by the test."""
 
@@ -248,14 +217,15 @@ OTHER = PoolSpec(name="thumbs", queues=("thumbs",), min=0, max=2, idle_after=5.0
 
 
 @pytest.fixture
-def setup(sqlite_store: JobStore, tmp_path: Path) -> tuple[ScriptedAutoscaler, FakeSupervisor, Load]:
-    supervisor = FakeSupervisor()
+def setup(sqlite_store: JobStore, tmp_path: Path) -> tuple[ScriptedAutoscaler, StubRunner, Load]:
+    supervisor = StubRunner()
     supervisor.add_pool(POOL, running=1)
     supervisor.add_pool(OTHER, running=0)
     load = Load()
     scaler = ScriptedAutoscaler(
         (POOL, OTHER),
         sqlite_store,
+        ScalingEventLog(sqlite_store.engine),
         supervisor,
         "amqp://unused",
         tmp_path,
@@ -265,7 +235,7 @@ def setup(sqlite_store: JobStore, tmp_path: Path) -> tuple[ScriptedAutoscaler, F
 
 
 def test_tick_scales_out_by_starting_free_slots_and_records_the_reason(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore
 ) -> None:
     scaler, supervisor, load = setup
     # given a spike on reports (7 ready, 1 running: 4 processes wanted) and one job for thumbs
@@ -280,7 +250,7 @@ def test_tick_scales_out_by_starting_free_slots_and_records_the_reason(
     assert ("start", pool_slot("thumbs", 0), False) in supervisor.calls
     assert supervisor.running("reports") == 4 and supervisor.running("thumbs") == 1
     # and every decision is an event with its signals
-    events = {e.pool: e for e in sqlite_store.scaling_events()}
+    events = {e.pool: e for e in ScalingEventLog(sqlite_store.engine).latest()}
     assert events["reports"].at == 1000.0
     assert (events["reports"].from_processes, events["reports"].to_processes) == (1, 4)
     assert "ready=7 running=1" in events["reports"].reason
@@ -288,13 +258,15 @@ def test_tick_scales_out_by_starting_free_slots_and_records_the_reason(
 
 
 def test_tick_scales_in_warm_from_the_highest_slots_after_the_cool_down(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore
 ) -> None:
     scaler, supervisor, load = setup
     # given reports scaled out to 4
     load.per_pool["reports"] = (8, 0, 0.0)
     scaler.tick(now=0.0)
-    supervisor.states = {k: "RUNNING" if v == "STARTING" else v for k, v in supervisor.states.items()}
+    supervisor.states = {
+        k: ProcessState.RUNNING if v is ProcessState.STARTING else v for k, v in supervisor.states.items()
+    }
     supervisor.calls.clear()
 
     # when the load drops to 4 running jobs (work for 2 processes) and stays there
@@ -309,20 +281,20 @@ def test_tick_scales_in_warm_from_the_highest_slots_after_the_cool_down(
         ("stop", pool_slot("reports", 3), False),
         ("stop", pool_slot("reports", 2), False),
     ]
-    last = sqlite_store.scaling_events("reports", limit=1)[0]
+    last = ScalingEventLog(sqlite_store.engine).latest("reports", limit=1)[0]
     assert (last.from_processes, last.to_processes) == (4, 2)
     assert "cool-down" in last.reason
 
 
 def test_a_pin_overrides_the_policy_until_released(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore, tmp_path: Path
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore, tmp_path: Path
 ) -> None:
     scaler, supervisor, load = setup
     # given reports pinned to 3 while there is no work at all
     write_pin(tmp_path, "reports", 3)
     scaler.tick(now=0.0)
     assert supervisor.running("reports") == 3
-    assert "pinned to 3" in sqlite_store.scaling_events("reports", limit=1)[0].reason
+    assert "pinned to 3" in ScalingEventLog(sqlite_store.engine).latest("reports", limit=1)[0].reason
 
     # when a spike comes, and then a long idle time passes
     load.per_pool["reports"] = (50, 2, 30.0)
@@ -333,7 +305,7 @@ def test_a_pin_overrides_the_policy_until_released(
 
     # then the pin holds against both
     assert supervisor.running("reports") == 3
-    assert len(sqlite_store.scaling_events("reports")) == 1
+    assert len(ScalingEventLog(sqlite_store.engine).latest("reports")) == 1
 
     # when the pin is released, the autoscaler takes over again (and the idle pool cools down to min)
     write_pin(tmp_path, "reports", None)
@@ -343,7 +315,7 @@ def test_a_pin_overrides_the_policy_until_released(
 
 
 def test_a_pin_to_zero_and_a_pin_above_max_are_honoured_within_bounds(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], tmp_path: Path
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], tmp_path: Path
 ) -> None:
     scaler, supervisor, load = setup
     load.per_pool["reports"] = (9, 0, 0.0)
@@ -357,11 +329,11 @@ def test_a_pin_to_zero_and_a_pin_above_max_are_honoured_within_bounds(
 
 
 def test_a_slot_still_stopping_warm_is_not_started_again(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore
 ) -> None:
     scaler, supervisor, load = setup
     # given slot 1 of reports still finishing its job after a warm stop
-    supervisor.states[pool_slot("reports", 1)] = "STOPPING"
+    supervisor.states[pool_slot("reports", 1)] = ProcessState.STOPPING
 
     # when a spike wants 3 processes
     load.per_pool["reports"] = (6, 0, 0.0)
@@ -370,16 +342,16 @@ def test_a_slot_still_stopping_warm_is_not_started_again(
     # then the free slots 2 and 3 are started, not the stopping one, and the event says what was reached
     started = [name for action, name, _ in supervisor.calls if action == "start"]
     assert started == [pool_slot("reports", 2), pool_slot("reports", 3)]
-    assert sqlite_store.scaling_events("reports", limit=1)[0].to_processes == 3
+    assert ScalingEventLog(sqlite_store.engine).latest("reports", limit=1)[0].to_processes == 3
 
 
 def test_no_event_when_every_free_slot_is_still_stopping(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore
 ) -> None:
     scaler, supervisor, load = setup
     # given a scale-to-zero pool whose only slots are both stopping warm
     for index in range(OTHER.max):
-        supervisor.states[pool_slot("thumbs", index)] = "STOPPING"
+        supervisor.states[pool_slot("thumbs", index)] = ProcessState.STOPPING
 
     # when a job arrives, tick after tick
     load.per_pool["thumbs"] = (1, 0, 0.0)
@@ -388,15 +360,15 @@ def test_no_event_when_every_free_slot_is_still_stopping(
 
     # then nothing is started and no event claims a scale-out that did not happen
     assert supervisor.calls == []
-    assert sqlite_store.scaling_events("thumbs") == []
+    assert ScalingEventLog(sqlite_store.engine).latest("thumbs") == []
 
     # and once a slot has exited, the next tick starts it
-    supervisor.states[pool_slot("thumbs", 0)] = "STOPPED"
+    supervisor.states[pool_slot("thumbs", 0)] = ProcessState.STOPPED
     scaler.tick(now=6.0)
     assert supervisor.calls == [("start", pool_slot("thumbs", 0), False)]
 
 
-def test_no_decision_no_event(setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore) -> None:
+def test_no_decision_no_event(setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore) -> None:
     scaler, supervisor, load = setup
     load.per_pool["reports"] = (1, 1, 0.0)  # on target for 1 process
 
@@ -404,11 +376,11 @@ def test_no_decision_no_event(setup: tuple[ScriptedAutoscaler, FakeSupervisor, L
         scaler.tick(now=float(second))
 
     assert supervisor.calls == []
-    assert sqlite_store.scaling_events() == []
+    assert ScalingEventLog(sqlite_store.engine).latest() == []
 
 
 def test_desired_and_pins_are_published_for_status(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], tmp_path: Path
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], tmp_path: Path
 ) -> None:
     scaler, _, load = setup
     # given reports wanting fewer processes (cooling down) and thumbs pinned
@@ -426,30 +398,34 @@ def test_desired_and_pins_are_published_for_status(
 
 
 def test_every_event_is_a_scaling_event_record(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore
 ) -> None:
     scaler, supervisor, load = setup
     # a spike, then idleness: out, then in after the cool-down
     load.per_pool["reports"] = (3, 0, 0.0)
     scaler.tick(now=0.0)
-    supervisor.states = {k: "RUNNING" if v == "STARTING" else v for k, v in supervisor.states.items()}
+    supervisor.states = {
+        k: ProcessState.RUNNING if v is ProcessState.STARTING else v for k, v in supervisor.states.items()
+    }
     load.per_pool["reports"] = (0, 0, 0.0)
     scaler.tick(now=1.0)
     scaler.tick(now=11.0)
 
-    events = sqlite_store.scaling_events("reports")
+    events = ScalingEventLog(sqlite_store.engine).latest("reports")
     assert all(isinstance(e, ScalingEvent) and e.reason for e in events)
     assert [(e.at, e.from_processes, e.to_processes) for e in reversed(events)] == [(0.0, 1, 2), (11.0, 2, 1)]
 
 
 def test_after_a_pin_is_released_the_cool_down_starts_again(
-    setup: tuple[ScriptedAutoscaler, FakeSupervisor, Load], sqlite_store: JobStore, tmp_path: Path
+    setup: tuple[ScriptedAutoscaler, StubRunner, Load], sqlite_store: JobStore, tmp_path: Path
 ) -> None:
     scaler, supervisor, load = setup
     # given reports at 3 processes, idle, 8 s into its 10 s cool-down
     load.per_pool["reports"] = (6, 0, 0.0)
     scaler.tick(now=0.0)
-    supervisor.states = {k: "RUNNING" if v == "STARTING" else v for k, v in supervisor.states.items()}
+    supervisor.states = {
+        k: ProcessState.RUNNING if v is ProcessState.STARTING else v for k, v in supervisor.states.items()
+    }
     load.per_pool["reports"] = (0, 0, 0.0)
     scaler.tick(now=1.0)
     scaler.tick(now=9.0)
@@ -466,7 +442,7 @@ def test_after_a_pin_is_released_the_cool_down_starts_again(
     assert supervisor.running("reports") == 3
     scaler.tick(now=110.0)
     assert supervisor.running("reports") == 1
-    assert sqlite_store.scaling_events("reports", limit=1)[0].at == 110.0
+    assert ScalingEventLog(sqlite_store.engine).latest("reports", limit=1)[0].at == 110.0
 
 
 # -- Autoscaler.signals against a real store (the broker's queue depths stubbed) --------------------------------
@@ -487,13 +463,15 @@ def test_a_scale_to_zero_pool_whose_only_job_waits_out_a_long_backoff_scales_to_
 ) -> None:
     # given a min = 0 pool with one process, whose only job failed and waits an hour for its retry
     pool = PoolSpec(name="thumbs", queues=("thumbs",), min=0, max=2, idle_after=5.0, target_backlog=1)
-    supervisor = FakeSupervisor()
+    supervisor = StubRunner()
     supervisor.add_pool(pool, running=1)
     job_id = str(uuid.uuid4())
     sqlite_store.create_job(NewJob(id=job_id, task="t", queue="thumbs", args=[], kwargs={}, max_attempts=3))
     sqlite_store.claim_attempt(job_id, "w1")
     sqlite_store.record_retry(job_id, 1, "flaky", delay_s=3600)
-    scaler = Autoscaler((pool,), sqlite_store, supervisor, "amqp://unused", tmp_path)
+    scaler = Autoscaler(
+        (pool,), sqlite_store, ScalingEventLog(sqlite_store.engine), supervisor, "amqp://unused", tmp_path
+    )
 
     # when the autoscaler ticks through the cool-down
     scaler.tick(now=1000.0)
@@ -516,7 +494,9 @@ def test_a_replayed_old_job_does_not_count_as_a_long_wait(
     sqlite_store.claim_attempt(job_id, "w1")
     sqlite_store.record_failure(job_id, 1, "boom", JobStatus.DEAD)
     sqlite_store.replay(job_id)
-    scaler = Autoscaler((pool,), sqlite_store, FakeSupervisor(), "amqp://unused", tmp_path)
+    scaler = Autoscaler(
+        (pool,), sqlite_store, ScalingEventLog(sqlite_store.engine), StubRunner(), "amqp://unused", tmp_path
+    )
 
     # when the autoscaler reads the pool's signals
     signals = scaler.signals(pool, 0, now=time.time())
@@ -540,11 +520,11 @@ def test_while_the_store_is_away_a_pool_holds_its_processes_and_pins_still_apply
 ) -> None:
     # given a scale-to-zero pool running 2 processes, a second pool pinned to 1, and the store away
     store = _StoreAway(f"sqlite:///{tmp_path / 'jobs.db'}")
-    supervisor = FakeSupervisor()
+    supervisor = StubRunner()
     supervisor.add_pool(OTHER, running=2)
     supervisor.add_pool(POOL, running=1)
     write_pin(tmp_path, POOL.name, 2)
-    scaler = Autoscaler((OTHER, POOL), store, supervisor, "amqp://unused", tmp_path)
+    scaler = Autoscaler((OTHER, POOL), store, ScalingEventLog(store.engine), supervisor, "amqp://unused", tmp_path)
 
     # when the autoscaler ticks for longer than the pool's cool-down
     for second in range(0, 60, 5):

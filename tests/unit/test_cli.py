@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from kvern import cli
 from kvern.constants import RET_ALREADY_RUNNING, RET_FAILURE, RET_NOT_RUNNING, RET_OK, RET_USAGE
-from kvern.errors import AlreadyRunning, NotRunning
+from kvern.errors import AlreadyRunning, JobNotFound, NotRunning
 from kvern.jobs.records import NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
@@ -192,9 +192,9 @@ def test_replaying_a_job_that_is_not_dead_or_failed_says_why(spec_path: Path, st
 
 def test_a_prefix_with_like_wildcards_matches_only_literally(sqlite_store: JobStore) -> None:
     record(sqlite_store, FIRST)
-    with pytest.raises(cli.JobNotFound):
+    with pytest.raises(JobNotFound):
         cli.resolve_job_id(sqlite_store, "5a1f%")
-    with pytest.raises(cli.JobNotFound):
+    with pytest.raises(JobNotFound):
         cli.resolve_job_id(sqlite_store, "5a1f_0c3")
     assert cli.resolve_job_id(sqlite_store, "5a1f0") == FIRST
 

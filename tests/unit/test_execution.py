@@ -15,11 +15,12 @@ from celery.exceptions import Ignore, Retry
 import kvern
 from kvern.catalog import original_run
 from kvern.errors import PermanentError, StoreUnavailable
+from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.memory import MemoryJobStore
 from kvern.jobs.records import Claim, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.spec import TaskPolicy
-from kvern.worker import execution
 from kvern.worker.execution import (
     STORE_RETRY_S,
     TRACEBACK_FRAMES,
@@ -120,11 +121,11 @@ def celery_app() -> Iterator[Celery]:
 
 
 @pytest.fixture
-def store(sqlite_store: JobStore) -> JobStore:
-    return sqlite_store
+def store() -> JobStoreProtocol:
+    return MemoryJobStore()  # execution only needs the store contract (test_job_store runs it over every store)
 
 
-def submit(store: JobStore, task: Task, *args: Any, max_attempts: int = 4) -> str:
+def submit(store: JobStoreProtocol, task: Task, *args: Any, max_attempts: int = 4) -> str:
     job_id = str(uuid.uuid4())
     store.create_job(
         NewJob(id=job_id, task=task.name, queue="default", args=list(args), kwargs={}, max_attempts=max_attempts)
@@ -133,10 +134,10 @@ def submit(store: JobStore, task: Task, *args: Any, max_attempts: int = 4) -> st
 
 
 def make_task(app: Celery, body: Callable[..., Any], name: str = "tasks.work") -> Task:
-    return app.task(name=name)(body)  # type: ignore[no-any-return]
+    return app.task(name=name)(body)
 
 
-def test_successful_task_records_result_progress_and_artifact(celery_app: Celery, store: JobStore) -> None:
+def test_successful_task_records_result_progress_and_artifact(celery_app: Celery, store: JobStoreProtocol) -> None:
     # given a task that reports progress and saves an artifact, guarded against the store
     seen: dict[str, Any] = {}
 
@@ -178,7 +179,7 @@ def test_successful_task_records_result_progress_and_artifact(celery_app: Celery
     assert kvern.current_job() is None
 
 
-def test_second_delivery_of_a_finished_job_is_skipped(celery_app: Celery, store: JobStore) -> None:
+def test_second_delivery_of_a_finished_job_is_skipped(celery_app: Celery, store: JobStoreProtocol) -> None:
     # given a job whose task already ran to success once
     calls: list[int] = []
 
@@ -204,7 +205,7 @@ def test_second_delivery_of_a_finished_job_is_skipped(celery_app: Celery, store:
     assert len(store.history(job_id)) == 1
 
 
-def test_permanent_error_fails_the_job_without_retrying(celery_app: Celery, store: JobStore) -> None:
+def test_permanent_error_fails_the_job_without_retrying(celery_app: Celery, store: JobStoreProtocol) -> None:
     # given a task that rejects its input, with retries declared
     calls: list[int] = []
 
@@ -230,7 +231,9 @@ def test_permanent_error_fails_the_job_without_retrying(celery_app: Celery, stor
     assert [a.outcome for a in store.history(job_id)] == ["failed"]
 
 
-def test_transient_error_is_retried_as_the_next_attempt_of_the_same_job(celery_app: Celery, store: JobStore) -> None:
+def test_transient_error_is_retried_as_the_next_attempt_of_the_same_job(
+    celery_app: Celery, store: JobStoreProtocol
+) -> None:
     # given a task that fails once, then succeeds
     calls: list[int] = []
 
@@ -256,7 +259,7 @@ def test_transient_error_is_retried_as_the_next_attempt_of_the_same_job(celery_a
     assert "flaky network" in (store.history(job_id)[0].error or "")
 
 
-def test_exhausted_retries_make_the_job_dead(celery_app: Celery, store: JobStore) -> None:
+def test_exhausted_retries_make_the_job_dead(celery_app: Celery, store: JobStoreProtocol) -> None:
     # given a task that always fails, with one retry
     calls: list[int] = []
 
@@ -280,7 +283,7 @@ def test_exhausted_retries_make_the_job_dead(celery_app: Celery, store: JobStore
     assert [(a.attempt, a.outcome) for a in store.history(job_id)] == [(1, "retry"), (2, "dead")]
 
 
-def test_untracked_delivery_runs_without_recording(celery_app: Celery, store: JobStore) -> None:
+def test_untracked_delivery_runs_without_recording(celery_app: Celery, store: JobStoreProtocol) -> None:
     # given a guarded task called with an id the store never recorded (a plain `.delay()` from user code)
     seen: list[object] = []
 
@@ -303,7 +306,7 @@ def test_untracked_delivery_runs_without_recording(celery_app: Celery, store: Jo
     assert store.history(task_id) == []
 
 
-def test_withdrawn_job_sent_by_a_web_head_is_skipped(celery_app: Celery, store: JobStore) -> None:
+def test_withdrawn_job_sent_by_a_web_head_is_skipped(celery_app: Celery, store: JobStoreProtocol) -> None:
     # given a delivery marked as sent by a web head, whose job record is gone (withdrawn after a 503)
     calls: list[int] = []
 
@@ -326,7 +329,7 @@ def test_withdrawn_job_sent_by_a_web_head_is_skipped(celery_app: Celery, store: 
     assert calls == []
 
 
-def test_guard_task_applies_time_limits_and_wraps_only_once(celery_app: Celery, store: JobStore) -> None:
+def test_guard_task_applies_time_limits_and_wraps_only_once(celery_app: Celery, store: JobStoreProtocol) -> None:
     # given a task guarded twice
     calls: list[int] = []
 
@@ -375,7 +378,7 @@ def test_save_artifact_rejects_non_plain_names_even_outside_a_job(name: str) -> 
         kvern.save_artifact(name, b"x")
 
 
-def test_unguarded_task_using_the_helpers_runs_as_a_plain_function(celery_app: Celery, store: JobStore) -> None:
+def test_unguarded_task_using_the_helpers_runs_as_a_plain_function(celery_app: Celery, store: JobStoreProtocol) -> None:
     # given a task body that uses the helpers, run without a job (as in a user's own unit test)
     def work(n: int) -> int:
         kvern.progress(10)
@@ -423,7 +426,7 @@ def deliver_like_a_worker(task: Task, job_id: str, retries: int, *args: Any) -> 
 
 @pytest.mark.parametrize("retries", [1, 3, 4, 10])
 def test_a_retry_budget_of_n_gives_n_plus_1_attempts_then_dead(
-    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch, retries: int
+    celery_app: Celery, store: JobStoreProtocol, monkeypatch: pytest.MonkeyPatch, retries: int
 ) -> None:
     # given a task that always fails, with N retries and no backoff
     def work(n: int) -> None:
@@ -449,7 +452,7 @@ def test_a_retry_budget_of_n_gives_n_plus_1_attempts_then_dead(
 
 
 def test_a_replayed_job_gets_a_fresh_budget_each_time(
-    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch
+    celery_app: Celery, store: JobStoreProtocol, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a dead job of a task with 4 retries
     def work(n: int) -> None:
@@ -477,7 +480,7 @@ def test_a_replayed_job_gets_a_fresh_budget_each_time(
 
 
 def test_a_failed_attempt_keeps_its_traceback_and_is_logged_as_a_failure(
-    celery_app: Celery, store: JobStore, caplog: pytest.LogCaptureFixture
+    celery_app: Celery, store: JobStoreProtocol, caplog: pytest.LogCaptureFixture
 ) -> None:
     # given a task that divides by zero, with no retries
     def divide(n: int) -> float:
@@ -503,7 +506,7 @@ def test_a_failed_attempt_keeps_its_traceback_and_is_logged_as_a_failure(
 
 
 def test_a_permanent_error_is_logged_as_an_expected_failure(
-    celery_app: Celery, store: JobStore, caplog: pytest.LogCaptureFixture
+    celery_app: Celery, store: JobStoreProtocol, caplog: pytest.LogCaptureFixture
 ) -> None:
     def reject(n: int) -> None:
         raise PermanentError(f"no user {n}")
@@ -521,7 +524,9 @@ def test_a_permanent_error_is_logged_as_an_expected_failure(
     assert [a.outcome for a in store.history(job_id)] == ["failed"]
 
 
-def test_a_deep_traceback_keeps_only_its_last_frames_within_a_bounded_size(celery_app: Celery, store: JobStore) -> None:
+def test_a_deep_traceback_keeps_only_its_last_frames_within_a_bounded_size(
+    celery_app: Celery, store: JobStoreProtocol
+) -> None:
     # given a task that fails 300 calls deep, with a long message
     def dive(depth: int) -> None:
         if depth == 0:
@@ -549,7 +554,7 @@ def test_a_deep_traceback_keeps_only_its_last_frames_within_a_bounded_size(celer
 
 
 def test_a_delivery_that_finds_the_store_away_is_sent_round_again_without_running(
-    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch
+    celery_app: Celery, store: JobStoreProtocol, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given the store cannot be reached when a delivery claims its attempt
     calls: list[int] = []
@@ -579,7 +584,7 @@ def test_a_delivery_that_finds_the_store_away_is_sent_round_again_without_runnin
 
 
 def test_an_outcome_write_waits_out_a_short_store_outage(
-    celery_app: Celery, store: JobStore, monkeypatch: pytest.MonkeyPatch
+    celery_app: Celery, store: JobStoreProtocol, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given the store is away for the first two attempts to record a success
     def double(n: int) -> int:
@@ -597,7 +602,7 @@ def test_an_outcome_write_waits_out_a_short_store_outage(
         return record_success(*args)
 
     monkeypatch.setattr(store, "record_success", flaky_record)
-    monkeypatch.setattr(execution.time, "sleep", lambda _s: None)
+    monkeypatch.setattr("kvern.worker.execution.time.sleep", lambda _s: None)
 
     # when it runs
     assert deliver_like_a_worker(task, job_id, 0, 4) is None

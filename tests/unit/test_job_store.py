@@ -1,4 +1,5 @@
-"""`JobStore` contract, run against SQLite and PostgreSQL (the `job_store` fixture is parametrized)."""
+"""The job store contract (`JobStoreProtocol`), run against SQLite, PostgreSQL and the in-memory store (the
+`job_store` fixture is parametrized); what only a database has runs over the SQL backends (`sql_job_store`)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 
+import kvern.jobs.memory as memory_module
 import kvern.jobs.store as store_module
 from kvern.jobs import schema
-from kvern.jobs.records import Claim, Job, NewJob, ScalingEvent
+from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.memory import MemoryJobStore
+from kvern.jobs.records import Claim, Job, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
 
@@ -44,13 +48,13 @@ def new_job(
     )
 
 
-def submitted(store: JobStore, **kwargs: Any) -> Job:
+def submitted(store: JobStoreProtocol, **kwargs: Any) -> Job:
     job, created = store.create_job(new_job(**kwargs))
     assert created
     return job
 
 
-def get(store: JobStore, job_id: str) -> Job:
+def get(store: JobStoreProtocol, job_id: str) -> Job:
     job = store.get(job_id)
     assert job is not None
     return job
@@ -76,14 +80,16 @@ OLD_ROW = {
 def fake_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The store's `time.time()` advances one second per call: created_at values are distinct and ordered."""
     ticks = itertools.count(1_700_000_000)
-    monkeypatch.setattr(store_module, "time", types.SimpleNamespace(time=lambda: float(next(ticks))))
+    clock = types.SimpleNamespace(time=lambda: float(next(ticks)))
+    monkeypatch.setattr(store_module, "time", clock)
+    monkeypatch.setattr(memory_module, "time", clock)
     yield
 
 
 # -- submission -----------------------------------------------------------------------------------------------
 
 
-def test_create_job_then_get_returns_the_recorded_job(job_store: JobStore) -> None:
+def test_create_job_then_get_returns_the_recorded_job(job_store: JobStoreProtocol) -> None:
     # given a new job
     new = new_job(key="k-1", request_hash="h-1", max_attempts=3)
     before = time.time()
@@ -111,11 +117,11 @@ def test_create_job_then_get_returns_the_recorded_job(job_store: JobStore) -> No
     assert job.artifacts == ()
 
 
-def test_get_unknown_job_returns_none(job_store: JobStore) -> None:
+def test_get_unknown_job_returns_none(job_store: JobStoreProtocol) -> None:
     assert job_store.get(str(uuid.uuid4())) is None
 
 
-def test_same_idempotency_key_and_hash_returns_the_existing_job(job_store: JobStore) -> None:
+def test_same_idempotency_key_and_hash_returns_the_existing_job(job_store: JobStoreProtocol) -> None:
     # given a job created with an idempotency key
     first = submitted(job_store, key="order-42", request_hash="abc")
 
@@ -128,7 +134,7 @@ def test_same_idempotency_key_and_hash_returns_the_existing_job(job_store: JobSt
     assert sum(job_store.counts_by_status().values()) == 1
 
 
-def test_same_idempotency_key_with_different_hash_is_a_conflict(job_store: JobStore) -> None:
+def test_same_idempotency_key_with_different_hash_is_a_conflict(job_store: JobStoreProtocol) -> None:
     # given a job created with an idempotency key
     first = submitted(job_store, key="order-42", request_hash="abc")
 
@@ -141,7 +147,7 @@ def test_same_idempotency_key_with_different_hash_is_a_conflict(job_store: JobSt
     assert sum(job_store.counts_by_status().values()) == 1
 
 
-def test_duplicate_id_without_idempotency_key_is_an_error(job_store: JobStore) -> None:
+def test_duplicate_id_without_idempotency_key_is_an_error(job_store: JobStoreProtocol) -> None:
     # given a job
     job = submitted(job_store)
 
@@ -150,7 +156,7 @@ def test_duplicate_id_without_idempotency_key_is_an_error(job_store: JobStore) -
         job_store.create_job(new_job(job_id=job.id))
 
 
-def test_concurrent_creates_with_one_idempotency_key_make_exactly_one_job(job_store: JobStore) -> None:
+def test_concurrent_creates_with_one_idempotency_key_make_exactly_one_job(job_store: JobStoreProtocol) -> None:
     # given 50 threads ready to submit the same request at once
     threads = 50
     barrier = threading.Barrier(threads)
@@ -171,7 +177,7 @@ def test_concurrent_creates_with_one_idempotency_key_make_exactly_one_job(job_st
     assert len(job_store.list_jobs(None, limit=100)) == 1
 
 
-def test_withdraw_deletes_only_an_unclaimed_queued_job(job_store: JobStore) -> None:
+def test_withdraw_deletes_only_an_unclaimed_queued_job(job_store: JobStoreProtocol) -> None:
     # given an unclaimed job, a claimed job, and a replayed job (queued again, but with attempts)
     unclaimed = submitted(job_store)
     claimed = submitted(job_store)
@@ -191,7 +197,7 @@ def test_withdraw_deletes_only_an_unclaimed_queued_job(job_store: JobStore) -> N
     assert get(job_store, replayed.id).status is JobStatus.QUEUED
 
 
-def test_unpublished_lists_old_unconfirmed_queued_jobs_until_marked_published(job_store: JobStore) -> None:
+def test_unpublished_lists_old_unconfirmed_queued_jobs_until_marked_published(job_store: JobStoreProtocol) -> None:
     # given three queued jobs, one claimed job (claiming marks it published) and one finished job
     waiting = [submitted(job_store) for _ in range(3)]
     claimed = submitted(job_store)
@@ -217,7 +223,7 @@ def test_unpublished_lists_old_unconfirmed_queued_jobs_until_marked_published(jo
     assert get(job_store, claimed.id).published_at is not None
 
 
-def test_mark_published_keeps_the_first_publish_time(job_store: JobStore) -> None:
+def test_mark_published_keeps_the_first_publish_time(job_store: JobStoreProtocol) -> None:
     # given a published job
     job = submitted(job_store)
     job_store.mark_published([job.id])
@@ -234,7 +240,7 @@ def test_mark_published_keeps_the_first_publish_time(job_store: JobStore) -> Non
 # -- claiming attempts ----------------------------------------------------------------------------------------
 
 
-def test_claim_numbers_attempts_and_marks_an_open_earlier_attempt_lost(job_store: JobStore) -> None:
+def test_claim_numbers_attempts_and_marks_an_open_earlier_attempt_lost(job_store: JobStoreProtocol) -> None:
     # given a queued job
     job = submitted(job_store)
 
@@ -257,7 +263,7 @@ def test_claim_numbers_attempts_and_marks_an_open_earlier_attempt_lost(job_store
     assert history[1].finished_at is None
 
 
-def test_started_at_is_the_first_attempt_start(job_store: JobStore) -> None:
+def test_started_at_is_the_first_attempt_start(job_store: JobStoreProtocol) -> None:
     # given a job claimed once
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -271,7 +277,7 @@ def test_started_at_is_the_first_attempt_start(job_store: JobStore) -> None:
     assert get(job_store, job.id).started_at == started
 
 
-def test_a_delivery_past_the_attempt_budget_buries_the_job(job_store: JobStore) -> None:
+def test_a_delivery_past_the_attempt_budget_buries_the_job(job_store: JobStoreProtocol) -> None:
     # given a job allowed two attempts, both lost with their worker processes
     job = submitted(job_store, max_attempts=2)
     job_store.claim_attempt(job.id, "w1")
@@ -288,7 +294,7 @@ def test_a_delivery_past_the_attempt_budget_buries_the_job(job_store: JobStore) 
     assert [a.outcome for a in job_store.history(job.id)] == ["lost", "dead"]
 
 
-def test_claim_for_a_finished_job_does_not_run(job_store: JobStore) -> None:
+def test_claim_for_a_finished_job_does_not_run(job_store: JobStoreProtocol) -> None:
     # given a job that succeeded on its first attempt
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -303,7 +309,7 @@ def test_claim_for_a_finished_job_does_not_run(job_store: JobStore) -> None:
     assert get(job_store, job.id).status is JobStatus.SUCCEEDED
 
 
-def test_claim_for_an_unknown_job_is_untracked(job_store: JobStore) -> None:
+def test_claim_for_an_unknown_job_is_untracked(job_store: JobStoreProtocol) -> None:
     # when a delivery names a job the store never recorded
     claim = job_store.claim_attempt(str(uuid.uuid4()), "w1")
 
@@ -314,7 +320,7 @@ def test_claim_for_an_unknown_job_is_untracked(job_store: JobStore) -> None:
 # -- outcomes, fenced by attempt ------------------------------------------------------------------------------
 
 
-def test_success_records_result_and_closes_the_attempt(job_store: JobStore) -> None:
+def test_success_records_result_and_closes_the_attempt(job_store: JobStoreProtocol) -> None:
     # given a running job
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -331,7 +337,7 @@ def test_success_records_result_and_closes_the_attempt(job_store: JobStore) -> N
     assert [(a.attempt, a.outcome) for a in job_store.history(job.id)] == [(1, "succeeded")]
 
 
-def test_stale_attempt_cannot_record_after_a_newer_attempt_claimed(job_store: JobStore) -> None:
+def test_stale_attempt_cannot_record_after_a_newer_attempt_claimed(job_store: JobStoreProtocol) -> None:
     # given a job whose attempt 1 was superseded by attempt 2
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -351,7 +357,7 @@ def test_stale_attempt_cannot_record_after_a_newer_attempt_claimed(job_store: Jo
     assert get(job_store, job.id).result == "from attempt 2"
 
 
-def test_first_outcome_wins_and_a_late_duplicate_changes_nothing(job_store: JobStore) -> None:
+def test_first_outcome_wins_and_a_late_duplicate_changes_nothing(job_store: JobStoreProtocol) -> None:
     # given a job whose attempt recorded success
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -373,7 +379,7 @@ def test_first_outcome_wins_and_a_late_duplicate_changes_nothing(job_store: JobS
     assert [(a.attempt, a.outcome, a.error) for a in job_store.history(job.id)] == [(1, "succeeded", None)]
 
 
-def test_unclaimed_job_cannot_record_an_outcome(job_store: JobStore) -> None:
+def test_unclaimed_job_cannot_record_an_outcome(job_store: JobStoreProtocol) -> None:
     # given a queued job nobody claimed
     job = submitted(job_store)
 
@@ -384,7 +390,7 @@ def test_unclaimed_job_cannot_record_an_outcome(job_store: JobStore) -> None:
     assert get(job_store, job.id).status is JobStatus.QUEUED
 
 
-def test_progress_never_moves_backwards_and_is_fenced(job_store: JobStore) -> None:
+def test_progress_never_moves_backwards_and_is_fenced(job_store: JobStoreProtocol) -> None:
     # given a running attempt 1
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -407,7 +413,7 @@ def test_progress_never_moves_backwards_and_is_fenced(job_store: JobStore) -> No
     assert (get(job_store, job.id).progress, get(job_store, job.id).progress_message) == (60, "attempt 2")
 
 
-def test_progress_after_the_outcome_is_refused(job_store: JobStore) -> None:
+def test_progress_after_the_outcome_is_refused(job_store: JobStoreProtocol) -> None:
     # given a finished job
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -419,7 +425,7 @@ def test_progress_after_the_outcome_is_refused(job_store: JobStore) -> None:
     assert get(job_store, job.id).progress == 0
 
 
-def test_only_the_winning_attempts_artifacts_are_served(job_store: JobStore) -> None:
+def test_only_the_winning_attempts_artifacts_are_served(job_store: JobStoreProtocol) -> None:
     # given attempt 1 saved two files and was then superseded by attempt 2
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -446,7 +452,7 @@ def test_only_the_winning_attempts_artifacts_are_served(job_store: JobStore) -> 
     ]
 
 
-def test_artifact_of_unknown_job_or_name_is_none(job_store: JobStore) -> None:
+def test_artifact_of_unknown_job_or_name_is_none(job_store: JobStoreProtocol) -> None:
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
     job_store.save_artifact(job.id, 1, "a.bin", "application/octet-stream", b"\x00\x01")
@@ -457,7 +463,7 @@ def test_artifact_of_unknown_job_or_name_is_none(job_store: JobStore) -> None:
     assert job_store.artifact(str(uuid.uuid4()), "a.bin") is None
 
 
-def test_retry_keeps_the_job_running_with_the_error(job_store: JobStore) -> None:
+def test_retry_keeps_the_job_running_with_the_error(job_store: JobStoreProtocol) -> None:
     # given a running attempt 1
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -478,7 +484,7 @@ def test_retry_keeps_the_job_running_with_the_error(job_store: JobStore) -> None
     ]
 
 
-def test_retry_from_a_stale_attempt_is_refused(job_store: JobStore) -> None:
+def test_retry_from_a_stale_attempt_is_refused(job_store: JobStoreProtocol) -> None:
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
     job_store.claim_attempt(job.id, "w2")
@@ -488,7 +494,7 @@ def test_retry_from_a_stale_attempt_is_refused(job_store: JobStore) -> None:
 
 
 @pytest.mark.parametrize("status", [JobStatus.DEAD, JobStatus.FAILED])
-def test_failure_records_a_terminal_status(job_store: JobStore, status: JobStatus) -> None:
+def test_failure_records_a_terminal_status(job_store: JobStoreProtocol, status: JobStatus) -> None:
     # given a running job
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
@@ -507,7 +513,7 @@ def test_failure_records_a_terminal_status(job_store: JobStore, status: JobStatu
     assert job_store.claim_attempt(job.id, "w2").run is False
 
 
-def test_mark_dead_ends_an_active_job_once(job_store: JobStore) -> None:
+def test_mark_dead_ends_an_active_job_once(job_store: JobStoreProtocol) -> None:
     # given a running job and a queued job
     running = submitted(job_store)
     job_store.claim_attempt(running.id, "w1")
@@ -530,7 +536,7 @@ def test_mark_dead_ends_an_active_job_once(job_store: JobStore) -> None:
     assert get(job_store, running.id).status is JobStatus.DEAD
 
 
-def test_mark_dead_does_not_touch_a_finished_job(job_store: JobStore) -> None:
+def test_mark_dead_does_not_touch_a_finished_job(job_store: JobStoreProtocol) -> None:
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
     job_store.record_success(job.id, 1, "done")
@@ -539,7 +545,7 @@ def test_mark_dead_does_not_touch_a_finished_job(job_store: JobStore) -> None:
     assert get(job_store, job.id).status is JobStatus.SUCCEEDED
 
 
-def test_a_job_waiting_out_a_retry_backoff_is_not_counted_as_working(job_store: JobStore) -> None:
+def test_a_job_waiting_out_a_retry_backoff_is_not_counted_as_working(job_store: JobStoreProtocol) -> None:
     # given two running jobs on one queue; the first fails and waits 60 s for its retry
     waiting, working = submitted(job_store), submitted(job_store)
     job_store.claim_attempt(waiting.id, "w1")
@@ -560,15 +566,20 @@ def test_a_job_waiting_out_a_retry_backoff_is_not_counted_as_working(job_store: 
     assert job_store.count_working(["reports"]) == 2
 
 
-def _started_ago(store: JobStore, job_id: str, seconds: float) -> None:
+def _started_ago(store: JobStoreProtocol, job_id: str, seconds: float) -> None:
     """Backdate the job's current attempt, as if it had started `seconds` ago."""
+    if isinstance(store, MemoryJobStore):
+        for attempt in store.attempts[job_id]:
+            attempt["started_at"] = time.time() - seconds
+        return
+    assert isinstance(store, JobStore)
     with store.engine.begin() as conn:
         conn.execute(
             update(schema.attempts).where(schema.attempts.c.job_id == job_id).values(started_at=time.time() - seconds)
         )
 
 
-def test_stuck_suspects_are_old_attempts_and_overdue_retries(job_store: JobStore) -> None:
+def test_stuck_suspects_are_old_attempts_and_overdue_retries(job_store: JobStoreProtocol) -> None:
     old, fresh, overdue, backing_off, queued = (submitted(job_store) for _ in range(5))
     for job in (old, fresh, overdue, backing_off):
         job_store.claim_attempt(job.id, "w")
@@ -587,11 +598,12 @@ def test_stuck_suspects_are_old_attempts_and_overdue_retries(job_store: JobStore
     assert set(suspects) == {old.id, overdue.id}
     assert suspects[old.id].attempt == 1 and suspects[old.id].retry_at is None
     assert suspects[old.id].started_at < now - 900
-    assert suspects[overdue.id].retry_at is not None and suspects[overdue.id].retry_at < now - 900
+    overdue_retry = suspects[overdue.id].retry_at
+    assert overdue_retry is not None and overdue_retry < now - 900
     assert queued.id not in suspects
 
 
-def test_a_stuck_job_is_requeued_while_attempts_remain_then_buried_and_replayable(job_store: JobStore) -> None:
+def test_a_stuck_job_is_requeued_while_attempts_remain_then_buried_and_replayable(job_store: JobStoreProtocol) -> None:
     # given a job with 2 attempts whose first attempt is stuck
     job = submitted(job_store, max_attempts=2)
     job_store.claim_attempt(job.id, "w1")
@@ -619,7 +631,7 @@ def test_a_stuck_job_is_requeued_while_attempts_remain_then_buried_and_replayabl
     assert job_store.replay(job.id) is not None
 
 
-def test_replay_of_a_dead_job_queues_it_again_with_its_history(job_store: JobStore) -> None:
+def test_replay_of_a_dead_job_queues_it_again_with_its_history(job_store: JobStoreProtocol) -> None:
     # given a job that died after two attempts, with an artifact from the last one
     job = submitted(job_store, max_attempts=2)
     job_store.claim_attempt(job.id, "w1")
@@ -650,7 +662,7 @@ def test_replay_of_a_dead_job_queues_it_again_with_its_history(job_store: JobSto
 
 
 @pytest.mark.parametrize("end", ["succeeded", "queued", "running"])
-def test_replay_only_applies_to_failed_or_dead_jobs(job_store: JobStore, end: str) -> None:
+def test_replay_only_applies_to_failed_or_dead_jobs(job_store: JobStoreProtocol, end: str) -> None:
     # given a job that is not failed or dead
     job = submitted(job_store)
     if end != "queued":
@@ -664,7 +676,7 @@ def test_replay_only_applies_to_failed_or_dead_jobs(job_store: JobStore, end: st
     assert get(job_store, job.id).status is status_before
 
 
-def _run_to_death(store: JobStore, job_id: str) -> None:
+def _run_to_death(store: JobStoreProtocol, job_id: str) -> None:
     """Every attempt the job has left fails; the last one ends it dead, as a worker records it."""
     while (claim := store.claim_attempt(job_id, "w")).run:
         job = get(store, job_id)
@@ -674,7 +686,7 @@ def _run_to_death(store: JobStore, job_id: str) -> None:
             store.record_failure(job_id, claim.attempt, "flaky", JobStatus.DEAD)
 
 
-def test_each_replay_grants_one_fresh_round_of_attempts(job_store: JobStore) -> None:
+def test_each_replay_grants_one_fresh_round_of_attempts(job_store: JobStoreProtocol) -> None:
     # given a job of a task with 4 retries (5 attempts a round) that died
     job = submitted(job_store, max_attempts=5)
     _run_to_death(job_store, job.id)
@@ -690,7 +702,7 @@ def test_each_replay_grants_one_fresh_round_of_attempts(job_store: JobStore) -> 
         assert (dead.status, dead.attempts) == (JobStatus.DEAD, 5 * round_)
 
 
-def test_replay_of_a_failed_job_is_allowed(job_store: JobStore) -> None:
+def test_replay_of_a_failed_job_is_allowed(job_store: JobStoreProtocol) -> None:
     job = submitted(job_store)
     job_store.claim_attempt(job.id, "w1")
     job_store.record_failure(job.id, 1, "PermanentError", JobStatus.FAILED)
@@ -704,7 +716,7 @@ def test_replay_of_a_failed_job_is_allowed(job_store: JobStore) -> None:
 # -- reading --------------------------------------------------------------------------------------------------
 
 
-def test_counts_by_status_lists_every_status(job_store: JobStore) -> None:
+def test_counts_by_status_lists_every_status(job_store: JobStoreProtocol) -> None:
     # given an empty store, every status is counted as zero
     assert job_store.counts_by_status() == {status.value: 0 for status in JobStatus}
 
@@ -727,7 +739,7 @@ def test_counts_by_status_lists_every_status(job_store: JobStore) -> None:
 
 
 @pytest.mark.usefixtures("fake_clock")
-def test_list_jobs_is_newest_first_and_pages_with_before(job_store: JobStore) -> None:
+def test_list_jobs_is_newest_first_and_pages_with_before(job_store: JobStoreProtocol) -> None:
     # given five jobs created one after another
     jobs = [submitted(job_store) for _ in range(5)]
     newest_first = [j.id for j in reversed(jobs)]
@@ -743,7 +755,7 @@ def test_list_jobs_is_newest_first_and_pages_with_before(job_store: JobStore) ->
 
 
 @pytest.mark.usefixtures("fake_clock")
-def test_list_jobs_filters_by_status(job_store: JobStore) -> None:
+def test_list_jobs_filters_by_status(job_store: JobStoreProtocol) -> None:
     # given queued and running jobs
     queued = [submitted(job_store) for _ in range(3)]
     job_store.claim_attempt(queued[1].id, "w")
@@ -756,7 +768,7 @@ def test_list_jobs_filters_by_status(job_store: JobStore) -> None:
     assert [j.id for j in job_store.list_jobs(JobStatus.RUNNING, limit=10)] == [queued[1].id]
 
 
-def test_oldest_queued_at_looks_at_queued_jobs_of_the_given_queues(job_store: JobStore) -> None:
+def test_oldest_queued_at_looks_at_queued_jobs_of_the_given_queues(job_store: JobStoreProtocol) -> None:
     # given an empty store
     assert job_store.oldest_queued_at(["reports"]) is None
 
@@ -772,11 +784,20 @@ def test_oldest_queued_at_looks_at_queued_jobs_of_the_given_queues(job_store: Jo
     assert job_store.oldest_queued_at(["nothing"]) is None
 
 
-def test_a_replayed_job_waits_from_its_replay_not_from_its_creation(job_store: JobStore) -> None:
+def _created_ago(store: JobStoreProtocol, job_id: str, seconds: float) -> None:
+    """Backdate the job's creation, as if it had been submitted `seconds` ago."""
+    if isinstance(store, MemoryJobStore):
+        store.jobs[job_id]["created_at"] = time.time() - seconds
+        return
+    assert isinstance(store, JobStore)
+    with store.engine.begin() as conn:
+        conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(created_at=time.time() - seconds))
+
+
+def test_a_replayed_job_waits_from_its_replay_not_from_its_creation(job_store: JobStoreProtocol) -> None:
     # given a job created 157 s ago that died, and a job queued 5 s ago on another queue
     job = submitted(job_store, max_attempts=1)
-    with job_store.engine.begin() as conn:
-        conn.execute(update(schema.jobs).where(schema.jobs.c.id == job.id).values(created_at=time.time() - 157))
+    _created_ago(job_store, job.id, 157)
     job_store.claim_attempt(job.id, "w")
     job_store.record_failure(job.id, 1, "boom", JobStatus.DEAD)
 
@@ -790,25 +811,7 @@ def test_a_replayed_job_waits_from_its_replay_not_from_its_creation(job_store: J
     assert get(job_store, job.id).created_at < before - 150  # its creation time is kept
 
 
-def test_scaling_events_round_trip_newest_first_per_pool(job_store: JobStore) -> None:
-    # given scaling events of two pools
-    events = [
-        ScalingEvent(at=100.0, pool="reports", from_processes=0, to_processes=2, reason="backlog 9"),
-        ScalingEvent(at=101.5, pool="mail", from_processes=0, to_processes=1, reason="oldest waited 6s"),
-        ScalingEvent(at=130.25, pool="reports", from_processes=2, to_processes=0, reason="idle 30s"),
-    ]
-    for event in events:
-        job_store.record_scaling_event(event)
-
-    # when read back
-    # then they come back intact, newest first, filtered by pool and limited
-    assert job_store.scaling_events() == [events[2], events[1], events[0]]
-    assert job_store.scaling_events(pool="reports") == [events[2], events[0]]
-    assert job_store.scaling_events(pool="reports", limit=1) == [events[2]]
-    assert job_store.scaling_events(pool="nothing") == []
-
-
-def test_ping_and_create_schema_twice(job_store: JobStore) -> None:
+def test_ping_and_create_schema_twice(job_store: JobStoreProtocol) -> None:
     # given a store with its schema and a job
     job = submitted(job_store)
 
@@ -860,28 +863,29 @@ def test_claim_racing_with_an_outcome_does_not_reopen_the_job(postgres_store: Jo
     assert [a.attempt for a in store.history(job.id)] == [1]
 
 
-def test_create_schema_adds_the_columns_an_older_store_lacks(job_store: JobStore) -> None:
+def test_create_schema_adds_the_columns_an_older_store_lacks(sql_job_store: JobStore) -> None:
+    # (SQL only: the in-memory store has no tables to migrate and starts empty in every process)
     # given a store made by an earlier release: its tables lack the columns added since (all nullable)
     old = MetaData()
     for table in schema.metadata.sorted_tables:
         kept = [c.copy() for c in table.columns if c.name not in ADDED_COLUMNS.get(table.name, ())]
         Table(table.name, old, *kept)
-    with job_store.engine.begin() as conn:
+    with sql_job_store.engine.begin() as conn:
         schema.metadata.drop_all(conn)
         old.create_all(conn)
         conn.execute(old.tables["kvern_jobs"].insert().values(**OLD_ROW))
 
     # when the schema is created by this release
-    job_store.create_schema()
+    sql_job_store.create_schema()
 
     # then the new columns exist, the old row reads back, and the store works with it
-    with job_store.engine.connect() as conn:
+    with sql_job_store.engine.connect() as conn:
         for table_name, columns in ADDED_COLUMNS.items():
             present = {c["name"] for c in sa_inspect(conn).get_columns(table_name)}
             assert set(columns) <= present, table_name
-    assert get(job_store, "old-1").status is JobStatus.QUEUED
-    assert job_store.claim_attempt("old-1", "w1") == Claim(run=True, attempt=1, tracked=True)
-    assert [j.id for j in job_store.list_jobs(None, 10)] == ["old-1"]
+    assert get(sql_job_store, "old-1").status is JobStatus.QUEUED
+    assert sql_job_store.claim_attempt("old-1", "w1") == Claim(run=True, attempt=1, tracked=True)
+    assert [j.id for j in sql_job_store.list_jobs(None, 10)] == ["old-1"]
     # and running it again adds nothing more
-    with job_store.engine.begin() as conn:
+    with sql_job_store.engine.begin() as conn:
         assert store_module.add_missing_columns(conn) == []

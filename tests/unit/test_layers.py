@@ -41,13 +41,6 @@ LAYERS: dict[str, int] = {
     "kvern.processes": 1,
 }
 
-# Removed on the other branch of issue 9 (pool and web slot names move to kvern/processes.py); the lead
-# deletes this set when the branches are merged.
-PENDING_ON_OTHER_BRANCH = {
-    ("kvern.autoscale.loop", "kvern.runtime.programs"),
-    ("kvern.autoscale.loop", "kvern.runtime.supervisor"),
-}
-
 Edge = tuple[str, str]
 
 
@@ -157,14 +150,9 @@ def test_every_module_has_a_layer() -> None:
 
 
 def test_imports_only_go_down() -> None:
-    upward = upward_imports(import_graph(SRC)) - PENDING_ON_OTHER_BRANCH
+    upward = upward_imports(import_graph(SRC))
     shown = [f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})" for a, b in sorted(upward)]
     assert shown == []
-
-
-def test_the_pending_exceptions_are_still_needed() -> None:
-    """Once the other branch is merged these imports are gone: then delete PENDING_ON_OTHER_BRANCH."""
-    assert upward_imports(import_graph(SRC)) >= PENDING_ON_OTHER_BRANCH
 
 
 def test_no_import_cycles() -> None:

@@ -47,7 +47,7 @@ def spawn(state: Path, mode: str, processes: list[subprocess.Popen[str]]) -> tup
     return process.pid, child
 
 
-def test_finds_marked_processes_and_their_children_only(tmp_path: Path, spawned: list) -> None:
+def test_finds_marked_processes_and_their_children_only(tmp_path: Path, spawned: list[subprocess.Popen[str]]) -> None:
     mine = spawn(tmp_path / "a", "polite", spawned)
     other = spawn(tmp_path / "b", "polite", spawned)
     found = instance_pids(tmp_path / "a")
@@ -56,7 +56,7 @@ def test_finds_marked_processes_and_their_children_only(tmp_path: Path, spawned:
     assert os.getpid() not in found
 
 
-def test_stops_politely_with_sigterm(tmp_path: Path, spawned: list) -> None:
+def test_stops_politely_with_sigterm(tmp_path: Path, spawned: list[subprocess.Popen[str]]) -> None:
     main, child = spawn(tmp_path, "polite", spawned)
     started = time.monotonic()
     assert stop_leftovers(tmp_path, timeout=10) == 2
@@ -65,7 +65,7 @@ def test_stops_politely_with_sigterm(tmp_path: Path, spawned: list) -> None:
     assert instance_pids(tmp_path) == []
 
 
-def test_kills_what_ignores_sigterm_after_the_timeout(tmp_path: Path, spawned: list) -> None:
+def test_kills_what_ignores_sigterm_after_the_timeout(tmp_path: Path, spawned: list[subprocess.Popen[str]]) -> None:
     main, child = spawn(tmp_path, "stubborn", spawned)
     lines: list[str] = []
     assert stop_leftovers(tmp_path, timeout=0.5, say=lines.append) == 2

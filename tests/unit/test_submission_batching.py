@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import pytest
 
 from kvern.api.batching import JobInserter
 from kvern.errors import StoreUnavailable
+from kvern.jobs.memory import MemoryJobStore
 from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
@@ -18,16 +20,16 @@ def new_job(key: str | None = None) -> NewJob:
     return NewJob(str(uuid.uuid4()), "tasks.add", "default", [1, 2], {"x": 1}, 3, idempotency_key=key)
 
 
-class CountingStore:
-    """Wraps a real store and records the size of every batch written."""
+class CountingStore(MemoryJobStore):
+    """An in-memory job store that records the size of every batch written."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self) -> None:
+        super().__init__()
         self.batches: list[int] = []
 
-    def create_jobs(self, news: list[NewJob]) -> list[Job]:
+    def create_jobs(self, news: Sequence[NewJob]) -> list[Job]:
         self.batches.append(len(news))
-        return self.store.create_jobs(news)
+        return super().create_jobs(news)
 
 
 def test_create_jobs_records_every_job_in_one_call(sqlite_store: JobStore) -> None:
@@ -46,9 +48,9 @@ def test_create_jobs_refuses_idempotency_keys(sqlite_store: JobStore) -> None:
         sqlite_store.create_jobs([new_job(key="k1")])
 
 
-def test_concurrent_submissions_share_commits(sqlite_store: JobStore) -> None:
-    counting = CountingStore(sqlite_store)
-    inserter = JobInserter(counting)  # type: ignore[arg-type]
+def test_concurrent_submissions_share_commits() -> None:
+    counting = CountingStore()
+    inserter = JobInserter(counting)
 
     async def submit_all() -> list[Job]:
         return await asyncio.gather(*(inserter.create(new_job()) for _ in range(40)))
@@ -57,30 +59,29 @@ def test_concurrent_submissions_share_commits(sqlite_store: JobStore) -> None:
     assert len({job.id for job in jobs}) == 40
     assert sum(counting.batches) == 40
     assert len(counting.batches) < 40  # the ones that arrived during a write went together in the next
-    assert all(sqlite_store.get(job.id) is not None for job in jobs)
+    assert all(counting.get(job.id) is not None for job in jobs)
 
 
-def test_a_lone_submission_is_written_at_once(sqlite_store: JobStore) -> None:
-    counting = CountingStore(sqlite_store)
-    inserter = JobInserter(counting)  # type: ignore[arg-type]
+def test_a_lone_submission_is_written_at_once() -> None:
+    counting = CountingStore()
+    inserter = JobInserter(counting)
     job = asyncio.run(inserter.create(new_job()))
     assert counting.batches == [1]
-    assert sqlite_store.get(job.id) is not None
+    assert counting.get(job.id) is not None
 
 
-def test_a_store_failure_reaches_every_request_of_the_batch_and_the_next_batch_still_runs(
-    sqlite_store: JobStore,
-) -> None:
+def test_a_store_failure_reaches_every_request_of_the_batch_and_the_next_batch_still_runs() -> None:
     calls = {"n": 0}
 
     class FlakyStore(CountingStore):
-        def create_jobs(self, news: list[NewJob]) -> list[Job]:
+        def create_jobs(self, news: Sequence[NewJob]) -> list[Job]:
             calls["n"] += 1
             if calls["n"] == 1:
                 raise StoreUnavailable("job store unavailable: disk I/O error")
             return super().create_jobs(news)
 
-    inserter = JobInserter(FlakyStore(sqlite_store))  # type: ignore[arg-type]
+    flaky = FlakyStore()
+    inserter = JobInserter(flaky)
 
     async def scenario() -> tuple[list[Job | BaseException], Job]:
         first = await asyncio.gather(*(inserter.create(new_job()) for _ in range(3)), return_exceptions=True)
@@ -88,4 +89,4 @@ def test_a_store_failure_reaches_every_request_of_the_batch_and_the_next_batch_s
 
     first, later = asyncio.run(scenario())
     assert any(isinstance(result, StoreUnavailable) for result in first)
-    assert sqlite_store.get(later.id) is not None
+    assert flaky.get(later.id) is not None

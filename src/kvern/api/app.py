@@ -33,10 +33,12 @@ from kvern.api.views import (
     JobView,
     error_body,
 )
+from kvern.broker.message import JobPublisherProtocol
 from kvern.broker.publisher import JobPublisher
 from kvern.catalog import TaskCatalog, load_user_app
 from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
+from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
@@ -56,8 +58,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code i
 class WebHead:
     spec: Spec
     catalog: TaskCatalog
-    store: JobStore
-    publisher: JobPublisher
+    store: JobStoreProtocol
+    publisher: JobPublisherProtocol
     marker: PublishedMarker = field(init=False)
     metrics: ApiMetrics = field(init=False)
     inserter: JobInserter = field(init=False)
@@ -94,7 +96,7 @@ class WebHead:
                 return job_body(job), False
         body = await self._render_or_withdraw(job)  # before publishing: once it is published, the answer is 202
         try:
-            await self.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
+            await self.publisher.publish(job)
         except PublishError:
             # Never confirmed: withdraw the record so a 503 leaves nothing behind. If a worker claimed the job
             # meanwhile, the message did reach the broker after all: the job is accepted.
@@ -373,7 +375,7 @@ def _install_dead_letter_routes(app: FastAPI) -> None:
             if await run_in_threadpool(head.store.get, job_id) is None:
                 return json_error(404, "unknown_job", f"no job with id {job_id!r}")
             return json_error(409, "not_replayable", f"job {job_id!r} is not dead or failed")
-        await head.publisher.publish(job.id, job.task, job.queue, job.args, job.kwargs)
+        await head.publisher.publish(job)
         await run_in_threadpool(head.store.mark_published, [job.id])
         return JSONResponse(job_body(job), status_code=202)
 

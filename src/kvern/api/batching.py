@@ -11,14 +11,14 @@ import asyncio
 
 from starlette.concurrency import run_in_threadpool
 
+from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, NewJob
-from kvern.jobs.store import JobStore
 
 MAX_BATCH = 256
 
 
 class JobInserter:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStoreProtocol) -> None:
         self.store = store
         self.pending: list[tuple[NewJob, asyncio.Future[Job]]] = []
         self.writer: asyncio.Task[None] | None = None

@@ -14,13 +14,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kvern.errors import StoreUnavailable
-from kvern.jobs.store import JobStore
+from kvern.jobs.base import JobStoreProtocol
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class JobCountCollector(Collector):
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStoreProtocol) -> None:
         self.store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -39,7 +39,7 @@ class JobCountCollector(Collector):
 
 
 class ApiMetrics:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStoreProtocol) -> None:
         self.head = str(os.getpid())
         self.registry = CollectorRegistry()
         self.registry.register(JobCountCollector(store))

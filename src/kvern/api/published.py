@@ -13,7 +13,7 @@ import logging
 from starlette.concurrency import run_in_threadpool
 
 from kvern.errors import StoreUnavailable
-from kvern.jobs.store import JobStore
+from kvern.jobs.base import JobStoreProtocol
 
 log = logging.getLogger("kvern.api")
 
@@ -22,7 +22,7 @@ MAX_BATCH = 500
 
 
 class PublishedMarker:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStoreProtocol) -> None:
         self.store = store
         self.pending: list[str] = []
         self.task: asyncio.Task[None] | None = None

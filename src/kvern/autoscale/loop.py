@@ -9,25 +9,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvern.autoscale.pins import read_pins
-from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals
+from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals, ScalingPolicy
 from kvern.broker.admin import queue_depths
 from kvern.constants import DESIRED_FILE
 from kvern.errors import StoreUnavailable
 from kvern.files import atomic_write
+from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import ScalingEvent
-from kvern.jobs.store import JobStore
-from kvern.runtime.programs import pool_group, pool_slot
-from kvern.runtime.supervisor import Supervisor
+from kvern.jobs.scaling_events import ScalingEventLog
+from kvern.processes import ACTIVE_STATES, ProcessRunner, ProcessState, pool_group, pool_slot
 from kvern.spec import PoolSpec
 
 log = logging.getLogger("kvern.autoscale")
 
 # The autoscaler's latest view per pool (desired processes, pin), for `kvern status`.
-ACTIVE_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF"})
 
 
 def read_desired(state_dir: Path) -> dict[str, dict[str, int | None]]:
@@ -41,23 +41,23 @@ def read_desired(state_dir: Path) -> dict[str, dict[str, int | None]]:
 @dataclass
 class PoolScaler:
     pool: PoolSpec
-    policy: BacklogPolicy = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.policy = BacklogPolicy(self.pool)
+    policy: ScalingPolicy
 
 
 class Autoscaler:
     def __init__(
         self,
         pools: tuple[PoolSpec, ...],
-        store: JobStore,
-        supervisor: Supervisor,
+        store: JobStoreProtocol,
+        events: ScalingEventLog,
+        supervisor: ProcessRunner,
         broker_url: str,
         state_dir: Path,
+        policy_for: Callable[[PoolSpec], ScalingPolicy] = BacklogPolicy,
     ) -> None:
-        self.scalers = [PoolScaler(pool) for pool in pools]
+        self.scalers = [PoolScaler(pool, policy_for(pool)) for pool in pools]
         self.store = store
+        self.events = events
         self.supervisor = supervisor
         self.broker_url = broker_url
         self.state_dir = state_dir
@@ -112,13 +112,12 @@ class Autoscaler:
         stopping: dict[str, set[int]] = {}
         for info in self.supervisor.processes():
             for scaler in self.scalers:
-                if info["group"] != pool_group(scaler.pool.name):
+                if info.group != pool_group(scaler.pool.name) or info.slot is None:
                     continue
-                index = int(info["name"].rsplit("-", 1)[1])
-                if info["statename"] in ACTIVE_STATES:
-                    running.setdefault(scaler.pool.name, []).append(index)
-                elif info["statename"] == "STOPPING":
-                    stopping.setdefault(scaler.pool.name, set()).add(index)
+                if info.state in ACTIVE_STATES:
+                    running.setdefault(scaler.pool.name, []).append(info.slot)
+                elif info.state is ProcessState.STOPPING:
+                    stopping.setdefault(scaler.pool.name, set()).add(info.slot)
         return {name: sorted(indexes) for name, indexes in running.items()}, stopping
 
     def apply(
@@ -139,6 +138,6 @@ class Autoscaler:
                 self.supervisor.stop(pool_slot(pool.name, index), wait=False)
         log.info("pool %s: %d -> %d (%s)", pool.name, len(current), target, decision.reason)
         try:
-            self.store.record_scaling_event(ScalingEvent(now, pool.name, len(current), target, decision.reason))
+            self.events.record(ScalingEvent(now, pool.name, len(current), target, decision.reason))
         except StoreUnavailable as exc:  # the decision stands; only its record is lost
             log.warning("pool %s: scaling event not recorded: %s", pool.name, exc)

@@ -31,8 +31,22 @@ class Decision:
 
 
 class ScalingPolicy(Protocol):
+    """One pool's scaling rule; the autoscaler holds one per pool and calls only these methods."""
+
+    def desired(self, signals: PoolSignals) -> tuple[int, str]:
+        """The processes the signals call for right now, within the pool's min and max, and why.
+
+        No state changes: `kvern status` shows this number even while a cool-down holds the pool."""
+        ...
+
     def decide(self, signals: PoolSignals, now: float) -> Decision | None:
-        """The number of processes the pool should run now, or None to leave it as it is."""
+        """The number of processes the pool should run now, or None to leave it as it is.
+
+        May keep state between calls (a cool-down); `now` is the tick's time in seconds."""
+        ...
+
+    def reset(self) -> None:
+        """Forget any state kept between `decide` calls (a pin took over the pool)."""
         ...
 
 

@@ -1,16 +1,13 @@
 """Publish jobs as Celery messages, and only call them sent once the broker has confirmed them.
 
 The web heads are asynchronous, so they use aio-pika (a robust connection that reconnects by itself, and
-publisher confirms awaited per message) rather than Celery's blocking producer; the message follows Celery's
-task protocol 2, so the user's plain Celery workers consume it unchanged.
+publisher confirms awaited per message) rather than Celery's blocking producer; the message itself is built by
+broker/message.py, as for the blocking publisher.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
-from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
@@ -18,49 +15,29 @@ from aio_pika.exceptions import AMQPError, DeliveryError
 from aio_pika.exceptions import PublishError as AioPublishError
 from pamqp.commands import Basic
 
-from kvern.constants import KVERN_JOB_HEADER, PUBLISH_CONFIRM_TIMEOUT_S
+from kvern.broker.message import TaskMessage, job_message
+from kvern.constants import PUBLISH_CONFIRM_TIMEOUT_S
 from kvern.errors import BacklogFull, PublishError
+from kvern.jobs.records import Job
 
 CONNECT_TIMEOUT_S = 2.0
 
 
-def celery_task_message(job_id: str, task: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Body and headers of a task message in Celery's protocol 2, JSON-encoded."""
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "task": task,
-        "id": job_id,
-        "root_id": job_id,
-        "parent_id": None,
-        "group": None,
-        "retries": 0,
-        "eta": None,
-        "expires": None,
-        "timelimit": [None, None],
-        "argsrepr": repr(args)[:1024],
-        "kwargsrepr": repr(kwargs)[:1024],
-        "origin": f"kvern-web@{socket.gethostname()}",
-        "ignore_result": True,
-        KVERN_JOB_HEADER: True,
-    }
-    body = json.dumps([args, kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    return body, headers
-
-
-def celery_message(job_id: str, task: str, args: list[Any], kwargs: dict[str, Any]) -> aio_pika.Message:
-    body, headers = celery_task_message(job_id, task, args, kwargs)
+def aio_pika_message(message: TaskMessage) -> aio_pika.Message:
     return aio_pika.Message(
-        body.encode(),
-        headers=headers,
-        content_type="application/json",
-        content_encoding="utf-8",
-        correlation_id=job_id,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=0,
+        message.body,
+        headers=message.headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        correlation_id=message.correlation_id,
+        delivery_mode=aio_pika.DeliveryMode(message.delivery_mode),
+        priority=message.priority,
     )
 
 
 class JobPublisher:
+    """The web heads' publisher (a JobPublisherProtocol) over one robust aio-pika connection."""
+
     def __init__(self, broker_url: str) -> None:
         self.broker_url = broker_url
         self._connection: AbstractRobustConnection | None = None
@@ -77,13 +54,16 @@ class JobPublisher:
                 self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             return self._channel
 
-    async def publish(self, job_id: str, task: str, queue: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    async def publish(self, job: Job) -> None:
         """Return once the broker confirmed the message; raise `PublishError` / `BacklogFull` otherwise."""
-        message = celery_message(job_id, task, args, kwargs)
+        message = job_message(job)
+        queue = message.queue
         try:
             async with asyncio.timeout(PUBLISH_CONFIRM_TIMEOUT_S):
                 channel = await self._ready_channel()
-                confirmation = await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+                confirmation = await channel.default_exchange.publish(
+                    aio_pika_message(message), routing_key=queue, mandatory=True
+                )
         except DeliveryError as exc:
             raise BacklogFull(f"queue {queue!r} refused the job (full)") from exc
         except TimeoutError as exc:

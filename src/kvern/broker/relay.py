@@ -21,9 +21,10 @@ from kombu.connection import Connection
 from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 
-from kvern.broker.publisher import celery_task_message
+from kvern.broker.message import job_message
 from kvern.broker.topology import dead_letter_queue
 from kvern.constants import DEFAULT_TIME_LIMIT_S
+from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, StuckSuspect
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
@@ -38,30 +39,41 @@ STUCK_MARGIN_S = 60.0
 RETRY_OVERDUE_S = 300.0
 
 
-def publish_jobs(broker_url: str, jobs: Sequence[Job], store: JobStore) -> None:
+class KombuPublisher:
+    """The blocking publisher (a BlockingPublisherProtocol): one connection with confirms per batch."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.broker_url = broker_url
+
+    def publish_jobs(self, jobs: Sequence[Job], store: JobStoreProtocol) -> None:
+        if not jobs:
+            return
+        with Connection(self.broker_url, connect_timeout=3, transport_options={"confirm_publish": True}) as conn:
+            producer = Producer(conn.channel())
+            for job in jobs:
+                message = job_message(job)
+                producer.publish(
+                    message.body,
+                    routing_key=message.queue,
+                    exchange="",
+                    headers=message.headers,
+                    content_type=message.content_type,
+                    content_encoding=message.content_encoding,
+                    correlation_id=message.correlation_id,
+                    delivery_mode=message.delivery_mode,
+                    priority=message.priority,
+                    mandatory=True,
+                    serializer=None,
+                )
+                store.mark_published([job.id])
+
+
+def publish_jobs(broker_url: str, jobs: Sequence[Job], store: JobStoreProtocol) -> None:
     """Publish jobs with confirms (blocking), marking each published once the broker confirmed it."""
-    if not jobs:
-        return
-    with Connection(broker_url, connect_timeout=3, transport_options={"confirm_publish": True}) as conn:
-        producer = Producer(conn.channel())
-        for job in jobs:
-            body, headers = celery_task_message(job.id, job.task, job.args, job.kwargs)
-            producer.publish(
-                body,
-                routing_key=job.queue,
-                exchange="",
-                headers=headers,
-                content_type="application/json",
-                content_encoding="utf-8",
-                correlation_id=job.id,
-                delivery_mode=2,
-                mandatory=True,
-                serializer=None,
-            )
-            store.mark_published([job.id])
+    KombuPublisher(broker_url).publish_jobs(jobs, store)
 
 
-def relay_unpublished(store: JobStore, broker_url: str, grace_s: float = OUTBOX_GRACE_S) -> int:
+def relay_unpublished(store: JobStoreProtocol, broker_url: str, grace_s: float = OUTBOX_GRACE_S) -> int:
     """Publish again every queued job the broker never confirmed; returns how many."""
     jobs = store.unpublished(older_than_s=grace_s)
     publish_jobs(broker_url, jobs, store)
@@ -83,7 +95,7 @@ def stuck_reason(suspect: StuckSuspect, spec: Spec, now: float) -> str | None:
     return f"stuck: attempt {suspect.attempt} outlived its hard time limit ({limit:g}s) with no live worker"
 
 
-def find_stuck(store: JobStore, spec: Spec, now: float) -> list[tuple[StuckSuspect, str]]:
+def find_stuck(store: JobStoreProtocol, spec: Spec, now: float) -> list[tuple[StuckSuspect, str]]:
     """Running jobs that no attempt is working on or will work on, each with the reason."""
     shortest = min([DEFAULT_TIME_LIMIT_S, *(policy.time_limit for policy in spec.tasks.values())])
     suspects = store.stuck_suspects(now - shortest - STUCK_MARGIN_S, now - RETRY_OVERDUE_S)
@@ -91,7 +103,7 @@ def find_stuck(store: JobStore, spec: Spec, now: float) -> list[tuple[StuckSuspe
     return [(suspect, reason) for suspect, reason in found if reason is not None]
 
 
-def recover_stuck_jobs(store: JobStore, spec: Spec, broker_url: str, now: float | None = None) -> int:
+def recover_stuck_jobs(store: JobStoreProtocol, spec: Spec, broker_url: str, now: float | None = None) -> int:
     """Queue and publish again each stuck job with attempts left, bury the others; returns how many."""
     requeued = []
     stuck = find_stuck(store, spec, time.time() if now is None else now)
@@ -121,7 +133,7 @@ class DeadLetterWatcher:
     """Consumes kvern's dead-letter queue in a thread and marks each job dead."""
 
     def __init__(self, store: JobStore, broker_url: str) -> None:
-        self.store = store
+        self.store = store  # the SQL store: its URL names the instance's dead-letter queue
         self.broker_url = broker_url
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="dead-letters", daemon=True)

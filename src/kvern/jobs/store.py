@@ -13,7 +13,7 @@ import os
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,19 +23,14 @@ from sqlalchemy.pool import NullPool
 
 from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
-from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, ScalingEvent, StuckSuspect
+
+# Re-exported (the `as` form tells mypy so): callers import it from here, where it was first defined.
+from kvern.jobs.base import IdempotencyConflict as IdempotencyConflict  # noqa: PLC0414
+from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 READ_ONLY_OPTION = "kvern_read_only"
-
-
-class IdempotencyConflict(Exception):
-    """The idempotency key was used before with a different request."""
-
-    def __init__(self, existing: Job) -> None:
-        super().__init__(f"idempotency key already used for job {existing.id} with a different request")
-        self.existing = existing
 
 
 def make_engine(url: str) -> Engine:
@@ -86,6 +81,26 @@ def _sqlite_on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+@contextmanager
+def begin(engine: Engine) -> Iterator[Connection]:
+    """A write transaction; a store that cannot be reached raises StoreUnavailable."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except OperationalError as exc:
+        raise StoreUnavailable(f"job store unavailable: {exc.orig}") from exc
+
+
+@contextmanager
+def read(engine: Engine) -> Iterator[Connection]:
+    """A read-only connection (SQLite: a deferred transaction that never waits for the write lock)."""
+    try:
+        with engine.connect() as conn:
+            yield conn.execution_options(**{READ_ONLY_OPTION: True})
+    except OperationalError as exc:
+        raise StoreUnavailable(f"job store unavailable: {exc.orig}") from exc
+
+
 def add_missing_columns(conn: Connection) -> list[str]:
     """Add the nullable columns a newer kvern declares to the tables of an older store; returns them.
 
@@ -108,6 +123,8 @@ def add_missing_columns(conn: Connection) -> list[str]:
 
 
 class JobStore:
+    """The job store kvern runs: SQLAlchemy Core over SQLite or PostgreSQL (implements JobStoreProtocol)."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
@@ -120,21 +137,11 @@ class JobStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise StoreUnavailable(f"job store unavailable: {exc.orig}") from exc
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return begin(self.engine)
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                yield conn.execution_options(**{READ_ONLY_OPTION: True})
-        except OperationalError as exc:
-            raise StoreUnavailable(f"job store unavailable: {exc.orig}") from exc
+    def _read(self) -> AbstractContextManager[Connection]:
+        return read(self.engine)
 
     def ping(self) -> None:
         with self._read() as conn:
@@ -598,25 +605,3 @@ class JobStore:
         with self._read() as conn:
             value = conn.execute(query).scalar()
         return float(value) if value is not None else None
-
-    # -- scaling events ---------------------------------------------------------------------------------
-
-    def record_scaling_event(self, event_: ScalingEvent) -> None:
-        with self._begin() as conn:
-            conn.execute(
-                insert(schema.scaling_events).values(
-                    at=event_.at,
-                    pool=event_.pool,
-                    from_processes=event_.from_processes,
-                    to_processes=event_.to_processes,
-                    reason=event_.reason,
-                )
-            )
-
-    def scaling_events(self, pool: str | None = None, limit: int = 20) -> list[ScalingEvent]:
-        ev = schema.scaling_events
-        query = select(ev).order_by(ev.c.at.desc(), ev.c.id.desc()).limit(limit)
-        if pool is not None:
-            query = query.where(ev.c.pool == pool)
-        with self._read() as conn:
-            return [ScalingEvent(r.at, r.pool, r.from_processes, r.to_processes, r.reason) for r in conn.execute(query)]

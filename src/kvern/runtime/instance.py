@@ -28,16 +28,16 @@ from kvern.constants import (
     ROLE_WORKER,
     SQLITE_FILE,
     VHOST,
-    WEB_GROUP,
 )
 from kvern.errors import AlreadyRunning, RuntimeStateError, SpecError, StartError
 from kvern.jobs.store import JobStore
+from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessState, pool_slot, web_slot
 from kvern.runtime import nginx
 from kvern.runtime.leftovers import stop_leftovers
-from kvern.runtime.programs import build_programs, pool_slot, web_program_name
+from kvern.runtime.programs import build_programs
 from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode, build_definitions
-from kvern.runtime.supervisor import STOPPED_STATES, Supervisor, render_supervisord_conf
+from kvern.runtime.supervisor import Supervisor, render_supervisord_conf
 from kvern.runtime_config import RuntimeConfig, snapshot_spec
 from kvern.spec import Spec, Tiers
 from kvern.worker.check import ERROR_MARKER
@@ -141,7 +141,7 @@ class Instance:
         supervisor = self.supervisor
         if run_web:  # a web head connects to the broker on its first request, not at start
             for index in range(self.spec.web.heads):
-                supervisor.start(f"{WEB_GROUP}:{web_program_name(index)}", wait=False)
+                supervisor.start(web_slot(index), wait=False)
         JobStore(config.store_url).create_schema()
         progress.mark("job store")
         if node is not None:
@@ -166,8 +166,7 @@ class Instance:
             node.remove_default_users(keep=_broker_users(config))
 
     def _broker_alive(self) -> bool:
-        state = self.supervisor.process(PROGRAM_BROKER)["statename"]
-        return state in ("STARTING", "RUNNING", "BACKOFF")
+        return self.supervisor.process(PROGRAM_BROKER).state in ACTIVE_STATES
 
     def wait_healthy(
         self, config: RuntimeConfig, run_web: bool, pools: list[tuple[str, int]], progress: Progress | None = None
@@ -304,10 +303,6 @@ def _front_door_healthy(config: RuntimeConfig) -> bool:
     return response.status_code == 200
 
 
-def _full_name(info: dict[str, str]) -> str:
-    return f"{info['group']}:{info['name']}" if info["group"] != info["name"] else info["name"]
-
-
 def _broker_ports(config: RuntimeConfig) -> dict[str, str]:
     return {k.removeprefix("broker_").removesuffix("_port"): v for k, v in config.extra.items()}
 
@@ -362,9 +357,9 @@ class _Waiting:
         self.nginx_started = False
 
     def step(self) -> bool:
-        states = {_full_name(p): p["statename"] for p in self.instance.supervisor.processes()}
+        states = {p.full_name: p.state for p in self.instance.supervisor.processes()}
         for pool, slots in self.pools.items():
-            if all(states.get(slot) == "RUNNING" for slot in slots):
+            if all(states.get(slot) is ProcessState.RUNNING for slot in slots):
                 self.progress.mark(f"pool {pool}", f"up, {len(slots)} process(es)")
         pools_up = all(f"pool {pool}" in self.progress.done for pool in self.pools)
         if not self.run_web:

@@ -8,12 +8,12 @@ from pathlib import Path
 from kvern.constants import (
     ENV_STATE_DIR,
     MAX_WEB_HEADS,
-    POOL_GROUP_PREFIX,
     PROGRAM_BROKER,
     PROGRAM_CONTROLLER,
     PROGRAM_NGINX,
     WEB_GROUP,
 )
+from kvern.processes import pool_group, pool_program_name, web_program_name
 from kvern.runtime.nginx import config_path, nginx_command, web_socket
 from kvern.runtime.rabbitmq import PrivateNode
 from kvern.runtime.supervisor import ProgramConfig
@@ -23,19 +23,6 @@ from kvern.spec import PoolSpec, Spec
 # Priorities order start-up and, reversed, shut-down: the front door stops first, the broker last.
 PRIORITY_BROKER, PRIORITY_POOLS, PRIORITY_WEB, PRIORITY_CONTROLLER, PRIORITY_NGINX = 10, 20, 30, 40, 50
 STOP_MARGIN_S = 15
-
-
-def web_program_name(index: int) -> str:
-    return f"web-{index}"
-
-
-def pool_group(pool: str) -> str:
-    return f"{POOL_GROUP_PREFIX}{pool}"
-
-
-def pool_slot(pool: str, index: int) -> str:
-    """Supervisor's full name of one worker process slot of a pool."""
-    return f"{pool_group(pool)}:{pool_group(pool)}-{index}"
 
 
 def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None) -> list[ProgramConfig]:
@@ -114,7 +101,7 @@ def _pool_programs(pool: PoolSpec, spec: Spec, env: dict[str, str]) -> list[Prog
     stop_wait = int(spec.longest_time_limit) + STOP_MARGIN_S
     return [
         ProgramConfig(
-            f"{pool_group(pool.name)}-{i}",
+            pool_program_name(pool.name, i),
             [sys.executable, "-m", "kvern.worker", pool.name, str(i)],
             group=pool_group(pool.name),
             environment=env,

@@ -1,7 +1,7 @@
 """Supervisor: every process of an instance runs under one supervisord, driven through its XML-RPC interface.
 
 `ProgramConfig` describes one program; `render_supervisord_conf` writes them all; `Supervisor` is the narrow
-client kvern uses to start, stop, signal and list them.
+client kvern uses to start, stop, signal and list them (kvern.processes.ProcessRunner).
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from kvern.constants import LOG_DIR, SUPERVISOR_CONF, SUPERVISOR_PID, SUPERVISOR_SOCK
 from kvern.errors import StartError
+from kvern.processes import STOPPED_STATES, ProcessInfo, ProcessState
 
 PARENT_DEATH_WRAPPER = Path(__file__).with_name("parent_death.py")
 STOP_POLL_S = 0.05
-RUNNING_STATES = frozenset({"RUNNING"})
-STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 
 class Supervisor:
-    """A client for one instance's supervisord, over its private unix socket."""
+    """A client for one instance's supervisord, over its private unix socket; a ProcessRunner."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
@@ -167,11 +166,11 @@ class Supervisor:
         except (FileNotFoundError, ValueError):
             return None
 
-    def processes(self) -> list[dict[str, Any]]:
-        return self.rpc.supervisor.getAllProcessInfo()  # type: ignore[no-any-return]
+    def processes(self) -> list[ProcessInfo]:
+        return [ProcessInfo.from_supervisor(info) for info in self.rpc.supervisor.getAllProcessInfo()]
 
-    def process(self, full_name: str) -> dict[str, Any]:
-        return self.rpc.supervisor.getProcessInfo(full_name)  # type: ignore[no-any-return]
+    def process(self, full_name: str) -> ProcessInfo:
+        return ProcessInfo.from_supervisor(self.rpc.supervisor.getProcessInfo(full_name))
 
     def start(self, full_name: str, wait: bool = True) -> None:
         try:
@@ -187,12 +186,9 @@ class Supervisor:
             if "NOT_RUNNING" not in fault.faultString:
                 raise
 
-    def states(self) -> dict[str, str]:
-        """Full name -> state name of every program."""
-        return {
-            (f"{p['group']}:{p['name']}" if p["group"] != p["name"] else p["name"]): p["statename"]
-            for p in self.processes()
-        }
+    def states(self) -> dict[str, ProcessState]:
+        """Full name -> state of every program."""
+        return {p.full_name: p.state for p in self.processes()}
 
     def stop_together(self, full_names: Sequence[str], timeout: float) -> None:
         """Ask each to stop at once (each gets its own stop signal and stopwaitsecs), then wait for all.
@@ -204,7 +200,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             states = self.states()
-            if all(states.get(name, "STOPPED") in STOPPED_STATES for name in full_names):
+            if all(states.get(name, ProcessState.STOPPED) in STOPPED_STATES for name in full_names):
                 return
             time.sleep(STOP_POLL_S)
 

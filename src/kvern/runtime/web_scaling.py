@@ -14,19 +14,19 @@ import httpx
 
 from kvern.constants import MAX_WEB_HEADS, PROGRAM_NGINX, WEB_GROUP
 from kvern.errors import StartError
+from kvern.processes import ProcessRunner, ProcessState, web_slot
 from kvern.runtime import nginx
-from kvern.runtime.programs import web_program_name
-from kvern.runtime.supervisor import Supervisor
 
+HEAD_UP_STATES = frozenset({ProcessState.RUNNING, ProcessState.STARTING})
 HEAD_READY_TIMEOUT_S = 30.0
 DRAIN_S = 1.0
 
 
-def running_heads(supervisor: Supervisor) -> list[int]:
+def running_heads(supervisor: ProcessRunner) -> list[int]:
     return sorted(
-        int(p["name"].rsplit("-", 1)[1])
+        p.slot
         for p in supervisor.processes()
-        if p["group"] == WEB_GROUP and p["statename"] in ("RUNNING", "STARTING")
+        if p.group == WEB_GROUP and p.slot is not None and p.state in HEAD_UP_STATES
     )
 
 
@@ -44,13 +44,13 @@ def wait_head_ready(state_dir: Path, index: int, timeout: float = HEAD_READY_TIM
     raise StartError(f"web head {index} did not become ready in {timeout:.0f}s")
 
 
-def scale_web(supervisor: Supervisor, state_dir: Path, target: int) -> tuple[int, int]:
+def scale_web(supervisor: ProcessRunner, state_dir: Path, target: int) -> tuple[int, int]:
     if not 1 <= target <= MAX_WEB_HEADS:
         raise StartError(f"web heads must be between 1 and {MAX_WEB_HEADS}")
     current = running_heads(supervisor)
     if len(current) < target:
         for index in range(len(current), target):
-            supervisor.start(f"{WEB_GROUP}:{web_program_name(index)}", wait=False)
+            supervisor.start(web_slot(index), wait=False)
         for index in range(len(current), target):
             wait_head_ready(state_dir, index)
         nginx.write_upstream(state_dir, target)
@@ -60,5 +60,5 @@ def scale_web(supervisor: Supervisor, state_dir: Path, target: int) -> tuple[int
         supervisor.signal(PROGRAM_NGINX, "HUP")
         time.sleep(DRAIN_S)  # let nginx's new workers take over before the old heads go
         for index in current[target:]:
-            supervisor.stop(f"{WEB_GROUP}:{web_program_name(index)}", wait=True)
+            supervisor.stop(web_slot(index), wait=True)
     return len(current), target

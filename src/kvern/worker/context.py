@@ -11,7 +11,7 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from kvern.jobs.store import JobStore
+from kvern.jobs.base import JobStoreProtocol
 
 PROGRESS_MIN_INTERVAL_S = 0.2
 
@@ -26,7 +26,7 @@ class JobInfo:
 
 @dataclass
 class JobContext:
-    store: JobStore
+    store: JobStoreProtocol
     info: JobInfo
     last_progress: int = -1
     last_progress_at: float = field(default=0.0)

@@ -28,9 +28,9 @@ from kombu.message import Message
 
 from kvern.constants import KVERN_JOB_HEADER, ORIGINAL_RUN_ATTR
 from kvern.errors import PermanentError, StoreUnavailable
+from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
-from kvern.jobs.store import JobStore
 from kvern.spec import TaskPolicy
 from kvern.worker.context import JobContext, JobInfo, _current
 
@@ -81,7 +81,7 @@ def format_traceback(exc: BaseException) -> str:
     return text
 
 
-def guard_task(task: Task, store: JobStore, policy: TaskPolicy, worker_name: str) -> None:
+def guard_task(task: Task, store: JobStoreProtocol, policy: TaskPolicy, worker_name: str) -> None:
     """Replace `task.run` by the fenced version (before the worker builds its tracers)."""
     if hasattr(task, ORIGINAL_RUN_ATTR):
         return
@@ -114,7 +114,7 @@ def guard_task(task: Task, store: JobStore, policy: TaskPolicy, worker_name: str
 
 class _AttemptRunner:
     def __init__(
-        self, task: Task, user_run: Callable[..., Any], store: JobStore, policy: TaskPolicy, worker: str
+        self, task: Task, user_run: Callable[..., Any], store: JobStoreProtocol, policy: TaskPolicy, worker: str
     ) -> None:
         self.task = task
         self.user_run = user_run
@@ -232,7 +232,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         message.reject_log_error(log, self.connection_errors)  # requeue=False: to the dead-letter exchange
 
 
-def watch_hard_time_limits(store: JobStore) -> None:
+def watch_hard_time_limits(store: JobStoreProtocol) -> None:
     """Record the outcome of a job whose process was killed at its hard time limit.
 
     The task's own wrapper dies with its process, so the worker's main process records it, through the

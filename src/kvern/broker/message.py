@@ -1,0 +1,91 @@
+"""The one task message kvern publishes for a job, and the publishers' Protocols.
+
+Both publishers build their message here, so what a Celery worker decodes never depends on who sent it: the web
+heads' asynchronous `JobPublisher` (broker/publisher.py, aio-pika) and the blocking `KombuPublisher`
+(broker/relay.py: the outbox relay, stuck-job recovery and `kvern dlq replay`). The message follows Celery's task
+protocol 2, so the user's plain Celery workers consume it unchanged. Free of any AMQP client: a module that only
+needs the message does not load one. tests/integration/test_publishers.py is the contract over both.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kvern.constants import KVERN_JOB_HEADER
+from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.records import Job
+
+CONTENT_TYPE = "application/json"
+CONTENT_ENCODING = "utf-8"
+PERSISTENT = 2  # AMQP delivery mode: the broker writes the message to disk
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """One job's message: the queue it goes to, its body, its headers and its AMQP properties."""
+
+    queue: str
+    body: bytes
+    headers: dict[str, Any]
+    correlation_id: str
+    content_type: str = CONTENT_TYPE
+    content_encoding: str = CONTENT_ENCODING
+    delivery_mode: int = PERSISTENT
+    priority: int = 0
+
+
+def task_message(job_id: str, task: str, queue: str, args: list[Any], kwargs: dict[str, Any]) -> TaskMessage:
+    """The message, in Celery's protocol 2 and JSON-encoded, that asks a worker of `queue` to run the job."""
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": task,
+        "id": job_id,
+        "root_id": job_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
+        "argsrepr": repr(args)[:1024],
+        "kwargsrepr": repr(kwargs)[:1024],
+        "origin": f"kvern-web@{socket.gethostname()}",
+        "ignore_result": True,
+        KVERN_JOB_HEADER: True,
+    }
+    body = json.dumps([args, kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    return TaskMessage(queue=queue, body=body.encode(), headers=headers, correlation_id=job_id)
+
+
+def job_message(job: Job) -> TaskMessage:
+    return task_message(job.id, job.task, job.queue, job.args, job.kwargs)
+
+
+class JobPublisherProtocol(Protocol):
+    """The web heads' publisher (asynchronous): one job at a time, each awaited until the broker confirms it."""
+
+    async def publish(self, job: Job) -> None:
+        """Return once the broker confirmed the job's message; raise PublishError (broker away, no confirm in
+        time) or BacklogFull (the queue refused it)."""
+        ...
+
+    async def ping(self) -> bool:
+        """True when the broker can be reached now."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class BlockingPublisherProtocol(Protocol):
+    """The relay's and the CLI's publisher (blocking): a batch of jobs, each marked published once confirmed."""
+
+    def publish_jobs(self, jobs: Sequence[Job], store: JobStoreProtocol) -> None:
+        """Publish each job's message in order and mark it published in `store` once the broker confirmed it;
+        a failure raises (the jobs not yet confirmed stay unpublished, for the outbox relay to retry)."""
+        ...
