@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from kvern.jobs.base import IdempotencyConflict
-from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect
+from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
 
 Row = dict[str, Any]
@@ -51,7 +51,7 @@ class MemoryJobStore:
     def create_jobs(self, news: Sequence[NewJob]) -> list[Job]:
         if any(new.idempotency_key is not None for new in news):
             raise ValueError("create_jobs takes jobs without an idempotency key; use create_job")
-        rows = [_new_row(new) for new in news]
+        rows = [new_job_row(new) for new in news]
         with self._lock:
             ids = [row["id"] for row in rows]
             if len(set(ids)) != len(ids) or any(job_id in self.jobs for job_id in ids):
@@ -60,7 +60,7 @@ class MemoryJobStore:
             return [_job(row) for row in rows]
 
     def create_job(self, new: NewJob) -> tuple[Job, bool]:
-        row = _new_row(new)
+        row = new_job_row(new)
         with self._lock:
             existing = self.find_by_idempotency_key(new.idempotency_key) if new.idempotency_key else None
             if existing is not None:
@@ -371,34 +371,6 @@ class MemoryJobStore:
                 if row["status"] == JobStatus.QUEUED.value and row["queue"] in queues
             ]
         return float(min(waits)) if waits else None
-
-
-def _new_row(new: NewJob) -> Row:
-    now = time.time()
-    return {
-        "id": new.id,
-        "task": new.task,
-        "queue": new.queue,
-        "args": json.dumps(new.args),
-        "kwargs": json.dumps(new.kwargs),
-        "status": JobStatus.QUEUED.value,
-        "progress": 0,
-        "progress_message": None,
-        "attempts": 0,
-        "max_attempts": new.max_attempts,
-        "round_attempts": new.max_attempts,
-        "retry_at": None,
-        "queued_at": now,
-        "outcome_attempt": None,
-        "result": None,
-        "error": None,
-        "idempotency_key": new.idempotency_key,
-        "request_hash": new.request_hash,
-        "created_at": now,
-        "published_at": None,
-        "started_at": None,
-        "finished_at": None,
-    }
 
 
 def _job(row: Row, artifacts: tuple[ArtifactInfo, ...] = ()) -> Job:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,3 +117,32 @@ class Claim:
     attempt: int
     tracked: bool  # False: no record (a plain `.delay()` from user code); run without recording
     max_attempts: int | None = field(default=None, compare=False)  # the job's attempt budget (a replay extends it)
+
+
+def new_job_row(new: NewJob) -> dict[str, Any]:
+    """Every column of a job just recorded: what a store inserts, and what it answers without reading back."""
+    now = time.time()
+    return {
+        "id": new.id,
+        "task": new.task,
+        "queue": new.queue,
+        "args": json.dumps(new.args),
+        "kwargs": json.dumps(new.kwargs),
+        "status": JobStatus.QUEUED.value,
+        "progress": 0,
+        "progress_message": None,
+        "attempts": 0,
+        "max_attempts": new.max_attempts,
+        "round_attempts": new.max_attempts,
+        "retry_at": None,
+        "queued_at": now,
+        "outcome_attempt": None,
+        "result": None,
+        "error": None,
+        "idempotency_key": new.idempotency_key,
+        "request_hash": new.request_hash,
+        "created_at": now,
+        "published_at": None,
+        "started_at": None,
+        "finished_at": None,
+    }

@@ -26,7 +26,7 @@ from kvern.jobs import schema
 
 # Re-exported (the `as` form tells mypy so): callers import it from here, where it was first defined.
 from kvern.jobs.base import IdempotencyConflict as IdempotencyConflict  # noqa: PLC0414
-from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect
+from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -151,7 +151,7 @@ class JobStore:
 
     def create_jobs(self, news: Sequence[NewJob]) -> list[Job]:
         """Record jobs without idempotency keys in one transaction (one commit for all of them)."""
-        rows = [self._new_row(new) for new in news]
+        rows = [new_job_row(new) for new in news]
         if any(new.idempotency_key is not None for new in news):
             raise ValueError("create_jobs takes jobs without an idempotency key; use create_job")
         with self._begin() as conn:
@@ -160,7 +160,7 @@ class JobStore:
 
     def create_job(self, new: NewJob) -> tuple[Job, bool]:
         """Record a job; returns (job, created). An idempotency key returns the job it made before."""
-        row = self._new_row(new)
+        row = new_job_row(new)
         try:
             with self._begin() as conn:
                 conn.execute(insert(schema.jobs).values(**row))
@@ -176,30 +176,7 @@ class JobStore:
     @staticmethod
     def _created(row: dict[str, Any]) -> Job:
         # Built from what was written: no second round trip on the submission path.
-        return Job.from_row(SimpleNamespace(**row, published_at=None, started_at=None, finished_at=None))
-
-    @staticmethod
-    def _new_row(new: NewJob) -> dict[str, Any]:
-        now = time.time()
-        return {
-            "id": new.id,
-            "task": new.task,
-            "queue": new.queue,
-            "args": json.dumps(new.args),
-            "kwargs": json.dumps(new.kwargs),
-            "status": JobStatus.QUEUED.value,
-            "progress": 0,
-            "attempts": 0,
-            "max_attempts": new.max_attempts,
-            "round_attempts": new.max_attempts,
-            "idempotency_key": new.idempotency_key,
-            "request_hash": new.request_hash,
-            "created_at": now,
-            "queued_at": now,
-            "progress_message": None,
-            "result": None,
-            "error": None,
-        }
+        return Job.from_row(SimpleNamespace(**row))
 
     def find_by_idempotency_key(self, key: str) -> Job | None:
         with self._read() as conn:

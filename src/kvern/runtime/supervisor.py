@@ -7,7 +7,6 @@ client kvern uses to start, stop, signal and list them (kvern.processes.ProcessR
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from kvern.constants import LOG_DIR, SUPERVISOR_CONF, SUPERVISOR_PID, SUPERVISOR_SOCK
 from kvern.errors import StartError
 from kvern.processes import STOPPED_STATES, ProcessInfo, ProcessState
+from kvern.runtime.leftovers import alive
 
 PARENT_DEATH_WRAPPER = Path(__file__).with_name("parent_death.py")
 STOP_POLL_S = 0.05
@@ -213,22 +213,7 @@ class Supervisor:
         with contextlib.suppress(OSError, xmlrpc.client.Fault):
             self.rpc.supervisor.shutdown()
         deadline = time.monotonic() + timeout
-        while pid is not None and _alive(pid):
+        while pid is not None and alive(pid):
             if time.monotonic() > deadline:
                 raise StartError(f"supervisord (pid {pid}) did not stop within {timeout:.0f}s")
             time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as gone.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
