@@ -189,7 +189,12 @@ def down(ctx: click.Context) -> None:
 @handle_errors
 def status(ctx: click.Context, as_json: bool) -> None:
     """Front door, processes, queue depths, job counts, pools."""
-    instance = instance_from(ctx)
+    try:
+        instance = instance_from(ctx)
+    except SpecError as exc:
+        if as_json:  # scripts parse stdout whatever the exit code
+            click.echo(json.dumps({"running": False, "error": f"invalid spec: {exc}"}, indent=2))
+        raise
     if as_json and not instance.is_running():
         # Scripts parse stdout whatever the exit code: say "not running" there too.
         click.echo(json.dumps({"running": False, "state_dir": str(instance.state_dir)}, indent=2))
@@ -228,9 +233,13 @@ def logs(ctx: click.Context, program: str | None, lines: int) -> None:
     """Show the tail of every process's log (or one program's)."""
     instance = instance_from(ctx)
     log_dir = instance.state_dir / c.LOG_DIR
-    files = sorted(log_dir.glob(f"{program}*.log" if program else "*.log"))
-    if not files:
+    every = sorted(log_dir.glob("*.log"))
+    if not every:
         raise RuntimeStateError(f"no logs in {log_dir}")
+    files = [path for path in every if path.name.startswith(program)] if program else every
+    if not files:
+        names = ", ".join(sorted({path.stem for path in every}))
+        raise click.BadParameter(f"no log of a program named {program!r} (logs: {names})", param_hint="PROGRAM")
     for path in files:
         tail = path.read_text(errors="replace").splitlines()[-lines:]
         if tail:
@@ -248,6 +257,8 @@ def scale(ctx: click.Context, target: str, processes: str) -> None:
     instance = instance_from(ctx)  # the command line is checked against the spec before the instance
     if target == "web":
         count = _count(processes)
+        if not 1 <= count <= c.MAX_WEB_HEADS:
+            raise click.BadParameter(f"web heads must be between 1 and {c.MAX_WEB_HEADS}", param_hint="PROCESSES")
         before, after = scale_web(require_running(instance).supervisor, instance.state_dir, count)
         click.echo(f"web heads: {before} -> {after}")
         return

@@ -108,6 +108,18 @@ def test_oversized_bodies_get_413_at_the_app_and_at_the_front_door(platform: Run
         assert job_count(client) == before
 
 
+def test_what_nginx_refuses_itself_has_the_error_shape(platform: Running) -> None:
+    with platform.client() as client:
+        huge_header = client.get("/api/v1/jobs", headers={"Idempotency-Key": "k" * 10_000})
+        assert huge_header.status_code == 400
+        assert huge_header.json()["error"]["code"] == "bad_request"
+        long_uri = client.get("/api/v1/jobs/" + "j" * 20_000)
+        assert long_uri.status_code == 414
+        assert long_uri.json()["error"]["code"] == "uri_too_long"
+        # the web heads' own 400s pass through unchanged
+        assert client.get("/api/v1/jobs", params={"limit": "abc"}).json()["error"]["code"] != "bad_request"
+
+
 def test_unknown_job_and_artifact_are_404(platform: Running) -> None:
     with platform.client() as client:
         assert client.get("/api/v1/jobs/does-not-exist").json()["error"]["code"] == "unknown_job"

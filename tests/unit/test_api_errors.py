@@ -41,6 +41,8 @@ def raw_submission(args_json: str) -> bytes:
         pytest.param(raw_submission("[Infinity]"), id="infinity"),
         pytest.param(raw_submission("[-Infinity]"), id="minus-infinity"),
         pytest.param(raw_submission("[1e999]"), id="float-overflow"),
+        pytest.param(raw_submission('["\\ud800"]'), id="lone-surrogate"),
+        pytest.param(b'{"task": "api_tasks.add", "args": [1], "kwargs": {"\\udfff": 1}}', id="lone-surrogate-key"),
     ],
 )
 async def test_json_edge_cases_are_400_with_the_error_shape_and_record_nothing(api: Any, body: bytes) -> None:

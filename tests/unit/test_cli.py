@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kvern import cli
-from kvern.constants import RET_ALREADY_RUNNING, RET_FAILURE, RET_NOT_RUNNING, RET_OK, RET_USAGE
+from kvern.constants import RET_ALREADY_RUNNING, RET_FAILURE, RET_NOT_RUNNING, RET_OK, RET_SPEC, RET_USAGE
 from kvern.errors import AlreadyRunning, JobNotFound, NotRunning
 from kvern.jobs.records import NewJob
 from kvern.jobs.states import JobStatus
@@ -95,6 +95,23 @@ def test_scale_of_an_unknown_pool_is_a_bad_command_line(spec_path: Path) -> None
     assert "no pool named 'imgs' (pools: images, or web)" in result.output
 
 
+@pytest.mark.parametrize("heads", ["0", "17", "99"])
+def test_scale_web_outside_its_bounds_is_a_bad_command_line(spec_path: Path, heads: str) -> None:
+    result = kvern(spec_path, "scale", "web", heads)
+    assert result.exit_code == RET_USAGE, result.output
+    assert "web heads must be between 1 and 16" in result.output
+
+
+def test_logs_of_an_unknown_program_names_the_programs_that_have_logs(spec_path: Path) -> None:
+    logs = spec_path.parent / ".kvern" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "controller.log").write_text("started\n")
+    result = kvern(spec_path, "logs", "nosuch")
+    assert result.exit_code == RET_USAGE, result.output
+    assert "no log of a program named 'nosuch' (logs: controller)" in result.output
+    assert kvern(spec_path, "logs", "controller").output.splitlines()[-1] == "started"
+
+
 def test_scale_within_max_needs_a_running_instance(spec_path: Path) -> None:
     result = kvern(spec_path, "scale", "images", "3")
     assert result.exit_code == RET_NOT_RUNNING, result.output
@@ -136,6 +153,13 @@ def test_status_json_with_nothing_running_prints_parseable_json_and_exits_4(spec
     report = json.loads(result.stdout)
     assert report == {"running": False, "state_dir": str(spec_path.parent / ".kvern")}
     assert "no kvern instance is running" in result.stderr
+
+
+def test_status_json_without_a_spec_still_prints_parseable_json(tmp_path: Path) -> None:
+    result = kvern(tmp_path / "kvern.toml", "status", "--json")
+    assert result.exit_code == RET_SPEC
+    report = json.loads(result.stdout)
+    assert report["running"] is False and "spec file not found" in report["error"]
 
 
 def test_status_without_json_and_nothing_running_prints_nothing_on_stdout(spec_path: Path) -> None:

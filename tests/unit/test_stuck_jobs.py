@@ -32,7 +32,7 @@ def spec(tmp_path: Path) -> Spec:
 
 @pytest.fixture
 def published(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Stands in for the broker: the ids of the jobs published, marked published as a confirm would."""
+    """Stands in for the broker (empty queues): the ids of the jobs published, marked published as a confirm would."""
     sent: list[str] = []
 
     def publish(_url: str, jobs: list[Job], store: JobStore) -> None:
@@ -40,6 +40,7 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         store.mark_published([job.id for job in jobs])
 
     monkeypatch.setattr(relay, "publish_jobs", publish)
+    monkeypatch.setattr(relay, "queue_depths", lambda _url, queues: {q: {"ready": 0, "consumers": 1} for q in queues})
     return sent
 
 
@@ -56,7 +57,7 @@ def status(store: JobStore, job_id: str) -> JobStatus:
     return job.status
 
 
-def test_an_attempt_past_its_own_tasks_hard_limit_is_requeued_and_published(
+def test_an_attempt_past_its_own_tasks_hard_limit_ends_dead_and_is_not_published_again(
     job_store: JobStore, spec: Spec, published: list[str]
 ) -> None:
     # given a running job of a task with a 10 s limit, and one of a task with the default limit
@@ -69,15 +70,40 @@ def test_an_attempt_past_its_own_tasks_hard_limit_is_requeued_and_published(
     later = time.time() + SHORT_LIMIT_S + relay.STUCK_MARGIN_S + 1
     assert relay.recover_stuck_jobs(job_store, spec, "amqp://unused", now=later) == 1
 
-    # then only the short task's job is queued again and published; the other keeps running
-    assert published == [short]
-    assert status(job_store, short) is JobStatus.QUEUED
+    # then only the short task's job ends dead, with the reason, and no second copy of its message is sent (a
+    # frozen worker may still hold the first): attempts left or not; the other keeps running
+    assert published == []
+    assert status(job_store, short) is JobStatus.DEAD
     assert status(job_store, default) is JobStatus.RUNNING
     assert "outlived its hard time limit (10s)" in (job_store.history(short)[0].error or "")
-    # and past the default limit the other one is recovered too
+    # and past the default limit the other one is recovered too, and both can be replayed
     much_later = time.time() + DEFAULT_TIME_LIMIT_S + relay.STUCK_MARGIN_S + 1
     assert relay.recover_stuck_jobs(job_store, spec, "amqp://unused", now=much_later) == 1
-    assert published == [short, default]
+    assert status(job_store, default) is JobStatus.DEAD
+    assert job_store.replay(short) is not None and job_store.replay(default) is not None
+
+
+def test_an_overdue_retry_is_queued_again_only_when_its_queue_holds_nothing(
+    job_store: JobStore, spec: Spec, published: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a job whose retry was due long ago, with attempts left
+    job_id = running(job_store, "tasks.other", max_attempts=3)
+    job_store.record_retry(job_id, 1, "flaky", delay_s=0)
+    overdue = time.time() + relay.RETRY_OVERDUE_S + 1
+    ready = {"main": 5}
+    monkeypatch.setattr(
+        relay, "queue_depths", lambda _url, queues: {q: {"ready": ready[q], "consumers": 1} for q in queues}
+    )
+
+    # when its queue still holds messages (the retry may be waiting behind them): it is left alone
+    assert relay.recover_stuck_jobs(job_store, spec, "amqp://unused", now=overdue) == 0
+    assert status(job_store, job_id) is JobStatus.RUNNING and published == []
+
+    # when the queue is empty: it is queued again and published once
+    ready["main"] = 0
+    assert relay.recover_stuck_jobs(job_store, spec, "amqp://unused", now=overdue) == 1
+    assert published == [job_id]
+    assert status(job_store, job_id) is JobStatus.QUEUED
 
 
 def test_an_overdue_retry_with_no_attempts_left_ends_dead_with_the_reason(

@@ -89,7 +89,12 @@ def _check_limits(args: list[Any], kwargs: dict[str, Any], limits: LimitsSpec) -
                 400, "args_too_many_items", f"args/kwargs hold over {limits.args_items} elements (limits.args_items)"
             )
         pending.extend((child, depth + 1) for child in children)
-    size = len(json.dumps([args, kwargs], separators=(",", ":"), ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps([args, kwargs], separators=(",", ":"), ensure_ascii=False).encode())
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but no text a task or store can hold
+        raise SubmissionError(
+            400, "malformed_json", "args/kwargs hold a lone UTF-16 surrogate (\\ud800-\\udfff)"
+        ) from None
     if size > limits.args_bytes:
         raise SubmissionError(
             400,

@@ -21,6 +21,7 @@ from kombu.connection import Connection
 from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 
+from kvern.broker.admin import queue_depths
 from kvern.broker.message import job_message
 from kvern.broker.topology import dead_letter_queue
 from kvern.constants import DEFAULT_TIME_LIMIT_S
@@ -104,19 +105,34 @@ def find_stuck(store: JobStoreProtocol, spec: Spec, now: float) -> list[tuple[St
 
 
 def recover_stuck_jobs(store: JobStoreProtocol, spec: Spec, broker_url: str, now: float | None = None) -> int:
-    """Queue and publish again each stuck job with attempts left, bury the others; returns how many."""
-    requeued = []
+    """Bury each job whose attempt outlived its hard time limit; queue again each job whose retry never came
+    (while it has attempts left and its queue holds nothing the retry could be waiting behind); returns how
+    many jobs were recovered."""
     stuck = find_stuck(store, spec, time.time() if now is None else now)
+    backlog = _queues_with_backlog(broker_url, {suspect.queue for suspect, _ in stuck if suspect.retry_at})
+    requeued, recovered = [], 0
     for suspect, reason in stuck:
-        status = store.recover_stuck(suspect.id, suspect.attempt, reason)
+        if suspect.retry_at is not None and suspect.queue in backlog:
+            continue  # the retry message may still be waiting in its queue: a second copy would run it twice
+        # An attempt past its hard limit is buried, not requeued: a frozen worker may still hold the job's
+        # message and hand it back later, and two copies of a message could run the job at once.
+        status = store.recover_stuck(suspect.id, suspect.attempt, reason, requeue=suspect.retry_at is not None)
+        recovered += status is not None
         if status is JobStatus.QUEUED:
             log.warning("job %s queued again: %s", suspect.id, reason)
             requeued.append(suspect.id)
         elif status is JobStatus.DEAD:
-            log.warning("job %s is dead: %s; no attempts left", suspect.id, reason)
+            log.warning("job %s is dead: %s", suspect.id, reason)
     # Unpublished until the broker confirms: if this fails, the outbox relay publishes them later.
     publish_jobs(broker_url, [job for job in map(store.get, requeued) if job is not None], store)
-    return len(stuck)
+    return recovered
+
+
+def _queues_with_backlog(broker_url: str, queues: set[str]) -> set[str]:
+    if not queues:
+        return set()
+    depths = queue_depths(broker_url, tuple(sorted(queues)))
+    return {name for name, depth in depths.items() if depth is not None and depth["ready"] > 0}
 
 
 def death_reason(message: Message) -> str:

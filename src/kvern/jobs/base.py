@@ -108,9 +108,9 @@ class JobStoreProtocol(Protocol):
         retry was due before `retry_due_before`, oldest attempt first."""
         ...
 
-    def recover_stuck(self, job_id: str, attempt: int, reason: str) -> JobStatus | None:
-        """Fenced on `attempt`: queue a stuck job again while attempts remain (QUEUED), else bury it (DEAD);
-        None when the job moved on since it was found."""
+    def recover_stuck(self, job_id: str, attempt: int, reason: str, *, requeue: bool = True) -> JobStatus | None:
+        """Fenced on `attempt`: queue a stuck job again while attempts remain and `requeue` (QUEUED), else bury it
+        (DEAD); None when the job moved on since it was found."""
         ...
 
     def replay(self, job_id: str) -> Job | None:

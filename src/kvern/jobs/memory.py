@@ -238,7 +238,7 @@ class MemoryJobStore:
                 if (retry_at is None and started < started_before) or (
                     retry_at is not None and retry_at < retry_due_before
                 ):
-                    found.append(StuckSuspect(row["id"], row["task"], row["attempts"], started, retry_at))
+                    found.append(StuckSuspect(row["id"], row["task"], row["queue"], row["attempts"], started, retry_at))
         return sorted(found, key=lambda suspect: suspect.started_at)[:limit]
 
     def _attempt_started(self, row: Row) -> float:
@@ -249,13 +249,13 @@ class MemoryJobStore:
                 return float(value)
         raise AssertionError("created_at is never null")
 
-    def recover_stuck(self, job_id: str, attempt: int, reason: str) -> JobStatus | None:
+    def recover_stuck(self, job_id: str, attempt: int, reason: str, *, requeue: bool = True) -> JobStatus | None:
         now = time.time()
         with self._lock:
             row = self._fenced(job_id, attempt)
             if row is None:
                 return None
-            if row["attempts"] < row["max_attempts"]:
+            if requeue and row["attempts"] < row["max_attempts"]:
                 row.update(status=JobStatus.QUEUED.value, published_at=None, queued_at=now, retry_at=None, progress=0)
                 self._close_open_attempts(job_id, now, "lost", reason)
                 return JobStatus.QUEUED

@@ -95,6 +95,7 @@ class StuckSuspect:
 
     id: str
     task: str
+    queue: str
     attempt: int  # the job's current attempt number (the fence a recovery must match)
     started_at: float  # when that attempt started
     retry_at: float | None  # when its retry was due, if it was waiting for one

@@ -399,7 +399,9 @@ class JobStore:
         jobs, at = schema.jobs, schema.attempts
         started = func.coalesce(at.c.started_at, jobs.c.started_at, jobs.c.created_at)
         query = (
-            select(jobs.c.id, jobs.c.task, jobs.c.attempts, started.label("attempt_started"), jobs.c.retry_at)
+            select(
+                jobs.c.id, jobs.c.task, jobs.c.queue, jobs.c.attempts, started.label("attempt_started"), jobs.c.retry_at
+            )
             .select_from(jobs.outerjoin(at, and_(at.c.job_id == jobs.c.id, at.c.attempt == jobs.c.attempts)))
             .where(
                 jobs.c.status == JobStatus.RUNNING.value,
@@ -412,32 +414,41 @@ class JobStore:
             .limit(limit)
         )
         with self._read() as conn:
-            return [StuckSuspect(r.id, r.task, r.attempts, r.attempt_started, r.retry_at) for r in conn.execute(query)]
+            rows = conn.execute(query)
+            return [StuckSuspect(r.id, r.task, r.queue, r.attempts, r.attempt_started, r.retry_at) for r in rows]
 
-    def recover_stuck(self, job_id: str, attempt: int, reason: str) -> JobStatus | None:
-        """Queue a stuck job again (QUEUED, to be published) while it has attempts left, else bury it (DEAD).
+    def recover_stuck(self, job_id: str, attempt: int, reason: str, *, requeue: bool = True) -> JobStatus | None:
+        """Queue a stuck job again (QUEUED, to be published) while it has attempts left and `requeue`, else bury
+        it (DEAD).
 
         Fenced on `attempt`: None when the job moved on since it was found (an attempt started or finished).
         """
-        jobs, at = schema.jobs, schema.attempts
+        jobs = schema.jobs
         now = time.time()
         fence = and_(jobs.c.id == job_id, jobs.c.attempts == attempt, jobs.c.status == JobStatus.RUNNING.value)
         with self._begin() as conn:
-            requeued = conn.execute(
-                update(jobs)
-                .where(fence, jobs.c.attempts < jobs.c.max_attempts)
-                .values(status=JobStatus.QUEUED.value, published_at=None, queued_at=now, retry_at=None, progress=0)
-            )
-            if requeued.rowcount == 1:
-                conn.execute(
-                    update(at)
-                    .where(at.c.job_id == job_id, at.c.finished_at.is_(None))
-                    .values(finished_at=now, outcome="lost", error=reason)
-                )
+            if requeue and self._requeue_stuck(conn, fence, job_id, reason, now):
                 return JobStatus.QUEUED
             if self._bury(conn, job_id, reason, now, only_if=fence):
                 return JobStatus.DEAD
         return None
+
+    @staticmethod
+    def _requeue_stuck(conn: Connection, fence: Any, job_id: str, reason: str, now: float) -> bool:
+        jobs, at = schema.jobs, schema.attempts
+        requeued = conn.execute(
+            update(jobs)
+            .where(fence, jobs.c.attempts < jobs.c.max_attempts)
+            .values(status=JobStatus.QUEUED.value, published_at=None, queued_at=now, retry_at=None, progress=0)
+        )
+        if requeued.rowcount != 1:
+            return False
+        conn.execute(
+            update(at)
+            .where(at.c.job_id == job_id, at.c.finished_at.is_(None))
+            .values(finished_at=now, outcome="lost", error=reason)
+        )
+        return True
 
     def replay(self, job_id: str) -> Job | None:
         """Send a failed or dead job round again: same id, attempts and history kept."""
