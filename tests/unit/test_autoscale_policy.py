@@ -83,6 +83,22 @@ def test_a_long_wait_adds_a_process_even_when_the_backlog_is_on_target() -> None
     assert "waited 7.5s > max_wait 5s" in decision.reason
 
 
+def test_one_long_wait_adds_one_process_at_a_time_not_the_pool_max() -> None:
+    # given a pool at 0 and one job that has waited long (a replay, say), ticks every 0.5 s while the new
+    # worker boots and the job keeps waiting
+    pool = replace(POOL, min=0, max=4, target_backlog=4)
+    ticks = [signals(ready=1, oldest_wait_s=9.0 + i * 0.5, processes=0) for i in range(10)]
+
+    # when the policy decides on each tick, the pool following every decision
+    decisions = run(BacklogPolicy(pool), start=0.0, ticks=ticks, step=0.5)
+
+    # then it starts one process, and adds the next only after max_wait (5 s) more of waiting
+    targets = [d.target if d else None for d in decisions]
+    assert targets == [1, None, None, None, None, None, None, None, None, None]
+    later = run(BacklogPolicy(pool), start=0.0, ticks=ticks * 2, step=0.5)
+    assert [d.target for d in later if d] == [1, 2]
+
+
 def test_a_long_wait_without_ready_messages_adds_nothing() -> None:
     # the store may still say "queued" for a job a worker has just taken: no ready message, no push
     policy = BacklogPolicy(POOL)

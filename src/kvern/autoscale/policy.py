@@ -51,33 +51,47 @@ class ScalingPolicy(Protocol):
 
 
 class BacklogPolicy:
-    """Processes follow backlog / target_backlog, pushed up by a long wait, held up during the cool-down."""
+    """Processes follow backlog / target_backlog, pushed up by a long wait, held up during the cool-down.
+
+    A long wait adds one process at a time, and only once the process last added has had `max_wait` seconds to
+    take the waiting job: a worker takes seconds to boot, and one stale wait must not grow a pool to its max.
+    """
 
     def __init__(self, pool: PoolSpec) -> None:
         self.pool = pool
         self.wants_fewer_since: float | None = None
+        self.grown_at: float | None = None
+
+    def _bounded(self, processes: int) -> int:
+        return max(self.pool.min, min(self.pool.max, processes))
+
+    def _by_backlog(self, signals: PoolSignals) -> int:
+        work = signals.ready + signals.running
+        by_backlog = math.ceil(work / self.pool.target_backlog)
+        return self._bounded(max(by_backlog, 1) if work > 0 else by_backlog)  # never leave work with nobody
+
+    def _waited_too_long(self, signals: PoolSignals) -> bool:
+        return signals.ready > 0 and signals.oldest_wait_s > self.pool.max_wait
 
     def desired(self, signals: PoolSignals) -> tuple[int, str]:
         work = signals.ready + signals.running
-        desired = math.ceil(work / self.pool.target_backlog)
+        desired = self._by_backlog(signals)
         reason = f"backlog {work} / target {self.pool.target_backlog} per process"
-        if signals.ready > 0 and signals.oldest_wait_s > self.pool.max_wait:
-            desired = max(desired, signals.processes + 1)
+        if self._waited_too_long(signals) and self._bounded(signals.processes + 1) > desired:
+            desired = self._bounded(signals.processes + 1)
             reason = f"oldest job waited {signals.oldest_wait_s:.1f}s > max_wait {self.pool.max_wait:g}s"
-        if work > 0:
-            desired = max(desired, 1)  # never leave work with nobody to do it
-        return max(self.pool.min, min(self.pool.max, desired)), reason
+        return desired, reason
 
     def reset(self) -> None:
         """Forget a cool-down in progress (a pin took over: after it, the cool-down starts again)."""
         self.wants_fewer_since = None
+        self.grown_at = None
 
     def decide(self, signals: PoolSignals, now: float) -> Decision | None:
         desired, reason = self.desired(signals)
         current = signals.processes
         if desired > current:
-            self.wants_fewer_since = None
-            return Decision(desired, f"scale out: {reason} ({signals.describe()})")
+            return self._scale_out(signals, desired, reason, now)
         if desired == current:
             self.wants_fewer_since = None
             return None
@@ -87,3 +101,11 @@ class BacklogPolicy:
             return None
         self.wants_fewer_since = None
         return Decision(desired, f"scale in after {self.pool.idle_after:g}s cool-down: {reason} ({signals.describe()})")
+
+    def _scale_out(self, signals: PoolSignals, desired: int, reason: str, now: float) -> Decision | None:
+        for_wait_only = self._by_backlog(signals) <= signals.processes
+        if for_wait_only and self.grown_at is not None and now - self.grown_at < self.pool.max_wait:
+            return None  # the process last added may still be booting: give it the chance to take the job first
+        self.grown_at = now
+        self.wants_fewer_since = None
+        return Decision(desired, f"scale out: {reason} ({signals.describe()})")
