@@ -324,6 +324,24 @@ def dlq_replay(ctx: click.Context, job_id: str | None, replay_all: bool) -> None
         _fail(f"job {ids[0]} is {_status_of(store, ids[0])}: only dead or failed jobs can be replayed", c.RET_FAILURE)
 
 
+@main.group()
+def jobs() -> None:
+    """Erase jobs: one by id, everything about one subject, or what is older than a retention period."""
+
+
+@jobs.command("delete")
+@click.argument("job_id")
+@click.pass_context
+@handle_errors
+def jobs_delete(ctx: click.Context, job_id: str) -> None:
+    """Erase a job, its attempt history and its artifacts (a running attempt is told through kvern.cancelled)."""
+    store = JobStore(running_instance(ctx).runtime().store_url)
+    job_id = resolve_job_id(store, job_id)
+    if not store.erase(job_id):
+        raise JobNotFound(f"no job with id {job_id!r}")
+    click.echo(f"erased job {job_id}")
+
+
 def _status_of(store: JobStoreProtocol, job_id: str) -> str:
     job = store.get(job_id)
     return job.status.value if job is not None else "gone"

@@ -142,6 +142,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
     _install_error_handlers(app)
     _install_job_routes(app)
     _install_cancel_route(app)
+    _install_erase_route(app)
     _install_dead_letter_routes(app)
     _install_health_routes(app)
     return app
@@ -342,6 +343,25 @@ def _install_cancel_route(app: FastAPI) -> None:
         return json_error(
             409, "not_cancellable", f"job {job_id!r} is {current.status.value}; only a queued job can be cancelled"
         )
+
+
+ERASED: dict[int | str, dict[str, Any]] = {204: {"description": "the job, its history and its artifacts are erased"}}
+
+
+def _install_erase_route(app: FastAPI) -> None:
+    """Erase a job whatever its state: its record, attempt history and artifacts (a person's right to erasure)."""
+
+    @app.delete(
+        f"{API_PREFIX}/jobs/{{job_id}}",
+        status_code=204,
+        response_class=Response,
+        responses={**ERRORS, **ERASED},
+        operation_id="erase_job",
+    )
+    async def erase_job(request: Request, job_id: str) -> Response:
+        if not await run_in_threadpool(_head(request).store.erase, job_id):
+            return json_error(404, "unknown_job", f"no job with id {job_id!r}")
+        return Response(status_code=204)
 
 
 def _install_dead_letter_routes(app: FastAPI) -> None:

@@ -121,6 +121,14 @@ class JobStoreProtocol(Protocol):
         """A queued job becomes cancelled; None for any other job."""
         ...
 
+    # -- erasure ----------------------------------------------------------------------------------------
+
+    def erase(self, job_id: str) -> bool:
+        """Forget the job, its attempt history and its artifacts in one transaction, whatever its state; False
+        when there is no such job. A running attempt finds its job gone: `kvern.cancelled()` answers True and
+        its writes are refused."""
+        ...
+
     # -- reading ----------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:

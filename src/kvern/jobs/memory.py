@@ -291,6 +291,22 @@ class MemoryJobStore:
             row.update(values(row))
             return self.get(job_id)
 
+    # -- erasure ----------------------------------------------------------------------------------------
+
+    def erase(self, job_id: str) -> bool:
+        with self._lock:
+            return self._erase_ids([job_id]) == 1
+
+    def _erase_ids(self, job_ids: Sequence[str]) -> int:
+        erased = 0
+        for job_id in job_ids:
+            if self.jobs.pop(job_id, None) is not None:
+                erased += 1
+            self.attempts.pop(job_id, None)
+            for key in [key for key in self._artifacts if key[0] == job_id]:
+                del self._artifacts[key]
+        return erased
+
     # -- reading ----------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:

@@ -472,6 +472,22 @@ class JobStore:
             )
         return self.get(job_id) if result.rowcount == 1 else None
 
+    # -- erasure ----------------------------------------------------------------------------------------
+
+    def erase(self, job_id: str) -> bool:
+        with self._begin() as conn:
+            return self._erase_ids(conn, [job_id]) == 1
+
+    @staticmethod
+    def _erase_ids(conn: Connection, job_ids: Sequence[str]) -> int:
+        """Delete the jobs and every row that names them (children first: the foreign keys); returns how many."""
+        if not job_ids:
+            return 0
+        ids = list(job_ids)
+        conn.execute(schema.artifacts.delete().where(schema.artifacts.c.job_id.in_(ids)))
+        conn.execute(schema.attempts.delete().where(schema.attempts.c.job_id.in_(ids)))
+        return int(conn.execute(schema.jobs.delete().where(schema.jobs.c.id.in_(ids))).rowcount)
+
     # -- reading ----------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
