@@ -3,6 +3,7 @@ job API, the `kvern jobs` commands and the controller's retention loop."""
 
 from __future__ import annotations
 
+import time
 import types
 import uuid
 from collections.abc import Iterator
@@ -10,16 +11,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 from click.testing import CliRunner, Result
 from sqlalchemy import func, select
 
+import kvern
 from kvern import cli
 from kvern.constants import RET_FAILURE, RET_OK
 from kvern.jobs import schema
 from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.memory import MemoryJobStore
 from kvern.jobs.records import NewJob
+from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
+from kvern.spec import TaskPolicy
+from kvern.worker import context
+from kvern.worker.execution import guard_task
+from tests.integration.conftest import start_instance, wait_for_outcome, write_project
 from tests.unit import test_api
+
+__all__ = ["start_instance"]  # the integration fixture, used by name below
 
 project = test_api.project
 web_head = test_api.web_head
@@ -118,16 +129,206 @@ def running_store(sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch) -> It
     yield sqlite_store
 
 
-def kvern(spec_path: Path, *args: str) -> Result:
+def run_kvern(spec_path: Path, *args: str) -> Result:
     return CliRunner().invoke(cli.main, ["-f", str(spec_path), *args])
 
 
 def test_jobs_delete_takes_a_short_id_and_erases_the_job(spec_path: Path, running_store: JobStore) -> None:
     job_id, kept = finished_job_with_files(running_store), finished_job_with_files(running_store)
-    result = kvern(spec_path, "jobs", "delete", job_id[:8])
+    result = run_kvern(spec_path, "jobs", "delete", job_id[:8])
     assert result.exit_code == RET_OK, result.output
     assert f"erased job {job_id}" in result.output
     assert_erased(running_store, job_id)
     assert running_store.get(kept) is not None
-    missing = kvern(spec_path, "jobs", "delete", job_id)
+    missing = run_kvern(spec_path, "jobs", "delete", job_id)
     assert missing.exit_code == RET_FAILURE and "no job" in missing.output
+
+
+# -- 2. cancel of a running job ------------------------------------------------------------------------------
+
+
+def running_job(store: JobStoreProtocol) -> str:
+    job_id = new_job(store)
+    assert store.claim_attempt(job_id, "w@host").run
+    return job_id
+
+
+def outcome_of_attempt(store: JobStoreProtocol, job_id: str, attempt: int) -> str | None:
+    return next(a.outcome for a in store.history(job_id) if a.attempt == attempt)
+
+
+@pytest.mark.parametrize("ending", ["returns", "raises"])
+def test_a_running_job_asked_to_cancel_ends_cancelled_however_its_attempt_ends(
+    job_store: JobStoreProtocol, ending: str
+) -> None:
+    job_id = running_job(job_store)
+    assert not job_store.is_cancelled(job_id)
+    asked = job_store.cancel(job_id)
+    assert asked is not None and asked.status is JobStatus.RUNNING and asked.cancel_requested is not None
+    assert job_store.is_cancelled(job_id)
+    assert job_store.cancel(job_id) == job_store.get(job_id)  # asking again changes nothing
+    if ending == "returns":
+        assert job_store.record_success(job_id, 1, "done anyway")
+    else:
+        assert job_store.record_failure(job_id, 1, "stopped", JobStatus.FAILED)
+    job = job_store.get(job_id)
+    assert job is not None and job.status is JobStatus.CANCELLED and job.finished_at is not None
+    assert outcome_of_attempt(job_store, job_id, 1) == "cancelled"
+    assert job_store.cancel(job_id) is None  # finished
+
+
+def test_a_failing_attempt_asked_to_cancel_is_not_retried(job_store: JobStoreProtocol) -> None:
+    job_id = running_job(job_store)
+    job_store.cancel(job_id)
+    assert not job_store.record_retry(job_id, 1, "boom", delay_s=5)  # no retry follows
+    job = job_store.get(job_id)
+    assert job is not None and job.status is JobStatus.CANCELLED and job.retry_at is None
+    assert outcome_of_attempt(job_store, job_id, 1) == "cancelled"
+    assert not job_store.claim_attempt(job_id, "w@host").run
+
+
+def test_a_job_waiting_for_its_retry_is_cancelled_at_once_and_its_retry_skipped(job_store: JobStoreProtocol) -> None:
+    job_id = running_job(job_store)
+    assert job_store.record_retry(job_id, 1, "boom", delay_s=60)
+    job = job_store.cancel(job_id)
+    assert job is not None and job.status is JobStatus.CANCELLED and job.retry_at is None
+    assert not job_store.claim_attempt(job_id, "w@host").run  # the retry's delivery
+    assert [a.attempt for a in job_store.history(job_id)] == [1]
+
+
+def test_a_job_whose_cancel_was_asked_is_not_run_again_after_its_attempt_is_lost(job_store: JobStoreProtocol) -> None:
+    job_id = running_job(job_store)
+    job_store.cancel(job_id)
+    assert job_store.recover_stuck(job_id, 1, "worker lost") is JobStatus.QUEUED
+    assert not job_store.claim_attempt(job_id, "w@host").run
+    job = job_store.get(job_id)
+    assert job is not None and job.status is JobStatus.CANCELLED
+
+
+def test_is_cancelled_is_true_for_an_erased_job_and_false_for_one_running(job_store: JobStoreProtocol) -> None:
+    job_id = running_job(job_store)
+    assert not job_store.is_cancelled(job_id)
+    job_store.erase(job_id)
+    assert job_store.is_cancelled(job_id)
+
+
+def test_cancelled_is_false_outside_a_job_and_throttled_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert kvern.cancelled() is False
+    store = MemoryJobStore()
+    job_id = running_job(store)
+    asked: list[str] = []
+    real = store.is_cancelled
+
+    def counted(job_id: str) -> bool:
+        asked.append(job_id)
+        return real(job_id)
+
+    monkeypatch.setattr(store, "is_cancelled", counted)
+    token = context._current.set(context.JobContext(store, kvern.JobInfo(job_id, 1)))
+    try:
+        assert [kvern.cancelled() for _ in range(100)] == [False] * 100
+        assert len(asked) == 1  # throttled: one look at the store
+        store.cancel(job_id)
+        monkeypatch.setattr(context, "CANCEL_CHECK_INTERVAL_S", 0.0)
+        assert kvern.cancelled() is True
+    finally:
+        context._current.reset(token)
+
+
+def test_a_task_polling_cancelled_ends_cancelled_through_the_worker_wrapper(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Celery("kvern-test", set_as_current=False)
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = False
+    store = MemoryJobStore()
+    job_id = new_job(store)
+    monkeypatch.setattr(context, "CANCEL_CHECK_INTERVAL_S", 0.0)
+    loops = []
+
+    def work(_n: int) -> str:
+        while not kvern.cancelled():
+            loops.append(1)
+            if len(loops) == 3:  # someone cancels it while it runs
+                assert store.cancel(job_id) is not None
+            time.sleep(0.01)
+        return "stopped"
+
+    task = app.task(name="tasks.work")(work)
+    guard_task(task, store, TaskPolicy(queue="default"), "w@host")
+    task.apply(args=(1,), task_id=job_id)
+    job = store.get(job_id)
+    assert job is not None and job.status is JobStatus.CANCELLED and len(loops) == 3
+    app.close()
+
+
+async def test_cancel_of_a_running_job_answers_202_and_it_ends_cancelled(api: Any) -> None:
+    client, _, store = api
+    job_id = (await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1]})).json()["id"]
+    assert store.claim_attempt(job_id, "w@host").run
+    response = await client.post(f"/api/v1/jobs/{job_id}/cancel", headers=JSON)
+    assert response.status_code == 202
+    assert response.json()["status"] == "running" and response.json()["cancel_requested"] is not None
+    assert store.record_success(job_id, 1, 2)
+    assert (await client.get(f"/api/v1/jobs/{job_id}")).json()["status"] == "cancelled"
+    finished = await client.post(f"/api/v1/jobs/{job_id}/cancel", headers=JSON)
+    assert finished.status_code == 409 and finished.json()["error"]["code"] == "not_cancellable"
+
+
+# -- against a running instance ------------------------------------------------------------------------------
+
+CANCELLABLE_TASKS = """
+import time
+
+from celery import Celery
+
+import kvern
+
+app = Celery("erasure")
+
+
+@app.task
+def wait_for_cancel(limit_s):
+    deadline = time.monotonic() + limit_s
+    while not kvern.cancelled():
+        if time.monotonic() > deadline:
+            return "never cancelled"
+        kvern.progress(10)
+        time.sleep(0.05)
+    return "stopped"
+"""
+
+CANCELLABLE_SPEC = """
+[app]
+tasks = "tasks"
+
+[web]
+heads = 1
+
+[[pools]]
+name = "main"
+queues = ["main"]
+min = 1
+max = 1
+"""
+
+
+@pytest.mark.integration
+def test_a_running_task_polling_cancelled_ends_cancelled_on_a_real_instance(
+    tmp_path: Path, start_instance: Any
+) -> None:
+    tasks = tmp_path / "cancellable_tasks.py"
+    tasks.write_text(CANCELLABLE_TASKS)
+    running = start_instance(write_project(tmp_path / "project", CANCELLABLE_SPEC, tasks))
+    with running.client() as client:
+        body = {"task": "tasks.wait_for_cancel", "args": [60]}
+        job_id = client.post("/api/v1/jobs", json=body).json()["id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/api/v1/jobs/{job_id}").json()["progress"] < 10:  # its attempt is running
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.1)
+        asked = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=JSON)
+        assert asked.status_code == 202, asked.text
+        job = wait_for_outcome(client, job_id, timeout=30)
+        assert job["status"] == "cancelled" and job["attempts"] == 1
+        erased = client.delete(f"/api/v1/jobs/{job_id}", headers=JSON)
+        assert erased.status_code == 204
+        assert client.get(f"/api/v1/jobs/{job_id}").status_code == 404

@@ -326,22 +326,32 @@ async def _read_body(request: Request) -> bytes | Response:
     return b"".join(chunks)
 
 
+CANCEL_ASKED: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobView, "description": "the running attempt is asked to stop; it ends cancelled"}
+}
+
+
 def _install_cancel_route(app: FastAPI) -> None:
-    """Cancel a job that has not started; a running job's cancel is not offered (yet)."""
+    """Cancel a job: a queued one never runs (200); a running one is asked to stop and ends cancelled (202)."""
 
     @app.post(
-        f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobView, responses=ERRORS, operation_id="cancel_job"
+        f"{API_PREFIX}/jobs/{{job_id}}/cancel",
+        response_model=JobView,
+        responses={**ERRORS, **CANCEL_ASKED},
+        operation_id="cancel_job",
     )
     async def cancel_job(request: Request, job_id: str) -> Response:
         store = _head(request).store
         job = await run_in_threadpool(store.cancel, job_id)
         if job is not None:
-            return JSONResponse(job_body(job))
+            return JSONResponse(job_body(job), status_code=202 if job.status is JobStatus.RUNNING else 200)
         current = await run_in_threadpool(store.get, job_id)
         if current is None:
             return json_error(404, "unknown_job", f"no job with id {job_id!r}")
         return json_error(
-            409, "not_cancellable", f"job {job_id!r} is {current.status.value}; only a queued job can be cancelled"
+            409,
+            "not_cancellable",
+            f"job {job_id!r} is {current.status.value}; only a queued or running job can be cancelled",
         )
 
 

@@ -51,6 +51,7 @@ class Job:
     request_hash: str | None
     artifacts: tuple[ArtifactInfo, ...] = ()
     retry_at: float | None = None  # a running job waiting out a retry's backoff: when the retry is due
+    cancel_requested: float | None = None  # a running job asked to stop: when the cancel was asked
 
     @classmethod
     def from_row(cls, row: Any, artifacts: tuple[ArtifactInfo, ...] = ()) -> Job:
@@ -75,6 +76,7 @@ class Job:
             request_hash=row.request_hash,
             artifacts=artifacts,
             retry_at=getattr(row, "retry_at", None),
+            cancel_requested=getattr(row, "cancel_requested", None),
         )
 
 
@@ -135,6 +137,7 @@ def new_job_row(new: NewJob) -> dict[str, Any]:
         "max_attempts": new.max_attempts,
         "round_attempts": new.max_attempts,
         "retry_at": None,
+        "cancel_requested": None,
         "queued_at": now,
         "outcome_attempt": None,
         "result": None,

@@ -41,6 +41,9 @@ jobs = Table(
     # When the retry of a running job waiting out its backoff is due (no attempt runs meanwhile); the next
     # claim clears it. The autoscaler does not count such a job as work for a process.
     Column("retry_at", Float),
+    # When a cancel of the running job was asked: its task sees `kvern.cancelled()`, and the attempt's end
+    # (return or raise) is recorded as cancelled.
+    Column("cancel_requested", Float),
     # When the job last became queued (created, replayed or requeued): a queued job's wait counts from here.
     Column("queued_at", Float),
     # The attempt whose outcome was recorded: only its artifacts are exposed.

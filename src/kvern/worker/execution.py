@@ -136,7 +136,7 @@ class _AttemptRunner:
         if not claim.run:
             log.info("job %s already has an outcome; duplicate delivery skipped", job_id)
             raise Ignore()
-        token = _current.set(JobContext(self.store, JobInfo(job_id, claim.attempt)))
+        token = _current.set(JobContext(self.store, JobInfo(job_id, claim.attempt), tracked=claim.tracked))
         try:
             result = self.user_run(*args, **kwargs)
         except Retry:
