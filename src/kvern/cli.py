@@ -18,8 +18,9 @@ from kvern.autoscale.pins import write_pin
 from kvern.broker.relay import publish_jobs
 from kvern.client import submit_and_follow
 from kvern.errors import AlreadyRunning, JobNotFound, KvernError, NotRunning, RuntimeStateError, SpecError, StartError
+from kvern.jobs import retention
 from kvern.jobs.base import JobStoreProtocol
-from kvern.jobs.states import REPLAYABLE
+from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
 from kvern.report import collect_status, render_status
@@ -27,7 +28,7 @@ from kvern.runtime.instance import Instance, consumer_timeout_warning, default_s
 from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime.web_scaling import scale_web
-from kvern.spec import PoolSpec, Tiers, load_spec
+from kvern.spec import PoolSpec, Tiers, load_spec, parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -340,6 +341,29 @@ def jobs_delete(ctx: click.Context, job_id: str) -> None:
     if not store.erase(job_id):
         raise JobNotFound(f"no job with id {job_id!r}")
     click.echo(f"erased job {job_id}")
+
+
+@jobs.command("purge")
+@click.option("--older-than", "older_than", required=True, help="Finished longer ago than this: 90s, 15m, 12h, 7d.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in retention.FINISHED]),
+    help="Only jobs that ended so (repeatable); default: every finished job.",
+)
+@click.pass_context
+@handle_errors
+def jobs_purge(ctx: click.Context, older_than: str, statuses: tuple[str, ...]) -> None:
+    """Erase finished jobs older than a period now, as the retention settings do every minute."""
+    try:
+        age_s = parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    store = JobStore(running_instance(ctx).runtime().store_url)
+    chosen = [JobStatus(s) for s in statuses] or list(retention.FINISHED)
+    erased = retention.purge(store, chosen, time.time() - age_s)
+    click.echo(f"erased {erased} job(s)")
 
 
 def _status_of(store: JobStoreProtocol, job_id: str) -> str:

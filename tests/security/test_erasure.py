@@ -13,18 +13,20 @@ from typing import Any
 import pytest
 from celery import Celery
 from click.testing import CliRunner, Result
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 import kvern
 from kvern import cli
-from kvern.constants import RET_FAILURE, RET_OK
+from kvern.constants import RET_FAILURE, RET_OK, RET_USAGE
+from kvern.controller import RetentionLoop
+from kvern.errors import SpecError
 from kvern.jobs import schema
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.memory import MemoryJobStore
 from kvern.jobs.records import NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
-from kvern.spec import TaskPolicy
+from kvern.spec import RetentionSpec, TaskPolicy, parse_spec
 from kvern.worker import context
 from kvern.worker.execution import guard_task
 from tests.integration.conftest import start_instance, wait_for_outcome, write_project
@@ -271,6 +273,121 @@ async def test_cancel_of_a_running_job_answers_202_and_it_ends_cancelled(api: An
     assert (await client.get(f"/api/v1/jobs/{job_id}")).json()["status"] == "cancelled"
     finished = await client.post(f"/api/v1/jobs/{job_id}/cancel", headers=JSON)
     assert finished.status_code == 409 and finished.json()["error"]["code"] == "not_cancellable"
+
+
+# -- 3. retention --------------------------------------------------------------------------------------------
+
+
+def ended(store: JobStoreProtocol, status: JobStatus) -> str:
+    """A job that finished just now with `status`, with history and (when it succeeded) an artifact."""
+    if status is JobStatus.SUCCEEDED:
+        return finished_job_with_files(store)
+    job_id = new_job(store)
+    if status is JobStatus.CANCELLED:
+        assert store.cancel(job_id) is not None
+        return job_id
+    store.claim_attempt(job_id, "w@host")
+    assert store.record_failure(job_id, 1, "boom", status)
+    return job_id
+
+
+def test_purge_finished_erases_old_jobs_of_the_statuses_in_batches(job_store: JobStoreProtocol) -> None:
+    old = [ended(job_store, JobStatus.SUCCEEDED) for _ in range(5)]
+    old_failed = ended(job_store, JobStatus.FAILED)
+    time.sleep(0.01)
+    cutoff = time.time()
+    time.sleep(0.01)
+    recent = ended(job_store, JobStatus.SUCCEEDED)
+    working = running_job(job_store)
+    assert [job_store.purge_finished([JobStatus.SUCCEEDED], cutoff, limit=2) for _ in range(4)] == [2, 2, 1, 0]
+    for job_id in old:
+        assert_erased(job_store, job_id)
+    for job_id in (old_failed, recent, working):
+        assert job_store.get(job_id) is not None
+    assert job_store.purge_finished([JobStatus.FAILED, JobStatus.DEAD], cutoff) == 1
+    assert_erased(job_store, old_failed)
+    with pytest.raises(ValueError, match="running"):
+        job_store.purge_finished([JobStatus.RUNNING], time.time())
+
+
+def test_the_controller_erases_by_the_spec_once_a_minute(job_store: JobStoreProtocol) -> None:
+    # given jobs that finished now, in every finished status, and a clock the test moves
+    succeeded = [ended(job_store, JobStatus.SUCCEEDED) for _ in range(3)]
+    not_succeeded = [ended(job_store, status) for status in (JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED)]
+    working = running_job(job_store)
+    now = [time.time()]
+    loop = RetentionLoop(job_store, RetentionSpec(keep_succeeded="7d", keep_failed="30d"), lambda: now[0], batch=2)
+    day = 86400.0
+    now[0] += day  # a day later nothing is old enough
+    assert loop.tick() == 0
+    now[0] += 7 * day  # 8 days later the succeeded ones are, erased in batches of 2 within one round
+    assert loop.tick() == 3
+    for job_id in succeeded:
+        assert_erased(job_store, job_id)
+    late = ended(job_store, JobStatus.SUCCEEDED)  # finished (by the store's clock) long before the test's now
+    assert loop.tick() == 0  # the next round is a minute away
+    now[0] += 61
+    assert loop.tick() == 1
+    assert_erased(job_store, late)
+    now[0] += 23 * day  # 31 days: failed, dead and cancelled go too; a running job never does
+    assert loop.tick() == 3
+    for job_id in not_succeeded:
+        assert_erased(job_store, job_id)
+    assert job_store.get(working) is not None
+
+
+def test_keep_forever_erases_nothing(memory_store: MemoryJobStore) -> None:
+    job_id = ended(memory_store, JobStatus.SUCCEEDED)
+    loop = RetentionLoop(memory_store, RetentionSpec(keep_succeeded="0", keep_failed="0"), lambda: time.time() + 1e9)
+    assert loop.tick() == 0 and memory_store.get(job_id) is not None
+
+
+def spec_with_store(store: dict[str, Any]) -> dict[str, Any]:
+    return {"app": {"tasks": "t"}, "pools": [{"name": "main"}], "store": store}
+
+
+def test_retention_settings_default_to_7_and_30_days_and_take_durations(tmp_path: Path) -> None:
+    default = parse_spec({"app": {"tasks": "t"}, "pools": [{"name": "main"}]}, tmp_path / "kvern.toml").retention
+    assert (default.keep_succeeded_s, default.keep_failed_s) == (7 * 86400, 30 * 86400)
+    raw = spec_with_store({"url": "sqlite:///x.db", "keep_succeeded": "90s", "keep_failed": "0"})
+    spec = parse_spec(raw, tmp_path / "kvern.toml")
+    assert (spec.retention.keep_succeeded_s, spec.retention.keep_failed_s, spec.store_url) == (
+        90,
+        None,
+        "sqlite:///x.db",
+    )
+    for value in ("12h", "15m"):
+        parse_spec(spec_with_store({"keep_failed": value}), tmp_path / "kvern.toml")
+
+
+@pytest.mark.parametrize("value", ["7", "7 d", "-1d", "1w", "d", 7])
+def test_a_bad_retention_duration_is_refused_naming_the_field(tmp_path: Path, value: Any) -> None:
+    with pytest.raises(SpecError, match=r"^store\.keep_failed: "):
+        parse_spec(spec_with_store({"keep_failed": value}), tmp_path / "kvern.toml")
+
+
+def test_an_older_store_gets_the_retention_index(sql_job_store: JobStore) -> None:
+    with sql_job_store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_kvern_jobs_status_finished")
+    sql_job_store.create_schema()
+    with sql_job_store.engine.connect() as conn:
+        names = {index["name"] for index in inspect(conn).get_indexes(schema.jobs.name)}
+    assert "ix_kvern_jobs_status_finished" in names
+
+
+def test_jobs_purge_erases_what_finished_before_the_period(spec_path: Path, running_store: JobStore) -> None:
+    failed, succeeded = ended(running_store, JobStatus.FAILED), ended(running_store, JobStatus.SUCCEEDED)
+    working = running_job(running_store)
+    assert run_kvern(spec_path, "jobs", "purge", "--older-than", "1d").output == "erased 0 job(s)\n"
+    time.sleep(1.1)
+    result = run_kvern(spec_path, "jobs", "purge", "--older-than", "1s", "--status", "failed")
+    assert result.exit_code == RET_OK and result.output == "erased 1 job(s)\n"
+    assert_erased(running_store, failed)
+    assert running_store.get(succeeded) is not None
+    assert run_kvern(spec_path, "jobs", "purge", "--older-than", "1s").output == "erased 1 job(s)\n"
+    assert running_store.get(working) is not None
+    assert run_kvern(spec_path, "jobs", "purge", "--older-than", "soon").exit_code == RET_USAGE
+    assert run_kvern(spec_path, "jobs", "purge", "--older-than", "1s", "--status", "running").exit_code == RET_USAGE
 
 
 # -- against a running instance ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kvern.jobs.base import IdempotencyConflict
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
-from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
+from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
 
 Row = dict[str, Any]
 
@@ -323,6 +323,17 @@ class MemoryJobStore:
     def erase(self, job_id: str) -> bool:
         with self._lock:
             return self._erase_ids([job_id]) == 1
+
+    def purge_finished(self, statuses: Sequence[JobStatus], finished_before: float, limit: int = 500) -> int:
+        values = finished_values(statuses)
+        with self._lock:
+            old = [
+                row
+                for row in self.jobs.values()
+                if row["status"] in values and row["finished_at"] is not None and row["finished_at"] < finished_before
+            ]
+            old.sort(key=lambda row: (row["finished_at"], row["id"]))
+            return self._erase_ids([row["id"] for row in old[:limit]])
 
     def _erase_ids(self, job_ids: Sequence[str]) -> int:
         erased = 0

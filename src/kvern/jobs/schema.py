@@ -58,6 +58,7 @@ jobs = Table(
     Column("finished_at", Float),
     Index("ix_kvern_jobs_status_created", "status", "created_at"),
     Index("ix_kvern_jobs_unpublished", "published_at", "created_at"),
+    Index("ix_kvern_jobs_status_finished", "status", "finished_at"),  # retention finds what to erase
 )
 
 attempts = Table(

@@ -27,7 +27,7 @@ from kvern.jobs import schema
 # Re-exported (the `as` form tells mypy so): callers import it from here, where it was first defined.
 from kvern.jobs.base import IdempotencyConflict as IdempotencyConflict  # noqa: PLC0414
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
-from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
+from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 READ_ONLY_OPTION = "kvern_read_only"
@@ -122,6 +122,14 @@ def add_missing_columns(conn: Connection) -> list[str]:
     return added
 
 
+def add_missing_indexes(conn: Connection) -> None:
+    """Create the indexes a newer kvern declares on the tables of an older store (`create_all` makes them only
+    with a new table)."""
+    for table in schema.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
 class JobStore:
     """The job store kvern runs: SQLAlchemy Core over SQLite or PostgreSQL (implements JobStoreProtocol)."""
 
@@ -133,6 +141,7 @@ class JobStore:
         with self._begin() as conn:
             schema.metadata.create_all(conn)
             add_missing_columns(conn)
+            add_missing_indexes(conn)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -524,6 +533,17 @@ class JobStore:
     def erase(self, job_id: str) -> bool:
         with self._begin() as conn:
             return self._erase_ids(conn, [job_id]) == 1
+
+    def purge_finished(self, statuses: Sequence[JobStatus], finished_before: float, limit: int = 500) -> int:
+        jobs = schema.jobs
+        query = (
+            select(jobs.c.id)
+            .where(jobs.c.status.in_(finished_values(statuses)), jobs.c.finished_at < finished_before)
+            .order_by(jobs.c.finished_at, jobs.c.id)
+            .limit(limit)
+        )
+        with self._begin() as conn:
+            return self._erase_ids(conn, [row.id for row in conn.execute(query)])
 
     @staticmethod
     def _erase_ids(conn: Connection, job_ids: Sequence[str]) -> int:
