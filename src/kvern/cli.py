@@ -331,13 +331,20 @@ def jobs() -> None:
 
 
 @jobs.command("delete")
-@click.argument("job_id")
+@click.argument("job_id", required=False)
+@click.option("--subject", default=None, help="Erase every job tagged with this subject (e.g. user:42).")
 @click.pass_context
 @handle_errors
-def jobs_delete(ctx: click.Context, job_id: str) -> None:
-    """Erase a job, its attempt history and its artifacts (a running attempt is told through kvern.cancelled)."""
+def jobs_delete(ctx: click.Context, job_id: str | None, subject: str | None) -> None:
+    """Erase a job, its attempt history and its artifacts, or every job of one subject (a running attempt is
+    told through kvern.cancelled)."""
+    if (job_id is None) == (subject is None):
+        raise click.UsageError("give a JOB_ID or --subject")
     store = JobStore(running_instance(ctx).runtime().store_url)
-    job_id = resolve_job_id(store, job_id)
+    if subject is not None:
+        click.echo(f"erased {store.erase_subject(subject)} job(s) of subject {subject!r}")
+        return
+    job_id = resolve_job_id(store, job_id or "")
     if not store.erase(job_id):
         raise JobNotFound(f"no job with id {job_id!r}")
     click.echo(f"erased job {job_id}")

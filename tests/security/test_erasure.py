@@ -390,6 +390,77 @@ def test_jobs_purge_erases_what_finished_before_the_period(spec_path: Path, runn
     assert run_kvern(spec_path, "jobs", "purge", "--older-than", "1s", "--status", "running").exit_code == RET_USAGE
 
 
+# -- 4. subject tagging --------------------------------------------------------------------------------------
+
+
+def test_erase_subject_erases_every_job_about_one_person_and_nothing_else(job_store: JobStoreProtocol) -> None:
+    hers = [finished_job_with_files(job_store, subject="user:42"), new_job(job_store, subject="user:42")]
+    hers.append(running_job_of(job_store, "user:42"))
+    others = [finished_job_with_files(job_store, subject="user:420"), new_job(job_store)]
+    job = job_store.get(hers[0])
+    assert job is not None and job.subject == "user:42"
+    assert job_store.erase_subject("user:42") == 3
+    for job_id in hers:
+        assert_erased(job_store, job_id)
+    assert all(job_store.get(job_id) is not None for job_id in others)
+    assert job_store.erase_subject("user:42") == 0
+
+
+def running_job_of(store: JobStoreProtocol, subject: str) -> str:
+    job_id = new_job(store, subject=subject)
+    assert store.claim_attempt(job_id, "w@host").run
+    return job_id
+
+
+def test_the_subject_column_is_indexed(sql_job_store: JobStore) -> None:
+    with sql_job_store.engine.connect() as conn:
+        indexes = inspect(conn).get_indexes(schema.jobs.name)
+    assert any(index["column_names"] == ["subject"] for index in indexes)
+
+
+async def test_a_submission_carries_a_subject_shown_in_the_job_view(api: Any) -> None:
+    client, _, store = api
+    response = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1], "subject": "user:42"})
+    assert response.status_code == 202 and response.json()["subject"] == "user:42"
+    job_id = response.json()["id"]
+    assert (await client.get(f"/api/v1/jobs/{job_id}")).json()["subject"] == "user:42"
+    untagged = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1]})
+    assert untagged.json()["subject"] is None
+    assert store.erase_subject("user:42") == 1
+    assert (await client.get(f"/api/v1/jobs/{job_id}")).status_code == 404
+
+
+@pytest.mark.parametrize("subject", ["", "x" * 201, "user:\n42", "user:\x0042", 42, None, ["user:42"]])
+async def test_a_bad_subject_is_refused_before_anything_is_recorded(api: Any, subject: Any) -> None:
+    client, publisher, store = api
+    response = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1], "subject": subject})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_subject"
+    assert publisher.published == [] and store.list_jobs(None, 10) == []
+
+
+async def test_the_subject_is_part_of_the_idempotency_hash(api: Any) -> None:
+    client, _, _ = api
+    key = {"Idempotency-Key": "order-7"}
+    first = await client.post("/api/v1/jobs", json={"task": "add", "args": [1], "subject": "user:1"}, headers=key)
+    assert first.status_code == 202
+    same = await client.post("/api/v1/jobs", json={"task": "add", "args": [1], "subject": "user:1"}, headers=key)
+    assert same.status_code == 200 and same.json()["id"] == first.json()["id"]
+    other = await client.post("/api/v1/jobs", json={"task": "add", "args": [1], "subject": "user:2"}, headers=key)
+    assert other.status_code == 409
+
+
+def test_jobs_delete_subject_erases_and_counts(spec_path: Path, running_store: JobStore) -> None:
+    hers = [finished_job_with_files(running_store, subject="user:42") for _ in range(2)]
+    kept = finished_job_with_files(running_store, subject="user:7")
+    result = run_kvern(spec_path, "jobs", "delete", "--subject", "user:42")
+    assert result.exit_code == RET_OK and result.output == "erased 2 job(s) of subject 'user:42'\n"
+    for job_id in hers:
+        assert_erased(running_store, job_id)
+    assert running_store.get(kept) is not None
+    assert run_kvern(spec_path, "jobs", "delete").exit_code == RET_USAGE
+    assert run_kvern(spec_path, "jobs", "delete", kept, "--subject", "user:7").exit_code == RET_USAGE
+
+
 # -- against a running instance ------------------------------------------------------------------------------
 
 CANCELLABLE_TASKS = """

@@ -36,7 +36,14 @@ from kvern.api.views import (
 from kvern.broker.message import JobPublisherProtocol
 from kvern.broker.publisher import JobPublisher
 from kvern.catalog import TaskCatalog, load_user_app
-from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
+from kvern.constants import (
+    API_PREFIX,
+    IDEMPOTENCY_HEADER,
+    MAX_BODY_BYTES,
+    MAX_SUBJECT_CHARS,
+    ROLE_WEB,
+    SUBJECT_PATTERN,
+)
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, NewJob
@@ -87,6 +94,7 @@ class WebHead:
             max_attempts=policy.retries + 1,
             idempotency_key=idempotency_key,
             request_hash=submission.request_hash,
+            subject=submission.subject,
         )
         if idempotency_key is None:
             job = await self.inserter.create(new)  # group commit with the submissions arriving meanwhile
@@ -229,6 +237,12 @@ SUBMIT_BODY = {
                         "task": {"type": "string", "minLength": 1},
                         "args": {"type": "array", "items": {}},
                         "kwargs": {"type": "object"},
+                        "subject": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_SUBJECT_CHARS,
+                            "pattern": SUBJECT_PATTERN,
+                        },
                     },
                     "additionalProperties": False,
                 }

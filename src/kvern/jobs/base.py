@@ -138,6 +138,10 @@ class JobStoreProtocol(Protocol):
         its writes are refused."""
         ...
 
+    def erase_subject(self, subject: str) -> int:
+        """Erase (as `erase`) every job tagged with `subject`, in one transaction; returns how many."""
+        ...
+
     def purge_finished(self, statuses: Sequence[JobStatus], finished_before: float, limit: int = 500) -> int:
         """Erase (as `erase`) up to `limit` jobs in one of the finished `statuses` that finished before
         `finished_before`, oldest first, in one transaction; returns how many. ValueError for an active status."""

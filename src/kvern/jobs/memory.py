@@ -324,6 +324,10 @@ class MemoryJobStore:
         with self._lock:
             return self._erase_ids([job_id]) == 1
 
+    def erase_subject(self, subject: str) -> int:
+        with self._lock:
+            return self._erase_ids([job_id for job_id, row in self.jobs.items() if row["subject"] == subject])
+
     def purge_finished(self, statuses: Sequence[JobStatus], finished_before: float, limit: int = 500) -> int:
         values = finished_values(statuses)
         with self._lock:

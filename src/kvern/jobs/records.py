@@ -20,6 +20,7 @@ class NewJob:
     max_attempts: int
     idempotency_key: str | None = None
     request_hash: str | None = None
+    subject: str | None = None  # whom the job is about ("user:42")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Job:
     artifacts: tuple[ArtifactInfo, ...] = ()
     retry_at: float | None = None  # a running job waiting out a retry's backoff: when the retry is due
     cancel_requested: float | None = None  # a running job asked to stop: when the cancel was asked
+    subject: str | None = None  # whom the job is about ("user:42")
 
     @classmethod
     def from_row(cls, row: Any, artifacts: tuple[ArtifactInfo, ...] = ()) -> Job:
@@ -77,6 +79,7 @@ class Job:
             artifacts=artifacts,
             retry_at=getattr(row, "retry_at", None),
             cancel_requested=getattr(row, "cancel_requested", None),
+            subject=getattr(row, "subject", None),
         )
 
 
@@ -144,6 +147,7 @@ def new_job_row(new: NewJob) -> dict[str, Any]:
         "error": None,
         "idempotency_key": new.idempotency_key,
         "request_hash": new.request_hash,
+        "subject": new.subject,
         "created_at": now,
         "published_at": None,
         "started_at": None,

@@ -51,6 +51,8 @@ jobs = Table(
     Column("result", Text),
     Column("error", Text),
     Column("idempotency_key", String(200), unique=True),
+    # Whom the job is about ("user:42"), as the submitter tagged it: erasure of one person finds it here.
+    Column("subject", String(200), index=True),
     Column("request_hash", String(64)),
     Column("created_at", Float, nullable=False),
     Column("published_at", Float),

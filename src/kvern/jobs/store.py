@@ -534,6 +534,12 @@ class JobStore:
         with self._begin() as conn:
             return self._erase_ids(conn, [job_id]) == 1
 
+    def erase_subject(self, subject: str) -> int:
+        jobs = schema.jobs
+        with self._begin() as conn:
+            ids = [row.id for row in conn.execute(select(jobs.c.id).where(jobs.c.subject == subject))]
+            return self._erase_ids(conn, ids)
+
     def purge_finished(self, statuses: Sequence[JobStatus], finished_before: float, limit: int = 500) -> int:
         jobs = schema.jobs
         query = (
