@@ -14,6 +14,7 @@ import pytest
 from celery import Celery
 from click.testing import CliRunner, Result
 from sqlalchemy import func, inspect, select
+from sqlalchemy.exc import IntegrityError
 
 import kvern
 from kvern import cli
@@ -82,6 +83,8 @@ def test_erase_of_a_running_job_refuses_its_late_writes(job_store: JobStoreProto
     assert job_store.claim_attempt(job_id, "w@host").run
     assert job_store.erase(job_id)
     assert not job_store.record_success(job_id, 1, "late")
+    with pytest.raises(IntegrityError):  # a file the task saves afterwards is refused, not kept orphaned
+        job_store.save_artifact(job_id, 1, "late.txt", "text/plain", b"personal data")
     assert job_store.get(job_id) is None and job_store.history(job_id) == []
     assert not job_store.claim_attempt(job_id, "w@host").tracked  # a redelivery finds no record
 

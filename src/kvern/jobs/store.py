@@ -557,6 +557,9 @@ class JobStore:
         if not job_ids:
             return 0
         ids = list(job_ids)
+        # Lock the jobs first (PostgreSQL): an artifact or attempt a running task adds meanwhile then waits, and
+        # fails on the foreign key once they are gone, instead of failing this erasure.
+        conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.id.in_(ids)).with_for_update())
         conn.execute(schema.artifacts.delete().where(schema.artifacts.c.job_id.in_(ids)))
         conn.execute(schema.attempts.delete().where(schema.attempts.c.job_id.in_(ids)))
         return int(conn.execute(schema.jobs.delete().where(schema.jobs.c.id.in_(ids))).rowcount)
