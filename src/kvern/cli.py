@@ -204,6 +204,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--kwarg", "kwargs", multiple=True, help="Keyword argument NAME=VALUE (VALUE as JSON or string).")
 @click.option("--wait", is_flag=True, help="Wait for the outcome, with a progress bar.")
 @click.option("--idempotency-key", default=None)
+@click.option("--subject", default=None, help="Whom the job is about (e.g. user:42), for kvern jobs delete --subject.")
 @click.pass_context
 @handle_errors
 def submit(
@@ -213,10 +214,12 @@ def submit(
     kwargs: tuple[str, ...],
     wait: bool,
     idempotency_key: str | None,
+    subject: str | None,
 ) -> None:
     """Submit a job through the front door."""
     instance = running_instance(ctx)
-    code = submit_and_follow(front_door_url(instance.runtime()), task, args, kwargs, wait, idempotency_key)
+    url = front_door_url(instance.runtime())
+    code = submit_and_follow(url, task, args, kwargs, wait, idempotency_key, subject)
     sys.exit(code)
 
 

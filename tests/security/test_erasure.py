@@ -3,6 +3,7 @@ job API, the `kvern jobs` commands and the controller's retention loop."""
 
 from __future__ import annotations
 
+import json
 import time
 import types
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from celery import Celery
 from click.testing import CliRunner, Result
@@ -18,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 import kvern
 from kvern import cli
+from kvern import client as kvern_client
 from kvern.constants import RET_FAILURE, RET_OK, RET_USAGE
 from kvern.controller import RetentionLoop
 from kvern.errors import SpecError
@@ -462,6 +465,25 @@ def test_jobs_delete_subject_erases_and_counts(spec_path: Path, running_store: J
     assert running_store.get(kept) is not None
     assert run_kvern(spec_path, "jobs", "delete").exit_code == RET_USAGE
     assert run_kvern(spec_path, "jobs", "delete", kept, "--subject", "user:7").exit_code == RET_USAGE
+
+
+def test_kvern_submit_sends_the_subject(spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def front_door(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(202, json={"id": "5a1f0c3e", "status": "queued"})
+
+    def client(**options: Any) -> httpx.Client:
+        return httpx.Client(transport=httpx.MockTransport(front_door), **options)
+
+    monkeypatch.setattr(kvern_client, "httpx", types.SimpleNamespace(Client=client, HTTPError=httpx.HTTPError))
+    monkeypatch.setattr(cli, "running_instance", lambda _ctx: types.SimpleNamespace(runtime=lambda: None))
+    monkeypatch.setattr(cli, "front_door_url", lambda _config: "http://front-door")
+    assert run_kvern(spec_path, "submit", "t.work", "--subject", "user:42").exit_code == RET_OK
+    assert run_kvern(spec_path, "submit", "t.work").exit_code == RET_OK
+    plain = {"task": "t.work", "args": [], "kwargs": {}}
+    assert sent == [{**plain, "subject": "user:42"}, plain]
 
 
 # -- against a running instance ------------------------------------------------------------------------------
