@@ -532,12 +532,7 @@ def test_a_running_task_polling_cancelled_ends_cancelled_on_a_real_instance(
     tasks.write_text(CANCELLABLE_TASKS)
     running = start_instance(write_project(tmp_path / "project", CANCELLABLE_SPEC, tasks))
     with running.client() as client:
-        body = {"task": "tasks.wait_for_cancel", "args": [60]}
-        job_id = client.post("/api/v1/jobs", json=body).json()["id"]
-        deadline = time.monotonic() + 60
-        while client.get(f"/api/v1/jobs/{job_id}").json()["progress"] < 10:  # its attempt is running
-            assert time.monotonic() < deadline, "the job never started"
-            time.sleep(0.1)
+        job_id = started_job(client)
         asked = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=JSON)
         assert asked.status_code == 202, asked.text
         job = wait_for_outcome(client, job_id, timeout=30)
@@ -545,3 +540,24 @@ def test_a_running_task_polling_cancelled_ends_cancelled_on_a_real_instance(
         erased = client.delete(f"/api/v1/jobs/{job_id}", headers=JSON)
         assert erased.status_code == 204
         assert client.get(f"/api/v1/jobs/{job_id}").status_code == 404
+        # a running job erased: whatever its attempt writes once it sees kvern.cancelled() brings nothing back
+        tagged = started_job(client, subject="user:42")
+        assert client.delete(f"/api/v1/jobs/{tagged}", headers=JSON).status_code == 204
+        time.sleep(1.5)
+        assert client.get(f"/api/v1/jobs/{tagged}").status_code == 404
+        store = JobStore(running.config.store_url)
+        try:
+            assert store.history(tagged) == [] and store.erase_subject("user:42") == 0
+        finally:
+            store.close()
+
+
+def started_job(client: httpx.Client, **fields: str) -> str:
+    """Submit a job that runs until it is cancelled, and wait until its attempt runs."""
+    body = {"task": "tasks.wait_for_cancel", "args": [60], **fields}
+    job_id = str(client.post("/api/v1/jobs", json=body).json()["id"])
+    deadline = time.monotonic() + 60
+    while client.get(f"/api/v1/jobs/{job_id}").json()["progress"] < 10:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.1)
+    return job_id
