@@ -18,8 +18,9 @@ from kvern.autoscale.pins import write_pin
 from kvern.broker.relay import publish_jobs
 from kvern.client import submit_and_follow
 from kvern.errors import AlreadyRunning, JobNotFound, KvernError, NotRunning, RuntimeStateError, SpecError, StartError
+from kvern.jobs import retention
 from kvern.jobs.base import JobStoreProtocol
-from kvern.jobs.states import REPLAYABLE
+from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
 from kvern.report import collect_status, render_status
@@ -27,7 +28,7 @@ from kvern.runtime.instance import Instance, consumer_timeout_warning, default_s
 from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime.web_scaling import scale_web
-from kvern.spec import PoolSpec, Tiers, load_spec
+from kvern.spec import PoolSpec, Tiers, load_spec, parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -208,6 +209,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--kwarg", "kwargs", multiple=True, help="Keyword argument NAME=VALUE (VALUE as JSON or string).")
 @click.option("--wait", is_flag=True, help="Wait for the outcome, with a progress bar.")
 @click.option("--idempotency-key", default=None)
+@click.option("--subject", default=None, help="Whom the job is about (e.g. user:42), for kvern jobs delete --subject.")
 @click.pass_context
 @handle_errors
 def submit(
@@ -217,10 +219,12 @@ def submit(
     kwargs: tuple[str, ...],
     wait: bool,
     idempotency_key: str | None,
+    subject: str | None,
 ) -> None:
     """Submit a job through the front door."""
     instance = running_instance(ctx)
-    code = submit_and_follow(front_door_url(instance.runtime()), task, args, kwargs, wait, idempotency_key)
+    url = front_door_url(instance.runtime())
+    code = submit_and_follow(url, task, args, kwargs, wait, idempotency_key, subject)
     sys.exit(code)
 
 
@@ -333,6 +337,54 @@ def dlq_replay(ctx: click.Context, job_id: str | None, replay_all: bool) -> None
     click.echo(f"replayed {len(replayed)} job(s)")
     if job_id and not replayed:
         _fail(f"job {ids[0]} is {_status_of(store, ids[0])}: only dead or failed jobs can be replayed", c.RET_FAILURE)
+
+
+@main.group()
+def jobs() -> None:
+    """Erase jobs: one by id, everything about one subject, or what is older than a retention period."""
+
+
+@jobs.command("delete")
+@click.argument("job_id", required=False)
+@click.option("--subject", default=None, help="Erase every job tagged with this subject (e.g. user:42).")
+@click.pass_context
+@handle_errors
+def jobs_delete(ctx: click.Context, job_id: str | None, subject: str | None) -> None:
+    """Erase a job, its attempt history and its artifacts, or every job of one subject (a running attempt is
+    told through kvern.cancelled)."""
+    if (job_id is None) == (subject is None):
+        raise click.UsageError("give a JOB_ID or --subject")
+    store = JobStore(running_instance(ctx).runtime().store_url)
+    if subject is not None:
+        click.echo(f"erased {store.erase_subject(subject)} job(s) of subject {subject!r}")
+        return
+    job_id = resolve_job_id(store, job_id or "")
+    if not store.erase(job_id):
+        raise JobNotFound(f"no job with id {job_id!r}")
+    click.echo(f"erased job {job_id}")
+
+
+@jobs.command("purge")
+@click.option("--older-than", "older_than", required=True, help="Finished longer ago than this: 90s, 15m, 12h, 7d.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in retention.FINISHED]),
+    help="Only jobs that ended so (repeatable); default: every finished job.",
+)
+@click.pass_context
+@handle_errors
+def jobs_purge(ctx: click.Context, older_than: str, statuses: tuple[str, ...]) -> None:
+    """Erase finished jobs older than a period now, as the retention settings do every minute."""
+    try:
+        age_s = parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    store = JobStore(running_instance(ctx).runtime().store_url)
+    chosen = [JobStatus(s) for s in statuses] or list(retention.FINISHED)
+    erased = retention.purge(store, chosen, time.time() - age_s)
+    click.echo(f"erased {erased} job(s)")
 
 
 def _status_of(store: JobStoreProtocol, job_id: str) -> str:

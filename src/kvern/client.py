@@ -40,8 +40,11 @@ def submit_and_follow(
     kwargs: tuple[str, ...],
     wait: bool,
     idempotency_key: str | None,
+    subject: str | None = None,
 ) -> int:
     body = {"task": task, "args": [parse_value(a) for a in args], "kwargs": parse_kwargs(kwargs)}
+    if subject is not None:
+        body["subject"] = subject
     headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else {}
     with httpx.Client(base_url=base_url, timeout=10) as client:
         try:

@@ -35,6 +35,9 @@ ORIGINAL_RUN_ATTR: Final = "_kvern_original_run"
 API_PREFIX: Final = "/api/v1"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 MAX_BODY_BYTES: Final = 1024 * 1024
+# A job's subject ("user:42"): whom the job is about, so that everything about one person can be erased.
+MAX_SUBJECT_CHARS: Final = 200
+SUBJECT_PATTERN: Final = r"^[^\u0000-\u001f\u007f]+$"  # no control characters (they would break logs and CLI)
 PUBLISH_CONFIRM_TIMEOUT_S: Final = 3.0
 
 # Files inside the state dir.

@@ -1,7 +1,7 @@
 """`python -m kvern.controller`: one per instance. It runs what keeps the instance whole:
 
-the outbox relay and the dead-letter watcher (when this instance runs the web tier), the autoscaler (when it
-runs pools), and the recovery of stuck jobs. Each loop survives the broker or the store being away, and
+the outbox relay, the dead-letter watcher and retention (when this instance runs the web tier), the autoscaler
+(when it runs pools), and the recovery of stuck jobs. Each loop survives the broker or the store being away, and
 catches up when they return.
 """
 
@@ -9,21 +9,52 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from kvern.autoscale.loop import Autoscaler
 from kvern.broker.relay import DeadLetterWatcher, recover_stuck_jobs, relay_unpublished
 from kvern.constants import ROLE_ADMIN, ROLE_WEB, ROLE_WORKER
+from kvern.jobs import retention
+from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
 from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime_config import RuntimeConfig
+from kvern.spec import RetentionSpec
 
 log = logging.getLogger("kvern.controller")
 
 AUTOSCALE_INTERVAL_S = 0.5
 OUTBOX_INTERVAL_S = 2.0
 STUCK_INTERVAL_S = 15.0
+RETENTION_INTERVAL_S = 60.0
+RETENTION_MAX_BATCHES = 20  # per round and setting: a large backlog is worked off over several rounds
+
+
+@dataclass
+class RetentionLoop:
+    """Erases finished jobs past the spec's retention, once per interval of `clock` (wall time: it compares
+    with the jobs' finish times)."""
+
+    store: JobStoreProtocol
+    spec: RetentionSpec
+    clock: Callable[[], float] = time.time
+    interval_s: float = RETENTION_INTERVAL_S
+    batch: int = retention.PURGE_BATCH
+    next_at: float = 0.0
+
+    def tick(self) -> int:
+        """Run a round if one is due; returns how many jobs it erased."""
+        now = self.clock()
+        if now < self.next_at:
+            return 0
+        self.next_at = now + self.interval_s
+        erased = retention.enforce(self.store, self.spec, now, self.batch, RETENTION_MAX_BATCHES)
+        if erased:
+            log.info("retention: erased %d finished job(s)", erased)
+        return erased
 
 
 def main() -> None:
@@ -43,6 +74,7 @@ def main() -> None:
         config.broker_urls[ROLE_ADMIN],
         config.state_path,
     )
+    retention_loop = RetentionLoop(store, spec.retention)
     stop = stop_on_signals()
     if watcher:
         watcher.start()
@@ -53,6 +85,8 @@ def main() -> None:
         if run_web and time.monotonic() >= next_outbox:
             _guarded("outbox relay", lambda: relay_unpublished(store, broker_url))
             next_outbox = time.monotonic() + OUTBOX_INTERVAL_S
+        if run_web:  # one tier runs it, not every controller of a shared store
+            _guarded("retention", retention_loop.tick)
         if time.monotonic() >= next_stuck:
             _guarded("stuck jobs", lambda: recover_stuck_jobs(store, spec, broker_url))
             next_stuck = time.monotonic() + STUCK_INTERVAL_S

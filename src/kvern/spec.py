@@ -18,6 +18,8 @@ url = "amqp://user:pass@127.0.0.1:5672/vhost"
 
 [store]                     # optional; absent: SQLite in the state dir
 url = "postgresql://127.0.0.1:5432/test"
+keep_succeeded = "7d"       # erase succeeded jobs this long after they finished ("90s", "15m", "12h", "7d";
+keep_failed = "30d"         # "0": keep forever); keep_failed covers failed, dead and cancelled jobs
 
 [[pools]]
 name = "reports"
@@ -103,6 +105,40 @@ MAX_ARGS_DEPTH = 100
 MAX_ARGS_ITEMS = 1_000_000
 
 
+DURATION_PATTERN = re.compile(r"^(\d{1,9})([smhd])$")
+DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration such as "90s", "15m", "12h" or "7d" ("0" is 0); ValueError for anything else."""
+    if text == "0":
+        return 0.0
+    match = DURATION_PATTERN.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 12h or 7d")
+    return float(int(match.group(1)) * DURATION_UNITS_S[match.group(2)])
+
+
+@dataclass(frozen=True)
+class RetentionSpec:
+    """How long finished jobs are kept (their args, results, history and artifacts), then erased by the
+    controller. Finite by default: job data often names people, and data protection law wants it kept no
+    longer than needed (GDPR art. 5(1)(e), art. 25). "0" keeps jobs forever."""
+
+    keep_succeeded: str = "7d"  # a client has long fetched its result by then
+    keep_failed: str = "30d"  # failed, dead and cancelled: kept longer, to diagnose and replay
+
+    @property
+    def keep_succeeded_s(self) -> float | None:
+        """Seconds to keep a succeeded job; None: forever."""
+        return parse_duration(self.keep_succeeded) or None
+
+    @property
+    def keep_failed_s(self) -> float | None:
+        """Seconds to keep a failed, dead or cancelled job; None: forever."""
+        return parse_duration(self.keep_failed) or None
+
+
 @dataclass(frozen=True)
 class TaskPolicy:
     """Delivery rules of one task; tasks the spec does not name get the defaults."""
@@ -127,6 +163,7 @@ class Spec:
     static_dir: Path | None = None
     tasks: Mapping[str, TaskPolicy] = field(default_factory=dict)
     limits: LimitsSpec = field(default_factory=LimitsSpec)
+    retention: RetentionSpec = field(default_factory=RetentionSpec)
     text: str = field(default="", repr=False, compare=False)  # the TOML it was parsed from (for the snapshot)
 
     @property
@@ -228,7 +265,10 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
         web=_parse_web(reader.table("web")),
         pools=pools,
         broker_url=_parse_url(reader.table("broker"), ("amqp://", "amqps://")),
-        store_url=_parse_url(reader.table("store"), ("postgresql://", "postgresql+psycopg://", "sqlite:///")),
+        store_url=_parse_url(
+            reader.table("store"), ("postgresql://", "postgresql+psycopg://", "sqlite:///"), RETENTION_FIELDS
+        ),
+        retention=_parse_retention(reader.table("store")),
         static_dir=_parse_static(app, path.parent),
         tasks=_parse_tasks(reader.table("tasks"), pools),
         limits=_parse_limits(reader.table("limits")),
@@ -319,8 +359,21 @@ def _parse_limits(table: _Reader) -> LimitsSpec:
     return limits
 
 
-def _parse_url(table: _Reader, schemes: tuple[str, ...]) -> str | None:
-    table.only("url")
+RETENTION_FIELDS = tuple(f.name for f in fields(RetentionSpec))
+
+
+def _parse_retention(table: _Reader) -> RetentionSpec:
+    values = {f.name: table.get(f.name, str, default=f.default) for f in fields(RetentionSpec)}
+    for name, value in values.items():
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            raise SpecError(f'{table.where}.{name}: {exc} ("0": keep forever)') from None
+    return RetentionSpec(**values)
+
+
+def _parse_url(table: _Reader, schemes: tuple[str, ...], also: tuple[str, ...] = ()) -> str | None:
+    table.only("url", *also)
     url = table.get("url", str, default=None)
     if url is not None and not url.startswith(schemes):
         raise SpecError(f"{table.where}.url: must start with one of {', '.join(schemes)}")

@@ -36,7 +36,14 @@ from kvern.api.views import (
 from kvern.broker.message import JobPublisherProtocol
 from kvern.broker.publisher import JobPublisher
 from kvern.catalog import TaskCatalog, load_user_app
-from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROLE_WEB
+from kvern.constants import (
+    API_PREFIX,
+    IDEMPOTENCY_HEADER,
+    MAX_BODY_BYTES,
+    MAX_SUBJECT_CHARS,
+    ROLE_WEB,
+    SUBJECT_PATTERN,
+)
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, NewJob
@@ -87,6 +94,7 @@ class WebHead:
             max_attempts=policy.retries + 1,
             idempotency_key=idempotency_key,
             request_hash=submission.request_hash,
+            subject=submission.subject,
         )
         if idempotency_key is None:
             job = await self.inserter.create(new)  # group commit with the submissions arriving meanwhile
@@ -142,6 +150,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
     _install_error_handlers(app)
     _install_job_routes(app)
     _install_cancel_route(app)
+    _install_erase_route(app)
     _install_dead_letter_routes(app)
     _install_health_routes(app)
     return app
@@ -228,6 +237,12 @@ SUBMIT_BODY = {
                         "task": {"type": "string", "minLength": 1},
                         "args": {"type": "array", "items": {}},
                         "kwargs": {"type": "object"},
+                        "subject": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_SUBJECT_CHARS,
+                            "pattern": SUBJECT_PATTERN,
+                        },
                     },
                     "additionalProperties": False,
                 }
@@ -325,23 +340,52 @@ async def _read_body(request: Request) -> bytes | Response:
     return b"".join(chunks)
 
 
+CANCEL_ASKED: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobView, "description": "the running attempt is asked to stop; it ends cancelled"}
+}
+
+
 def _install_cancel_route(app: FastAPI) -> None:
-    """Cancel a job that has not started; a running job's cancel is not offered (yet)."""
+    """Cancel a job: a queued one never runs (200); a running one is asked to stop and ends cancelled (202)."""
 
     @app.post(
-        f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobView, responses=ERRORS, operation_id="cancel_job"
+        f"{API_PREFIX}/jobs/{{job_id}}/cancel",
+        response_model=JobView,
+        responses={**ERRORS, **CANCEL_ASKED},
+        operation_id="cancel_job",
     )
     async def cancel_job(request: Request, job_id: str) -> Response:
         store = _head(request).store
         job = await run_in_threadpool(store.cancel, job_id)
         if job is not None:
-            return JSONResponse(job_body(job))
+            return JSONResponse(job_body(job), status_code=202 if job.status is JobStatus.RUNNING else 200)
         current = await run_in_threadpool(store.get, job_id)
         if current is None:
             return json_error(404, "unknown_job", f"no job with id {job_id!r}")
         return json_error(
-            409, "not_cancellable", f"job {job_id!r} is {current.status.value}; only a queued job can be cancelled"
+            409,
+            "not_cancellable",
+            f"job {job_id!r} is {current.status.value}; only a queued or running job can be cancelled",
         )
+
+
+ERASED: dict[int | str, dict[str, Any]] = {204: {"description": "the job, its history and its artifacts are erased"}}
+
+
+def _install_erase_route(app: FastAPI) -> None:
+    """Erase a job whatever its state: its record, attempt history and artifacts (a person's right to erasure)."""
+
+    @app.delete(
+        f"{API_PREFIX}/jobs/{{job_id}}",
+        status_code=204,
+        response_class=Response,
+        responses={**ERRORS, **ERASED},
+        operation_id="erase_job",
+    )
+    async def erase_job(request: Request, job_id: str) -> Response:
+        if not await run_in_threadpool(_head(request).store.erase, job_id):
+            return json_error(404, "unknown_job", f"no job with id {job_id!r}")
+        return Response(status_code=204)
 
 
 def _install_dead_letter_routes(app: FastAPI) -> None:

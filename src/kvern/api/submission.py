@@ -8,11 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from kvern.catalog import BindingError, TaskCatalog, check_binding
+from kvern.constants import MAX_SUBJECT_CHARS, SUBJECT_PATTERN
 from kvern.spec import LimitsSpec
+
+SUBJECT = re.compile(SUBJECT_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,7 @@ class Submission:
     args: list[Any]
     kwargs: dict[str, Any]
     request_hash: str
+    subject: str | None = None
 
 
 class SubmissionError(Exception):
@@ -42,7 +47,8 @@ def parse_submission(body: bytes, catalog: TaskCatalog, limits: LimitsSpec | Non
         raise SubmissionError(400, "invalid_request", "field 'args' must be a JSON array")
     if not isinstance(kwargs, dict):
         raise SubmissionError(400, "invalid_request", "field 'kwargs' must be a JSON object")
-    unknown = set(payload) - {"task", "args", "kwargs"}
+    subject = _parse_subject(payload["subject"]) if "subject" in payload else None
+    unknown = set(payload) - {"task", "args", "kwargs", "subject"}
     if unknown:
         raise SubmissionError(400, "invalid_request", f"unknown field(s): {', '.join(sorted(unknown))}")
     _check_limits(args, kwargs, limits or LimitsSpec())
@@ -54,8 +60,21 @@ def parse_submission(body: bytes, catalog: TaskCatalog, limits: LimitsSpec | Non
         check_binding(task, args, kwargs)
     except BindingError as exc:
         raise SubmissionError(422, "bad_arguments", str(exc)) from None
-    canonical = json.dumps({"task": task.name, "args": args, "kwargs": kwargs}, sort_keys=True)
-    return Submission(task.name, args, kwargs, hashlib.sha256(canonical.encode()).hexdigest())
+    hashed = {"task": task.name, "args": args, "kwargs": kwargs}
+    if subject is not None:  # only when given: a request without one keeps the hash it always had
+        hashed["subject"] = subject
+    canonical = json.dumps(hashed, sort_keys=True)
+    return Submission(task.name, args, kwargs, hashlib.sha256(canonical.encode()).hexdigest(), subject)
+
+
+def _parse_subject(subject: Any) -> str:
+    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_SUBJECT_CHARS or not SUBJECT.match(subject):
+        raise SubmissionError(
+            400,
+            "invalid_subject",
+            f"field 'subject' must be 1 to {MAX_SUBJECT_CHARS} characters without control characters",
+        )
+    return subject
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:

@@ -35,6 +35,8 @@ class JobView(BaseModel):
     artifacts: list[ArtifactView]
     url: str
     render_error: str | None = None  # set when a stored value could not be rendered and is shown empty
+    cancel_requested: str | None = None  # a running job asked to stop: when (it then ends cancelled)
+    subject: str | None = None  # whom the job is about, as the submitter tagged it ("user:42")
 
 
 class JobPage(BaseModel):

@@ -84,19 +84,22 @@ class JobStoreProtocol(Protocol):
         ...
 
     def record_success(self, job_id: str, attempt: int, result: Any) -> bool:
-        """Fenced: the job succeeds with `result` (JSON-able); False when another attempt owns it or it ended."""
+        """Fenced: the job succeeds with `result` (JSON-able), or ends cancelled when a cancel was asked meanwhile;
+        False when another attempt owns it or it ended."""
         ...
 
     def record_failure(
         self, job_id: str, attempt: int, error: str, status: JobStatus, traceback: str | None = None
     ) -> bool:
-        """Fenced: the job ends with a terminal `status` and `error`; False when refused."""
+        """Fenced: the job ends with a terminal `status` and `error` (cancelled when a cancel was asked); False
+        when refused."""
         ...
 
     def record_retry(
         self, job_id: str, attempt: int, error: str, traceback: str | None = None, delay_s: float = 0.0
     ) -> bool:
-        """Fenced: the attempt failed and another follows after `delay_s`; the job stays running."""
+        """Fenced: the attempt failed and another follows after `delay_s`; the job stays running. False when
+        refused, or when a cancel was asked meanwhile: the job is then cancelled and no retry follows."""
         ...
 
     def mark_dead(self, job_id: str, error: str) -> bool:
@@ -118,7 +121,30 @@ class JobStoreProtocol(Protocol):
         ...
 
     def cancel(self, job_id: str) -> Job | None:
-        """A queued job becomes cancelled; None for any other job."""
+        """A queued job, or a running one waiting out a retry's backoff, becomes cancelled at once (its pending
+        delivery is skipped). A running attempt is asked to stop (`cancel_requested`); whatever it then ends
+        with is recorded as cancelled. None for a finished or unknown job."""
+        ...
+
+    def is_cancelled(self, job_id: str) -> bool:
+        """True when the job was cancelled, a cancel of it was asked, or it is gone (erased)."""
+        ...
+
+    # -- erasure ----------------------------------------------------------------------------------------
+
+    def erase(self, job_id: str) -> bool:
+        """Forget the job, its attempt history and its artifacts in one transaction, whatever its state; False
+        when there is no such job. A running attempt finds its job gone: `kvern.cancelled()` answers True and
+        its writes are refused."""
+        ...
+
+    def erase_subject(self, subject: str) -> int:
+        """Erase (as `erase`) every job tagged with `subject`, in one transaction; returns how many."""
+        ...
+
+    def purge_finished(self, statuses: Sequence[JobStatus], finished_before: float, limit: int = 500) -> int:
+        """Erase (as `erase`) up to `limit` jobs in one of the finished `statuses` that finished before
+        `finished_before`, oldest first, in one transaction; returns how many. ValueError for an active status."""
         ...
 
     # -- reading ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kvern.jobs.base import IdempotencyConflict
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
-from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
+from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
 
 Row = dict[str, Any]
 
@@ -113,7 +113,7 @@ class MemoryJobStore:
             row = self.jobs.get(job_id)
             if row is None:
                 return Claim(run=True, attempt=1, tracked=False)
-            if JobStatus(row["status"]) not in ACTIVE:
+            if JobStatus(row["status"]) not in ACTIVE or self._cancel_asked(row, now):
                 return Claim(run=False, attempt=row["attempts"], tracked=True)
             if row["attempts"] >= row["max_attempts"]:
                 self._bury(row, "attempt budget spent: the last attempt was lost with its worker process", now)
@@ -133,6 +133,14 @@ class MemoryJobStore:
         for attempt in self.attempts.get(job_id, []):
             if attempt["finished_at"] is None:
                 attempt.update(finished_at=now, outcome=outcome, error=error)
+
+    def _cancel_asked(self, row: Row, now: float) -> bool:
+        """A job whose cancel was asked ends cancelled now, its open attempt with it; False if none was asked."""
+        if row["cancel_requested"] is None:
+            return False
+        row.update(status=JobStatus.CANCELLED.value, finished_at=now, retry_at=None)
+        self._close_open_attempts(row["id"], now, JobStatus.CANCELLED.value, None)
+        return True
 
     def _bury(self, row: Row, error: str, now: float) -> bool:
         """Make an active job dead; the attempt still open is closed with it."""
@@ -189,6 +197,9 @@ class MemoryJobStore:
         now = time.time()
         with self._lock:
             row = self._fenced(job_id, attempt)
+            if row is not None and row["cancel_requested"] is not None:  # asked to stop while it ran
+                values = {"status": JobStatus.CANCELLED.value, "retry_at": None}
+                outcome = JobStatus.CANCELLED
             if row is not None:
                 row.update(values, outcome_attempt=attempt, finished_at=now)
             closed_as = outcome.value if row is not None else "superseded"
@@ -201,6 +212,9 @@ class MemoryJobStore:
         now = time.time()
         with self._lock:
             row = self._fenced(job_id, attempt)
+            if row is not None and row["cancel_requested"] is not None:  # no retry follows a cancel
+                self._record_outcome(job_id, attempt, {}, JobStatus.CANCELLED, error)
+                return False
             if row is not None:
                 row.update(error=error, retry_at=now + delay_s)
             self._close_attempt(job_id, attempt, "retry", error, now, won=row is not None, traceback=traceback)
@@ -275,13 +289,26 @@ class MemoryJobStore:
             "outcome_attempt": None,
             "progress": 0,
             "retry_at": None,
+            "cancel_requested": None,
             "queued_at": time.time(),
             "max_attempts": row["attempts"] + fresh,
         }
 
     def cancel(self, job_id: str) -> Job | None:
-        cancelled = {"status": JobStatus.CANCELLED.value, "finished_at": time.time()}
-        return self._move(job_id, frozenset({JobStatus.QUEUED}), lambda _row: cancelled)
+        return self._move(job_id, ACTIVE, self._cancelled)
+
+    @staticmethod
+    def _cancelled(row: Row) -> Row:
+        now = time.time()
+        if row["status"] == JobStatus.QUEUED.value or row["retry_at"] is not None:  # nothing runs: at once
+            return {"status": JobStatus.CANCELLED.value, "finished_at": now, "retry_at": None}
+        asked = row["cancel_requested"]
+        return {"cancel_requested": asked if asked is not None else now}  # the running attempt is told
+
+    def is_cancelled(self, job_id: str) -> bool:
+        with self._lock:
+            row = self.jobs.get(job_id)
+            return row is None or row["cancel_requested"] is not None or row["status"] == JobStatus.CANCELLED.value
 
     def _move(self, job_id: str, allowed: frozenset[JobStatus], values: Callable[[Row], Row]) -> Job | None:
         with self._lock:
@@ -290,6 +317,37 @@ class MemoryJobStore:
                 return None
             row.update(values(row))
             return self.get(job_id)
+
+    # -- erasure ----------------------------------------------------------------------------------------
+
+    def erase(self, job_id: str) -> bool:
+        with self._lock:
+            return self._erase_ids([job_id]) == 1
+
+    def erase_subject(self, subject: str) -> int:
+        with self._lock:
+            return self._erase_ids([job_id for job_id, row in self.jobs.items() if row["subject"] == subject])
+
+    def purge_finished(self, statuses: Sequence[JobStatus], finished_before: float, limit: int = 500) -> int:
+        values = finished_values(statuses)
+        with self._lock:
+            old = [
+                row
+                for row in self.jobs.values()
+                if row["status"] in values and row["finished_at"] is not None and row["finished_at"] < finished_before
+            ]
+            old.sort(key=lambda row: (row["finished_at"], row["id"]))
+            return self._erase_ids([row["id"] for row in old[:limit]])
+
+    def _erase_ids(self, job_ids: Sequence[str]) -> int:
+        erased = 0
+        for job_id in job_ids:
+            if self.jobs.pop(job_id, None) is not None:
+                erased += 1
+            self.attempts.pop(job_id, None)
+            for key in [key for key in self._artifacts if key[0] == job_id]:
+                del self._artifacts[key]
+        return erased
 
     # -- reading ----------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ class NewJob:
     max_attempts: int
     idempotency_key: str | None = None
     request_hash: str | None = None
+    subject: str | None = None  # whom the job is about ("user:42")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Job:
     request_hash: str | None
     artifacts: tuple[ArtifactInfo, ...] = ()
     retry_at: float | None = None  # a running job waiting out a retry's backoff: when the retry is due
+    cancel_requested: float | None = None  # a running job asked to stop: when the cancel was asked
+    subject: str | None = None  # whom the job is about ("user:42")
 
     @classmethod
     def from_row(cls, row: Any, artifacts: tuple[ArtifactInfo, ...] = ()) -> Job:
@@ -75,6 +78,8 @@ class Job:
             request_hash=row.request_hash,
             artifacts=artifacts,
             retry_at=getattr(row, "retry_at", None),
+            cancel_requested=getattr(row, "cancel_requested", None),
+            subject=getattr(row, "subject", None),
         )
 
 
@@ -136,12 +141,14 @@ def new_job_row(new: NewJob) -> dict[str, Any]:
         "max_attempts": new.max_attempts,
         "round_attempts": new.max_attempts,
         "retry_at": None,
+        "cancel_requested": None,
         "queued_at": now,
         "outcome_attempt": None,
         "result": None,
         "error": None,
         "idempotency_key": new.idempotency_key,
         "request_hash": new.request_hash,
+        "subject": new.subject,
         "created_at": now,
         "published_at": None,
         "started_at": None,

@@ -41,6 +41,9 @@ jobs = Table(
     # When the retry of a running job waiting out its backoff is due (no attempt runs meanwhile); the next
     # claim clears it. The autoscaler does not count such a job as work for a process.
     Column("retry_at", Float),
+    # When a cancel of the running job was asked: its task sees `kvern.cancelled()`, and the attempt's end
+    # (return or raise) is recorded as cancelled.
+    Column("cancel_requested", Float),
     # When the job last became queued (created, replayed or requeued): a queued job's wait counts from here.
     Column("queued_at", Float),
     # The attempt whose outcome was recorded: only its artifacts are exposed.
@@ -48,6 +51,8 @@ jobs = Table(
     Column("result", Text),
     Column("error", Text),
     Column("idempotency_key", String(200), unique=True),
+    # Whom the job is about ("user:42"), as the submitter tagged it: erasure of one person finds it here.
+    Column("subject", String(200), index=True),
     Column("request_hash", String(64)),
     Column("created_at", Float, nullable=False),
     Column("published_at", Float),
@@ -55,6 +60,7 @@ jobs = Table(
     Column("finished_at", Float),
     Index("ix_kvern_jobs_status_created", "status", "created_at"),
     Index("ix_kvern_jobs_unpublished", "published_at", "created_at"),
+    Index("ix_kvern_jobs_status_finished", "status", "finished_at"),  # retention finds what to erase
 )
 
 attempts = Table(

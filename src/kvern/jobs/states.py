@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -17,3 +18,12 @@ class JobStatus(StrEnum):
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 REPLAYABLE = frozenset({JobStatus.FAILED, JobStatus.DEAD})
+
+
+def finished_values(statuses: Iterable[JobStatus]) -> list[str]:
+    """The values of `statuses`, each of which must be terminal (ValueError otherwise)."""
+    chosen = [JobStatus(status) for status in statuses]
+    active = [status.value for status in chosen if status not in TERMINAL]
+    if active:
+        raise ValueError(f"only finished jobs are purged, not {', '.join(active)} ones")
+    return [status.value for status in chosen]

@@ -27,7 +27,7 @@ from kvern.jobs import schema
 # Re-exported (the `as` form tells mypy so): callers import it from here, where it was first defined.
 from kvern.jobs.base import IdempotencyConflict as IdempotencyConflict  # noqa: PLC0414
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
-from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus
+from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 READ_ONLY_OPTION = "kvern_read_only"
@@ -122,6 +122,14 @@ def add_missing_columns(conn: Connection) -> list[str]:
     return added
 
 
+def add_missing_indexes(conn: Connection) -> None:
+    """Create the indexes a newer kvern declares on the tables of an older store (`create_all` makes them only
+    with a new table)."""
+    for table in schema.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
 class JobStore:
     """The job store kvern runs: SQLAlchemy Core over SQLite or PostgreSQL (implements JobStoreProtocol)."""
 
@@ -133,6 +141,7 @@ class JobStore:
         with self._begin() as conn:
             schema.metadata.create_all(conn)
             add_missing_columns(conn)
+            add_missing_indexes(conn)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -230,11 +239,14 @@ class JobStore:
         jobs = schema.jobs
         with self._begin() as conn:
             row = conn.execute(
-                select(jobs.c.status, jobs.c.attempts, jobs.c.max_attempts).where(jobs.c.id == job_id)
+                select(jobs.c.status, jobs.c.attempts, jobs.c.max_attempts, jobs.c.cancel_requested).where(
+                    jobs.c.id == job_id
+                )
             ).first()
             if row is None:
                 return Claim(run=True, attempt=1, tracked=False)
-            if JobStatus(row.status) not in ACTIVE:
+            # A job whose cancel was asked is not run again (its attempt was lost, and it was queued again).
+            if JobStatus(row.status) not in ACTIVE or self._cancel_asked(conn, job_id, row.cancel_requested, now):
                 return Claim(run=False, attempt=row.attempts, tracked=True)
             if row.attempts >= row.max_attempts:
                 # Every attempt it was allowed is spent (the last ones died with their processes): bury it.
@@ -267,6 +279,25 @@ class JobStore:
             )
             conn.execute(insert(schema.attempts).values(job_id=job_id, attempt=attempt, worker=worker, started_at=now))
         return Claim(run=True, attempt=attempt, tracked=True, max_attempts=row.max_attempts)
+
+    def _cancel_asked(self, conn: Connection, job_id: str, asked_at: float | None, now: float) -> bool:
+        """A job whose cancel was asked ends cancelled now, its open attempt with it; False if none was asked."""
+        if asked_at is None:
+            return False
+        self._cancel_now(conn, and_(schema.jobs.c.id == job_id, schema.jobs.c.status.in_([s.value for s in ACTIVE])))
+        at = schema.attempts
+        conn.execute(
+            update(at)
+            .where(at.c.job_id == job_id, at.c.finished_at.is_(None))
+            .values(finished_at=now, outcome=JobStatus.CANCELLED.value)
+        )
+        return True
+
+    @staticmethod
+    def _cancel_now(conn: Connection, where: Any, **values: Any) -> bool:
+        """The job matching `where` becomes cancelled; False when none matched."""
+        cancelled = {"status": JobStatus.CANCELLED.value, "finished_at": time.time(), "retry_at": None}
+        return conn.execute(update(schema.jobs).where(where).values(**cancelled, **values)).rowcount == 1
 
     def _bury(self, conn: Connection, job_id: str, error: str, now: float, only_if: Any = None) -> bool:
         """Make an active job dead (`only_if`: a further condition); the attempt still open is closed with it."""
@@ -349,13 +380,20 @@ class JobStore:
         with self._begin() as conn:
             result = conn.execute(
                 update(schema.jobs)
-                .where(self._fence(job_id, attempt))
+                .where(self._fence(job_id, attempt), schema.jobs.c.cancel_requested.is_(None))
                 .values(**values, outcome_attempt=attempt, finished_at=now)
             )
             won = result.rowcount == 1
             closed_as = outcome.value if won else "superseded"
+            if not won and self._cancel_attempt(conn, job_id, attempt):
+                won, closed_as = True, JobStatus.CANCELLED.value
             self._close_attempt(conn, job_id, attempt, closed_as, error, now, won=won, traceback=traceback)
         return won
+
+    def _cancel_attempt(self, conn: Connection, job_id: str, attempt: int) -> bool:
+        """Fenced: the attempt ends, and a cancel was asked while it ran: the job becomes cancelled."""
+        where = and_(self._fence(job_id, attempt), schema.jobs.c.cancel_requested.is_not(None))
+        return self._cancel_now(conn, where, outcome_attempt=attempt)
 
     def record_retry(
         self, job_id: str, attempt: int, error: str, traceback: str | None = None, delay_s: float = 0.0
@@ -364,11 +402,16 @@ class JobStore:
         now = time.time()
         with self._begin() as conn:
             result = conn.execute(
-                update(schema.jobs).where(self._fence(job_id, attempt)).values(error=error, retry_at=now + delay_s)
+                update(schema.jobs)
+                .where(self._fence(job_id, attempt), schema.jobs.c.cancel_requested.is_(None))
+                .values(error=error, retry_at=now + delay_s)
             )
             won = result.rowcount == 1
+            if not won and self._cancel_attempt(conn, job_id, attempt):  # no retry follows a cancel
+                self._close_attempt(conn, job_id, attempt, JobStatus.CANCELLED.value, error, now, won=True)
+                return False
             self._close_attempt(conn, job_id, attempt, "retry", error, now, won=won, traceback=traceback)
-        return result.rowcount == 1
+        return won
 
     def _close_attempt(
         self,
@@ -464,6 +507,7 @@ class JobStore:
                     outcome_attempt=None,
                     progress=0,
                     retry_at=None,
+                    cancel_requested=None,
                     queued_at=time.time(),
                     # A fresh round of attempts, as many as the first one had (an older row: its budget).
                     max_attempts=jobs.c.attempts + func.coalesce(jobs.c.round_attempts, jobs.c.max_attempts),
@@ -472,16 +516,64 @@ class JobStore:
         return self.get(job_id) if result.rowcount == 1 else None
 
     def cancel(self, job_id: str) -> Job | None:
-        """Cancel a job that has not started: only a queued job becomes cancelled (None otherwise). Its message
-        stays in the broker; the worker that gets it finds the job no longer active and skips it."""
+        """A queued job, or a running one waiting out a retry's backoff, is cancelled at once: its message (or
+        its retry's) stays in the broker, and the worker that gets it finds the job no longer active and skips
+        it. A running attempt is asked to stop; its end is recorded as cancelled. None for any other job."""
+        jobs = schema.jobs
+        running = and_(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
+        waiting = or_(jobs.c.status == JobStatus.QUEUED.value, and_(running, jobs.c.retry_at.is_not(None)))
+        with self._begin() as conn:
+            if not self._cancel_now(conn, and_(jobs.c.id == job_id, waiting)):
+                asked = conn.execute(
+                    update(jobs)
+                    .where(running)
+                    .values(cancel_requested=func.coalesce(jobs.c.cancel_requested, time.time()))
+                )
+                if asked.rowcount != 1:
+                    return None
+        return self.get(job_id)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        jobs = schema.jobs
+        with self._read() as conn:
+            row = conn.execute(select(jobs.c.status, jobs.c.cancel_requested).where(jobs.c.id == job_id)).first()
+        return row is None or row.cancel_requested is not None or row.status == JobStatus.CANCELLED.value
+
+    # -- erasure ----------------------------------------------------------------------------------------
+
+    def erase(self, job_id: str) -> bool:
+        with self._begin() as conn:
+            return self._erase_ids(conn, [job_id]) == 1
+
+    def erase_subject(self, subject: str) -> int:
         jobs = schema.jobs
         with self._begin() as conn:
-            result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
-                .values(status=JobStatus.CANCELLED.value, finished_at=time.time())
-            )
-        return self.get(job_id) if result.rowcount == 1 else None
+            ids = [row.id for row in conn.execute(select(jobs.c.id).where(jobs.c.subject == subject))]
+            return self._erase_ids(conn, ids)
+
+    def purge_finished(self, statuses: Sequence[JobStatus], finished_before: float, limit: int = 500) -> int:
+        jobs = schema.jobs
+        query = (
+            select(jobs.c.id)
+            .where(jobs.c.status.in_(finished_values(statuses)), jobs.c.finished_at < finished_before)
+            .order_by(jobs.c.finished_at, jobs.c.id)
+            .limit(limit)
+        )
+        with self._begin() as conn:
+            return self._erase_ids(conn, [row.id for row in conn.execute(query)])
+
+    @staticmethod
+    def _erase_ids(conn: Connection, job_ids: Sequence[str]) -> int:
+        """Delete the jobs and every row that names them (children first: the foreign keys); returns how many."""
+        if not job_ids:
+            return 0
+        ids = list(job_ids)
+        # Lock the jobs first (PostgreSQL): an artifact or attempt a running task adds meanwhile then waits, and
+        # fails on the foreign key once they are gone, instead of failing this erasure.
+        conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.id.in_(ids)).with_for_update())
+        conn.execute(schema.artifacts.delete().where(schema.artifacts.c.job_id.in_(ids)))
+        conn.execute(schema.attempts.delete().where(schema.attempts.c.job_id.in_(ids)))
+        return int(conn.execute(schema.jobs.delete().where(schema.jobs.c.id.in_(ids))).rowcount)
 
     # -- reading ----------------------------------------------------------------------------------------
 

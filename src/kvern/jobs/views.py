@@ -60,6 +60,8 @@ def job_fields(job: Job) -> dict[str, Any]:
         ],
         "url": job_url(job.id),
         "render_error": None,
+        "cancel_requested": iso(job.cancel_requested),
+        "subject": job.subject,
     }
 
 

@@ -131,12 +131,13 @@ class _AttemptRunner:
             raise self._postpone(job_id, exc) from None
         if not claim.tracked and self.task.request.get(KVERN_JOB_HEADER):
             # Sent by a web head whose record is gone: the publish was never confirmed and the client got 503.
-            log.info("job %s was withdrawn before it was accepted; skipped", job_id)
+            # Or erased since (DELETE /api/v1/jobs/{id}): its retry's message carries the same header.
+            log.info("job %s has no record (withdrawn before it was accepted, or erased); skipped", job_id)
             raise Ignore()  # acked, and not logged as a success: nothing ran
         if not claim.run:
             log.info("job %s already has an outcome; duplicate delivery skipped", job_id)
             raise Ignore()
-        token = _current.set(JobContext(self.store, JobInfo(job_id, claim.attempt)))
+        token = _current.set(JobContext(self.store, JobInfo(job_id, claim.attempt), tracked=claim.tracked))
         try:
             result = self.user_run(*args, **kwargs)
         except Retry:
