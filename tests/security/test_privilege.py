@@ -7,6 +7,8 @@ the loose mode a user's `mkdir` gives it, so the file-mode checks see what `up` 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,16 @@ import pytest
 from kombu.connection import Connection
 
 from kvern.broker.topology import dead_letter_queue
-from kvern.constants import ROLE_CONTROLLER, ROLE_WEB, ROLE_WORKER, VHOST
+from kvern.constants import (
+    ROLE_CONTROLLER,
+    ROLE_WEB,
+    ROLE_WORKER,
+    RUNTIME_FILE,
+    SPEC_SNAPSHOT,
+    SQLITE_FILE,
+    SUPERVISOR_SOCK,
+    VHOST,
+)
 from kvern.runtime.instance import Instance, owned_pids
 from kvern.spec import load_spec
 from tests.integration.conftest import Running, wait_for_outcome
@@ -204,3 +215,47 @@ def test_a_retried_job_still_goes_through_with_the_narrow_roles(running: Running
         assert response.status_code == 202, response.text
         job = wait_for_outcome(client, response.json()["id"], timeout=60)
     assert (job["status"], job["attempts"], job["result"]) == ("succeeded", 2, "second attempt")
+
+
+# -- file modes ------------------------------------------------------------------------------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_the_state_dir_that_existed_0755_is_0700_and_its_secrets_0600(running: Running) -> None:
+    state = running.instance.state_dir
+    expected = {
+        state: 0o700,
+        state / RUNTIME_FILE: 0o600,  # broker passwords
+        state / SPEC_SNAPSHOT: 0o600,  # may hold the store's URL with its password
+        state / SQLITE_FILE: 0o600,  # job args and results
+        state / SUPERVISOR_SOCK: 0o600,  # whoever reaches it controls every process
+        state / "run": 0o750,
+        state / "run" / "web-0.sock": 0o660,
+    }
+    assert {path.name: oct(mode(path)) for path in expected} == {path.name: oct(m) for path, m in expected.items()}
+
+
+# The web heads' socket dir and nginx's dir are open to the group (nginx workers may be another user of it).
+GROUP_MAY_ENTER = {"run", "nginx"}
+
+
+def test_nothing_in_the_state_dir_is_open_to_others_and_only_the_front_door_to_the_group(
+    running: Running, tmp_path: Path
+) -> None:
+    state = running.instance.state_dir
+    with running.client() as client:  # a job written by the web head and a worker: the store's -wal and -shm too
+        job = client.post("/api/v1/jobs", json={"task": "tasks.fails_once", "args": [str(tmp_path / "flag")]})
+        wait_for_outcome(client, job.json()["id"], timeout=60)
+    paths = [Path(root) / name for root, dirs, files in os.walk(state) for name in dirs + files]
+    assert len(paths) > 20  # logs, broker data, nginx temp dirs, the store
+    open_to_others = [str(p.relative_to(state)) for p in paths if mode(p) & 0o007 and not p.is_symlink()]
+    assert open_to_others == []
+    open_to_group = {
+        str(p.relative_to(state))
+        for p in paths
+        if mode(p) & 0o070 and not p.is_symlink() and p.relative_to(state).parts[0] not in GROUP_MAY_ENTER
+    }
+    assert open_to_group == set()

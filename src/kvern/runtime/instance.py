@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,9 +127,16 @@ class Instance:
         """Start every part; `report` gets a line as each becomes ready (broker, store, web heads, pools...)."""
         if self.is_running():
             raise AlreadyRunning(f"kvern is already running with state dir {self.state_dir}")
+        with private_umask():  # what up writes (and supervisord, which sets its own umask=077 for its children)
+            return self._up(only, report)
+
+    def _up(self, only: Tiers, report: Reporter) -> RuntimeConfig:
         progress = Progress(report)
         check_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)  # an existing dir keeps its mode otherwise: it holds passwords and job data
+        if not self.spec.store_url:
+            private_sqlite_files(self.state_dir / SQLITE_FILE)
         # A previous run whose supervisord died may have left processes (the broker holds the node name).
         stop_leftovers(self.state_dir, self.stop_wait_s, report)
         # What runs is what was validated: a later edit of the spec file reaches no process of this instance.
@@ -143,6 +150,7 @@ class Instance:
         if run_web:
             nginx.socket_dir(self.state_dir).mkdir(exist_ok=True)
             nginx.write_config(self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads)
+            share_with_front_door(self.state_dir)
         programs = build_programs(self.spec, config, node)
         supervisor = self.supervisor
         supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs))
@@ -273,6 +281,36 @@ class Instance:
             if present:
                 supervisor.stop_together(present, self.stop_wait_s)
                 progress.mark(label, "stopped")
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files and dirs created meanwhile are the owner's only (0600 / 0700)."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def private_sqlite_files(database: Path) -> None:
+    """The SQLite store holds job args and results: owner only, even when an older kvern made it 0644.
+
+    SQLite gives the -wal and -shm files it creates the database file's mode, so they follow.
+    """
+    for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            path.chmod(0o600)
+
+
+# nginx's dirs (config, temp files) and the web heads' socket dir: the group may enter, others not, so nginx
+# workers running as another user of that group can reach the 0660 sockets (the state dir must let them in).
+FRONT_DOOR_DIR_MODE = 0o750
+
+
+def share_with_front_door(state_dir: Path) -> None:
+    for folder in (nginx.socket_dir(state_dir), nginx.config_path(state_dir).parent):
+        folder.chmod(FRONT_DOOR_DIR_MODE)
 
 
 def check_user_app(spec: Spec) -> None:
