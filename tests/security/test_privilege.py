@@ -259,3 +259,17 @@ def test_nothing_in_the_state_dir_is_open_to_others_and_only_the_front_door_to_t
         if mode(p) & 0o070 and not p.is_symlink() and p.relative_to(state).parts[0] not in GROUP_MAY_ENTER
     }
     assert open_to_group == set()
+
+
+# -- last: takes the instance down ---------------------------------------------------------------------------
+
+
+def test_a_restart_with_another_queue_gives_the_worker_that_queue_and_nothing_more(running: Running) -> None:
+    # The node imports kvern's definitions at every boot: permissions follow the spec, not the first run.
+    instance = running.instance
+    instance.down()
+    instance.spec.path.write_text(SPEC.replace('queues = ["main", "extra.q-1"]', 'queues = ["main", "later"]'))
+    restarted = Running(Instance(load_spec(instance.spec.path), instance.state_dir), running.config)
+    restarted.config = restarted.instance.up()
+    worker = permissions(restarted)["kvern-worker"]
+    assert (worker["write"], worker["read"]) == ("^(main|later|celery_delayed_27)$", "^(main|later)$")
