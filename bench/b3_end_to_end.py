@@ -44,7 +44,7 @@ from bench.workloads import DONE_FILE_ENV
 from bench.workloads import app as bench_app
 from bench.workloads import noop as noop_task
 from kvern.broker.topology import work_queue
-from kvern.constants import ROLE_WORKER
+from kvern.constants import ROLE_ADMIN
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import owned_pids
 
@@ -275,7 +275,7 @@ def run(work: Path) -> dict[str, Any]:
         running = stack.enter_context(kvern_instance(spec, work / "kvern" / ".kvern"))
         running_pg = stack.enter_context(kvern_instance(pg_spec, work / "kvern-pg" / ".kvern"))
         group = stack.enter_context(process_group())
-        broker_url = running.config.broker_urls[ROLE_WORKER]
+        broker_url = running.config.broker_urls[ROLE_ADMIN]  # bare Celery declares its own queues: configure
         done_files, bare_pids = start_bare_workers(group, broker_url, work)
         wait_consuming(broker_url, done_files)
         measured = measure({"kvern": running, "kvern-pg": running_pg}, done_files, bare_pids)

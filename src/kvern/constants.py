@@ -26,6 +26,7 @@ KVERN_JOB_HEADER: Final = "kvern_job"  # on every message kvern publishes: a wor
 # Broker roles; each gets its own generated user.
 ROLE_WEB: Final = "web"
 ROLE_WORKER: Final = "worker"
+ROLE_CONTROLLER: Final = "controller"  # outbox relay, stuck jobs, dead-letter watcher, queue depths
 ROLE_ADMIN: Final = "admin"
 
 # Where a guarded task keeps the user's own function (the worker sets it; argument binding reads it).

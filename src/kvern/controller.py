@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from kvern.autoscale.loop import Autoscaler
 from kvern.broker.relay import DeadLetterWatcher, recover_stuck_jobs, relay_unpublished
-from kvern.constants import ROLE_ADMIN, ROLE_WEB, ROLE_WORKER
+from kvern.constants import ROLE_ADMIN, ROLE_CONTROLLER
 from kvern.jobs import retention
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.scaling_events import ScalingEventLog
@@ -63,15 +63,16 @@ def main() -> None:
     spec = config.spec()
     store = JobStore(config.store_url)
     run_web, pools = config.only.web, config.only.pools_of(spec)
-    # The web role may only publish to the default exchange; the relay and watcher use the worker role.
-    broker_url = config.broker_urls.get(ROLE_WORKER) or config.broker_urls[ROLE_WEB]
+    # Its own role: publish through the default exchange, consume the dead letters (runtime.json of an older
+    # kvern has no such role: the admin one then).
+    broker_url = config.broker_urls.get(ROLE_CONTROLLER) or config.broker_urls[ROLE_ADMIN]
     watcher = DeadLetterWatcher(store, broker_url) if run_web else None
     scaler = Autoscaler(
         pools,
         store,
         ScalingEventLog(store.engine),
         Supervisor(config.state_path),
-        config.broker_urls[ROLE_ADMIN],
+        broker_url,  # queue depths: passive declares
         config.state_path,
     )
     retention_loop = RetentionLoop(store, spec.retention)

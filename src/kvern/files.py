@@ -8,11 +8,12 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` in one step (write a temporary file beside it, then rename it over).
 
     A reader sees the old content or the new one, never a mix. `mode` is set before the rename, so a
-    private file (0o600) is never readable by others, not even for a moment.
+    private file (0o600, the default: the state dir holds nothing for others) is never readable by others,
+    not even for a moment.
     """
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # created 0o600

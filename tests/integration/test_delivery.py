@@ -27,7 +27,7 @@ from kombu.messaging import Producer
 
 from kvern.autoscale.pins import write_pin
 from kvern.broker.message import task_message
-from kvern.constants import DEFAULT_DELIVERY_LIMIT, PROGRAM_BROKER, ROLE_WORKER
+from kvern.constants import DEFAULT_DELIVERY_LIMIT, PROGRAM_BROKER, ROLE_ADMIN
 from kvern.jobs import schema
 from kvern.jobs.records import NewJob
 from kvern.jobs.store import JobStore
@@ -488,7 +488,7 @@ def publish_raw(delivery: Delivery, queue: str, task: str, body: bytes | None = 
     delivery.store.create_job(NewJob(id=job_id, task=task, queue=queue, args=[], kwargs={}, max_attempts=4))
     delivery.store.mark_published([job_id])  # so the outbox relay leaves it alone
     message = task_message(job_id, task, queue, [], kwargs)
-    url = delivery.running.config.broker_urls[ROLE_WORKER]
+    url = delivery.running.config.broker_urls[ROLE_ADMIN]  # the worker role may not publish to the default exchange
     with Connection(url, connect_timeout=5, transport_options={"confirm_publish": True}) as conn:
         Producer(conn.channel()).publish(
             message.body if body is None else body,

@@ -177,7 +177,14 @@ class DeadLetterWatcher:
                     Connection(self.broker_url, connect_timeout=3, heartbeat=20) as conn,
                     # on_message: the body is never decoded, so a dead letter that could not be decoded (the very
                     # reason it may be here) cannot stop the watcher; the job id is in its headers.
-                    Consumer(conn, [dead_letter_queue(self.store.url)], on_message=self.on_raw_message, accept=None),
+                    # auto_declare off: `kvern up` declared the queue; the controller role may not configure.
+                    Consumer(
+                        conn,
+                        [dead_letter_queue(self.store.url)],
+                        on_message=self.on_raw_message,
+                        accept=None,
+                        auto_declare=False,
+                    ),
                 ):
                     while not self.stopping.is_set():
                         try:

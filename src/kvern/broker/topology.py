@@ -7,11 +7,15 @@ match: RabbitMQ refuses a redeclaration with different arguments.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+    declare_native_delayed_delivery_exchanges_and_queues,
+)
 
 from kvern.constants import (
     DEAD_LETTER_EXCHANGE,
@@ -63,3 +67,15 @@ def declare_topology(broker_url: str, queue_backlogs: Mapping[str, int], store_u
         work = [work_queue(name, size) for name, size in queue_backlogs.items()]
         for queue in (dead_letter_queue(store_url), *work):
             queue.bind(channel).declare()
+
+
+def declare_delayed_delivery(broker_url: str, queues: Sequence[str]) -> None:
+    """Declare Celery's native delayed delivery (`celery_delayed_*`) and route it back to each work queue.
+
+    A Celery worker would declare this itself at start; kvern does it once with the admin role instead, so
+    workers need no configure permission (configure is also what deletes a queue).
+    """
+    with Connection(broker_url, connect_timeout=5) as conn:
+        declare_native_delayed_delivery_exchanges_and_queues(conn, "quorum")
+        for name in queues:
+            bind_queue_to_native_delayed_delivery_exchange(conn, work_queue(name))

@@ -5,25 +5,29 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import socket
 import subprocess
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 
-from kvern.broker.topology import declare_topology
+from kvern.broker.topology import dead_letter_queue, declare_delayed_delivery, declare_topology
 from kvern.constants import (
     PROGRAM_BROKER,
     PROGRAM_CONTROLLER,
     PROGRAM_NGINX,
     ROLE_ADMIN,
+    ROLE_CONTROLLER,
     ROLE_WEB,
     ROLE_WORKER,
     SQLITE_FILE,
@@ -48,12 +52,32 @@ USER_APP_CHECK_TIMEOUT_S = 60.0
 HEALTH_POLL_S = 0.05
 BROKER_READY_TIMEOUT_S = 90.0
 
-# What each broker role may do on kvern's vhost (configure, write, read).
-ROLE_PERMISSIONS: dict[str, tuple[str, str, str]] = {
-    ROLE_WEB: ("^$", "^amq\\.default$", "^$"),  # publish to the default exchange only
-    ROLE_WORKER: (".*", ".*", ".*"),  # Celery declares its queues, delay exchanges and retries
-    ROLE_ADMIN: (".*", ".*", ".*"),
-}
+# Broker roles, each with its own generated user; `role_permissions` says what each may do.
+ROLES = (ROLE_WEB, ROLE_WORKER, ROLE_CONTROLLER, ROLE_ADMIN)
+NO_NAME = "^$"  # a permission regex no queue or exchange matches
+DEFAULT_EXCHANGE = "^amq\\.default$"
+# The entry of Celery's native delayed delivery: a retry with a countdown is published there.
+DELAYED_DELIVERY_ENTRY = level_name(MAX_LEVEL)
+
+
+def role_permissions(queues: Sequence[str], store_url: str) -> dict[str, tuple[str, str, str]]:
+    """What each role may do on kvern's vhost: (configure, write, read) regexes over queue and exchange names.
+
+    `up` declares every queue, exchange and binding with the admin role, so no other role may configure
+    (RabbitMQ's configure is also what deletes). Queue depths are passive declares, which need no permission.
+    """
+    return {
+        ROLE_WEB: (NO_NAME, DEFAULT_EXCHANGE, NO_NAME),  # publish through the default exchange only
+        # Consume the work queues; publish a retry to its queue's exchange (no delay) or the delay chain.
+        ROLE_WORKER: (NO_NAME, _exactly([*queues, DELAYED_DELIVERY_ENTRY]), _exactly(queues)),
+        # Publish again (outbox, stuck jobs) through the default exchange; consume the store's dead letters.
+        ROLE_CONTROLLER: (NO_NAME, DEFAULT_EXCHANGE, _exactly([dead_letter_queue(store_url).name])),
+        ROLE_ADMIN: (".*", ".*", ".*"),
+    }
+
+
+def _exactly(names: Sequence[str]) -> str:
+    return "^(" + "|".join(re.escape(name) for name in names) + ")$"
 
 
 def broker_user(role: str) -> str:
@@ -103,9 +127,16 @@ class Instance:
         """Start every part; `report` gets a line as each becomes ready (broker, store, web heads, pools...)."""
         if self.is_running():
             raise AlreadyRunning(f"kvern is already running with state dir {self.state_dir}")
+        with private_umask():  # what up writes (and supervisord, which sets its own umask=077 for its children)
+            return self._up(only, report)
+
+    def _up(self, only: Tiers, report: Reporter) -> RuntimeConfig:
         progress = Progress(report)
         check_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)  # an existing dir keeps its mode otherwise: it holds passwords and job data
+        if not self.spec.store_url:
+            private_sqlite_files(self.state_dir / SQLITE_FILE)
         # A previous run whose supervisord died may have left processes (the broker holds the node name).
         stop_leftovers(self.state_dir, self.stop_wait_s, report)
         # What runs is what was validated: a later edit of the spec file reaches no process of this instance.
@@ -114,11 +145,12 @@ class Instance:
         config.save()
         node = self.private_node(config)
         if node is not None:
-            node.prepare(_broker_definitions(config))  # users and vhost are loaded by the node as it boots
+            node.prepare(_broker_definitions(self.spec, config))  # users and vhost are loaded by the node as it boots
         run_web, pools = only.web, only.pools_of(self.spec)
         if run_web:
             nginx.socket_dir(self.state_dir).mkdir(exist_ok=True)
             nginx.write_config(self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads)
+            share_with_front_door(self.state_dir)
         programs = build_programs(self.spec, config, node)
         supervisor = self.supervisor
         supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs))
@@ -147,11 +179,9 @@ class Instance:
         if node is not None:
             self._wait_broker(config, node)
             progress.mark("broker")
-        declare_topology(
-            config.broker_urls[ROLE_ADMIN],
-            {q: self.spec.max_backlog(q) for q in self.spec.all_queues},
-            config.store_url,
-        )
+        admin_url = config.broker_urls[ROLE_ADMIN]
+        declare_topology(admin_url, {q: self.spec.max_backlog(q) for q in self.spec.all_queues}, config.store_url)
+        declare_delayed_delivery(admin_url, self.spec.all_queues)  # workers may not declare it themselves
         for pool, minimum in pools:
             for index in range(minimum):
                 supervisor.start(pool_slot(pool, index), wait=False)
@@ -163,7 +193,7 @@ class Instance:
             broker_user(ROLE_ADMIN), _password(config, ROLE_ADMIN), VHOST, BROKER_READY_TIMEOUT_S, self._broker_alive
         )
         if node.bootstrap_user_exists():  # a node first booted by an older kvern, or guest from elsewhere
-            node.remove_default_users(keep=_broker_users(config))
+            node.remove_default_users(keep=_broker_users(self.spec, config))
 
     def _broker_alive(self) -> bool:
         return self.supervisor.process(PROGRAM_BROKER).state in ACTIVE_STATES
@@ -193,18 +223,18 @@ class Instance:
         }
         if self.spec.broker_url:
             # The user's URL serves every role: kvern cannot create users on a broker it does not own.
-            urls = dict.fromkeys(ROLE_PERMISSIONS, self.spec.broker_url)
+            urls = dict.fromkeys(ROLES, self.spec.broker_url)
             return RuntimeConfig(
                 **common, broker_urls=urls, management_url=None, management_auth=None, private_broker=False
             )
         ports = {"amqp": free_port(), "dist": free_port()}
-        passwords = {role: _reuse_password(previous, role) for role in ROLE_PERMISSIONS}
+        passwords = {role: _reuse_password(previous, role) for role in ROLES}
         vhost = quote(VHOST, safe="")
         return RuntimeConfig(
             **common,
             broker_urls={
                 role: f"amqp://{broker_user(role)}:{passwords[role]}@127.0.0.1:{ports['amqp']}/{vhost}"
-                for role in ROLE_PERMISSIONS
+                for role in ROLES
             },
             management_url=None,  # no management plugin: nothing reads it
             management_auth=None,
@@ -251,6 +281,36 @@ class Instance:
             if present:
                 supervisor.stop_together(present, self.stop_wait_s)
                 progress.mark(label, "stopped")
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files and dirs created meanwhile are the owner's only (0600 / 0700)."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def private_sqlite_files(database: Path) -> None:
+    """The SQLite store holds job args and results: owner only, even when an older kvern made it 0644.
+
+    SQLite gives the -wal and -shm files it creates the database file's mode, so they follow.
+    """
+    for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            path.chmod(0o600)
+
+
+# nginx's dirs (config, temp files) and the web heads' socket dir: the group may enter, others not, so nginx
+# workers running as another user of that group can reach the 0660 sockets (the state dir must let them in).
+FRONT_DOOR_DIR_MODE = 0o750
+
+
+def share_with_front_door(state_dir: Path) -> None:
+    for folder in (nginx.socket_dir(state_dir), nginx.config_path(state_dir).parent):
+        folder.chmod(FRONT_DOOR_DIR_MODE)
 
 
 def check_user_app(spec: Spec) -> None:
@@ -336,12 +396,14 @@ def _front_door_port(previous: RuntimeConfig | None, report: Reporter) -> int:
     return port
 
 
-def _broker_users(config: RuntimeConfig) -> dict[str, tuple[str, tuple[str, str, str]]]:
-    return {broker_user(role): (_password(config, role), ROLE_PERMISSIONS[role]) for role in ROLE_PERMISSIONS}
+def _broker_users(spec: Spec, config: RuntimeConfig) -> dict[str, tuple[str, tuple[str, str, str]]]:
+    permissions = role_permissions(spec.all_queues, config.store_url)
+    return {broker_user(role): (_password(config, role), permissions[role]) for role in ROLES}
 
 
-def _broker_definitions(config: RuntimeConfig) -> dict[str, Any]:
-    return build_definitions(VHOST, _broker_users(config), tags={broker_user(ROLE_ADMIN): ("administrator",)})
+def _broker_definitions(spec: Spec, config: RuntimeConfig) -> dict[str, Any]:
+    users = _broker_users(spec, config)
+    return build_definitions(VHOST, users, tags={broker_user(ROLE_ADMIN): ("administrator",)})
 
 
 class _Waiting:

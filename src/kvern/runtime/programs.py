@@ -75,19 +75,8 @@ def _web_program(state: Path, index: int, env: dict[str, str], root: Path) -> Pr
     sock = web_socket(state, index)
     return ProgramConfig(
         web_program_name(index),
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "kvern.api.asgi:app",
-            "--uds",
-            str(sock),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--timeout-graceful-shutdown",
-            "20",
-        ],
+        # uvicorn behind a socket of mode 0660 (uvicorn's own --uds makes it 0666)
+        [sys.executable, "-m", "kvern.runtime.web_head", str(sock)],
         group=WEB_GROUP,
         environment=env,
         directory=root,

@@ -96,9 +96,10 @@ def render_supervisord_conf(state_dir: Path, identifier: str, programs: Sequence
     log_dir = state_dir / LOG_DIR
     head = f"""[unix_http_server]
 file={state_dir / SUPERVISOR_SOCK}
-chmod=0700
+chmod=0600
 
 [supervisord]
+umask=077
 logfile={log_dir / "supervisord.log"}
 pidfile={state_dir / SUPERVISOR_PID}
 childlogdir={log_dir}

@@ -10,8 +10,8 @@ from kvern.catalog import load_user_app
 from kvern.constants import ROLE_WORKER
 from kvern.jobs.store import JobStore
 from kvern.runtime_config import RuntimeConfig
-from kvern.worker.app import safe_settings
-from kvern.worker.execution import DeadLetteringConsumer, guard_task, watch_hard_time_limits
+from kvern.worker.app import UndeclaringConsumer, safe_settings
+from kvern.worker.execution import guard_task, watch_hard_time_limits
 from kvern.worker.memory import share_memory_with_children
 from kvern.worker.wakeup import wake_on_signals
 
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     pool = spec.pool(pool_name)
     app, catalog = load_user_app(spec)
     app.conf.update(safe_settings(spec, config.broker_urls[ROLE_WORKER], pool.queues))
-    app.conf.worker_consumer = f"{DeadLetteringConsumer.__module__}:{DeadLetteringConsumer.__name__}"
+    app.conf.worker_consumer = f"{UndeclaringConsumer.__module__}:{UndeclaringConsumer.__name__}"
     store = JobStore(config.store_url)
     node = f"{pool_name}-{index}@{config.instance}.{socket.gethostname()}"
     for name, task in catalog.tasks.items():

@@ -6,10 +6,32 @@ JSON only, publisher confirms, late acks, reject on a lost worker process, durab
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+from kombu.entity import Queue
 
 from kvern.broker.topology import work_queue
 from kvern.spec import Spec
+from kvern.worker.execution import DeadLetteringConsumer
+
+DELAYED_DELIVERY_STEP = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
+
+
+class UndeclaringConsumer(DeadLetteringConsumer):
+    """The worker's consumer without the step that declares Celery's delayed delivery: `kvern up` declares it,
+    so the worker role needs no configure permission (which would let a task delete queues)."""
+
+    class Blueprint(DeadLetteringConsumer.Blueprint):  # type: ignore[name-defined,misc]
+        default_steps: ClassVar[list[str]] = [
+            step for step in DeadLetteringConsumer.Blueprint.default_steps if step != DELAYED_DELIVERY_STEP
+        ]
+
+
+def consumed_queue(name: str, max_backlog: int) -> Queue:
+    """A work queue as the worker knows it: never declared by the worker (`kvern up` declared it)."""
+    queue = work_queue(name, max_backlog)
+    queue.no_declare = True  # type: ignore[attr-defined]
+    return queue
 
 
 def safe_settings(spec: Spec, broker_url: str, queues: tuple[str, ...]) -> dict[str, Any]:
@@ -29,7 +51,7 @@ def safe_settings(spec: Spec, broker_url: str, queues: tuple[str, ...]) -> dict[
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "task_queues": [work_queue(name, spec.max_backlog(name)) for name in queues],
+        "task_queues": [consumed_queue(name, spec.max_backlog(name)) for name in queues],
         "task_default_queue": spec.default_queue,
         "task_create_missing_queues": False,
         "task_routes": {name: {"queue": policy.queue} for name, policy in spec.tasks.items()},
