@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -51,7 +51,9 @@ log = logging.getLogger("kvern.api")
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY = 200
 OPENAPI_URL = "/api/openapi.json"
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code in (400, 404, 409, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code in (400, 404, 409, 413, 415, 422, 503)}
+JSON_MEDIA_TYPE = "application/json"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass
@@ -136,6 +138,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         openapi_url=OPENAPI_URL,
         docs_url=None,  # served by install_docs, with local assets
         redoc_url=None,
+        dependencies=[Depends(require_json_body)],
     )
     install_docs(app, OPENAPI_URL)
     install_openapi(app, lambda: list(_head_of(app).catalog.names()))
@@ -190,7 +193,26 @@ def _install_protocol_error_handlers(app: FastAPI) -> None:
         return json_error(500, "internal_error", "the web head failed to answer; the error is in its log")
 
 
-HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
+
+
+def require_json_body(request: Request) -> None:
+    """A write's body must be declared JSON: a web page can send a cross-origin `text/plain` or form POST
+    without asking the browser's CORS preflight, but never an `application/json` one. A write without a body and
+    without a Content-Type (cancel, replay) carries nothing to misread."""
+    if request.method not in WRITE_METHODS:
+        return
+    declared = request.headers.get("content-type")
+    if declared is None and not _may_have_body(request):
+        return
+    media_type = (declared or "").split(";", 1)[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE:
+        raise StarletteHTTPException(415, f"the request body must be {JSON_MEDIA_TYPE}")
+
+
+def _may_have_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (length is not None and length.strip() != "0")
 
 
 def _validation_problem(error: Mapping[str, Any]) -> str:

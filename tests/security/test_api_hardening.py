@@ -1,0 +1,98 @@
+"""The job API's hardening: JSON-only writes (CSRF), the CORS allowlist, bounded list pages without payloads,
+safe artifact downloads, and logs that never show a job's args or result.
+
+Most tests drive the web head's ASGI app in process (a real SQLite store, a stub publisher); the last ones run a
+real instance (nginx, RabbitMQ, Celery workers) and read its logs.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kvern.api.app import WebHead, create_app
+from kvern.catalog import load_user_app
+from kvern.jobs.store import JobStore
+from kvern.spec import load_spec
+from tests.unit.doubles import StubPublisher
+
+TASKS = """
+from celery import Celery
+app = Celery("hardening")
+
+@app.task
+def add(x: int, y: int = 0) -> int:
+    return x + y
+"""
+SPEC = '[app]\ntasks = "hardening_tasks"\n[[pools]]\nname = "main"\nqueues = ["main"]\n'
+SUBMISSION = '{"task": "hardening_tasks.add", "args": [1, 2]}'
+
+
+def make_head(folder: Path, extra_spec: str = "") -> WebHead:
+    (folder / "hardening_tasks.py").write_text(textwrap.dedent(TASKS))
+    spec_path = folder / "kvern.toml"
+    spec_path.write_text(SPEC + extra_spec)
+    spec = load_spec(spec_path)
+    _, catalog = load_user_app(spec)
+    store = JobStore(f"sqlite:///{folder / 'jobs.sqlite3'}")
+    store.create_schema()
+    return WebHead(spec, catalog, store, StubPublisher())
+
+
+async def serve(head: WebHead) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(head)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://web-head") as client:
+            yield client
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in serve(make_head(tmp_path)):
+        yield client
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+# -- 1. writes must be JSON ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+)
+async def test_a_submission_not_declared_json_is_refused_with_415(
+    api: httpx.AsyncClient, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = await api.post("/api/v1/jobs", content=SUBMISSION.encode(), headers=headers)
+    assert_error(answer, 415, "unsupported_media_type")
+    assert (await api.get("/api/v1/jobs")).json()["jobs"] == []  # nothing was recorded
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+async def test_a_json_submission_is_accepted(api: httpx.AsyncClient, content_type: str) -> None:
+    answer = await api.post("/api/v1/jobs", content=SUBMISSION, headers={"Content-Type": content_type})
+    assert answer.status_code == 202, answer.text
+
+
+async def test_a_bodyless_write_needs_no_content_type_but_a_declared_one_must_be_json(api: httpx.AsyncClient) -> None:
+    job = (await api.post("/api/v1/jobs", content=SUBMISSION, headers={"Content-Type": "application/json"})).json()
+    refused = await api.post(f"/api/v1/jobs/{job['id']}/cancel", content="x", headers={"Content-Type": "text/plain"})
+    assert_error(refused, 415, "unsupported_media_type")
+    assert (await api.post(f"/api/v1/jobs/{job['id']}/cancel")).status_code == 200
+
+
+async def test_the_openapi_document_names_415(api: httpx.AsyncClient) -> None:
+    document = (await api.get("/api/openapi.json")).json()
+    submit = document["paths"]["/api/v1/jobs"]["post"]
+    assert "415" in submit["responses"]
+    assert list(submit["requestBody"]["content"]) == ["application/json"]
