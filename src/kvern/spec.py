@@ -12,6 +12,8 @@ static = "static"           # optional folder served by nginx at /
 [web]
 heads = 2                   # web head processes behind nginx
 port = 8080                 # optional front door port; default: a free port
+cors_origins = []           # web origins allowed to call the job API from a browser, as
+                            # "https://app.example.com"; any other foreign Origin gets 403
 
 [broker]                    # optional; absent: kvern runs its own private RabbitMQ node
 url = "amqp://user:pass@127.0.0.1:5672/vhost"
@@ -71,6 +73,7 @@ T = TypeVar("T")
 class WebSpec:
     heads: int = 2
     port: int | None = None
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the job API (the front door's own is)
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,20 @@ def _parse_web(web: _Reader) -> WebSpec:
         raise SpecError(f"web.heads: must be between 1 and {MAX_WEB_HEADS}")
     if spec.port is not None and not 1 <= spec.port <= 65535:
         raise SpecError("web.port: must be a TCP port between 1 and 65535")
-    return spec
+    return replace(spec, cors_origins=_parse_origins(spec.cors_origins, f"{web.where}.cors_origins"))
+
+
+# scheme://host[:port], nothing after it: what a browser sends as Origin.
+ORIGIN_PATTERN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+def _parse_origins(values: Any, where: str) -> tuple[str, ...]:
+    origins = []
+    for value in values:
+        if not isinstance(value, str) or not ORIGIN_PATTERN.match(value):
+            raise SpecError(f"{where}: {value!r} is not an origin like 'https://app.example.com' (no path, no '*')")
+        origins.append(value.lower())
+    return tuple(origins)
 
 
 def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
@@ -364,6 +380,7 @@ def _check_policy(policy: TaskPolicy, where: str, consumed: set[str]) -> None:
 # The type a field's annotation names (annotations are strings here) -> the TOML value the parser accepts.
 FIELD_KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
 FIELD_KINDS["str | None"] = str
+FIELD_KINDS["tuple[str, ...]"] = list
 
 
 def _read_fields(table: _Reader, cls: type, **defaults: Any) -> dict[str, Any]:

@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from kvern.api.app import WebHead, create_app
+from kvern.api.browsers import is_same_origin
 from kvern.catalog import load_user_app
+from kvern.errors import SpecError
 from kvern.jobs.store import JobStore
 from kvern.spec import load_spec
 from tests.unit.doubles import StubPublisher
@@ -96,3 +98,74 @@ async def test_the_openapi_document_names_415(api: httpx.AsyncClient) -> None:
     submit = document["paths"]["/api/v1/jobs"]["post"]
     assert "415" in submit["responses"]
     assert list(submit["requestBody"]["content"]) == ["application/json"]
+
+
+# -- 2. cross-origin requests ---------------------------------------------------------------------------------
+
+ALLOWED = "https://app.example.com"
+EVIL = "https://evil.example"
+JSON = {"Content-Type": "application/json"}
+PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+
+
+@pytest.fixture
+async def cors_api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in serve(make_head(tmp_path, f'[web]\ncors_origins = ["{ALLOWED}"]\n')):
+        yield client
+
+
+@pytest.mark.parametrize("origin", [EVIL, "null", "http://web-head:8081", "https://web-head"])
+async def test_a_post_from_a_foreign_origin_is_refused_with_403(api: httpx.AsyncClient, origin: str) -> None:
+    answer = await api.post("/api/v1/jobs", content=SUBMISSION, headers={**JSON, "Origin": origin})
+    assert_error(answer, 403, "origin_not_allowed")
+    assert "access-control-allow-origin" not in answer.headers
+    assert (await api.get("/api/v1/jobs")).json()["jobs"] == []
+
+
+async def test_a_preflight_from_a_foreign_origin_is_refused_with_403(cors_api: httpx.AsyncClient) -> None:
+    answer = await cors_api.options("/api/v1/jobs", headers={"Origin": EVIL, **PREFLIGHT})
+    assert_error(answer, 403, "origin_not_allowed")
+    assert "access-control-allow-origin" not in answer.headers
+
+
+async def test_without_origin_or_from_the_front_door_itself_requests_work_without_cors_headers(
+    api: httpx.AsyncClient,
+) -> None:
+    for headers in ({}, {"Origin": "http://web-head"}, {"Origin": "http://web-head:80"}):
+        answer = await api.post("/api/v1/jobs", content=SUBMISSION, headers={**JSON, **headers})
+        assert answer.status_code == 202, answer.text
+        assert not any(name.startswith("access-control-") for name in answer.headers)
+
+
+async def test_by_default_no_origin_gets_cors_headers(api: httpx.AsyncClient) -> None:
+    answer = await api.options("/api/v1/jobs", headers={"Origin": ALLOWED, **PREFLIGHT})
+    assert_error(answer, 403, "origin_not_allowed")
+
+
+async def test_an_allowed_origin_gets_cors_answers(cors_api: httpx.AsyncClient) -> None:
+    preflight = await cors_api.options("/api/v1/jobs", headers={"Origin": ALLOWED, **PREFLIGHT})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == ALLOWED
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    answer = await cors_api.post("/api/v1/jobs", content=SUBMISSION, headers={**JSON, "Origin": ALLOWED})
+    assert answer.status_code == 202
+    assert answer.headers["access-control-allow-origin"] == ALLOWED
+
+
+def test_the_front_door_port_stands_in_for_the_port_nginx_leaves_out_of_host() -> None:
+    assert is_same_origin("http://127.0.0.1:8080", "127.0.0.1", 8080)
+    assert not is_same_origin("http://127.0.0.1:3000", "127.0.0.1", 8080)
+    assert is_same_origin("http://127.0.0.1:8080", "127.0.0.1:8080", None)
+    assert not is_same_origin("http://127.0.0.1:8080", "localhost", 8080)
+    assert not is_same_origin("http://127.0.0.1:x", "127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize("bad", ['"*"', '"https://app.example.com/"', '"app.example.com"', "1"])
+def test_cors_origins_must_be_origins(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(SpecError, match=r"web\.cors_origins"):
+        make_head(tmp_path, f"[web]\ncors_origins = [{bad}]\n")
+
+
+def test_cors_origins_are_read_from_the_spec(tmp_path: Path) -> None:
+    head = make_head(tmp_path, '[web]\ncors_origins = ["https://App.Example.com", "http://127.0.0.1:3000"]\n')
+    assert head.spec.web.cors_origins == ("https://app.example.com", "http://127.0.0.1:3000")

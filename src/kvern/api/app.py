@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from kvern.api.batching import JobInserter
+from kvern.api.browsers import OriginGuard
 from kvern.api.docs import install_docs
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
@@ -62,6 +63,7 @@ class WebHead:
     catalog: TaskCatalog
     store: JobStoreProtocol
     publisher: JobPublisherProtocol
+    front_door_port: int | None = None  # the origin's port, which nginx's Host header leaves out
     marker: PublishedMarker = field(init=False)
     metrics: ApiMetrics = field(init=False)
     inserter: JobInserter = field(init=False)
@@ -75,7 +77,8 @@ class WebHead:
     def from_runtime(cls, config: RuntimeConfig) -> WebHead:
         spec = config.spec()
         _, catalog = load_user_app(spec)
-        return cls(spec, catalog, JobStore(config.store_url), JobPublisher(config.broker_urls[ROLE_WEB]))
+        publisher = JobPublisher(config.broker_urls[ROLE_WEB])
+        return cls(spec, catalog, JobStore(config.store_url), publisher, config.front_door_port)
 
     async def submit(self, submission: Submission, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
         """Record and publish a job; returns the answer's body and whether the job is new."""
@@ -140,6 +143,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         redoc_url=None,
         dependencies=[Depends(require_json_body)],
     )
+    app.add_middleware(OriginGuard)
     install_docs(app, OPENAPI_URL)
     install_openapi(app, lambda: list(_head_of(app).catalog.names()))
     _install_error_handlers(app)
