@@ -169,3 +169,47 @@ def test_cors_origins_must_be_origins(tmp_path: Path, bad: str) -> None:
 def test_cors_origins_are_read_from_the_spec(tmp_path: Path) -> None:
     head = make_head(tmp_path, '[web]\ncors_origins = ["https://App.Example.com", "http://127.0.0.1:3000"]\n')
     assert head.spec.web.cors_origins == ("https://app.example.com", "http://127.0.0.1:3000")
+
+
+# -- 3. list pages ---------------------------------------------------------------------------------------------
+
+LISTS = ["/api/v1/jobs", "/api/v1/dlq"]
+
+
+@pytest.mark.parametrize("path", LISTS)
+async def test_a_page_larger_than_100_is_refused_with_422(api: httpx.AsyncClient, path: str) -> None:
+    assert_error(await api.get(path, params={"limit": 101}), 422, "invalid_request")
+    assert (await api.get(path, params={"limit": 100})).status_code == 200
+
+
+@pytest.mark.parametrize("path", LISTS)
+async def test_the_openapi_document_caps_the_page_size(api: httpx.AsyncClient, path: str) -> None:
+    document = (await api.get("/api/openapi.json")).json()
+    (limit,) = [p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "limit"]
+    assert (limit["schema"]["maximum"], limit["schema"]["default"]) == (100, 50)
+
+
+async def test_listings_leave_out_args_kwargs_and_result_but_keep_artifacts(tmp_path: Path) -> None:
+    head = make_head(tmp_path)
+    store = head.store
+    async for api in serve(head):
+        secret = {"task": "hardening_tasks.add", "args": ["card-4111"], "kwargs": {"y": "pin-1234"}}
+        job_id = (await api.post("/api/v1/jobs", json=secret)).json()["id"]
+        claim = store.claim_attempt(job_id, "w")
+        store.save_artifact(job_id, claim.attempt, "out.txt", "text/plain", b"x")
+        store.record_success(job_id, claim.attempt, {"token": "result-5678"})
+        dead_id = (await api.post("/api/v1/jobs", json=secret)).json()["id"]
+        store.mark_dead(dead_id, "dead-lettered")
+        for path in LISTS:
+            listed = (await api.get(path)).json()["jobs"]
+            assert listed and all(not {"args", "kwargs", "result"} & set(item) for item in listed)
+            for secret_text in ("card-4111", "pin-1234", "result-5678"):
+                assert secret_text not in (await api.get(path)).text
+        (done,) = [item for item in (await api.get("/api/v1/jobs")).json()["jobs"] if item["id"] == job_id]
+        assert [a["name"] for a in done["artifacts"]] == ["out.txt"]
+        own = (await api.get(f"/api/v1/jobs/{job_id}")).json()
+        assert (own["args"], own["kwargs"], own["result"]) == (
+            ["card-4111"],
+            {"y": "pin-1234"},
+            {"token": "result-5678"},
+        )

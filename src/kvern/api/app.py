@@ -43,7 +43,7 @@ from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
-from kvern.jobs.views import history_view, job_body, job_url
+from kvern.jobs.views import history_view, job_body, job_summary, job_url
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec
 
@@ -51,6 +51,9 @@ log = logging.getLogger("kvern.api")
 
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY = 200
+MAX_PAGE_SIZE = 100  # jobs per list page: bounds what one request makes the store and the head load
+DEFAULT_PAGE_SIZE = 50
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 OPENAPI_URL = "/api/openapi.json"
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code in (400, 404, 409, 413, 415, 422, 503)}
 JSON_MEDIA_TYPE = "application/json"
@@ -301,7 +304,7 @@ def _install_job_routes(app: FastAPI) -> None:
     async def list_jobs(
         request: Request,
         status: JobStatus | None = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        limit: PageSize = DEFAULT_PAGE_SIZE,
         before: float | None = None,
     ) -> Response:
         jobs = await run_in_threadpool(_head(request).store.list_jobs, status, limit, before)
@@ -309,7 +312,7 @@ def _install_job_routes(app: FastAPI) -> None:
         if len(jobs) == limit:
             query = f"limit={limit}&before={jobs[-1].created_at!r}" + (f"&status={status.value}" if status else "")
             following = f"{API_PREFIX}/jobs?{query}"
-        return JSONResponse({"jobs": [job_body(job) for job in jobs], "next": following})
+        return JSONResponse({"jobs": [job_summary(job) for job in jobs], "next": following})
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/artifacts/{{name}}", responses=ERRORS)
     async def get_artifact(request: Request, job_id: str, name: str) -> Response:
@@ -372,11 +375,11 @@ def _install_cancel_route(app: FastAPI) -> None:
 
 def _install_dead_letter_routes(app: FastAPI) -> None:
     @app.get(f"{API_PREFIX}/dlq", response_model=JobPage, responses=ERRORS)
-    async def list_dead(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
+    async def list_dead(request: Request, limit: PageSize = DEFAULT_PAGE_SIZE) -> Response:
         store = _head(request).store
         jobs = [job for status in REPLAYABLE for job in await run_in_threadpool(store.list_jobs, status, limit)]
         jobs.sort(key=lambda job: job.created_at, reverse=True)
-        return JSONResponse({"jobs": [job_body(job) for job in jobs[:limit]], "next": None})
+        return JSONResponse({"jobs": [job_summary(job) for job in jobs[:limit]], "next": None})
 
     @app.get(f"{API_PREFIX}/dlq/{{job_id}}", response_model=DeadJobView, responses=ERRORS, operation_id="show_dead")
     async def show_dead(request: Request, job_id: str) -> Response:

@@ -37,8 +37,27 @@ class JobView(BaseModel):
     render_error: str | None = None  # set when a stored value could not be rendered and is shown empty
 
 
+class JobSummaryView(BaseModel):
+    """A job in a listing: JobView without args, kwargs and result (the job's own GET has them)."""
+
+    id: str
+    task: str
+    status: str
+    progress: int
+    progress_message: str | None
+    attempts: int
+    max_attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    artifacts: list[ArtifactView]
+    url: str
+    render_error: str | None = None  # set when args, kwargs or result cannot be rendered (the job's GET says which)
+
+
 class JobPage(BaseModel):
-    jobs: list[JobView]
+    jobs: list[JobSummaryView]
     next: str | None
 
 
