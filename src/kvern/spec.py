@@ -39,6 +39,7 @@ max_backlog = 100000        # length limit of each of its queues (a quorum queue
 args_bytes = 262144         # their size as compact JSON (UTF-8), at most the 1 MiB body limit
 args_depth = 32             # how deep lists and objects nest (args itself is depth 1), at most 100
 args_items = 10000          # elements of all their lists and objects together
+artifact_bytes = 52428800   # the files one attempt of a job saves (kvern.save_artifact), together
 
 [tasks."tasks.generate_heavy_report"]
 queue = "reports"           # default: the first queue of the first pool
@@ -94,16 +95,19 @@ class PoolSpec:
 @dataclass(frozen=True)
 class LimitsSpec:
     """Bounds of a submission's args and kwargs: a payload a worker cannot decode, pickle or render is refused
-    at the door (400) instead of being recorded. The defaults are the only place the default values live."""
+    at the door (400) instead of being recorded; and of the artifacts a job saves. The defaults are the only
+    place the default values live."""
 
     args_bytes: int = 256 * 1024  # compact JSON size of args and kwargs
     args_depth: int = 32  # nesting of lists and objects; args and kwargs themselves are depth 1
     args_items: int = 10_000  # elements of every list and object together
+    artifact_bytes: int = 50 * 1024 * 1024  # what one attempt's artifacts hold together; save_artifact refuses more
 
 
 # Past these, a payload breaks the layers behind the API (serializer and pickle recursion, the body limit).
 MAX_ARGS_DEPTH = 100
 MAX_ARGS_ITEMS = 1_000_000
+MAX_ARTIFACT_BYTES = 1_000_000_000  # PostgreSQL's bytea and SQLite's blob stop at about 1 GB
 
 
 @dataclass(frozen=True)
@@ -328,6 +332,7 @@ def _parse_limits(table: _Reader) -> LimitsSpec:
         "args_bytes": (limits.args_bytes, MAX_BODY_BYTES),
         "args_depth": (limits.args_depth, MAX_ARGS_DEPTH),
         "args_items": (limits.args_items, MAX_ARGS_ITEMS),
+        "artifact_bytes": (limits.artifact_bytes, MAX_ARTIFACT_BYTES),
     }
     for name, (value, most) in bounds.items():
         if not 1 <= value <= most:

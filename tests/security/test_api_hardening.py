@@ -8,18 +8,27 @@ real instance (nginx, RabbitMQ, Celery workers) and read its logs.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
 
+import kvern
 from kvern.api.app import WebHead, create_app
 from kvern.api.browsers import is_same_origin
+from kvern.api.downloads import CHUNK_BYTES
 from kvern.catalog import load_user_app
 from kvern.errors import SpecError
+from kvern.jobs.base import ArtifactsTooLarge, JobStoreProtocol
+from kvern.jobs.memory import MemoryJobStore
+from kvern.jobs.records import ArtifactInfo, Job, NewJob
 from kvern.jobs.store import JobStore
 from kvern.spec import load_spec
+from kvern.worker import context
 from tests.unit.doubles import StubPublisher
 
 TASKS = """
@@ -213,3 +222,188 @@ async def test_listings_leave_out_args_kwargs_and_result_but_keep_artifacts(tmp_
             {"y": "pin-1234"},
             {"token": "result-5678"},
         )
+
+
+# -- 4. artifacts ----------------------------------------------------------------------------------------------
+
+
+def finished_job_with_artifact(store: JobStoreProtocol, name: str, data: bytes, content_type: str) -> str:
+    job_id = str(uuid.uuid4())
+    store.create_job(NewJob(job_id, "hardening_tasks.add", "main", [], {}, 1))
+    attempt = store.claim_attempt(job_id, "w").attempt
+    store.save_artifact(job_id, attempt, name, content_type, data)
+    assert store.record_success(job_id, attempt, None)
+    return job_id
+
+
+@pytest.mark.parametrize(
+    ("name", "fallback"),
+    [('a"b.txt', "a_b.txt"), ("日本.txt", "__.txt"), ("100%;x.csv", "100_;x.csv"), ("plain.txt", "plain.txt")],
+)
+async def test_an_artifact_download_names_the_file_per_rfc_6266_with_safe_headers(
+    tmp_path: Path, name: str, fallback: str
+) -> None:
+    head = make_head(tmp_path)
+    job_id = finished_job_with_artifact(head.store, name, b"<script>alert(1)</script>", "text/html")
+    async for api in serve(head):
+        answer = await api.get(f"/api/v1/jobs/{job_id}/artifacts/{quote(name)}")
+        assert answer.status_code == 200, answer.text
+        assert answer.content == b"<script>alert(1)</script>"
+        disposition = answer.headers["content-disposition"]
+        assert disposition == f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+        assert unquote(disposition.rsplit("filename*=UTF-8''", 1)[1]) == name
+        assert disposition.isascii()
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["content-security-policy"] == "sandbox"
+
+
+class CountingStore(MemoryJobStore):
+    """Records how the artifact's bytes are read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunk_reads: list[int] = []
+
+    def artifact(self, job_id: str, name: str) -> tuple[str, bytes] | None:
+        raise AssertionError("a download must not load the whole artifact")
+
+    def artifact_chunk(self, job_id: str, name: str, offset: int, size: int) -> bytes | None:
+        chunk = MemoryJobStore.artifact(self, job_id, name)
+        assert chunk is not None
+        self.chunk_reads.append(size)
+        return chunk[1][offset : offset + size]
+
+    def artifact_info(self, job_id: str, name: str) -> ArtifactInfo | None:
+        found = MemoryJobStore.artifact(self, job_id, name)
+        return ArtifactInfo(name, found[0], len(found[1])) if found else None
+
+
+async def test_a_download_is_streamed_in_chunks(tmp_path: Path) -> None:
+    head = make_head(tmp_path)
+    head.store = store = CountingStore()
+    data = bytes(range(256)) * 4096  # 1 MiB
+    job_id = finished_job_with_artifact(store, "big.bin", data, "application/octet-stream")
+    async for api in serve(head):
+        answer = await api.get(f"/api/v1/jobs/{job_id}/artifacts/big.bin")
+        assert answer.status_code == 200 and answer.content == data
+        assert answer.headers["content-length"] == str(len(data))
+    assert len(store.chunk_reads) == len(data) // CHUNK_BYTES and max(store.chunk_reads) == CHUNK_BYTES
+
+
+@pytest.mark.parametrize("size", [0, 5, 100_000])
+def test_an_artifact_reads_back_in_chunks(job_store: JobStoreProtocol, size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    job_id = finished_job_with_artifact(job_store, "x.bin", data, "application/octet-stream")
+    assert job_store.artifact_info(job_id, "x.bin") == ArtifactInfo("x.bin", "application/octet-stream", size)
+    chunks = [job_store.artifact_chunk(job_id, "x.bin", offset, 4096) for offset in range(0, size + 4096, 4096)]
+    assert b"".join(chunk or b"" for chunk in chunks) == data and chunks[-1] == b""
+    assert job_store.artifact_chunk(job_id, "nope", 0, 10) is None
+    assert job_store.artifact_info(job_id, "nope") is None
+
+
+def test_a_losing_attempts_artifact_has_no_info_or_chunks(job_store: JobStoreProtocol) -> None:
+    job_id = str(uuid.uuid4())
+    job_store.create_job(NewJob(job_id, "hardening_tasks.add", "main", [], {}, 3))
+    job_store.claim_attempt(job_id, "w")
+    job_store.save_artifact(job_id, 1, "stale.txt", "text/plain", b"x")
+    assert job_store.artifact_info(job_id, "stale.txt") is None  # not yet won
+    assert job_store.claim_attempt(job_id, "w").attempt == 2
+    assert job_store.record_success(job_id, 2, None)
+    assert job_store.artifact_info(job_id, "stale.txt") is None
+    assert job_store.artifact_chunk(job_id, "stale.txt", 0, 10) is None
+
+
+def test_the_artifacts_of_an_attempt_are_capped_together(job_store: JobStoreProtocol) -> None:
+    job_id = str(uuid.uuid4())
+    job_store.create_job(NewJob(job_id, "hardening_tasks.add", "main", [], {}, 1))
+    job_store.claim_attempt(job_id, "w")
+    job_store.save_artifact(job_id, 1, "a.bin", "application/octet-stream", b"a" * 60, max_total=100)
+    job_store.save_artifact(job_id, 1, "a.bin", "application/octet-stream", b"a" * 70, max_total=100)  # replaces
+    with pytest.raises(ArtifactsTooLarge):
+        job_store.save_artifact(job_id, 1, "b.bin", "application/octet-stream", b"b" * 31, max_total=100)
+    with pytest.raises(ArtifactsTooLarge):  # a refused replacement keeps the file that was there
+        job_store.save_artifact(job_id, 1, "a.bin", "application/octet-stream", b"a" * 101, max_total=100)
+    job_store.save_artifact(job_id, 1, "b.bin", "application/octet-stream", b"b" * 30, max_total=100)
+    assert job_store.record_success(job_id, 1, None)
+    assert [(a.name, a.size) for a in get_job(job_store, job_id).artifacts] == [("a.bin", 70), ("b.bin", 30)]
+
+
+def get_job(store: JobStoreProtocol, job_id: str) -> Job:
+    job = store.get(job_id)
+    assert job is not None
+    return job
+
+
+@contextmanager
+def running_attempt(store: JobStoreProtocol) -> Iterator[str]:
+    job_id = str(uuid.uuid4())
+    store.create_job(NewJob(job_id, "hardening_tasks.add", "main", [], {}, 1))
+    token = context._current.set(context.JobContext(store, context.JobInfo(job_id, 1)))
+    store.claim_attempt(job_id, "w")
+    try:
+        yield job_id
+    finally:
+        context._current.reset(token)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "a/b.txt",
+        "a\\b.txt",
+        ".hidden",
+        "..",
+        "new\nline.txt",
+        "tab\t.txt",
+        "bell\x07",
+        "rtl\u202etxt.exe",
+        " padded.txt",
+        "x" * 201,
+    ],
+)
+def test_save_artifact_refuses_a_name_that_is_no_plain_file_name(name: str) -> None:
+    store = MemoryJobStore()
+    with running_attempt(store) as job_id, pytest.raises(ValueError, match="artifact name"):
+        kvern.save_artifact(name, b"x", "text/plain")
+    assert store.artifact_info(job_id, name) is None and store.history(job_id)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text", "text/", "/plain", "text/plain\r\nX-Evil: 1", "text/plain\n", "*/*", "a b/c", "t/" + "x" * 120],
+)
+def test_save_artifact_refuses_a_content_type_that_is_no_media_type(content_type: str) -> None:
+    with running_attempt(MemoryJobStore()), pytest.raises(ValueError, match="content type"):
+        kvern.save_artifact("out.txt", b"x", content_type)
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [("日本.txt", "text/plain; charset=utf-8"), ('a"b.txt', None), ("report.pdf", "application/pdf")],
+)
+def test_save_artifact_keeps_plain_names_and_media_types(name: str, content_type: str | None) -> None:
+    store = MemoryJobStore()
+    with running_attempt(store) as job_id:
+        kvern.save_artifact(name, b"x", content_type)
+    assert store._artifacts[(job_id, 1, name)]["data"] == b"x"
+
+
+def test_save_artifact_refuses_files_over_the_spec_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(context, "_artifact_limits", context.ArtifactLimits(max_bytes=100))
+    store = MemoryJobStore()
+    with running_attempt(store):
+        kvern.save_artifact("a.bin", b"a" * 60)
+        with pytest.raises(ValueError, match="100"):
+            kvern.save_artifact("b.bin", b"b" * 41)
+        with pytest.raises(ValueError, match="artifact_bytes"):
+            kvern.save_artifact("c.bin", b"c" * 101)
+        kvern.save_artifact("b.bin", b"b" * 40)
+    assert sorted(name for (_, _, name) in store._artifacts) == ["a.bin", "b.bin"]
+
+
+def test_the_artifact_cap_is_read_from_the_spec(tmp_path: Path) -> None:
+    assert make_head(tmp_path).spec.limits.artifact_bytes == 50 * 1024 * 1024
+    assert make_head(tmp_path, "[limits]\nartifact_bytes = 1000\n").spec.limits.artifact_bytes == 1000
+    with pytest.raises(SpecError, match=r"limits\.artifact_bytes"):
+        make_head(tmp_path, "[limits]\nartifact_bytes = 0\n")

@@ -21,6 +21,7 @@ from starlette.routing import Match
 from kvern.api.batching import JobInserter
 from kvern.api.browsers import OriginGuard
 from kvern.api.docs import install_docs
+from kvern.api.downloads import artifact_response
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
 from kvern.api.openapi import install_openapi, job_links
@@ -316,12 +317,11 @@ def _install_job_routes(app: FastAPI) -> None:
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/artifacts/{{name}}", responses=ERRORS)
     async def get_artifact(request: Request, job_id: str, name: str) -> Response:
-        found = await run_in_threadpool(_head(request).store.artifact, job_id, name)
-        if found is None:
+        store = _head(request).store
+        info = await run_in_threadpool(store.artifact_info, job_id, name)
+        if info is None:
             return json_error(404, "unknown_artifact", f"job {job_id!r} has no artifact {name!r}")
-        content_type, data = found
-        disposition = f'attachment; filename="{name}"'
-        return Response(data, media_type=content_type, headers={"Content-Disposition": disposition})
+        return artifact_response(store, job_id, info)
 
 
 async def _submit(request: Request, idempotency_key: str | None) -> Response:

@@ -11,6 +11,7 @@ from kvern.constants import ROLE_WORKER
 from kvern.jobs.store import JobStore
 from kvern.runtime_config import RuntimeConfig
 from kvern.worker.app import safe_settings
+from kvern.worker.context import limit_artifacts
 from kvern.worker.execution import DeadLetteringConsumer, guard_task, watch_hard_time_limits
 from kvern.worker.memory import share_memory_with_children
 from kvern.worker.wakeup import wake_on_signals
@@ -26,6 +27,7 @@ def main(argv: list[str]) -> None:
     app.conf.update(safe_settings(spec, config.broker_urls[ROLE_WORKER], pool.queues))
     app.conf.worker_consumer = f"{DeadLetteringConsumer.__module__}:{DeadLetteringConsumer.__name__}"
     store = JobStore(config.store_url)
+    limit_artifacts(spec.limits.artifact_bytes)
     node = f"{pool_name}-{index}@{config.instance}.{socket.gethostname()}"
     for name, task in catalog.tasks.items():
         guard_task(task, store, spec.policy(name), node)
