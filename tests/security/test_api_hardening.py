@@ -7,21 +7,26 @@ real instance (nginx, RabbitMQ, Celery workers) and read its logs.
 
 from __future__ import annotations
 
+import json
+import logging
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 import httpx
 import pytest
+from celery.app import trace
 
 import kvern
 from kvern.api.app import WebHead, create_app
 from kvern.api.browsers import is_same_origin
 from kvern.api.downloads import CHUNK_BYTES
+from kvern.broker.message import task_message
 from kvern.catalog import load_user_app
+from kvern.constants import LOG_DIR
 from kvern.errors import SpecError
 from kvern.jobs.base import ArtifactsTooLarge, JobStoreProtocol
 from kvern.jobs.memory import MemoryJobStore
@@ -29,7 +34,11 @@ from kvern.jobs.records import ArtifactInfo, Job, NewJob
 from kvern.jobs.store import JobStore
 from kvern.spec import load_spec
 from kvern.worker import context
+from kvern.worker.log_privacy import PAYLOAD_LOGGERS, HidePayloads, hide_payloads_in_logs
+from tests.integration.conftest import Running, reports_spec, start_instance, wait_for_outcome, write_project
 from tests.unit.doubles import StubPublisher
+
+__all__ = ["start_instance"]  # a fixture, used by name
 
 TASKS = """
 from celery import Celery
@@ -407,3 +416,99 @@ def test_the_artifact_cap_is_read_from_the_spec(tmp_path: Path) -> None:
     assert make_head(tmp_path, "[limits]\nartifact_bytes = 1000\n").spec.limits.artifact_bytes == 1000
     with pytest.raises(SpecError, match=r"limits\.artifact_bytes"):
         make_head(tmp_path, "[limits]\nartifact_bytes = 0\n")
+
+
+# -- against a running instance (nginx, RabbitMQ, Supervisor, Celery workers) -------------------------------------
+
+SECRET_TASKS = textwrap.dedent(
+    """
+    from celery import Celery
+
+    import kvern
+
+    app = Celery("secrets")
+
+
+    @app.task
+    def keep(card, pin=None):
+        kvern.save_artifact("日本 \\"q\\".txt", b"<html><script>alert(1)</script>", "text/html")
+        return {"token": "result-token-" + card[-4:] + "-9f8e7d"}
+    """
+)
+CARD, PIN, RESULT = "card-4111-1111-1111-4242", "pin-2468-SECRET", "result-token-4242-9f8e7d"
+
+
+@pytest.fixture
+def secrets_instance(tmp_path: Path, start_instance: Callable[..., Running]) -> Running:
+    tasks = tmp_path / "secret_tasks.py"
+    tasks.write_text(SECRET_TASKS)
+    spec = reports_spec(heads=1, pool_min=1, pool_max=1).split('[tasks."tasks.generate_heavy_report"]')[0]
+    return start_instance(write_project(tmp_path / "secrets", spec, tasks_source=tasks))
+
+
+@pytest.mark.integration
+def test_through_the_front_door_the_api_is_hardened_and_logs_keep_no_payloads(secrets_instance: Running) -> None:
+    body = {"task": "tasks.keep", "args": [CARD], "kwargs": {"pin": PIN}}
+    with secrets_instance.client() as client:
+        # a CSRF-style submission: text/plain from a foreign page
+        forged = client.post("/api/v1/jobs", content=json.dumps(body), headers={"Content-Type": "text/plain"})
+        assert_error(forged, 415, "unsupported_media_type")
+        foreign = client.post("/api/v1/jobs", json=body, headers={"Origin": "https://evil.example"})
+        assert_error(foreign, 403, "origin_not_allowed")
+        preflight = client.options("/api/v1/jobs", headers={"Origin": "https://evil.example", **PREFLIGHT})
+        assert_error(preflight, 403, "origin_not_allowed")
+        assert client.get("/api/v1/jobs").json()["jobs"] == []
+        # the front door's own page posts with its own origin
+        answer = client.post("/api/v1/jobs", json=body, headers={"Origin": secrets_instance.url})
+        assert answer.status_code == 202, answer.text
+        job = wait_for_outcome(client, answer.json()["id"])
+        assert job["status"] == "succeeded" and job["result"] == {"token": RESULT}
+        (artifact,) = job["artifacts"]
+        download = client.get(artifact["url"])
+        assert download.status_code == 200 and download.content == b"<html><script>alert(1)</script>"
+        assert download.headers["content-disposition"].endswith("filename*=UTF-8''%E6%97%A5%E6%9C%AC%20%22q%22.txt")
+        assert download.headers["x-content-type-options"] == "nosniff"
+        assert download.headers["content-security-policy"] == "sandbox"
+        assert RESULT not in client.get("/api/v1/jobs").text
+    logs = secrets_instance.config.state_path / LOG_DIR
+    written = {path: path.read_text(errors="replace") for path in logs.rglob("*") if path.is_file()}
+    assert any("tasks.keep" in text for text in written.values()), "the worker log should name the task"
+    for secret in (CARD, PIN, RESULT):
+        leaking = [path.name for path, text in written.items() if secret in text]
+        assert not leaking, f"{secret} is in {leaking}"
+
+
+# -- 5. logs keep no payloads ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def payloads_hidden(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(trace, "LOG_SUCCESS", trace.LOG_SUCCESS)  # restored afterwards
+    hide_payloads_in_logs()
+    yield
+    for name in PAYLOAD_LOGGERS:
+        logger = logging.getLogger(name)
+        for installed in [f for f in logger.filters if isinstance(f, HidePayloads)]:
+            logger.removeFilter(installed)
+
+
+def test_celerys_success_receipt_and_failure_lines_show_no_payload(
+    payloads_hidden: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    context = {"id": "j1", "name": "tasks.keep", "runtime": 0.1, "args": repr([CARD]), "kwargs": repr({"p": PIN})}
+    with caplog.at_level(logging.INFO):
+        trace.info(trace.LOG_SUCCESS, {**context, "return_value": repr({"token": RESULT})})
+        logging.getLogger("celery.worker.strategy").info(
+            "%(name)s %(args)s %(kwargs)s", context, extra={"data": context}
+        )
+        logging.getLogger("celery.app.trace").error("Task %(name)s[%(id)s] raised %(args)s %(kwargs)s", context)
+    assert "Task tasks.keep[j1] succeeded in 0.1s" in caplog.text
+    for secret in (CARD, PIN, RESULT):
+        assert secret not in caplog.text
+        assert all(secret not in repr(getattr(record, "data", "")) for record in caplog.records)
+
+
+def test_task_messages_carry_no_payload_in_their_headers() -> None:
+    message = task_message("j1", "tasks.keep", "reports", [CARD], {"pin": PIN})
+    assert CARD not in repr(message.headers) and PIN not in repr(message.headers)
+    assert json.loads(message.body)[:2] == [[CARD], {"pin": PIN}]  # the worker still gets them

@@ -13,6 +13,7 @@ from kvern.runtime_config import RuntimeConfig
 from kvern.worker.app import safe_settings
 from kvern.worker.context import limit_artifacts
 from kvern.worker.execution import DeadLetteringConsumer, guard_task, watch_hard_time_limits
+from kvern.worker.log_privacy import hide_payloads_in_logs
 from kvern.worker.memory import share_memory_with_children
 from kvern.worker.wakeup import wake_on_signals
 
@@ -20,6 +21,7 @@ from kvern.worker.wakeup import wake_on_signals
 def main(argv: list[str]) -> None:
     pool_name, index = argv[0], int(argv[1])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hide_payloads_in_logs()
     config = RuntimeConfig.from_environment()
     spec = config.spec()
     pool = spec.pool(pool_name)
