@@ -111,10 +111,10 @@ async def test_a_bodyless_write_needs_no_content_type_but_a_declared_one_must_be
     assert (await api.post(f"/api/v1/jobs/{job['id']}/cancel")).status_code == 200
 
 
-async def test_the_openapi_document_names_415(api: httpx.AsyncClient) -> None:
+async def test_the_openapi_document_names_403_and_415(api: httpx.AsyncClient) -> None:
     document = (await api.get("/api/openapi.json")).json()
     submit = document["paths"]["/api/v1/jobs"]["post"]
-    assert "415" in submit["responses"]
+    assert {"403", "415"} <= set(submit["responses"])
     assert list(submit["requestBody"]["content"]) == ["application/json"]
 
 

@@ -56,7 +56,9 @@ MAX_PAGE_SIZE = 100  # jobs per list page: bounds what one request makes the sto
 DEFAULT_PAGE_SIZE = 50
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 OPENAPI_URL = "/api/openapi.json"
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code in (400, 404, 409, 413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorView} for code in (400, 403, 404, 409, 413, 415, 422, 503)
+}
 JSON_MEDIA_TYPE = "application/json"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
