@@ -12,6 +12,8 @@ static = "static"           # optional folder served by nginx at /
 [web]
 heads = 2                   # web head processes behind nginx
 port = 8080                 # optional front door port; default: a free port
+cors_origins = []           # web origins allowed to call the job API from a browser, as
+                            # "https://app.example.com"; any other foreign Origin gets 403
 
 [broker]                    # optional; absent: kvern runs its own private RabbitMQ node
 url = "amqp://user:pass@127.0.0.1:5672/vhost"
@@ -39,6 +41,7 @@ max_backlog = 100000        # length limit of each of its queues (a quorum queue
 args_bytes = 262144         # their size as compact JSON (UTF-8), at most the 1 MiB body limit
 args_depth = 32             # how deep lists and objects nest (args itself is depth 1), at most 100
 args_items = 10000          # elements of all their lists and objects together
+artifact_bytes = 52428800   # the files one attempt of a job saves (kvern.save_artifact), together
 
 [tasks."tasks.generate_heavy_report"]
 queue = "reports"           # default: the first queue of the first pool
@@ -73,6 +76,7 @@ T = TypeVar("T")
 class WebSpec:
     heads: int = 2
     port: int | None = None
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the job API (the front door's own is)
 
 
 @dataclass(frozen=True)
@@ -93,16 +97,19 @@ class PoolSpec:
 @dataclass(frozen=True)
 class LimitsSpec:
     """Bounds of a submission's args and kwargs: a payload a worker cannot decode, pickle or render is refused
-    at the door (400) instead of being recorded. The defaults are the only place the default values live."""
+    at the door (400) instead of being recorded; and of the artifacts a job saves. The defaults are the only
+    place the default values live."""
 
     args_bytes: int = 256 * 1024  # compact JSON size of args and kwargs
     args_depth: int = 32  # nesting of lists and objects; args and kwargs themselves are depth 1
     args_items: int = 10_000  # elements of every list and object together
+    artifact_bytes: int = 50 * 1024 * 1024  # what one attempt's artifacts hold together; save_artifact refuses more
 
 
 # Past these, a payload breaks the layers behind the API (serializer and pickle recursion, the body limit).
 MAX_ARGS_DEPTH = 100
 MAX_ARGS_ITEMS = 1_000_000
+MAX_ARTIFACT_BYTES = 1_000_000_000  # PostgreSQL's bytea and SQLite's blob stop at about 1 GB
 
 
 DURATION_PATTERN = re.compile(r"^(\d{1,9})([smhd])$")
@@ -292,7 +299,20 @@ def _parse_web(web: _Reader) -> WebSpec:
         raise SpecError(f"web.heads: must be between 1 and {MAX_WEB_HEADS}")
     if spec.port is not None and not 1 <= spec.port <= 65535:
         raise SpecError("web.port: must be a TCP port between 1 and 65535")
-    return spec
+    return replace(spec, cors_origins=_parse_origins(spec.cors_origins, f"{web.where}.cors_origins"))
+
+
+# scheme://host[:port], nothing after it: what a browser sends as Origin.
+ORIGIN_PATTERN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+def _parse_origins(values: Any, where: str) -> tuple[str, ...]:
+    origins = []
+    for value in values:
+        if not isinstance(value, str) or not ORIGIN_PATTERN.match(value):
+            raise SpecError(f"{where}: {value!r} is not an origin like 'https://app.example.com' (no path, no '*')")
+        origins.append(value.lower())
+    return tuple(origins)
 
 
 def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
@@ -352,6 +372,7 @@ def _parse_limits(table: _Reader) -> LimitsSpec:
         "args_bytes": (limits.args_bytes, MAX_BODY_BYTES),
         "args_depth": (limits.args_depth, MAX_ARGS_DEPTH),
         "args_items": (limits.args_items, MAX_ARGS_ITEMS),
+        "artifact_bytes": (limits.artifact_bytes, MAX_ARTIFACT_BYTES),
     }
     for name, (value, most) in bounds.items():
         if not 1 <= value <= most:
@@ -417,6 +438,7 @@ def _check_policy(policy: TaskPolicy, where: str, consumed: set[str]) -> None:
 # The type a field's annotation names (annotations are strings here) -> the TOML value the parser accepts.
 FIELD_KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
 FIELD_KINDS["str | None"] = str
+FIELD_KINDS["tuple[str, ...]"] = list
 
 
 def _read_fields(table: _Reader, cls: type, **defaults: Any) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def kvern(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[st
 
 
 def job_count(client: httpx.Client) -> int:
-    return len(client.get("/api/v1/jobs", params={"limit": 500}).json()["jobs"])
+    return len(client.get("/api/v1/jobs", params={"limit": 100}).json()["jobs"])
 
 
 def test_reports_come_back_as_valid_pdfs_through_nginx(platform: Running) -> None:

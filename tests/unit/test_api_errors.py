@@ -18,6 +18,7 @@ web_head = test_api.web_head
 api = test_api.api
 
 SUBMIT = "/api/v1/jobs"
+JSON = {"Content-Type": "application/json"}
 
 
 def assert_error_shape(body: Any, code: str | None = None) -> None:
@@ -79,7 +80,7 @@ async def test_a_method_the_route_does_not_take_is_405_with_allow(api: Any) -> N
 
 async def test_an_oversized_body_is_413_with_the_error_shape(api: Any) -> None:
     client, _, store = api
-    response = await client.post(SUBMIT, content=b"[" + b" " * (2 * 1024 * 1024) + b"]")
+    response = await client.post(SUBMIT, content=b"[" + b" " * (2 * 1024 * 1024) + b"]", headers=JSON)
     assert response.status_code == 413
     assert_error_shape(response.json(), "body_too_large")
     assert sum(store.counts_by_status().values()) == 0

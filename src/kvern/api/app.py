@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from kvern.api.batching import JobInserter
+from kvern.api.browsers import OriginGuard
 from kvern.api.docs import install_docs
+from kvern.api.downloads import artifact_response
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
 from kvern.api.openapi import install_openapi, job_links
@@ -49,7 +51,7 @@ from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
-from kvern.jobs.views import history_view, job_body, job_url
+from kvern.jobs.views import history_view, job_body, job_summary, job_url
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec
 
@@ -57,8 +59,15 @@ log = logging.getLogger("kvern.api")
 
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY = 200
+MAX_PAGE_SIZE = 100  # jobs per list page: bounds what one request makes the store and the head load
+DEFAULT_PAGE_SIZE = 50
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 OPENAPI_URL = "/api/openapi.json"
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorView} for code in (400, 404, 409, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorView} for code in (400, 403, 404, 409, 413, 415, 422, 503)
+}
+JSON_MEDIA_TYPE = "application/json"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass
@@ -67,6 +76,7 @@ class WebHead:
     catalog: TaskCatalog
     store: JobStoreProtocol
     publisher: JobPublisherProtocol
+    front_door_port: int | None = None  # the origin's port, which nginx's Host header leaves out
     marker: PublishedMarker = field(init=False)
     metrics: ApiMetrics = field(init=False)
     inserter: JobInserter = field(init=False)
@@ -80,7 +90,8 @@ class WebHead:
     def from_runtime(cls, config: RuntimeConfig) -> WebHead:
         spec = config.spec()
         _, catalog = load_user_app(spec)
-        return cls(spec, catalog, JobStore(config.store_url), JobPublisher(config.broker_urls[ROLE_WEB]))
+        publisher = JobPublisher(config.broker_urls[ROLE_WEB])
+        return cls(spec, catalog, JobStore(config.store_url), publisher, config.front_door_port)
 
     async def submit(self, submission: Submission, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
         """Record and publish a job; returns the answer's body and whether the job is new."""
@@ -144,7 +155,9 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         openapi_url=OPENAPI_URL,
         docs_url=None,  # served by install_docs, with local assets
         redoc_url=None,
+        dependencies=[Depends(require_json_body)],
     )
+    app.add_middleware(OriginGuard)
     install_docs(app, OPENAPI_URL)
     install_openapi(app, lambda: list(_head_of(app).catalog.names()))
     _install_error_handlers(app)
@@ -199,7 +212,26 @@ def _install_protocol_error_handlers(app: FastAPI) -> None:
         return json_error(500, "internal_error", "the web head failed to answer; the error is in its log")
 
 
-HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
+
+
+def require_json_body(request: Request) -> None:
+    """A write's body must be declared JSON: a web page can send a cross-origin `text/plain` or form POST
+    without asking the browser's CORS preflight, but never an `application/json` one. A write without a body and
+    without a Content-Type (cancel, replay) carries nothing to misread."""
+    if request.method not in WRITE_METHODS:
+        return
+    declared = request.headers.get("content-type")
+    if declared is None and not _may_have_body(request):
+        return
+    media_type = (declared or "").split(";", 1)[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE:
+        raise StarletteHTTPException(415, f"the request body must be {JSON_MEDIA_TYPE}")
+
+
+def _may_have_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (length is not None and length.strip() != "0")
 
 
 def _validation_problem(error: Mapping[str, Any]) -> str:
@@ -290,7 +322,7 @@ def _install_job_routes(app: FastAPI) -> None:
     async def list_jobs(
         request: Request,
         status: JobStatus | None = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        limit: PageSize = DEFAULT_PAGE_SIZE,
         before: float | None = None,
     ) -> Response:
         jobs = await run_in_threadpool(_head(request).store.list_jobs, status, limit, before)
@@ -298,16 +330,15 @@ def _install_job_routes(app: FastAPI) -> None:
         if len(jobs) == limit:
             query = f"limit={limit}&before={jobs[-1].created_at!r}" + (f"&status={status.value}" if status else "")
             following = f"{API_PREFIX}/jobs?{query}"
-        return JSONResponse({"jobs": [job_body(job) for job in jobs], "next": following})
+        return JSONResponse({"jobs": [job_summary(job) for job in jobs], "next": following})
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/artifacts/{{name}}", responses=ERRORS)
     async def get_artifact(request: Request, job_id: str, name: str) -> Response:
-        found = await run_in_threadpool(_head(request).store.artifact, job_id, name)
-        if found is None:
+        store = _head(request).store
+        info = await run_in_threadpool(store.artifact_info, job_id, name)
+        if info is None:
             return json_error(404, "unknown_artifact", f"job {job_id!r} has no artifact {name!r}")
-        content_type, data = found
-        disposition = f'attachment; filename="{name}"'
-        return Response(data, media_type=content_type, headers={"Content-Disposition": disposition})
+        return artifact_response(store, job_id, info)
 
 
 async def _submit(request: Request, idempotency_key: str | None) -> Response:
@@ -390,11 +421,11 @@ def _install_erase_route(app: FastAPI) -> None:
 
 def _install_dead_letter_routes(app: FastAPI) -> None:
     @app.get(f"{API_PREFIX}/dlq", response_model=JobPage, responses=ERRORS)
-    async def list_dead(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
+    async def list_dead(request: Request, limit: PageSize = DEFAULT_PAGE_SIZE) -> Response:
         store = _head(request).store
         jobs = [job for status in REPLAYABLE for job in await run_in_threadpool(store.list_jobs, status, limit)]
         jobs.sort(key=lambda job: job.created_at, reverse=True)
-        return JSONResponse({"jobs": [job_body(job) for job in jobs[:limit]], "next": None})
+        return JSONResponse({"jobs": [job_summary(job) for job in jobs[:limit]], "next": None})
 
     @app.get(f"{API_PREFIX}/dlq/{{job_id}}", response_model=DeadJobView, responses=ERRORS, operation_id="show_dead")
     async def show_dead(request: Request, job_id: str) -> Response:

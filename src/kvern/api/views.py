@@ -39,8 +39,29 @@ class JobView(BaseModel):
     subject: str | None = None  # whom the job is about, as the submitter tagged it ("user:42")
 
 
+class JobSummaryView(BaseModel):
+    """A job in a listing: JobView without args, kwargs and result (the job's own GET has them)."""
+
+    id: str
+    task: str
+    status: str
+    progress: int
+    progress_message: str | None
+    attempts: int
+    max_attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    artifacts: list[ArtifactView]
+    url: str
+    render_error: str | None = None  # set when args, kwargs or result cannot be rendered (the job's GET says which)
+    cancel_requested: str | None = None  # a running job asked to stop: when (it then ends cancelled)
+    subject: str | None = None  # whom the job is about, as the submitter tagged it ("user:42")
+
+
 class JobPage(BaseModel):
-    jobs: list[JobView]
+    jobs: list[JobSummaryView]
     next: str | None
 
 

@@ -20,6 +20,8 @@ from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job
 
 CONTENT_TYPE = "application/json"
+# What the message's argsrepr/kwargsrepr headers show (Celery logs and events print them): never the payload.
+HIDDEN_REPR = "…"
 CONTENT_ENCODING = "utf-8"
 PERSISTENT = 2  # AMQP delivery mode: the broker writes the message to disk
 
@@ -51,8 +53,8 @@ def task_message(job_id: str, task: str, queue: str, args: list[Any], kwargs: di
         "eta": None,
         "expires": None,
         "timelimit": [None, None],
-        "argsrepr": repr(args)[:1024],
-        "kwargsrepr": repr(kwargs)[:1024],
+        "argsrepr": HIDDEN_REPR,
+        "kwargsrepr": HIDDEN_REPR,
         "origin": f"kvern-web@{socket.gethostname()}",
         "ignore_result": True,
         KVERN_JOB_HEADER: True,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from kvern.jobs.records import Attempt, Claim, Job, NewJob, StuckSuspect
+from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect
 from kvern.jobs.states import JobStatus
 
 
@@ -24,6 +24,10 @@ class IdempotencyConflict(Exception):
     def __init__(self, existing: Job) -> None:
         super().__init__(f"idempotency key already used for job {existing.id} with a different request")
         self.existing = existing
+
+
+class ArtifactsTooLarge(ValueError):
+    """Saving the artifact would take the attempt's artifacts past their size cap (`[limits] artifact_bytes`)."""
 
 
 class JobStoreProtocol(Protocol):
@@ -79,8 +83,12 @@ class JobStoreProtocol(Protocol):
         """Fenced; progress never moves backwards. False when refused."""
         ...
 
-    def save_artifact(self, job_id: str, attempt: int, name: str, content_type: str, data: bytes) -> None:
-        """Keep a file of `attempt` (the same name again replaces it); served only if that attempt wins."""
+    def save_artifact(
+        self, job_id: str, attempt: int, name: str, content_type: str, data: bytes, max_total: int | None = None
+    ) -> None:
+        """Keep a file of `attempt` (the same name again replaces it); served only if that attempt wins. With
+        `max_total`, raise ArtifactsTooLarge (keeping what was there) when the attempt's files would then hold
+        more than `max_total` bytes together."""
         ...
 
     def record_success(self, job_id: str, attempt: int, result: Any) -> bool:
@@ -155,6 +163,15 @@ class JobStoreProtocol(Protocol):
 
     def artifact(self, job_id: str, name: str) -> tuple[str, bytes] | None:
         """(content type, data) of an artifact of the winning attempt; a losing attempt's files stay hidden."""
+        ...
+
+    def artifact_info(self, job_id: str, name: str) -> ArtifactInfo | None:
+        """Name, content type and size of an artifact of the winning attempt (as `artifact`), without its data."""
+        ...
+
+    def artifact_chunk(self, job_id: str, name: str, offset: int, size: int) -> bytes | None:
+        """Up to `size` bytes of that artifact from `offset` (empty past its end), so that a download never
+        holds the whole file; None when the job no longer serves the artifact."""
         ...
 
     def list_jobs(self, status: JobStatus | None, limit: int, before: float | None = None) -> list[Job]:

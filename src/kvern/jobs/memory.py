@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from kvern.jobs.base import IdempotencyConflict
+from kvern.jobs.base import ArtifactsTooLarge, IdempotencyConflict
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
 
@@ -165,10 +165,19 @@ class MemoryJobStore:
             row.update(progress=pct, progress_message=message)
             return True
 
-    def save_artifact(self, job_id: str, attempt: int, name: str, content_type: str, data: bytes) -> None:
+    def save_artifact(
+        self, job_id: str, attempt: int, name: str, content_type: str, data: bytes, max_total: int | None = None
+    ) -> None:
         with self._lock:
             if job_id not in self.jobs:
                 raise _duplicate(f"artifact of unknown job {job_id}")  # the SQL foreign key refuses it too
+            total = len(data) + sum(
+                len(a["data"])
+                for (j, at, n), a in self._artifacts.items()
+                if (j, at) == (job_id, attempt) and n != name
+            )
+            if max_total is not None and total > max_total:
+                raise ArtifactsTooLarge(f"the artifacts of job {job_id} would hold {total} bytes, over {max_total}")
             self._artifacts[(job_id, attempt, name)] = {
                 "content_type": content_type,
                 "data": bytes(data),
@@ -372,6 +381,14 @@ class MemoryJobStore:
             row = self.jobs.get(job_id)
             found = self._artifacts.get((job_id, row["outcome_attempt"], name)) if row is not None else None
             return (found["content_type"], found["data"]) if found is not None else None
+
+    def artifact_info(self, job_id: str, name: str) -> ArtifactInfo | None:
+        found = self.artifact(job_id, name)
+        return ArtifactInfo(name, found[0], len(found[1])) if found is not None else None
+
+    def artifact_chunk(self, job_id: str, name: str, offset: int, size: int) -> bytes | None:
+        found = self.artifact(job_id, name)
+        return found[1][offset : offset + size] if found is not None else None
 
     def list_jobs(self, status: JobStatus | None, limit: int, before: float | None = None) -> list[Job]:
         with self._lock:

@@ -25,6 +25,7 @@ from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
 
 # Re-exported (the `as` form tells mypy so): callers import it from here, where it was first defined.
+from kvern.jobs.base import ArtifactsTooLarge
 from kvern.jobs.base import IdempotencyConflict as IdempotencyConflict  # noqa: PLC0414
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
@@ -330,7 +331,9 @@ class JobStore:
             )
         return result.rowcount == 1
 
-    def save_artifact(self, job_id: str, attempt: int, name: str, content_type: str, data: bytes) -> None:
+    def save_artifact(
+        self, job_id: str, attempt: int, name: str, content_type: str, data: bytes, max_total: int | None = None
+    ) -> None:
         values = {
             "job_id": job_id,
             "attempt": attempt,
@@ -349,6 +352,16 @@ class JobStore:
                 )
             )
             conn.execute(insert(schema.artifacts).values(**values))
+            if max_total is not None:
+                self._check_artifacts_total(conn, job_id, attempt, max_total)  # raising rolls the save back
+
+    @staticmethod
+    def _check_artifacts_total(conn: Connection, job_id: str, attempt: int, max_total: int) -> None:
+        a = schema.artifacts
+        query = select(func.coalesce(func.sum(a.c.size), 0)).where(a.c.job_id == job_id, a.c.attempt == attempt)
+        total = int(conn.execute(query).scalar_one())
+        if total > max_total:
+            raise ArtifactsTooLarge(f"the artifacts of job {job_id} would hold {total} bytes, over {max_total}")
 
     def record_success(self, job_id: str, attempt: int, result: Any) -> bool:
         """Commit the outcome of `attempt`; False when another attempt owns the job or it is finished."""
@@ -606,6 +619,30 @@ class JobStore:
         with self._read() as conn:
             row = conn.execute(query).first()
         return (row.content_type, row.data) if row else None
+
+    def _served_artifact(self, job_id: str, name: str) -> Any:
+        """The where-clause of the winning attempt's artifact `name` (artifacts joined with jobs)."""
+        a, jobs = schema.artifacts, schema.jobs
+        return and_(
+            a.c.job_id == job_id, a.c.name == name, a.c.attempt == jobs.c.outcome_attempt, jobs.c.id == a.c.job_id
+        )
+
+    def artifact_info(self, job_id: str, name: str) -> ArtifactInfo | None:
+        a = schema.artifacts
+        query = select(a.c.name, a.c.content_type, a.c.size).where(self._served_artifact(job_id, name))
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return ArtifactInfo(row.name, row.content_type, row.size) if row else None
+
+    def artifact_chunk(self, job_id: str, name: str, offset: int, size: int) -> bytes | None:
+        # substr over the blob (SQLite) or bytea (PostgreSQL): only this slice leaves the database.
+        a = schema.artifacts
+        query = select(func.substr(a.c.data, offset + 1, size).label("chunk")).where(
+            self._served_artifact(job_id, name)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else bytes(row.chunk or b"")
 
     def list_jobs(self, status: JobStatus | None, limit: int, before: float | None = None) -> list[Job]:
         """Newest first; `before` (a created_at) pages through older jobs."""

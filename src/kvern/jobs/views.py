@@ -78,6 +78,15 @@ def job_body(job: Job) -> dict[str, Any]:
     return _sendable(_jsonable(body))
 
 
+def job_summary(job: Job) -> dict[str, Any]:
+    """The job as a listing shows it: without args, kwargs and result, which may be large or personal (the
+    job's own GET has them). `render_error` still tells when those cannot be shown."""
+    body = job_body(job)
+    for name in STORED_VALUES:
+        del body[name]
+    return body
+
+
 def _jsonable(body: dict[str, Any]) -> dict[str, Any]:
     # As the API's response models dumped it: a NaN or infinite float becomes null.
     jsonable: dict[str, Any] = to_jsonable_python(body, inf_nan_mode="null")

@@ -11,7 +11,9 @@ from kvern.constants import ROLE_WORKER
 from kvern.jobs.store import JobStore
 from kvern.runtime_config import RuntimeConfig
 from kvern.worker.app import UndeclaringConsumer, safe_settings
+from kvern.worker.context import limit_artifacts
 from kvern.worker.execution import guard_task, watch_hard_time_limits
+from kvern.worker.log_privacy import hide_payloads_in_logs
 from kvern.worker.memory import share_memory_with_children
 from kvern.worker.wakeup import wake_on_signals
 
@@ -19,6 +21,7 @@ from kvern.worker.wakeup import wake_on_signals
 def main(argv: list[str]) -> None:
     pool_name, index = argv[0], int(argv[1])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hide_payloads_in_logs()
     config = RuntimeConfig.from_environment()
     spec = config.spec()
     pool = spec.pool(pool_name)
@@ -26,6 +29,7 @@ def main(argv: list[str]) -> None:
     app.conf.update(safe_settings(spec, config.broker_urls[ROLE_WORKER], pool.queues))
     app.conf.worker_consumer = f"{UndeclaringConsumer.__module__}:{UndeclaringConsumer.__name__}"
     store = JobStore(config.store_url)
+    limit_artifacts(spec.limits.artifact_bytes)
     node = f"{pool_name}-{index}@{config.instance}.{socket.gethostname()}"
     for name, task in catalog.tasks.items():
         guard_task(task, store, spec.policy(name), node)

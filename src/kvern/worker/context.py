@@ -8,14 +8,22 @@ an ordinary function.
 from __future__ import annotations
 
 import mimetypes
+import re
 import time
+import unicodedata
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from kvern.jobs.base import JobStoreProtocol
+from kvern.spec import LimitsSpec
 
 PROGRESS_MIN_INTERVAL_S = 0.2
 CANCEL_CHECK_INTERVAL_S = 0.5  # a task polling `cancelled()` in a tight loop asks the store this often at most
+MAX_ARTIFACT_NAME = 200  # characters; the store's column
+# type/subtype (RFC 6838 names), then optional `; name=value` parameters; the store keeps 100 characters.
+_TOKEN = r"[A-Za-z0-9!#$&^_.+-]{1,127}"
+CONTENT_TYPE_PATTERN = re.compile(rf"{_TOKEN}/{_TOKEN}(\s*;\s*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*")
+MAX_CONTENT_TYPE = 100
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,19 @@ class JobInfo:
 
     job_id: str
     attempt: int
+
+
+@dataclass
+class ArtifactLimits:
+    max_bytes: int = LimitsSpec.artifact_bytes  # of one attempt's artifacts together
+
+
+_artifact_limits = ArtifactLimits()
+
+
+def limit_artifacts(max_bytes: int) -> None:
+    """The worker process sets the spec's `[limits] artifact_bytes` once, before it runs tasks."""
+    _artifact_limits.max_bytes = max_bytes
 
 
 @dataclass
@@ -74,11 +95,30 @@ def cancelled() -> bool:
 
 
 def save_artifact(name: str, data: bytes, content_type: str | None = None) -> str:
-    """Keep a file the job produced; it is served once this attempt's outcome is recorded."""
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"artifact name {name!r} must be a plain file name")
+    """Keep a file the job produced; it is served once this attempt's outcome is recorded. ValueError for a name
+    that is no plain file name, a content type that is no `type/subtype`, or files over `[limits]
+    artifact_bytes` together (kvern.jobs.base.ArtifactsTooLarge)."""
+    check_artifact_name(name)
     content_type = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    check_content_type(content_type)
+    if len(data) > _artifact_limits.max_bytes:  # before the store is asked to take it
+        raise ValueError(f"artifact {name!r} has {len(data)} bytes, over [limits] artifact_bytes")
     context = _current.get()
     if context is not None:
-        context.store.save_artifact(context.info.job_id, context.info.attempt, name, content_type, data)
+        job_id, attempt = context.info.job_id, context.info.attempt
+        context.store.save_artifact(job_id, attempt, name, content_type, data, _artifact_limits.max_bytes)
     return name
+
+
+def check_artifact_name(name: str) -> None:
+    """A plain file name: no path, not hidden, no control or format characters, at most 200 characters."""
+    plain = bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+    if not plain or len(name) > MAX_ARTIFACT_NAME or name != name.strip():
+        raise ValueError(f"artifact name {name!r} must be a plain file name of at most {MAX_ARTIFACT_NAME} characters")
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in name):
+        raise ValueError(f"artifact name {name!r} must not contain control characters")
+
+
+def check_content_type(content_type: str) -> None:
+    if len(content_type) > MAX_CONTENT_TYPE or not CONTENT_TYPE_PATTERN.fullmatch(content_type):
+        raise ValueError(f"artifact content type {content_type!r} must be a media type like 'text/csv'")
