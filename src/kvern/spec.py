@@ -12,6 +12,7 @@ static = "static"           # optional folder served by nginx at /
 [web]
 heads = 2                   # web head processes behind nginx
 port = 8080                 # optional front door port; default: a free port
+server_name = ["example.com"]  # Host names answered besides localhost, 127.0.0.1 and [::1]; others get 421
 
 [broker]                    # optional; absent: kvern runs its own private RabbitMQ node
 url = "amqp://user:pass@127.0.0.1:5672/vhost"
@@ -63,6 +64,8 @@ from kvern.errors import SpecError
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# A DNS name, optionally with a leading `*.` wildcard, or an IPv4 address: nothing nginx would read as a regex.
+SERVER_NAME_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 T = TypeVar("T")
 
@@ -71,6 +74,7 @@ T = TypeVar("T")
 class WebSpec:
     heads: int = 2
     port: int | None = None
+    server_name: tuple[str, ...] = ()  # Host names nginx answers besides the loopback ones
 
 
 @dataclass(frozen=True)
@@ -252,7 +256,11 @@ def _parse_web(web: _Reader) -> WebSpec:
         raise SpecError(f"web.heads: must be between 1 and {MAX_WEB_HEADS}")
     if spec.port is not None and not 1 <= spec.port <= 65535:
         raise SpecError("web.port: must be a TCP port between 1 and 65535")
-    return spec
+    names = tuple(spec.server_name)
+    for name in names:
+        if not isinstance(name, str) or len(name) > 253 or not SERVER_NAME_PATTERN.match(name):
+            raise SpecError(f"web.server_name: {name!r} is not a host name (lowercase DNS name, optionally '*.' first)")
+    return replace(spec, server_name=names)
 
 
 def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
@@ -364,6 +372,7 @@ def _check_policy(policy: TaskPolicy, where: str, consumed: set[str]) -> None:
 # The type a field's annotation names (annotations are strings here) -> the TOML value the parser accepts.
 FIELD_KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
 FIELD_KINDS["str | None"] = str
+FIELD_KINDS["tuple[str, ...]"] = list
 
 
 def _read_fields(table: _Reader, cls: type, **defaults: Any) -> dict[str, Any]:

@@ -117,8 +117,9 @@ class Instance:
             node.prepare(_broker_definitions(config))  # users and vhost are loaded by the node as it boots
         run_web, pools = only.web, only.pools_of(self.spec)
         if run_web:
-            nginx.socket_dir(self.state_dir).mkdir(exist_ok=True)
-            nginx.write_config(self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads)
+            nginx.write_config(
+                self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads, self.spec.web
+            )
         programs = build_programs(self.spec, config, node)
         supervisor = self.supervisor
         supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs))

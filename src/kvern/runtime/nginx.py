@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -12,12 +13,15 @@ from string import Template
 from kvern.constants import MAX_BODY_BYTES
 from kvern.errors import StartError
 from kvern.files import atomic_write
+from kvern.spec import WebSpec
 
 NGINX_BINARY_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 # nginx's own limit sits a little above the app's, so the app answers 413 with its JSON error first.
 FRONT_DOOR_BODY_LIMIT = f"{MAX_BODY_BYTES // 1024 + 64}k"
 NGINX_WORKER_PROCESSES = 2
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+# Always answered: a browser sends these only for a page loaded from this machine itself.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 def nginx_binary() -> str:
@@ -68,25 +72,28 @@ def _user_directive() -> str:
     return f"user {pwd.getpwuid(os.geteuid()).pw_name};"
 
 
-def render_config(state_dir: Path, port: int, static_dir: Path | None) -> str:
+def render_config(state_dir: Path, port: int, static_dir: Path | None, server_names: Sequence[str] = ()) -> str:
     template = Template(resources.files("kvern.runtime").joinpath("templates/nginx.conf").read_text())
     return template.substitute(
         user_directive=_user_directive(),
         worker_processes=NGINX_WORKER_PROCESSES,
         state_dir=state_dir,
         port=port,
+        server_names=" ".join(dict.fromkeys([*LOOPBACK_NAMES, *server_names])),
         client_max_body_size=FRONT_DOOR_BODY_LIMIT,
         static_block=_static_block(static_dir),
     )
 
 
-def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int) -> Path:
-    """Write nginx.conf and upstream.conf; returns the main config's path."""
+def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int, web: WebSpec | None = None) -> Path:
+    """Write nginx.conf and upstream.conf and make the web heads' socket dir; returns the main config's path."""
+    web = web or WebSpec()
     path = config_path(state_dir)
     for name in TEMP_DIRS:
         (path.parent / name).mkdir(parents=True, exist_ok=True)
+    socket_dir(state_dir).mkdir(exist_ok=True)
     write_upstream(state_dir, heads)
-    path.write_text(render_config(state_dir, port, static_dir))
+    path.write_text(render_config(state_dir, port, static_dir, web.server_name))
     return path
 
 
