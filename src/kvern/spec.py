@@ -13,6 +13,9 @@ static = "static"           # optional folder served by nginx at /
 heads = 2                   # web head processes behind nginx
 port = 8080                 # optional front door port; default: a free port
 server_name = ["example.com"]  # Host names answered besides localhost, 127.0.0.1 and [::1]; others get 421
+rate = 200                  # /api/ requests per second per client address (0: no limit); over it: 429
+burst = 400                 # requests above the rate let through at once before 429s start
+connections = 256           # requests in progress at once per client address (0: no limit); over it: 429
 
 [broker]                    # optional; absent: kvern runs its own private RabbitMQ node
 url = "amqp://user:pass@127.0.0.1:5672/vhost"
@@ -75,6 +78,10 @@ class WebSpec:
     heads: int = 2
     port: int | None = None
     server_name: tuple[str, ...] = ()  # Host names nginx answers besides the loopback ones
+    # Per client address (OWASP API4), enforced by nginx; 0 turns a limit off.
+    rate: int = 200  # /api/ requests per second
+    burst: int = 400  # requests above the rate let through at once
+    connections: int = 256  # requests in progress at once
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,8 @@ class LimitsSpec:
     args_depth: int = 32  # nesting of lists and objects; args and kwargs themselves are depth 1
     args_items: int = 10_000  # elements of every list and object together
 
+
+MAX_WEB_LIMIT = 1_000_000
 
 # Past these, a payload breaks the layers behind the API (serializer and pickle recursion, the body limit).
 MAX_ARGS_DEPTH = 100
@@ -256,11 +265,19 @@ def _parse_web(web: _Reader) -> WebSpec:
         raise SpecError(f"web.heads: must be between 1 and {MAX_WEB_HEADS}")
     if spec.port is not None and not 1 <= spec.port <= 65535:
         raise SpecError("web.port: must be a TCP port between 1 and 65535")
+    _check_web_limits(spec)
     names = tuple(spec.server_name)
     for name in names:
         if not isinstance(name, str) or len(name) > 253 or not SERVER_NAME_PATTERN.match(name):
             raise SpecError(f"web.server_name: {name!r} is not a host name (lowercase DNS name, optionally '*.' first)")
     return replace(spec, server_name=names)
+
+
+def _check_web_limits(web: WebSpec) -> None:
+    bounds = {"rate": web.rate, "burst": web.burst, "connections": web.connections}
+    for name, value in bounds.items():
+        if not 0 <= value <= MAX_WEB_LIMIT:
+            raise SpecError(f"web.{name}: must be between 0 and {MAX_WEB_LIMIT} (0: no limit)")
 
 
 def _parse_pools(reader: _Reader) -> tuple[PoolSpec, ...]:
@@ -342,7 +359,17 @@ def _parse_static(app: _Reader, root: Path) -> Path | None:
     folder = (root / static).resolve()
     if not folder.is_dir():
         raise SpecError(f"app.static: folder {folder} does not exist")
+    check_static_dir(folder, root.resolve(), "the spec folder")
     return folder
+
+
+def check_static_dir(folder: Path, private: Path, what: str) -> None:
+    """nginx serves all of the static folder: it must not hold the spec folder or the state dir (broker
+    passwords, the job store), nor be `/`."""
+    if folder == Path(folder.anchor):
+        raise SpecError(f"app.static: {folder} is the root of the file system; use a folder of its own")
+    if folder == private or folder in private.parents:
+        raise SpecError(f"app.static: {folder} contains {what} ({private}); use a folder of its own, e.g. 'static'")
 
 
 def _parse_tasks(tasks: _Reader, pools: tuple[PoolSpec, ...]) -> dict[str, TaskPolicy]:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
@@ -21,6 +24,7 @@ from kvern.spec import Spec, Tiers, load_spec, parse_spec
 from tests.integration.conftest import SYSTEM_BROKER, Running, write_project
 
 pytestmark = pytest.mark.integration
+DOTFILES = (".env", ".git/config", "sub/.htpasswd")
 
 
 def front_spec(queue: str, web: str = "") -> str:
@@ -70,7 +74,11 @@ def web_tier(folder: Path, web: str = "") -> Iterator[Running]:
 
 @pytest.fixture(scope="module")
 def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with web_tier(tmp_path_factory.mktemp("front") / "project", 'server_name = ["app.example"]') as running:
+    folder = tmp_path_factory.mktemp("front") / "project"
+    for secret in DOTFILES:  # what a static folder kept in git or beside a .env may hold
+        (folder / "static" / secret).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "static" / secret).write_text("SECRET=1\n")
+    with web_tier(folder, 'server_name = ["app.example"]') as running:
         yield running
 
 
@@ -112,3 +120,91 @@ def test_server_name_refuses_what_is_not_a_host_name(name: object) -> None:
     value = f'"{name}"' if isinstance(name, str) else str(name)
     with pytest.raises(SpecError, match=r"web\.server_name"):
         parse_web(f"server_name = [{value}]")
+
+
+# -- limits per client address (OWASP API4) ------------------------------------------------------------------
+
+
+def assert_too_many(response: httpx.Response) -> None:
+    assert response.status_code == 429, response.text
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "too_many_requests"
+
+
+def test_requests_over_the_rate_get_429_with_retry_after(tmp_path: Path) -> None:
+    with web_tier(tmp_path / "project", "rate = 2\nburst = 5") as running, running.client() as client:
+        statuses = [client.get("/api/health").status_code for _ in range(20)]
+        assert statuses.count(200) <= 8 and statuses[:3] == [200, 200, 200], statuses
+        assert_too_many(client.get("/api/v1/jobs"))
+        assert client.get("/").status_code == 200  # the static site is not rate limited
+
+
+def test_connections_over_the_limit_get_429(tmp_path: Path) -> None:
+    with web_tier(tmp_path / "project", "connections = 2") as running:
+        port = running.config.front_door_port
+        held = []
+        try:
+            for _ in range(2):  # a POST whose body never comes keeps its request in progress
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.sendall(b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n")
+                held.append(sock)
+            time.sleep(0.3)
+            with running.client() as client:
+                assert_too_many(client.get("/"))
+            for sock in held:
+                sock.close()
+            time.sleep(0.3)
+            with running.client() as client:
+                assert client.get("/").status_code == 200
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_limits_have_safe_defaults_and_bounds() -> None:
+    web = parse_web("").web
+    assert (web.rate, web.burst, web.connections) == (200, 400, 256)
+    assert parse_web("rate = 0\nconnections = 0").web.rate == 0
+    for field in ("rate = -1", "burst = -5", "connections = 2000000"):
+        with pytest.raises(SpecError, match=rf"web\.{field.split()[0]}"):
+            parse_web(field)
+
+
+# -- the static site -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/index.html", "/app.js", "/style.css", "/missing.html"])
+def test_the_static_site_sends_security_headers(front: Running, path: str) -> None:
+    with front.client() as client:
+        headers = client.get(path).headers
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "no-referrer"
+    policy = headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self';" in policy and "unsafe" not in policy
+
+
+@pytest.mark.parametrize("path", [f"/{name}" for name in DOTFILES] + ["/.git/", "/sub/.htpasswd?x=1"])
+def test_dotfiles_are_not_served(front: Running, path: str) -> None:
+    with front.client() as client:
+        response = client.get(path)
+    assert response.status_code == 404 and "SECRET" not in response.text
+
+
+def project_with_static(folder: Path, static: str) -> Path:
+    return write_project(folder, f'[app]\ntasks = "tasks"\nstatic = "{static}"\n[[pools]]\nname = "reports"\n')
+
+
+@pytest.mark.parametrize("static", [".", "..", "/", "static/.."])
+def test_a_static_folder_holding_the_spec_folder_is_refused(tmp_path: Path, static: str) -> None:
+    with pytest.raises(SpecError, match=r"app\.static: .*(contains the spec folder|root of the file system)"):
+        load_spec(project_with_static(tmp_path, static))
+    assert load_spec(project_with_static(tmp_path / "ok", "static")).static_dir == tmp_path / "ok" / "static"
+
+
+def test_a_static_folder_holding_the_state_dir_is_refused(tmp_path: Path) -> None:
+    spec = load_spec(project_with_static(tmp_path, "static"))
+    state = tmp_path / "static" / "state"  # kvern up --state static/state
+    with pytest.raises(SpecError, match=r"app\.static: .* contains the state dir"):
+        Instance(spec, state).up(Tiers.parse("web"))
+    assert not (state / "nginx" / "nginx.conf").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -13,7 +12,7 @@ from string import Template
 from kvern.constants import MAX_BODY_BYTES
 from kvern.errors import StartError
 from kvern.files import atomic_write
-from kvern.spec import WebSpec
+from kvern.spec import WebSpec, check_static_dir
 
 NGINX_BINARY_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 # nginx's own limit sits a little above the app's, so the app answers 413 with its JSON error first.
@@ -52,6 +51,23 @@ def render_upstream(state_dir: Path, heads: int) -> str:
     return f"upstream kvern_web_heads {{\n    least_conn;\n{servers}\n    keepalive 64;\n}}\n"
 
 
+# The static site's headers. The CSP allows the page's own scripts, styles and API calls only: no inline
+# script or style, no framing (clickjacking), no plugins, no <base> rewriting, forms post to this origin.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = "\n".join(
+    f"            add_header {name} {value} always;"
+    for name, value in (
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "no-referrer"),
+        ("Content-Security-Policy", f'"{CONTENT_SECURITY_POLICY}"'),
+    )
+)
+
+
 def _static_block(static_dir: Path | None) -> str:
     if static_dir is None:
         return (
@@ -61,8 +77,40 @@ def _static_block(static_dir: Path | None) -> str:
         )
     return (
         f"        location / {{\n            root {static_dir};\n            index index.html;\n"
-        "            try_files $uri $uri/ =404;\n        }"
+        f"            try_files $uri $uri/ =404;\n{SECURITY_HEADERS}\n        }}"
     )
+
+
+# Over a limit: the JSON error shape, and when to try again (the rate refills every second).
+TOO_MANY = """        error_page 429 = @too_many;
+        location @too_many {
+            default_type application/json;
+            add_header Retry-After 1 always;
+            return 429 '{"error": {"code": "too_many_requests", "message": "too many requests from this address"}}';
+        }"""
+
+
+def _limit_zones(web: WebSpec) -> str:
+    # The key is a map so per-key limits can key on the API key later; today each client address is a bucket.
+    lines = [
+        "    map $binary_remote_addr $kvern_limit_key { default $binary_remote_addr; }",
+        "    limit_req_status 429;",
+        "    limit_conn_status 429;",
+    ]
+    if web.rate:
+        lines.append(f"    limit_req_zone $kvern_limit_key zone=kvern_api:10m rate={web.rate}r/s;")
+    if web.connections:
+        lines.append("    limit_conn_zone $kvern_limit_key zone=kvern_conn:10m;")
+    return "\n".join(lines)
+
+
+def _limit_req(web: WebSpec) -> str:
+    # nodelay: a burst within the allowance is served at once instead of being queued behind the rate.
+    return f"            limit_req zone=kvern_api burst={web.burst} nodelay;" if web.rate else ""
+
+
+def _limit_conn(web: WebSpec) -> str:
+    return f"        limit_conn kvern_conn {web.connections};" if web.connections else ""
 
 
 def _user_directive() -> str:
@@ -72,14 +120,19 @@ def _user_directive() -> str:
     return f"user {pwd.getpwuid(os.geteuid()).pw_name};"
 
 
-def render_config(state_dir: Path, port: int, static_dir: Path | None, server_names: Sequence[str] = ()) -> str:
+def render_config(state_dir: Path, port: int, static_dir: Path | None, web: WebSpec | None = None) -> str:
+    web = web or WebSpec()
     template = Template(resources.files("kvern.runtime").joinpath("templates/nginx.conf").read_text())
     return template.substitute(
         user_directive=_user_directive(),
         worker_processes=NGINX_WORKER_PROCESSES,
         state_dir=state_dir,
         port=port,
-        server_names=" ".join(dict.fromkeys([*LOOPBACK_NAMES, *server_names])),
+        server_names=" ".join(dict.fromkeys([*LOOPBACK_NAMES, *web.server_name])),
+        limit_zones=_limit_zones(web),
+        limit_req=_limit_req(web),
+        limit_conn=_limit_conn(web),
+        too_many=TOO_MANY,
         client_max_body_size=FRONT_DOOR_BODY_LIMIT,
         static_block=_static_block(static_dir),
     )
@@ -87,13 +140,14 @@ def render_config(state_dir: Path, port: int, static_dir: Path | None, server_na
 
 def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int, web: WebSpec | None = None) -> Path:
     """Write nginx.conf and upstream.conf and make the web heads' socket dir; returns the main config's path."""
-    web = web or WebSpec()
+    if static_dir is not None:
+        check_static_dir(static_dir, state_dir.resolve(), "the state dir")
     path = config_path(state_dir)
     for name in TEMP_DIRS:
         (path.parent / name).mkdir(parents=True, exist_ok=True)
     socket_dir(state_dir).mkdir(exist_ok=True)
     write_upstream(state_dir, heads)
-    path.write_text(render_config(state_dir, port, static_dir, web.server_name))
+    path.write_text(render_config(state_dir, port, static_dir, web))
     return path
 
 
