@@ -62,13 +62,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kvern.constants import DEFAULT_MAX_BACKLOG, DEFAULT_TIME_LIMIT_S, MAX_BODY_BYTES, MAX_WEB_HEADS
-from kvern.errors import SpecError
+from kvern.errors import KvernError, SpecError
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # A DNS name, optionally with a leading `*.` wildcard, or an IPv4 address: nothing nginx would read as a regex.
 SERVER_NAME_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+# What a path may not hold to be written into nginx.conf and supervisord.conf: a control character (a line
+# break starts a new directive or [program:...] section), what ends, quotes or interpolates an nginx value, or
+# supervisord's `%` (expanded once or twice depending on the option).
+CONFIG_BREAKING = frozenset(";{}\"'\\$`%")
 
 T = TypeVar("T")
 
@@ -356,11 +361,23 @@ def _parse_static(app: _Reader, root: Path) -> Path | None:
     static = app.get("static", str, default=None)
     if static is None:
         return None
-    folder = (root / static).resolve()
+    folder = check_config_path((root / static).resolve(), "app.static")
     if not folder.is_dir():
         raise SpecError(f"app.static: folder {folder} does not exist")
     check_static_dir(folder, root.resolve(), "the spec folder")
     return folder
+
+
+def unsafe_character(value: str) -> str | None:
+    """The first character of `value` that cannot be written safely into nginx's or supervisord's config."""
+    return next((c for c in value if c in CONFIG_BREAKING or ord(c) < 32 or ord(c) == 127), None)
+
+
+def check_config_path(path: Path, what: str, error: type[KvernError] = SpecError) -> Path:
+    bad = unsafe_character(str(path))
+    if bad is not None:
+        raise error(f"{what}: {str(path)!r} contains {bad!r}, which cannot be written safely into a config file")
+    return path
 
 
 def check_static_dir(folder: Path, private: Path, what: str) -> None:

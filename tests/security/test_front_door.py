@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import time
@@ -17,9 +18,12 @@ import httpx
 import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
+from supervisor.options import ServerOptions, UnhosedConfigParser
 
-from kvern.errors import SpecError
+from kvern.errors import SpecError, StartError
+from kvern.runtime import nginx
 from kvern.runtime.instance import Instance, owned_pids
+from kvern.runtime.supervisor import ProgramConfig, render_supervisord_conf
 from kvern.spec import Spec, Tiers, load_spec, parse_spec
 from tests.integration.conftest import SYSTEM_BROKER, Running, write_project
 
@@ -52,13 +56,13 @@ queue = "{queue}"
 
 
 @contextlib.contextmanager
-def web_tier(folder: Path, web: str = "") -> Iterator[Running]:
+def web_tier(folder: Path, web: str = "", only: str = "web", state: Path | None = None) -> Iterator[Running]:
     """The web tier of an instance on the machine's broker (a queue of its own, deleted afterwards)."""
     queue = f"frontdoor_{uuid.uuid4().hex[:12]}"
     spec = write_project(folder, front_spec(queue, web))
-    instance = Instance(load_spec(spec), (folder / ".kvern").resolve())
+    instance = Instance(load_spec(spec), state or (folder / ".kvern").resolve())
     try:
-        yield Running(instance, instance.up(Tiers.parse("web")))
+        yield Running(instance, instance.up(Tiers.parse(only)))
     finally:
         instance.down()
         leftover = owned_pids(instance.state_dir)
@@ -208,3 +212,74 @@ def test_a_static_folder_holding_the_state_dir_is_refused(tmp_path: Path) -> Non
     with pytest.raises(SpecError, match=r"app\.static: .* contains the state dir"):
         Instance(spec, state).up(Tiers.parse("web"))
     assert not (state / "nginx" / "nginx.conf").exists()
+
+
+# -- values rendered into config files -----------------------------------------------------------------------
+
+# Folders whose joined path closes the static location and the server, then opens a server of its own that
+# lists the whole file system: `root /T/x; } } server { listen ...; root /; autoindex on; location /z { root /T/y;`
+INJECTED_SERVER = ("x; } } server { listen 127.0.0.1:1; root ", "; autoindex on; location ", "z { root ", "y")
+
+
+def test_a_static_path_that_would_open_an_nginx_server_is_refused(tmp_path: Path) -> None:
+    static = "/".join(INJECTED_SERVER)
+    (tmp_path / static).mkdir(parents=True)
+    spec = project_with_static(tmp_path, static.replace("'", ""))
+    with pytest.raises(SpecError, match=r"app\.static: .* contains ';'"):
+        load_spec(spec)
+
+
+def test_a_state_dir_that_would_add_a_supervisor_program_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "injected"
+    state = tmp_path / f"state\n[program:injected]\ncommand=/usr/bin/touch {marker}\nautostart=true\n[x]"
+    with (
+        pytest.raises(StartError, match=r"state dir: .* contains '\\n'"),
+        web_tier(tmp_path / "project", only="reports", state=state),
+    ):
+        time.sleep(1)
+    assert not marker.exists()
+    assert not state.exists()
+
+
+def test_a_project_path_with_spaces_is_served(tmp_path: Path) -> None:
+    with web_tier(tmp_path / "a b") as running, running.client() as client:  # short: sockets are in it
+        assert client.get("/").status_code == 200
+        assert client.get("/api/v1/jobs").status_code == 200
+
+
+def test_supervisord_reads_back_every_value_as_written(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    word = 'it\'s "quoted" \\ 50% , done'
+    value = "x'y\\z%w,v=1 's done"
+    program = ProgramConfig("p-0", ["/bin/echo", word], directory=tmp_path, environment={"A": value})
+    parser = UnhosedConfigParser()
+    parser.read_string(render_supervisord_conf(tmp_path, "kvern-x", [program]))
+    options = ServerOptions()
+    options.here = str(tmp_path)
+    (read,) = options.processes_from_section(parser, "program:p-0", "p")
+    assert read.environment == {"A": value}
+    assert shlex.split(read.command)[-1] == word
+
+
+@pytest.mark.parametrize(
+    ("environment", "command"),
+    [
+        ({"A": "x\n[program:b]"}, ["/bin/true"]),
+        ({}, ["/bin/echo", "a\rb"]),
+        ({"A\nB": "1"}, ["/bin/true"]),
+        ({"A": 'x" B="y'}, ["/bin/true"]),
+    ],
+)
+def test_supervisord_values_with_line_breaks_are_refused(
+    tmp_path: Path, environment: dict[str, str], command: list[str]
+) -> None:
+    program = ProgramConfig("p-0", command, environment=environment)
+    with pytest.raises(StartError, match=r"cannot be written into supervisord\.conf"):
+        render_supervisord_conf(tmp_path, "kvern-x", [program])
+
+
+def test_nginx_paths_are_quoted_and_checked_even_without_the_spec(tmp_path: Path) -> None:
+    text = nginx.render_config(tmp_path / "state dir", 8080, tmp_path / "my static")
+    assert f'root "{tmp_path}/my static";' in text and f'pid "{tmp_path}/state dir/nginx/nginx.pid";' in text
+    with pytest.raises(StartError, match=r"app\.static: .* contains ';'"):
+        nginx.render_config(tmp_path, 8080, tmp_path / "x; root /")

@@ -39,7 +39,7 @@ from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode, build_definitions
 from kvern.runtime.supervisor import Supervisor, render_supervisord_conf
 from kvern.runtime_config import RuntimeConfig, snapshot_spec
-from kvern.spec import Spec, Tiers
+from kvern.spec import Spec, Tiers, check_config_path
 from kvern.worker.check import ERROR_MARKER
 
 ALL_TIERS = Tiers()
@@ -104,6 +104,7 @@ class Instance:
         if self.is_running():
             raise AlreadyRunning(f"kvern is already running with state dir {self.state_dir}")
         progress = Progress(report)
+        check_config_path(self.state_dir, "state dir", StartError)  # it is written into every config file
         check_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A previous run whose supervisord died may have left processes (the broker holds the node name).

@@ -12,7 +12,7 @@ from string import Template
 from kvern.constants import MAX_BODY_BYTES
 from kvern.errors import StartError
 from kvern.files import atomic_write
-from kvern.spec import WebSpec, check_static_dir
+from kvern.spec import WebSpec, check_config_path, check_static_dir
 
 NGINX_BINARY_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 # nginx's own limit sits a little above the app's, so the app answers 413 with its JSON error first.
@@ -44,9 +44,15 @@ def config_path(state_dir: Path) -> Path:
     return state_dir / "nginx" / "nginx.conf"
 
 
+def _checked(path: Path, what: str = "state dir") -> Path:
+    """A path that can be written between double quotes in nginx.conf (the spec and `up` refuse the others)."""
+    return check_config_path(path, what, StartError)
+
+
 def render_upstream(state_dir: Path, heads: int) -> str:
     servers = "\n".join(
-        f"    server unix:{web_socket(state_dir, i)} weight=10 max_fails=3 fail_timeout=10s;" for i in range(heads)
+        f'    server "unix:{_checked(web_socket(state_dir, i))}" weight=10 max_fails=3 fail_timeout=10s;'
+        for i in range(heads)
     )
     return f"upstream kvern_web_heads {{\n    least_conn;\n{servers}\n    keepalive 64;\n}}\n"
 
@@ -76,7 +82,8 @@ def _static_block(static_dir: Path | None) -> str:
             "        }"
         )
     return (
-        f"        location / {{\n            root {static_dir};\n            index index.html;\n"
+        f'        location / {{\n            root "{_checked(static_dir, "app.static")}";\n'
+        f"            index index.html;\n"
         f"            try_files $uri $uri/ =404;\n{SECURITY_HEADERS}\n        }}"
     )
 
@@ -126,7 +133,7 @@ def render_config(state_dir: Path, port: int, static_dir: Path | None, web: WebS
     return template.substitute(
         user_directive=_user_directive(),
         worker_processes=NGINX_WORKER_PROCESSES,
-        state_dir=state_dir,
+        state_dir=_checked(state_dir),
         port=port,
         server_names=" ".join(dict.fromkeys([*LOOPBACK_NAMES, *web.server_name])),
         limit_zones=_limit_zones(web),
