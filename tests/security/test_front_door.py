@@ -283,3 +283,31 @@ def test_nginx_paths_are_quoted_and_checked_even_without_the_spec(tmp_path: Path
     assert f'root "{tmp_path}/my static";' in text and f'pid "{tmp_path}/state dir/nginx/nginx.pid";' in text
     with pytest.raises(StartError, match=r"app\.static: .* contains ';'"):
         nginx.render_config(tmp_path, 8080, tmp_path / "x; root /")
+
+
+# -- unprivileged nginx workers ------------------------------------------------------------------------------
+
+
+def uid_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+def nginx_workers(running: Running) -> list[int]:
+    master = running.instance.supervisor.process("nginx").pid
+    assert master is not None
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root master can switch its workers' user")
+def test_nginx_workers_do_not_run_as_root_and_still_serve(front: Running) -> None:
+    workers = nginx_workers(front)
+    assert len(workers) == nginx.NGINX_WORKER_PROCESSES
+    assert all(uid_of(pid) != 0 for pid in workers), {pid: uid_of(pid) for pid in workers}
+    with front.client() as client:
+        assert client.get("/").status_code == 200  # the static folder sits under a folder only root may enter
+        big = {"task": "tasks.generate_heavy_report", "args": [1], "kwargs": {"note": "x" * 200_000}}
+        # a body over nginx's buffer goes through its temp files (the workers must write them): the app answers
+        assert client.post("/api/v1/jobs", json=big).status_code == 422
+        assert client.post("/api/v1/jobs", json={"task": "tasks.generate_heavy_report", "args": [1]}).status_code == 202

@@ -235,6 +235,7 @@ class Instance:
             supervisor.shutdown(timeout=self.stop_wait_s)
             progress.mark("supervisor", "stopped")
         leftovers = stop_leftovers(self.state_dir, self.stop_wait_s, report)
+        nginx.remove_front_dir(self.state_dir)
         return running or leftovers > 0
 
     def _stop_in_tiers(self, progress: Progress) -> None:

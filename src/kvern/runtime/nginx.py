@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import grp
+import hashlib
 import os
 import pwd
 import shutil
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -21,6 +25,9 @@ NGINX_WORKER_PROCESSES = 2
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 # Always answered: a browser sends these only for a page loaded from this machine itself.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+# Accounts nginx's workers may switch to when kvern runs as root, in order of preference: nobody owns no files.
+WORKER_USERS = ("nobody", "www-data")
+RUN_BASE = Path("/run/kvern")
 
 
 def nginx_binary() -> str:
@@ -30,9 +37,41 @@ def nginx_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class WorkerAccount:
+    """Who nginx's workers run as when kvern runs as root."""
+
+    user: str
+    group: str
+    gid: int
+
+
+def worker_account() -> WorkerAccount | None:
+    """nginx's workers never run as root: as root, they switch to `nobody` (or `www-data`); None when kvern
+    is not root (the workers stay kvern's own user)."""
+    if os.geteuid() != 0:
+        return None
+    for name in WORKER_USERS:
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return WorkerAccount(entry.pw_name, grp.getgrgid(entry.pw_gid).gr_name, entry.pw_gid)
+    raise StartError(f"kvern runs as root, but none of {', '.join(WORKER_USERS)} exists for nginx's workers")
+
+
+def front_dir(state_dir: Path) -> Path:
+    """What nginx's workers use: the web heads' sockets, nginx's temp files and, as root, the static copy.
+
+    As root it is a folder under /run that only the workers' group may enter, so the state dir (broker
+    passwords, the job store) stays root's alone; otherwise it is the state dir itself.
+    """
+    if os.geteuid() != 0:
+        return state_dir
+    return RUN_BASE / hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:12]
+
+
 def socket_dir(state_dir: Path) -> Path:
     """Where the web heads listen (nginx reaches them by these sockets)."""
-    return state_dir / "run"
+    return front_dir(state_dir) / "run"
 
 
 def web_socket(state_dir: Path, index: int) -> Path:
@@ -122,9 +161,8 @@ def _limit_conn(web: WebSpec) -> str:
 
 def _user_directive() -> str:
     # Only a master running as root may (and must) name the user its workers switch to.
-    if os.geteuid() != 0:
-        return ""
-    return f"user {pwd.getpwuid(os.geteuid()).pw_name};"
+    account = worker_account()
+    return f"user {account.user} {account.group};" if account else ""
 
 
 def render_config(state_dir: Path, port: int, static_dir: Path | None, web: WebSpec | None = None) -> str:
@@ -134,6 +172,7 @@ def render_config(state_dir: Path, port: int, static_dir: Path | None, web: WebS
         user_directive=_user_directive(),
         worker_processes=NGINX_WORKER_PROCESSES,
         state_dir=_checked(state_dir),
+        temp_dir=_checked(front_dir(state_dir) / "nginx"),
         port=port,
         server_names=" ".join(dict.fromkeys([*LOOPBACK_NAMES, *web.server_name])),
         limit_zones=_limit_zones(web),
@@ -150,12 +189,54 @@ def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int
     if static_dir is not None:
         check_static_dir(static_dir, state_dir.resolve(), "the state dir")
     path = config_path(state_dir)
-    for name in TEMP_DIRS:
-        (path.parent / name).mkdir(parents=True, exist_ok=True)
-    socket_dir(state_dir).mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    account = worker_account()
+    front = front_dir(state_dir)
+    if account is not None:
+        _make_group_dir(front, account, parents=True)
+    for folder in (front / "nginx", socket_dir(state_dir)):
+        _make_group_dir(folder, account)
+    for name in TEMP_DIRS:  # nginx gives these to the workers' user itself
+        (front / "nginx" / name).mkdir(exist_ok=True)
+    if account is not None and static_dir is not None:
+        static_dir = _publish_static(static_dir, front / "static", account)
     write_upstream(state_dir, heads)
     path.write_text(render_config(state_dir, port, static_dir, web))
     return path
+
+
+def _make_group_dir(folder: Path, account: WorkerAccount | None, parents: bool = False) -> None:
+    """A folder nginx's workers enter through their group; setgid, so sockets made in it get that group."""
+    if parents:
+        folder.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)
+    if account is not None:
+        os.chown(folder, 0, account.gid)
+        folder.chmod(0o2750)
+
+
+def _publish_static(static_dir: Path, copy: Path, account: WorkerAccount) -> Path:
+    """The static folder as the workers will serve it: a copy they can read through their group, made at
+    every `up` (the project's own folder may sit under one only root can enter, e.g. /root). Symlinks stay
+    links, so one pointing outside the folder is followed with the workers' rights, not root's."""
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(static_dir, copy, symlinks=True)
+    for folder, _dirs, files in os.walk(copy):
+        os.chown(folder, 0, account.gid)
+        os.chmod(folder, 0o2750)
+        for name in files:
+            file = Path(folder) / name
+            if not file.is_symlink():
+                os.chown(file, 0, account.gid)
+                file.chmod(0o640)
+    return copy
+
+
+def remove_front_dir(state_dir: Path) -> None:
+    """After `down`: the folder under /run (sockets, temp files, static copy) goes too."""
+    front = front_dir(state_dir)
+    if front != state_dir:
+        shutil.rmtree(front, ignore_errors=True)
 
 
 def write_upstream(state_dir: Path, heads: int) -> None:
