@@ -16,6 +16,8 @@ tasks = "tasks"
 
 [web]
 heads = 2
+rate = 0          # B2/B3 measure the front door's capacity from one address, not its per-address limits
+connections = 0
 
 [[pools]]
 name = "noop"

@@ -14,6 +14,10 @@ heads = 2                   # web head processes behind nginx
 port = 8080                 # optional front door port; default: a free port
 cors_origins = []           # web origins allowed to call the job API from a browser, as
                             # "https://app.example.com"; any other foreign Origin gets 403
+server_name = ["example.com"]  # Host names answered besides localhost, 127.0.0.1 and [::1]; others get 421
+rate = 200                  # /api/ requests per second per client address (0: no limit); over it: 429
+burst = 400                 # requests above the rate let through at once before 429s start
+connections = 256           # requests in progress at once per client address (0: no limit); over it: 429
 
 [broker]                    # optional; absent: kvern runs its own private RabbitMQ node
 url = "amqp://user:pass@127.0.0.1:5672/vhost"
@@ -63,11 +67,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kvern.constants import DEFAULT_MAX_BACKLOG, DEFAULT_TIME_LIMIT_S, MAX_BODY_BYTES, MAX_WEB_HEADS
-from kvern.errors import SpecError
+from kvern.errors import KvernError, SpecError
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# A DNS name, optionally with a leading `*.` wildcard, or an IPv4 address: nothing nginx would read as a regex.
+SERVER_NAME_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+# What a path may not hold to be written into nginx.conf and supervisord.conf: a control character (a line
+# break starts a new directive or [program:...] section), what ends, quotes or interpolates an nginx value, or
+# supervisord's `%` (expanded once or twice depending on the option).
+CONFIG_BREAKING = frozenset(";{}\"'\\$`%")
 
 T = TypeVar("T")
 
@@ -77,6 +88,11 @@ class WebSpec:
     heads: int = 2
     port: int | None = None
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the job API (the front door's own is)
+    server_name: tuple[str, ...] = ()  # Host names nginx answers besides the loopback ones
+    # Per client address (OWASP API4), enforced by nginx; 0 turns a limit off.
+    rate: int = 200  # /api/ requests per second
+    burst: int = 400  # requests above the rate let through at once
+    connections: int = 256  # requests in progress at once
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,8 @@ class LimitsSpec:
     args_items: int = 10_000  # elements of every list and object together
     artifact_bytes: int = 50 * 1024 * 1024  # what one attempt's artifacts hold together; save_artifact refuses more
 
+
+MAX_WEB_LIMIT = 1_000_000
 
 # Past these, a payload breaks the layers behind the API (serializer and pickle recursion, the body limit).
 MAX_ARGS_DEPTH = 100
@@ -299,7 +317,19 @@ def _parse_web(web: _Reader) -> WebSpec:
         raise SpecError(f"web.heads: must be between 1 and {MAX_WEB_HEADS}")
     if spec.port is not None and not 1 <= spec.port <= 65535:
         raise SpecError("web.port: must be a TCP port between 1 and 65535")
-    return replace(spec, cors_origins=_parse_origins(spec.cors_origins, f"{web.where}.cors_origins"))
+    _check_web_limits(spec)
+    names = tuple(spec.server_name)
+    for name in names:
+        if not isinstance(name, str) or len(name) > 253 or not SERVER_NAME_PATTERN.match(name):
+            raise SpecError(f"web.server_name: {name!r} is not a host name (lowercase DNS name, optionally '*.' first)")
+    return replace(spec, server_name=names, cors_origins=_parse_origins(spec.cors_origins, f"{web.where}.cors_origins"))
+
+
+def _check_web_limits(web: WebSpec) -> None:
+    bounds = {"rate": web.rate, "burst": web.burst, "connections": web.connections}
+    for name, value in bounds.items():
+        if not 0 <= value <= MAX_WEB_LIMIT:
+            raise SpecError(f"web.{name}: must be between 0 and {MAX_WEB_LIMIT} (0: no limit)")
 
 
 # scheme://host[:port], nothing after it: what a browser sends as Origin.
@@ -405,10 +435,32 @@ def _parse_static(app: _Reader, root: Path) -> Path | None:
     static = app.get("static", str, default=None)
     if static is None:
         return None
-    folder = (root / static).resolve()
+    folder = check_config_path((root / static).resolve(), "app.static")
     if not folder.is_dir():
         raise SpecError(f"app.static: folder {folder} does not exist")
+    check_static_dir(folder, root.resolve(), "the spec folder")
     return folder
+
+
+def unsafe_character(value: str) -> str | None:
+    """The first character of `value` that cannot be written safely into nginx's or supervisord's config."""
+    return next((c for c in value if c in CONFIG_BREAKING or ord(c) < 32 or ord(c) == 127), None)
+
+
+def check_config_path(path: Path, what: str, error: type[KvernError] = SpecError) -> Path:
+    bad = unsafe_character(str(path))
+    if bad is not None:
+        raise error(f"{what}: {str(path)!r} contains {bad!r}, which cannot be written safely into a config file")
+    return path
+
+
+def check_static_dir(folder: Path, private: Path, what: str) -> None:
+    """nginx serves all of the static folder: it must not hold the spec folder or the state dir (broker
+    passwords, the job store), nor be `/`."""
+    if folder == Path(folder.anchor):
+        raise SpecError(f"app.static: {folder} is the root of the file system; use a folder of its own")
+    if folder == private or folder in private.parents:
+        raise SpecError(f"app.static: {folder} contains {what} ({private}); use a folder of its own, e.g. 'static'")
 
 
 def _parse_tasks(tasks: _Reader, pools: tuple[PoolSpec, ...]) -> dict[str, TaskPolicy]:

@@ -43,7 +43,7 @@ from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode, build_definitions
 from kvern.runtime.supervisor import Supervisor, render_supervisord_conf
 from kvern.runtime_config import RuntimeConfig, snapshot_spec
-from kvern.spec import Spec, Tiers
+from kvern.spec import Spec, Tiers, check_config_path
 from kvern.worker.check import ERROR_MARKER
 
 ALL_TIERS = Tiers()
@@ -132,6 +132,7 @@ class Instance:
 
     def _up(self, only: Tiers, report: Reporter) -> RuntimeConfig:
         progress = Progress(report)
+        check_config_path(self.state_dir, "state dir", StartError)  # it is written into every config file
         check_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)  # an existing dir keeps its mode otherwise: it holds passwords and job data
@@ -148,9 +149,9 @@ class Instance:
             node.prepare(_broker_definitions(self.spec, config))  # users and vhost are loaded by the node as it boots
         run_web, pools = only.web, only.pools_of(self.spec)
         if run_web:
-            nginx.socket_dir(self.state_dir).mkdir(exist_ok=True)
-            nginx.write_config(self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads)
-            share_with_front_door(self.state_dir)
+            nginx.write_config(
+                self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads, self.spec.web
+            )
         programs = build_programs(self.spec, config, node)
         supervisor = self.supervisor
         supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs))
@@ -263,6 +264,7 @@ class Instance:
             supervisor.shutdown(timeout=self.stop_wait_s)
             progress.mark("supervisor", "stopped")
         leftovers = stop_leftovers(self.state_dir, self.stop_wait_s, report)
+        nginx.remove_front_dir(self.state_dir)
         return running or leftovers > 0
 
     def _stop_in_tiers(self, progress: Progress) -> None:
@@ -301,16 +303,6 @@ def private_sqlite_files(database: Path) -> None:
     for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
         with contextlib.suppress(FileNotFoundError):
             path.chmod(0o600)
-
-
-# nginx's dirs (config, temp files) and the web heads' socket dir: the group may enter, others not, so nginx
-# workers running as another user of that group can reach the 0660 sockets (the state dir must let them in).
-FRONT_DOOR_DIR_MODE = 0o750
-
-
-def share_with_front_door(state_dir: Path) -> None:
-    for folder in (nginx.socket_dir(state_dir), nginx.config_path(state_dir).parent):
-        folder.chmod(FRONT_DOOR_DIR_MODE)
 
 
 def check_user_app(spec: Spec) -> None:

@@ -7,6 +7,7 @@ client kvern uses to start, stop, signal and list them (kvern.processes.ProcessR
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import time
@@ -48,16 +49,55 @@ class ProgramConfig:
         return f"{self.group}:{self.name}" if self.group else self.name
 
 
-def _quote(value: str) -> str:
-    # supervisord expands %(...)s in values, so a literal % must be doubled.
-    return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECTION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _line(value: object, what: str) -> str:
+    """A value for one line of supervisord.conf: a line break (or any control character) would start a new
+    line, even a new [program:...] section, so it is refused; `%` is doubled (supervisord expands %(...)s)."""
+    text = str(value)
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise StartError(f"{what}: {text!r} contains {bad!r}, which cannot be written into supervisord.conf")
+    return text.replace("%", "%%")
+
+
+def _path(value: Path, what: str) -> str:
+    # supervisord expands some path options twice (stdout_logfile): no number of %s is right for all of them.
+    if "%" in str(value):
+        raise StartError(f"{what}: {str(value)!r} contains '%', which cannot be written into supervisord.conf")
+    return _line(value, what)
+
+
+def _name(name: str) -> str:
+    if not SECTION_NAME.match(name):
+        raise StartError(f"program name {name!r} cannot be written into supervisord.conf")
+    return name
+
+
+def _quote(value: str, what: str) -> str:
+    # supervisord splits environment values with a non-POSIX shlex: a double-quoted value ends at the next `"`
+    # (there is no escape), and quotes at either end of a value are stripped.
+    if '"' in value or value.startswith("'") or value.endswith("'"):
+        raise StartError(f"{what}: {value!r} cannot be written into supervisord.conf (a quote it cannot escape)")
+    return f'"{_line(value, what)}"'
+
+
+def _environment(program: ProgramConfig) -> str:
+    for key in program.environment:
+        if not ENV_NAME.match(key):
+            raise StartError(f"{program.name}: environment name {key!r} cannot be written into supervisord.conf")
+    return ",".join(
+        f"{key}={_quote(value, f'{program.name}: environment {key}')}" for key, value in program.environment.items()
+    )
 
 
 def _program_section(program: ProgramConfig, log_dir: Path) -> str:
-    env = ",".join(f"{key}={_quote(value)}" for key, value in program.environment.items())
-    command = " ".join(_shell_word(word) for word in guarded_command(program))
+    env = _environment(program)
+    command = " ".join(_shell_word(word, f"{program.name}: command") for word in guarded_command(program))
     lines = [
-        f"[program:{program.name}]",
+        f"[program:{_name(program.name)}]",
         f"command={command}",
         f"priority={program.priority}",
         f"autostart={str(program.autostart).lower()}",
@@ -68,7 +108,7 @@ def _program_section(program: ProgramConfig, log_dir: Path) -> str:
         f"stopwaitsecs={program.stopwaitsecs}",
         f"stopasgroup={str(program.stopasgroup).lower()}",
         f"killasgroup={str(program.killasgroup).lower()}",
-        f"stdout_logfile={log_dir / (program.name + '.log')}",
+        f"stdout_logfile={_path(log_dir / (program.name + '.log'), 'state dir')}",
         "stdout_logfile_maxbytes=20MB",
         "stdout_logfile_backups=2",
         "redirect_stderr=true",
@@ -76,7 +116,7 @@ def _program_section(program: ProgramConfig, log_dir: Path) -> str:
     if env:
         lines.append(f"environment={env}")
     if program.directory:
-        lines.append(f"directory={program.directory}")
+        lines.append(f"directory={_path(program.directory, f'{program.name}: directory')}")
     return "\n".join(lines)
 
 
@@ -85,26 +125,33 @@ def guarded_command(program: ProgramConfig) -> list[str]:
     return [sys.executable, "-I", "-S", str(PARENT_DEATH_WRAPPER), program.stopsignal, "--", *program.command]
 
 
-def _shell_word(word: str) -> str:
-    escaped = word.replace("%", "%%")
+def _shell_word(word: str, what: str) -> str:
+    escaped = _line(word, what)
     if any(c in escaped for c in " \t'\"\\"):
         return "'" + escaped.replace("'", "'\"'\"'") + "'"
     return escaped
 
 
+def _group_section(group: str, members: Sequence[ProgramConfig]) -> str:
+    programs = ",".join(_name(p.name) for p in members)
+    return f"[group:{_name(group)}]\nprograms={programs}\npriority={min(p.priority for p in members)}"
+
+
 def render_supervisord_conf(state_dir: Path, identifier: str, programs: Sequence[ProgramConfig]) -> str:
     log_dir = state_dir / LOG_DIR
+    state = _path(state_dir, "state dir")
+    logs = _path(log_dir, "state dir")
     head = f"""[unix_http_server]
-file={state_dir / SUPERVISOR_SOCK}
+file={state}/{SUPERVISOR_SOCK}
 chmod=0600
 
 [supervisord]
 umask=077
-logfile={log_dir / "supervisord.log"}
-pidfile={state_dir / SUPERVISOR_PID}
-childlogdir={log_dir}
-directory={state_dir}
-identifier={identifier}
+logfile={logs}/supervisord.log
+pidfile={state}/{SUPERVISOR_PID}
+childlogdir={logs}
+directory={state}
+identifier={_line(identifier, "identifier")}
 minfds=4096
 nodaemon=false
 silent=true
@@ -119,10 +166,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
     sections = [head, *(_program_section(p, log_dir) for p in programs)]
     # supervisord orders its shutdown by *group* priority (999 unless given): without it, web heads and workers
     # would be stopped before nginx, the front door, stops taking requests.
-    sections += [
-        f"[group:{group}]\nprograms={','.join(p.name for p in members)}\npriority={min(p.priority for p in members)}"
-        for group, members in groups.items()
-    ]
+    sections += [_group_section(group, members) for group, members in groups.items()]
     return "\n\n".join(sections) + "\n"
 
 
