@@ -17,7 +17,9 @@ class ArtifactView(BaseModel):
     size: int
 
 
-class JobView(BaseModel):
+class JobSummaryView(BaseModel):
+    """A job in a listing: everything but args, kwargs and result (the job's own GET has them)."""
+
     id: str
     task: str
     status: str
@@ -28,9 +30,6 @@ class JobView(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
-    args: list[Any]
-    kwargs: dict[str, Any]
-    result: Any
     error: str | None
     artifacts: list[ArtifactView]
     url: str
@@ -39,25 +38,12 @@ class JobView(BaseModel):
     subject: str | None = None  # whom the job is about, as the submitter tagged it ("user:42")
 
 
-class JobSummaryView(BaseModel):
-    """A job in a listing: JobView without args, kwargs and result (the job's own GET has them)."""
+class JobView(JobSummaryView):
+    """A job as its own GET shows it."""
 
-    id: str
-    task: str
-    status: str
-    progress: int
-    progress_message: str | None
-    attempts: int
-    max_attempts: int
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    error: str | None
-    artifacts: list[ArtifactView]
-    url: str
-    render_error: str | None = None  # set when args, kwargs or result cannot be rendered (the job's GET says which)
-    cancel_requested: str | None = None  # a running job asked to stop: when (it then ends cancelled)
-    subject: str | None = None  # whom the job is about, as the submitter tagged it ("user:42")
+    args: list[Any]
+    kwargs: dict[str, Any]
+    result: Any
 
 
 class JobPage(BaseModel):

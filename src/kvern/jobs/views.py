@@ -45,9 +45,6 @@ def job_fields(job: Job) -> dict[str, Any]:
         "created_at": iso(job.created_at) or "",
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
-        "args": job.args,
-        "kwargs": job.kwargs,
-        "result": job.result,
         "error": job.error,
         "artifacts": [
             {
@@ -62,6 +59,9 @@ def job_fields(job: Job) -> dict[str, Any]:
         "render_error": None,
         "cancel_requested": iso(job.cancel_requested),
         "subject": job.subject,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "result": job.result,
     }
 
 
