@@ -135,6 +135,21 @@ TOO_MANY = """        error_page 429 = @too_many;
             return 429 '{"error": {"code": "too_many_requests", "message": "too many requests from this address"}}';
         }"""
 
+# Requests nginx refuses before any server or web head sees them (headers or URL over its buffers), in both
+# servers: such a request may never get as far as its Host header. The 414 page is a URI, not a named
+# location: a request line that was never read has no URI to redirect with.
+REFUSED = """        error_page 400 494 = @bad_request;
+        location @bad_request {
+            default_type application/json;
+            return 400 '{"error": {"code": "bad_request", "message": "malformed or oversized request head"}}';
+        }
+        error_page 414 /_kvern/uri_too_long;
+        location = /_kvern/uri_too_long {
+            internal;
+            default_type application/json;
+            return 414 '{"error": {"code": "uri_too_long", "message": "request URI is too long"}}';
+        }"""
+
 
 def _limit_zones(web: WebSpec) -> str:
     # The key is a map so per-key limits can key on the API key later; today each client address is a bucket.
@@ -179,6 +194,7 @@ def render_config(state_dir: Path, port: int, static_dir: Path | None, web: WebS
         limit_req=_limit_req(web),
         limit_conn=_limit_conn(web),
         too_many=TOO_MANY,
+        refused=REFUSED,
         client_max_body_size=FRONT_DOOR_BODY_LIMIT,
         static_block=_static_block(static_dir),
     )
