@@ -28,7 +28,7 @@ from kvern.runtime.instance import Instance, consumer_timeout_warning, default_s
 from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime.web_scaling import scale_web
-from kvern.spec import PoolSpec, Tiers, load_spec, parse_duration
+from kvern.spec import PoolSpec, Tiers, load_spec, parse_duration, unsafe_character
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,6 +123,11 @@ def main(ctx: click.Context, spec: Path, state: Path | None) -> None:
 def up(ctx: click.Context, detach: bool, only: str) -> None:
     """Start the platform (foreground: Ctrl-C stops everything)."""
     instance = spec_file_instance(ctx)  # `up` starts from the spec file as it is now (and snapshots it)
+    unsafe = unsafe_character(str(instance.state_dir)) if ctx.obj["state"] else None
+    if unsafe is not None:  # the state dir is written into every config file
+        raise click.BadParameter(
+            f"{instance.state_dir} contains {unsafe!r}, which no config file can hold", param_hint="--state"
+        )
     tiers = Tiers.parse(only).check(instance.spec)
     if instance.is_running():
         _already_running(ctx, instance)

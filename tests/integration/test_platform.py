@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -108,11 +109,24 @@ def test_oversized_bodies_get_413_at_the_app_and_at_the_front_door(platform: Run
         assert job_count(client) == before
 
 
+def raw_get(port: int, path: str) -> tuple[int, str]:
+    """A GET of `path` exactly as written, on a socket of its own; (status, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        answer = b"".join(iter(lambda: conn.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
 def test_what_nginx_refuses_itself_has_the_error_shape(platform: Running) -> None:
     with platform.client() as client:
         huge_header = client.get("/api/v1/jobs", headers={"Idempotency-Key": "k" * 10_000})
         assert huge_header.status_code == 400
         assert huge_header.json()["error"]["code"] == "bad_request"
+        for malformed in ("/../x", "/..%2fkvern.toml", "/api/v1/jobs/abc%00def"):
+            status, body = raw_get(platform.config.front_door_port, malformed)  # as is: a client would tidy it
+            assert status == 400, (malformed, body)
+            assert json.loads(body)["error"]["code"] == "bad_request"
         long_uri = client.get("/api/v1/jobs/" + "j" * 20_000)
         assert long_uri.status_code == 414
         assert long_uri.json()["error"]["code"] == "uri_too_long"

@@ -132,7 +132,8 @@ async def cors_api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.mark.parametrize("origin", [EVIL, "null", "http://web-head:8081", "https://web-head"])
+# (`https://web-head` on the default port is the head's own site when a proxy on 443 serves it: not foreign)
+@pytest.mark.parametrize("origin", [EVIL, "null", "http://web-head:8081", "https://web-head:8443"])
 async def test_a_post_from_a_foreign_origin_is_refused_with_403(api: httpx.AsyncClient, origin: str) -> None:
     answer = await api.post("/api/v1/jobs", content=SUBMISSION, headers={**JSON, "Origin": origin})
     assert_error(answer, 403, "origin_not_allowed")
@@ -176,6 +177,11 @@ def test_the_front_door_port_stands_in_for_the_port_nginx_leaves_out_of_host() -
     assert is_same_origin("http://127.0.0.1:8080", "127.0.0.1:8080", None)
     assert not is_same_origin("http://127.0.0.1:8080", "localhost", 8080)
     assert not is_same_origin("http://127.0.0.1:x", "127.0.0.1", 8080)
+    # a site served under its own name by a proxy on the default port: the page's origin has no port
+    assert is_same_origin("http://shop.test", "shop.test", 8080)
+    assert is_same_origin("https://shop.test", "shop.test", 8080)
+    assert not is_same_origin("http://shop.test:3000", "shop.test", 8080)
+    assert not is_same_origin("https://evil.example", "shop.test", 8080)
 
 
 @pytest.mark.parametrize("bad", ['"*"', '"https://app.example.com/"', '"app.example.com"', "1"])

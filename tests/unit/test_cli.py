@@ -232,3 +232,11 @@ def test_job_ids_starting_with_is_the_same_on_every_store(job_store: JobStore) -
     assert job_store.job_ids_starting_with("5a1f", 1) == [FIRST]
     with pytest.raises(click.BadParameter):
         cli.resolve_job_id(job_store, "5a1f0c3e")
+
+
+def test_up_with_a_state_dir_no_config_file_can_hold_is_a_bad_command_line(spec_path: Path) -> None:
+    state = spec_path.parent / "state\n[program:x]"
+    result = CliRunner().invoke(cli.main, ["-f", str(spec_path), "--state", str(state), "up", "-d"])
+    assert result.exit_code == RET_USAGE, result.output
+    assert "--state" in result.output and "'\\n'" in result.output
+    assert not state.exists()

@@ -28,17 +28,20 @@ CORS_MAX_AGE_S = 600
 
 
 def is_same_origin(origin: str, host: str | None, front_door_port: int | None, scheme: str = "http") -> bool:
-    """Whether `origin` is the site the request was sent to (its Host, over `scheme`). nginx passes `$host`,
-    which drops the port: the front door's own port stands in for it."""
+    """Whether `origin` is the site the request was sent to (its Host). nginx passes `$host`, which drops the
+    port: then the origin's port may be the front door's own, or its scheme's default (a proxy on 80/443 in
+    front of kvern, serving `web.server_name`)."""
     asked, served = urlsplit(origin), urlsplit(f"//{host or ''}")
     if asked.scheme not in DEFAULT_PORTS or not asked.hostname or asked.hostname != served.hostname:
         return False
     try:
         asked_port = asked.port or DEFAULT_PORTS[asked.scheme]
-        served_port = served.port or front_door_port or DEFAULT_PORTS.get(scheme, 80)
+        served_port = served.port
     except ValueError:  # a port that is no number
         return False
-    return asked_port == served_port
+    if served_port is not None:
+        return asked_port == served_port
+    return asked_port in {front_door_port, DEFAULT_PORTS[asked.scheme], DEFAULT_PORTS.get(scheme, 80)}
 
 
 class OriginGuard:

@@ -135,11 +135,12 @@ TOO_MANY = """        error_page 429 = @too_many;
             return 429 '{"error": {"code": "too_many_requests", "message": "too many requests from this address"}}';
         }"""
 
-# Requests nginx refuses before any server or web head sees them (headers or URL over its buffers), in both
-# servers: such a request may never get as far as its Host header. The 414 page is a URI, not a named
-# location: a request line that was never read has no URI to redirect with.
-REFUSED = """        error_page 400 494 = @bad_request;
-        location @bad_request {
+# Requests nginx refuses before any server or web head sees them (a malformed path such as `/../x` or a NUL,
+# headers or URL over its buffers), in both servers: such a request may never get as far as its Host header.
+# The pages are URIs, not named locations: a request whose URI could not be parsed has none to redirect with.
+REFUSED = """        error_page 400 494 /_kvern/bad_request;
+        location = /_kvern/bad_request {
+            internal;
             default_type application/json;
             return 400 '{"error": {"code": "bad_request", "message": "malformed or oversized request head"}}';
         }
