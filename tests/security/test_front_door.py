@@ -195,6 +195,14 @@ def test_dotfiles_are_not_served(front: Running, path: str) -> None:
     assert response.status_code == 404 and "SECRET" not in response.text
 
 
+def test_dotfiles_are_not_copied_where_nginx_workers_read(front: Running) -> None:
+    # as root, the static folder is served from a copy the unprivileged workers may read: no secrets in it
+    served = nginx.front_dir(front.instance.state_dir)
+    copied = [str(path.relative_to(served)) for path in served.rglob("*") if path.name.startswith(".")]
+    assert copied == []
+    assert (front.instance.spec.static_dir or Path()).joinpath(".env").exists()  # the project keeps its own
+
+
 def project_with_static(folder: Path, static: str) -> Path:
     return write_project(folder, f'[app]\ntasks = "tasks"\nstatic = "{static}"\n[[pools]]\nname = "reports"\n')
 

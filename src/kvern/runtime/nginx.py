@@ -235,9 +235,10 @@ def _make_group_dir(folder: Path, account: WorkerAccount | None, parents: bool =
 def _publish_static(static_dir: Path, copy: Path, account: WorkerAccount) -> Path:
     """The static folder as the workers will serve it: a copy they can read through their group, made at
     every `up` (the project's own folder may sit under one only root can enter, e.g. /root). Symlinks stay
-    links, so one pointing outside the folder is followed with the workers' rights, not root's."""
+    links, so one pointing outside the folder is followed with the workers' rights, not root's. Dotfiles
+    (`.env`, `.git`) are left out: nginx never serves them, so its workers need not read them either."""
     shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(static_dir, copy, symlinks=True)
+    shutil.copytree(static_dir, copy, symlinks=True, ignore=shutil.ignore_patterns(".*"))
     for folder, _dirs, files in os.walk(copy):
         os.chown(folder, 0, account.gid)
         os.chmod(folder, 0o2750)
