@@ -54,7 +54,19 @@ async def test_json_edge_cases_are_400_with_the_error_shape_and_record_nothing(a
     assert publisher.published == [] and sum(store.counts_by_status().values()) == 0
 
 
-@pytest.mark.parametrize("query", ["status=bogus", "limit=abc", "limit=0", "limit=501", "before=yesterday"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "status=bogus",
+        "limit=abc",
+        "limit=0",
+        "limit=501",
+        "before=yesterday",
+        "before=nan",
+        "before=inf",
+        "before=1e309",
+    ],
+)
 async def test_query_validation_errors_have_the_error_shape(api: Any, query: str) -> None:
     client, _, _ = api
     response = await client.get(f"/api/v1/jobs?{query}")

@@ -323,7 +323,7 @@ def _install_job_routes(app: FastAPI) -> None:
         request: Request,
         status: JobStatus | None = None,
         limit: PageSize = DEFAULT_PAGE_SIZE,
-        before: float | None = None,
+        before: Annotated[float | None, Query(allow_inf_nan=False)] = None,
     ) -> Response:
         jobs = await run_in_threadpool(_head(request).store.list_jobs, status, limit, before)
         following = None
