@@ -115,7 +115,9 @@ def run_baseline(work: Path) -> SpikeRun:
 
 def run_kvern(work: Path) -> SpikeRun:
     log(f"B1b kvern, reports example spec: {USERS} users, reports of {REPORT_SECONDS:g}s")
-    spec = write_project(work / "kvern", (REPORTS_EXAMPLE / "kvern.toml").read_text(), reports=True)
+    # The 500 users are 500 addresses in life but one here: kvern's per-address limits stay off for them.
+    example = (REPORTS_EXAMPLE / "kvern.toml").read_text().replace("[web]\n", "[web]\nrate = 0\nconnections = 0\n", 1)
+    spec = write_project(work / "kvern", example, reports=True)
     with kvern_instance(spec, work / "kvern" / ".kvern") as running:
         run = asyncio.run(spike(running.url))
         run.cpu_cores = run.cpu.cores(classifier([running.state_dir]))

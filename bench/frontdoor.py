@@ -17,6 +17,7 @@ from bench.common import REPO, REPORTS_EXAMPLE
 from bench.procs import ProcessGroup, process_group, spawn
 from kvern.runtime import nginx
 from kvern.runtime.instance import free_port
+from kvern.spec import WebSpec
 
 READY_TIMEOUT_S = 30.0
 
@@ -62,7 +63,9 @@ def baseline_front_door(state_dir: Path, heads: int = 2) -> Iterator[FrontDoor]:
     for sub in ("run", "logs"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = nginx.write_config(state_dir, port, REPORTS_EXAMPLE / "static", heads)
+    # The baseline is nginx without kvern: none of kvern's per-address limits (the load comes from one address).
+    unlimited = WebSpec(heads=heads, rate=0, connections=0)
+    config = nginx.write_config(state_dir, port, REPORTS_EXAMPLE / "static", heads, unlimited)
     logs = state_dir / "logs"
     with process_group() as group:
         pids = {}
