@@ -67,7 +67,8 @@ def baseline_front_door(state_dir: Path, heads: int = 2) -> Iterator[FrontDoor]:
     unlimited = WebSpec(heads=heads, rate=0, connections=0)
     config = nginx.write_config(state_dir, port, REPORTS_EXAMPLE / "static", heads, unlimited)
     logs = state_dir / "logs"
-    with process_group() as group:
+    with contextlib.ExitStack() as cleanup, process_group() as group:
+        cleanup.callback(nginx.remove_front_dir, state_dir)  # as root, the sockets' folder is under /run/kvern
         pids = {}
         for index in range(heads):
             command = _web_head_command(nginx.web_socket(state_dir, index))
