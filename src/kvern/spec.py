@@ -10,14 +10,25 @@ tasks = "tasks"             # the module holding the Celery tasks, importable fr
 static = "static"           # optional folder served by nginx at /
 
 [web]
+app = "mysite.wsgi:application"  # optional: the team's own WSGI or ASGI app, served by the web heads behind nginx
+interface = "wsgi"          # optional: "wsgi" or "asgi"; default: detected from the app object
+api_prefix = "/api"         # where kvern's job API is served (/api/v1/jobs, /api/health...); move it when the
+                            # app has its own /api/ routes, e.g. "/_kvern/api"
 heads = 2                   # web head processes behind nginx
-port = 8080                 # optional front door port; default: a free port
+port = 8080                 # optional front door port on 127.0.0.1; default: a free port
+listen = ["0.0.0.0:80"]     # optional: public addresses ("host:port", "[::]:80"); kvern itself keeps using
+                            # 127.0.0.1:<port>. With [web.tls], these answer with a redirect to HTTPS
 cors_origins = []           # web origins allowed to call the job API from a browser, as
                             # "https://app.example.com"; any other foreign Origin gets 403
 server_name = ["example.com"]  # Host names answered besides localhost, 127.0.0.1 and [::1]; others get 421
 rate = 200                  # /api/ requests per second per client address (0: no limit); over it: 429
 burst = 400                 # requests above the rate let through at once before 429s start
 connections = 256           # requests in progress at once per client address (0: no limit); over it: 429
+
+[web.tls]                   # optional: HTTPS with this certificate (PEM, full chain) and key
+cert = "/etc/letsencrypt/live/example.com/fullchain.pem"
+key = "/etc/letsencrypt/live/example.com/privkey.pem"
+listen = ["0.0.0.0:443"]    # default: port 443 on each host of web.listen
 
 [broker]                    # optional; absent: kvern runs its own private RabbitMQ node
 url = "amqp://user:pass@127.0.0.1:5672/vhost"
@@ -59,6 +70,7 @@ time_limit = 90             # seconds; the process running it is replaced
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -83,10 +95,43 @@ CONFIG_BREAKING = frozenset(";{}\"'\\$`%")
 T = TypeVar("T")
 
 
+APP_PATTERN = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+)
+API_PREFIX_PATTERN = re.compile(r"^(/[A-Za-z0-9_-]+)+$")
+INTERFACES = ("wsgi", "asgi")
+HTTPS_PORT = 443
+
+
+@dataclass(frozen=True)
+class Address:
+    """One address nginx listens on: an IPv4 or IPv6 address (or `*`) and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TlsSpec:
+    """HTTPS at the front door: a PEM certificate chain and its key, and where HTTPS listens."""
+
+    cert: Path
+    key: Path
+    listen: tuple[Address, ...]
+
+
 @dataclass(frozen=True)
 class WebSpec:
     heads: int = 2
     port: int | None = None
+    app: str | None = None  # "module:attr" of the team's WSGI/ASGI app, importable from the spec's folder
+    interface: str | None = None  # "wsgi" | "asgi"; None: detected from the app object
+    api_prefix: str = "/api"  # the job API's public path prefix
+    listen: tuple[Address, ...] = ()  # public addresses; () is 127.0.0.1:<front door port> only
+    tls: TlsSpec | None = None
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the job API (the front door's own is)
     server_name: tuple[str, ...] = ()  # Host names nginx answers besides the loopback ones
     # Per client address (OWASP API4), enforced by nginx; 0 turns a limit off.
@@ -287,7 +332,7 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
         path=path,
         name=_parse_name(app, path),
         tasks_module=tasks_module,
-        web=_parse_web(reader.table("web")),
+        web=_parse_web(reader.table("web"), path.parent),
         pools=pools,
         broker_url=_parse_url(reader.table("broker"), ("amqp://", "amqps://")),
         store_url=_parse_url(
@@ -311,8 +356,11 @@ def _parse_name(app: _Reader, path: Path) -> str:
     return name
 
 
-def _parse_web(web: _Reader) -> WebSpec:
-    spec = WebSpec(**_read_fields(web, WebSpec))
+def _parse_web(web: _Reader, root: Path) -> WebSpec:
+    spec = WebSpec(**_read_fields(web, WebSpec, skip=("listen", "tls")))
+    listen = _parse_addresses(web.get("listen", list, default=[]), f"{web.where}.listen")
+    spec = replace(spec, listen=listen, tls=_parse_tls(web, listen, root))
+    _check_web_app(spec)
     if not 1 <= spec.heads <= MAX_WEB_HEADS:
         raise SpecError(f"web.heads: must be between 1 and {MAX_WEB_HEADS}")
     if spec.port is not None and not 1 <= spec.port <= 65535:
@@ -323,6 +371,59 @@ def _parse_web(web: _Reader) -> WebSpec:
         if not isinstance(name, str) or len(name) > 253 or not SERVER_NAME_PATTERN.match(name):
             raise SpecError(f"web.server_name: {name!r} is not a host name (lowercase DNS name, optionally '*.' first)")
     return replace(spec, server_name=names, cors_origins=_parse_origins(spec.cors_origins, f"{web.where}.cors_origins"))
+
+
+def _check_web_app(web: WebSpec) -> None:
+    if web.app is not None and not APP_PATTERN.match(web.app):
+        raise SpecError(f"web.app: {web.app!r} is not 'module:attribute' (e.g. 'mysite.wsgi:application')")
+    if web.interface is not None and web.interface not in INTERFACES:
+        raise SpecError(f"web.interface: must be one of {', '.join(INTERFACES)} (or left out to detect it)")
+    if not API_PREFIX_PATTERN.match(web.api_prefix) or len(web.api_prefix) > 100:
+        raise SpecError(f"web.api_prefix: {web.api_prefix!r} must be a path such as '/api' or '/_kvern/api'")
+
+
+ADDRESS_PATTERN = re.compile(r"^(?:(\[[0-9A-Fa-f:.]+\])|([0-9.]+|\*)):([0-9]{1,5})$")
+
+
+def parse_address(text: Any, where: str) -> Address:
+    """ "host:port", "[v6]:port" or "*:port" with a literal address (nginx binds it; a name would be resolved)."""
+    match = ADDRESS_PATTERN.match(text) if isinstance(text, str) else None
+    port = int(match.group(3)) if match else 0
+    if match is None or not 1 <= port <= 65535:
+        raise SpecError(f"{where}: {text!r} is not an address such as '0.0.0.0:80', '127.0.0.1:8080' or '[::]:443'")
+    host = match.group(1)[1:-1] if match.group(1) else match.group(2)
+    try:
+        if host != "*":
+            ipaddress.ip_address(host)
+    except ValueError:
+        raise SpecError(f"{where}: {host!r} in {text!r} is not an IP address") from None
+    return Address(host, port)
+
+
+def _parse_addresses(values: list[Any], where: str) -> tuple[Address, ...]:
+    addresses = tuple(parse_address(value, where) for value in values)
+    if len(set(addresses)) != len(addresses):
+        raise SpecError(f"{where}: an address is given twice")
+    return addresses
+
+
+def _parse_tls(web: _Reader, listen: tuple[Address, ...], root: Path) -> TlsSpec | None:
+    if "tls" not in web.data:
+        return None
+    tls = web.table("tls")
+    tls.only("cert", "key", "listen")
+    files = {}
+    for name in ("cert", "key"):
+        path = check_config_path((root / tls.get(name, str, required=True)).resolve(), f"{tls.where}.{name}")
+        if not path.is_file():
+            raise SpecError(f"{tls.where}.{name}: file {path} does not exist")
+        files[name] = path
+    hosts = dict.fromkeys(address.host for address in listen) or {"127.0.0.1": None}
+    default = [str(Address(host, HTTPS_PORT)) for host in hosts]
+    addresses = _parse_addresses(tls.get("listen", list, default=default), f"{tls.where}.listen")
+    if set(addresses) & set(listen):
+        raise SpecError(f"{tls.where}.listen: an address is in web.listen too (HTTP and HTTPS need their own ports)")
+    return TlsSpec(files["cert"], files["key"], addresses)
 
 
 def _check_web_limits(web: WebSpec) -> None:
@@ -493,15 +594,15 @@ FIELD_KINDS["str | None"] = str
 FIELD_KINDS["tuple[str, ...]"] = list
 
 
-def _read_fields(table: _Reader, cls: type, **defaults: Any) -> dict[str, Any]:
+def _read_fields(table: _Reader, cls: type, skip: tuple[str, ...] = (), **defaults: Any) -> dict[str, Any]:
     """The table's value of each field of `cls` that has a default, else that default: the dataclass is the one
     place defaults live (`defaults` overrides one that depends on the rest of the spec). Fields without a
-    default are the caller's to read; any other key in the table is refused."""
+    default, and those in `skip`, are the caller's to read; any other key in the table is refused."""
     table.only(*(f.name for f in fields(cls)))
     return {
         f.name: table.get(f.name, FIELD_KINDS[str(f.type)], default=defaults.get(f.name, f.default))
         for f in fields(cls)
-        if f.default is not MISSING
+        if f.default is not MISSING and f.name not in skip
     }
 
 

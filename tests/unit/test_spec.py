@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from kvern.constants import DEFAULT_TIME_LIMIT_S
 from kvern.errors import SpecError
 from kvern.runtime.instance import consumer_timeout_warning
-from kvern.spec import LimitsSpec, PoolSpec, Spec, TaskPolicy, WebSpec, load_spec
+from kvern.spec import Address, LimitsSpec, PoolSpec, Spec, TaskPolicy, WebSpec, load_spec
 
 FULL_SPEC = """
 [app]
@@ -435,3 +436,68 @@ def test_the_parser_takes_each_default_from_the_dataclass_field(
     # when a spec that does not set it is parsed, then the parser gives the new default (no copy of the old one)
     spec = load_spec(write_spec(tmp_path, MINIMAL_SPEC + '\n[tasks."tasks.t"]\nqueue = "default"\n'))
     assert read(spec) == 7
+
+
+# -- the web tier: the team's app, public addresses, TLS ----------------------------------------------------
+
+
+def test_web_app_listen_and_tls_are_read(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("cert")
+    (tmp_path / "key.pem").write_text("key")
+    spec = write_and_load(
+        tmp_path,
+        MINIMAL_SPEC
+        + '\n[web]\napp = "mysite.wsgi:application"\ninterface = "wsgi"\napi_prefix = "/_kvern/api"\n'
+        + 'listen = ["0.0.0.0:80", "[::]:80"]\n[web.tls]\ncert = "cert.pem"\nkey = "key.pem"\n',
+    )
+    assert spec.web.app == "mysite.wsgi:application"
+    assert spec.web.interface == "wsgi"
+    assert spec.web.api_prefix == "/_kvern/api"
+    assert spec.web.listen == (Address("0.0.0.0", 80), Address("::", 80))
+    assert spec.web.tls is not None
+    assert spec.web.tls.cert == tmp_path / "cert.pem"
+    assert [str(a) for a in spec.web.tls.listen] == ["0.0.0.0:443", "[::]:443"]
+
+
+def test_web_defaults_keep_the_job_api_alone(tmp_path: Path) -> None:
+    spec = write_and_load(tmp_path, MINIMAL_SPEC)
+    assert (spec.web.app, spec.web.interface, spec.web.api_prefix) == (None, None, "/api")
+    assert (spec.web.listen, spec.web.tls) == ((), None)
+
+
+@pytest.mark.parametrize(
+    ("web", "expected"),
+    [
+        pytest.param('app = "mysite.wsgi"', "web.app", id="app-without-attribute"),
+        pytest.param('app = "my site:app"', "web.app", id="app-with-space"),
+        pytest.param('interface = "cgi"', "web.interface", id="unknown-interface"),
+        pytest.param('api_prefix = "api"', "web.api_prefix", id="prefix-not-absolute"),
+        pytest.param('api_prefix = "/"', "web.api_prefix", id="prefix-root"),
+        pytest.param('api_prefix = "/a;b"', "web.api_prefix", id="prefix-config-breaking"),
+        pytest.param('listen = ["example.com:80"]', "web.listen", id="listen-name"),
+        pytest.param('listen = ["0.0.0.0"]', "web.listen", id="listen-without-port"),
+        pytest.param('listen = ["0.0.0.0:70000"]', "web.listen", id="listen-port-range"),
+        pytest.param('listen = ["0.0.0.0:80", "0.0.0.0:80"]', "web.listen", id="listen-twice"),
+        pytest.param('listen = ["999.1.1.1:80"]', "web.listen", id="listen-bad-ip"),
+        pytest.param('[web.tls]\ncert = "nope.pem"\nkey = "nope.pem"', "web.tls.cert", id="tls-missing-file"),
+        pytest.param('[web.tls]\nkey = "k.pem"', "web.tls.cert", id="tls-without-cert"),
+        pytest.param('[web.tls]\ncert = "c.pem"\nkey = "c.pem"\nciphers = "x"', "web.tls.ciphers", id="tls-unknown"),
+    ],
+)
+def test_bad_web_fields_are_refused_by_name(tmp_path: Path, web: str, expected: str) -> None:
+    (tmp_path / "c.pem").write_text("x")
+    with pytest.raises(SpecError, match=re.escape(expected)):
+        write_and_load(tmp_path, MINIMAL_SPEC + "\n[web]\n" + web + "\n")
+
+
+def test_tls_listen_may_not_reuse_an_http_address(tmp_path: Path) -> None:
+    (tmp_path / "c.pem").write_text("x")
+    text = (
+        '\n[web]\nlisten = ["127.0.0.1:8443"]\n[web.tls]\ncert = "c.pem"\nkey = "c.pem"\nlisten = ["127.0.0.1:8443"]\n'
+    )
+    with pytest.raises(SpecError, match=r"web\.tls\.listen"):
+        write_and_load(tmp_path, MINIMAL_SPEC + text)
+
+
+def write_and_load(folder: Path, text: str) -> Spec:
+    return load_spec(write_spec(folder, text))
