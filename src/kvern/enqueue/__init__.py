@@ -16,7 +16,7 @@ from kvern.enqueue.intercept import route_tasks_through_kvern
 from kvern.enqueue.process import current_submitter, loaded
 from kvern.enqueue.submitter import Submitter
 
-__all__ = ["JobHandle", "Submitter", "asubmit", "install_in_web_head", "submit"]
+__all__ = ["JobHandle", "Submitter", "asubmit", "current_submitter", "install_in_web_head", "submit"]
 
 
 class _ThisProcessSubmitter:
