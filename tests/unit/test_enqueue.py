@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ def test_a_submitted_job_is_recorded_published_and_marked_published(submitter: S
     store, publisher = parts(submitter)
     handle = submitter.submit("shop_tasks.report", [42])
     assert publisher.published == [(handle.id, "shop_tasks.report", "reports")]
+    submitter.marker.flush()  # confirmed jobs are marked published in batches, off the caller's path
     job = store.get(handle.id)
     assert job is not None and job.published_at is not None
     assert job.args == [42] and job.max_attempts == 3  # the spec's retries = 2
@@ -180,6 +182,15 @@ def test_a_store_that_is_down_raises_unavailable_and_nothing_is_published(submit
     with pytest.raises(Unavailable, match="job store unavailable"):
         down.submit("report", [1])
     assert parts(down)[1].published == []
+
+
+def test_published_marks_are_written_in_the_background_in_batches(submitter: Submitter) -> None:
+    store, _ = parts(submitter)
+    handles = [submitter.submit("add", [n]) for n in range(5)]
+    deadline = time.monotonic() + 5
+    while any(store.jobs[handle.id]["published_at"] is None for handle in handles):
+        assert time.monotonic() < deadline, "the marks were never written"
+        time.sleep(0.01)
 
 
 # -- idempotency --------------------------------------------------------------------------------------------

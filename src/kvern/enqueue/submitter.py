@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Task
@@ -14,23 +13,23 @@ from kvern.broker.message import OneJobPublisherProtocol
 from kvern.catalog import TaskCatalog
 from kvern.enqueue.core import accept, run_blocking
 from kvern.enqueue.handle import JobHandle
+from kvern.enqueue.marker import BackgroundMarker
 from kvern.enqueue.validation import validate_call
-from kvern.errors import StoreUnavailable, SubmitError
+from kvern.errors import SubmitError
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, NewJob
 from kvern.spec import Spec
-
-log = logging.getLogger("kvern.enqueue")
 
 MAX_IDEMPOTENCY_KEY = 200  # characters, as the job API's Idempotency-Key header
 
 
 @dataclass(frozen=True)
 class StorePorts:
-    """A BlockingPorts over the job store and a confirming publisher."""
+    """A BlockingPorts over the job store, a confirming publisher and the marks written in the background."""
 
     store: JobStoreProtocol
     publisher: OneJobPublisherProtocol
+    marker: BackgroundMarker
 
     def record(self, new: NewJob) -> tuple[Job, bool]:
         return self.store.create_job(new)
@@ -42,18 +41,19 @@ class StorePorts:
         return self.store.withdraw(job_id)
 
     def mark_published(self, job_id: str) -> None:
-        try:
-            self.store.mark_published([job_id])
-        except StoreUnavailable as exc:  # the job is accepted: the relay's grace period and the worker's claim
-            log.warning("could not mark job %s published: %s", job_id, exc)
+        self.marker.add(job_id)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Submitter:
     spec: Spec
     catalog: TaskCatalog
     store: JobStoreProtocol
     publisher: OneJobPublisherProtocol
+    marker: BackgroundMarker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.marker = BackgroundMarker(self.store)
 
     def submit(
         self,
@@ -69,7 +69,9 @@ class Submitter:
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         submission = validate_call(task, list(args), kwargs or {}, subject, self.catalog, self.spec.limits)
-        accepted = run_blocking(accept(self.spec, submission, idempotency_key), StorePorts(self.store, self.publisher))
+        accepted = run_blocking(
+            accept(self.spec, submission, idempotency_key), StorePorts(self.store, self.publisher, self.marker)
+        )
         return JobHandle(accepted.job.id, self.store)
 
     async def asubmit(
@@ -87,6 +89,7 @@ class Submitter:
         )
 
     def close(self) -> None:
+        self.marker.flush()
         self.publisher.close()
         self.store.close()
 
