@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -144,3 +145,21 @@ def test_every_publisher_puts_the_same_message_on_the_queue(queue: str) -> None:
     assert seen["aio-pika"] == seen["kombu"] == seen["kombu-confirming"]
     expected = job_message(job)
     assert seen["kombu"]["headers"] == expected.headers and seen["kombu"]["body"] == expected.body
+
+
+def test_the_confirming_publisher_replaces_a_kept_connection_that_died(queue: str) -> None:
+    # given: a publisher whose kept connection the broker dropped meanwhile (a restart, an idle timeout)
+    store = MemoryJobStore()
+    publisher = ConfirmingPublisher(SYSTEM_BROKER)
+    try:
+        publisher.publish(_recorded(store, queue))
+        kept = publisher._idle[0].connection.connection  # the socket the broker would close
+        kept.sock.shutdown(socket.SHUT_RDWR)
+        # when: it publishes again
+        job = _recorded(store, queue)
+        publisher.publish(job)
+    finally:
+        publisher.close()
+    # then: the message went out on a new connection, once
+    assert _take(queue).headers["id"] != job.id
+    assert _take(queue).headers["id"] == job.id
