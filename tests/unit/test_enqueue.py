@@ -3,6 +3,7 @@ stub publisher: refused before anything is recorded, withdrawn when the broker n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import textwrap
@@ -253,9 +254,13 @@ def test_artifacts_are_listed_and_read(submitter: Submitter) -> None:
         handle.artifact("missing.pdf")
 
 
-async def test_asubmit_submits_without_blocking_the_loop(submitter: Submitter) -> None:
+async def test_asubmit_submits_and_aresult_waits_without_blocking_the_loop(submitter: Submitter) -> None:
     handle = await submitter.asubmit("add", [1], {"y": 1})
     assert handle.status() == "queued" and parts(submitter)[1].published[0][0] == handle.id
+    waiting = asyncio.create_task(handle.aresult(timeout=5))
+    await asyncio.sleep(0.1)  # the loop runs on while the handle waits
+    finish(parts(submitter)[0], handle.id, result=2)
+    assert await waiting == 2
 
 
 # -- .delay() and .apply_async() ----------------------------------------------------------------------------
@@ -278,6 +283,8 @@ def test_delay_and_apply_async_submit_through_kvern(submitter: Submitter, routed
     assert store.get(delayed.id) is not None and delayed.status() == "queued"
     assert applied.view()["kwargs"] == {"y": 2} and keyed.view()["subject"] == "user:5"
     assert add.apply_async((5,), idempotency_key="k-5", subject="user:5").id == keyed.id
+    signed = add.s(7, y=1).delay()  # a signature's delay() ends in the task's apply_async
+    assert signed.view()["args"] == [7] and publisher.published[-1][0] == signed.id
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ reads of its state, result and artifacts from the job store."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -66,6 +67,10 @@ class JobHandle:
         if job.status is not JobStatus.SUCCEEDED:
             raise JobFailed(job.id, job.status.value, job.error)
         return job.result
+
+    async def aresult(self, timeout: float | None = None) -> Any:
+        """As `result`, for async code: the waiting happens in a thread, the event loop goes on."""
+        return await asyncio.to_thread(self.result, timeout)
 
     get = result  # as Celery's AsyncResult.get, so code written for `.delay().get()` keeps working
 

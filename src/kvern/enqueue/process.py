@@ -29,13 +29,13 @@ class Loaded:
 
 class _ThisProcess:
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entered when a tasks module submits while it is being loaded
         self.loaded: Loaded | None = None
         self.submitter: Submitter | None = None
         self.owner_pid = 0
 
     def after_fork_in_child(self) -> None:
-        self.lock = threading.Lock()  # the parent may have held it while forking
+        self.lock = threading.RLock()  # the parent may have held it while forking
         self.submitter = None  # never closed here: its sockets are the parent's
 
 
