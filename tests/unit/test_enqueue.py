@@ -8,7 +8,8 @@ import json
 import os
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -177,11 +178,16 @@ class DownStore(MemoryJobStore):
     def create_job(self, new: NewJob) -> Any:
         raise StoreUnavailable("job store unavailable: connection refused")
 
+    def create_jobs(self, news: Sequence[NewJob]) -> Any:
+        raise StoreUnavailable("job store unavailable: connection refused")
+
 
 def test_a_store_that_is_down_raises_unavailable_and_nothing_is_published(submitter: Submitter) -> None:
     down = Submitter(submitter.spec, submitter.catalog, DownStore(), StubBlockingPublisher())
     with pytest.raises(Unavailable, match="job store unavailable"):
         down.submit("report", [1])
+    with pytest.raises(Unavailable, match="job store unavailable"):
+        down.submit("report", [1], idempotency_key="k-1")
     assert parts(down)[1].published == []
 
 
@@ -192,6 +198,24 @@ def test_published_marks_are_written_in_the_background_in_batches(submitter: Sub
     while any(store.jobs[handle.id]["published_at"] is None for handle in handles):
         assert time.monotonic() < deadline, "the marks were never written"
         time.sleep(0.01)
+
+
+def test_threads_that_submit_at_once_share_commits_and_each_gets_its_own_job(submitter: Submitter) -> None:
+    store, publisher = parts(submitter)
+    commits: list[int] = []
+    record_batch = store.create_jobs
+
+    def slow_commit(news: Sequence[NewJob]) -> Any:
+        commits.append(len(news))
+        time.sleep(0.02)  # a commit takes a while: the threads arriving meanwhile wait for the next one
+        return record_batch(news)
+
+    store.create_jobs = slow_commit  # type: ignore[method-assign]
+    with ThreadPoolExecutor(8) as pool:
+        handles = list(pool.map(lambda n: submitter.submit("add", [n]), range(40)))
+    assert [handle.view()["args"] for handle in handles] == [[n] for n in range(40)]
+    assert len({handle.id for handle in handles}) == 40 == len(publisher.published) == sum(commits)
+    assert len(commits) < 40  # some commits held several jobs
 
 
 # -- idempotency --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from kvern.broker.message import OneJobPublisherProtocol
 from kvern.catalog import TaskCatalog
 from kvern.enqueue.core import accept, run_blocking
 from kvern.enqueue.handle import JobHandle
+from kvern.enqueue.inserter import GroupInserter
 from kvern.enqueue.marker import BackgroundMarker
 from kvern.enqueue.validation import validate_call
 from kvern.errors import SubmitError
@@ -25,13 +26,16 @@ MAX_IDEMPOTENCY_KEY = 200  # characters, as the job API's Idempotency-Key header
 
 @dataclass(frozen=True)
 class StorePorts:
-    """A BlockingPorts over the job store, a confirming publisher and the marks written in the background."""
+    """A BlockingPorts: the job store (inserts in group commits, marks in the background), a confirming publisher."""
 
     store: JobStoreProtocol
     publisher: OneJobPublisherProtocol
+    inserter: GroupInserter
     marker: BackgroundMarker
 
     def record(self, new: NewJob) -> tuple[Job, bool]:
+        if new.idempotency_key is None:
+            return self.inserter.create(new), True  # group commit with the threads submitting meanwhile
         return self.store.create_job(new)
 
     def publish(self, job: Job) -> None:
@@ -50,9 +54,11 @@ class Submitter:
     catalog: TaskCatalog
     store: JobStoreProtocol
     publisher: OneJobPublisherProtocol
+    inserter: GroupInserter = field(init=False)
     marker: BackgroundMarker = field(init=False)
 
     def __post_init__(self) -> None:
+        self.inserter = GroupInserter(self.store)
         self.marker = BackgroundMarker(self.store)
 
     def submit(
@@ -70,7 +76,8 @@ class Submitter:
             check_idempotency_key(idempotency_key)
         submission = validate_call(task, list(args), kwargs or {}, subject, self.catalog, self.spec.limits)
         accepted = run_blocking(
-            accept(self.spec, submission, idempotency_key), StorePorts(self.store, self.publisher, self.marker)
+            accept(self.spec, submission, idempotency_key),
+            StorePorts(self.store, self.publisher, self.inserter, self.marker),
         )
         return JobHandle(accepted.job.id, self.store)
 
