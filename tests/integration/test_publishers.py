@@ -29,6 +29,7 @@ from kvern.broker.message import (
 from kvern.broker.publisher import JobPublisher
 from kvern.broker.relay import KombuPublisher
 from kvern.constants import KVERN_JOB_HEADER
+from kvern.errors import PublishError
 from kvern.jobs.memory import MemoryJobStore
 from kvern.jobs.records import Job, NewJob
 from tests.integration.conftest import SYSTEM_BROKER
@@ -163,3 +164,16 @@ def test_the_confirming_publisher_replaces_a_kept_connection_that_died(queue: st
     # then: the message went out on a new connection, once
     assert _take(queue).headers["id"] != job.id
     assert _take(queue).headers["id"] == job.id
+
+
+def test_the_confirming_publisher_refuses_to_call_an_unroutable_job_sent() -> None:
+    # given: a job for a queue the broker does not have
+    store = MemoryJobStore()
+    job = _recorded(store, f"kvern-test-missing-{uuid.uuid4().hex}")
+    publisher = ConfirmingPublisher(SYSTEM_BROKER)
+    try:
+        # then: the broker returns it (mandatory), and the publish fails rather than looking confirmed
+        with pytest.raises(PublishError, match="NO_ROUTE"):
+            publisher.publish(job)
+    finally:
+        publisher.close()

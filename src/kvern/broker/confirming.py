@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from amqp.exceptions import AMQPError, MessageNacked
+from amqp.exceptions import AMQPError, ChannelError, MessageNacked
 from kombu.connection import Connection
 from kombu.exceptions import KombuError
 from kombu.messaging import Producer
@@ -146,5 +146,7 @@ def _publish_error(exc: BaseException, message: TaskMessage, reused: bool) -> Ba
     if isinstance(exc, TimeoutError):
         return PublishError("the broker did not confirm the job in time")
     if isinstance(exc, BROKER_ERRORS):
-        return (_StaleConnection if reused else PublishError)(f"broker unavailable: {exc}")
+        # A channel error (a message the broker returned as unroutable) says nothing about the connection.
+        stale = reused and not isinstance(exc, ChannelError)
+        return (_StaleConnection if stale else PublishError)(f"broker unavailable: {exc}")
     return exc
