@@ -526,6 +526,7 @@ def _install_health_routes(app: FastAPI) -> None:
         response_class=PlainTextResponse,
         responses=METRICS_RESPONSE,
         dependencies=[Depends(needs_scope_or_local(Scope.METRICS))],
+        openapi_extra={"security": [{}, {"HTTPBearer": []}]},  # a key, or none from this machine
     )
     async def metrics(request: Request) -> Response:
         body = await run_in_threadpool(_head(request).metrics.render)
