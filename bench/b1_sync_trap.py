@@ -40,6 +40,7 @@ PROBES = {"static": "/", "api": "/api/v1/jobs?limit=1"}
 @dataclass
 class Probe:
     port: int
+    headers: dict[str, str]
     results: dict[str, list[Result]] = field(default_factory=lambda: {k: [] for k in PROBES})
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -50,7 +51,7 @@ class Probe:
             await asyncio.sleep(1 / PROBE_HZ)
 
     async def _one(self, kind: str, path: str) -> None:
-        result = await fetch_once(self.port, encode_request("GET", path), CLIENT_TIMEOUT_S)
+        result = await fetch_once(self.port, encode_request("GET", path, headers=self.headers), CLIENT_TIMEOUT_S)
         self.results[kind].append(result)
 
     async def drain(self) -> None:
@@ -72,25 +73,25 @@ class SpikeRun:
     cpu_cores: dict[str, float] = field(default_factory=dict)
 
 
-async def _burst(port: int) -> list[Result]:
+async def _burst(port: int, headers: dict[str, str]) -> list[Result]:
     async def user(index: int) -> Result:
-        raw = job_body(TASK, [1000 + index], {"seconds": REPORT_SECONDS})
+        raw = job_body(TASK, [1000 + index], {"seconds": REPORT_SECONDS}, headers)
         return await fetch_once(port, raw, CLIENT_TIMEOUT_S)
 
     return await asyncio.gather(*(user(i) for i in range(USERS)))
 
 
-async def spike(url: str) -> SpikeRun:
+async def spike(url: str, headers: dict[str, str]) -> SpikeRun:
     """Idle probing, then the burst with probing until every user has an answer (at least MIN_SPIKE_S)."""
     port = port_of(url)
-    probe = Probe(port)
+    probe = Probe(port, headers)
     idle_end = time.time() + IDLE_S
     await probe.run(lambda: time.time() >= idle_end)
     burst_at = time.time()
     spike_end = burst_at + CLIENT_TIMEOUT_S + 5  # replaced once every user has an answer
     prober = asyncio.create_task(probe.run(lambda: time.time() >= spike_end))
     with CpuWindow() as cpu:
-        reports = await _burst(port)
+        reports = await _burst(port, headers)
     all_answered = max(r.started + r.latency for r in reports) - burst_at
     spike_end = burst_at + max(all_answered, MIN_SPIKE_S)
     await prober
@@ -105,7 +106,7 @@ def _wait_until(moment: float) -> None:
 def run_baseline(work: Path) -> SpikeRun:
     log(f"B1a synchronous baseline: {USERS} users, reports of {REPORT_SECONDS:g}s built inside the request")
     with baseline_front_door(work / "sync") as door:
-        run = asyncio.run(spike(door.url))
+        run = asyncio.run(spike(door.url, {}))
         run.cpu_cores = run.cpu.cores(classifier([], door.pids))
         run.delivered = sum(
             1 for r in run.reports if r.status == 200 and r.started + r.latency <= run.burst_at + OBSERVE_S
@@ -119,7 +120,7 @@ def run_kvern(work: Path) -> SpikeRun:
     example = (REPORTS_EXAMPLE / "kvern.toml").read_text().replace("[web]\n", "[web]\nrate = 0\nconnections = 0\n", 1)
     spec = write_project(work / "kvern", example, reports=True)
     with kvern_instance(spec, work / "kvern" / ".kvern") as running:
-        run = asyncio.run(spike(running.url))
+        run = asyncio.run(spike(running.url, running.auth_headers))
         run.cpu_cores = run.cpu.cores(classifier([running.state_dir]))
         _wait_until(run.burst_at + OBSERVE_S)
         store = JobStore(running.config.store_url)

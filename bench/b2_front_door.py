@@ -7,7 +7,11 @@
 - ceiling 2: confirmed publishes/s of one Python process to the same private broker node, kvern's message to a
   queue declared like kvern's.
 
-Rounds alternate the three (kvern, bare, broker) so a noisy neighbour hits all of them alike; medians.
+kvern runs twice, side by side: with API keys (the default; every request carries the instance's key) and with
+`[web] auth = "off"`, so the cost of authentication is a ratio of one run.
+
+Rounds alternate them all (kvern with keys, kvern without, bare, broker) so a noisy neighbour hits all of them
+alike; medians.
 """
 
 from __future__ import annotations
@@ -53,44 +57,64 @@ def _publish_figures(results: list[PublishRate]) -> dict[str, Any]:
     return {"per_s": median(r.per_s for r in results), "rounds": [vars(r) | {"per_s": r.per_s} for r in results]}
 
 
-def _timed_load(url: str, path: str, classify: Classifier) -> tuple[LoadResult, dict[str, float]]:
+def _timed_load(
+    url: str, path: str, classify: Classifier, headers: dict[str, str]
+) -> tuple[LoadResult, dict[str, float]]:
     with CpuWindow() as window:
-        result = post_load(url, path, BODY, CONNECTIONS, LOAD_S)
+        result = post_load(url, path, BODY, CONNECTIONS, LOAD_S, headers)
     return result, window.cores(classify)
 
 
-def measure(kvern: RunningInstance, bare: FrontDoor) -> dict[str, Any]:
+def measure(kvern: RunningInstance, open_kvern: RunningInstance, bare: FrontDoor) -> dict[str, Any]:
     broker_url = kvern.config.broker_urls[ROLE_ADMIN]
-    post_load(kvern.url, KVERN_PATH, BODY, CONNECTIONS, WARMUP_S)
-    post_load(bare.url, BARE_PATH, BODY, CONNECTIONS, WARMUP_S)
-    classify = classifier([kvern.state_dir], bare.pids)
-    loads: dict[str, list[LoadResult]] = {"kvern": [], "bare": []}
-    cpu: dict[str, list[dict[str, float]]] = {"kvern": [], "bare": []}
+    targets = {
+        "kvern": (kvern.url, KVERN_PATH, kvern.auth_headers),
+        "kvern_open": (open_kvern.url, KVERN_PATH, open_kvern.auth_headers),
+        "bare": (bare.url, BARE_PATH, {}),
+    }
+    for url, path, headers in targets.values():
+        post_load(url, path, BODY, CONNECTIONS, WARMUP_S, headers)
+    classifiers = {
+        "kvern": classifier([kvern.state_dir], bare.pids),
+        "kvern_open": classifier([open_kvern.state_dir], bare.pids),
+        "bare": classifier([kvern.state_dir], bare.pids),
+    }
+    loads: dict[str, list[LoadResult]] = {name: [] for name in targets}
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     publish: dict[int, list[PublishRate]] = {n: [] for n in PUBLISH_IN_FLIGHT}
     for index in range(ROUNDS):
-        for name, url, path in (("kvern", kvern.url, KVERN_PATH), ("bare", bare.url, BARE_PATH)):
-            result, cores = _timed_load(url, path, classify)
+        for name, (url, path, headers) in targets.items():
+            result, cores = _timed_load(url, path, classifiers[name], headers)
             loads[name].append(result)
             cpu[name].append(cores)
         for in_flight in PUBLISH_IN_FLIGHT:
             publish[in_flight].append(confirmed_publish_rate(broker_url, in_flight, PUBLISH_S))
         log(
-            f"round {index + 1}/{ROUNDS}: kvern {loads['kvern'][-1].accepted_per_s:,.0f}/s, bare ASGI "
+            f"round {index + 1}/{ROUNDS}: kvern {loads['kvern'][-1].accepted_per_s:,.0f}/s, without keys "
+            f"{loads['kvern_open'][-1].accepted_per_s:,.0f}/s, bare ASGI "
             f"{loads['bare'][-1].accepted_per_s:,.0f}/s, broker "
             + ", ".join(f"{n} in flight {publish[n][-1].per_s:,.0f}/s" for n in PUBLISH_IN_FLIGHT)
         )
     return {
         "kvern": _load_figures(loads["kvern"]) | {"cpu_cores": median_cores(cpu["kvern"])},
+        "kvern_open": _load_figures(loads["kvern_open"]) | {"cpu_cores": median_cores(cpu["kvern_open"])},
         "bare_asgi": _load_figures(loads["bare"]) | {"cpu_cores": median_cores(cpu["bare"])},
         "confirmed_publish": {str(n): _publish_figures(rates) for n, rates in publish.items()},
     }
 
 
 def tables(f: dict[str, Any]) -> list[Table]:
-    k, b = f["kvern"], f["bare_asgi"]
+    k, o, b = f["kvern"], f["kvern_open"], f["bare_asgi"]
     pub = f["confirmed_publish"]
     rows: list[list[Any]] = [
-        ["kvern POST /api/v1/jobs (record + confirm)", k["accepted_per_s"], k["p50_ms"], k["p99_ms"], k["failed"]],
+        [
+            "kvern POST /api/v1/jobs (API key; record + confirm)",
+            k["accepted_per_s"],
+            k["p50_ms"],
+            k["p99_ms"],
+            k["failed"],
+        ],
+        ['kvern, same, auth = "off"', o["accepted_per_s"], o["p50_ms"], o["p99_ms"], o["failed"]],
         ["bare ASGI endpoint, same nginx + 2 uvicorn", b["accepted_per_s"], b["p50_ms"], b["p99_ms"], b["failed"]],
     ]
     rows += [[f"broker: confirmed publish, 1 process, {n} in flight", p["per_s"], "", "", 0] for n, p in pub.items()]
@@ -106,30 +130,34 @@ def tables(f: dict[str, Any]) -> list[Table]:
         ["ratio", "value"],
         [
             ["kvern / bare ASGI", f["ratios"]["kvern_over_bare_asgi"]],
+            ["kvern with API keys / kvern without", f["ratios"]["keys_over_open"]],
             [f"kvern / broker confirmed publish ({CONNECTIONS} in flight)", f["ratios"]["kvern_over_publish"]],
             ["bare ASGI / broker confirmed publish", ratio(b["accepted_per_s"], best_publish)],
         ],
     )
     cpu = cpu_table(
         "B2 where the CPU went during the rounds (median cores)",
-        {"kvern rounds": k["cpu_cores"], "bare ASGI rounds": b["cpu_cores"]},
+        {"kvern rounds": k["cpu_cores"], "kvern without keys": o["cpu_cores"], "bare ASGI rounds": b["cpu_cores"]},
     )
     return [main, ratios, cpu]
 
 
 def run(work: Path) -> dict[str, Any]:
     spec = write_project(work / "kvern", noop_spec(), reports=False)
+    open_spec = write_project(work / "open", noop_spec().replace("[web]\n", '[web]\nauth = "off"\n'), reports=False)
     with (
         kvern_instance(spec, work / "kvern" / ".kvern", only="web") as running,
+        kvern_instance(open_spec, work / "open" / ".kvern", only="web") as open_running,
         baseline_front_door(work / "bare") as bare,
     ):
         time.sleep(1)
-        figures = measure(running, bare)
+        figures = measure(running, open_running, bare)
     k = figures["kvern"]
     publish = figures["confirmed_publish"][str(CONNECTIONS)]["per_s"]
     figures["ratios"] = {
         "kvern_over_bare_asgi": ratio(k["accepted_per_s"], figures["bare_asgi"]["accepted_per_s"]),
         "kvern_over_publish": ratio(k["accepted_per_s"], publish),
+        "keys_over_open": ratio(k["accepted_per_s"], figures["kvern_open"]["accepted_per_s"]),
     }
     figures["connections"] = CONNECTIONS
     figures["targets"] = {"accepted >= 1500/s": k["accepted_per_s"] >= 1500, "p99 <= 50 ms": k["p99_ms"] <= 50}

@@ -81,7 +81,9 @@ class RoundResult:
 
 def kvern_round(running: RunningInstance, store: JobStore) -> RoundResult:
     started = time.time()
-    results = asyncio.run(submit_many(port_of(running.url), job_body(NOOP_TASK), JOBS, CONNECTIONS, 30))
+    results = asyncio.run(
+        submit_many(port_of(running.url), job_body(NOOP_TASK, headers=running.auth_headers), JOBS, CONNECTIONS, 30)
+    )
     submitted = time.time()
     accepted = sum(1 for r in results if r.status == 202)
     if accepted < JOBS:
@@ -212,7 +214,9 @@ def measure(
     sqlite_dir, pg_dir = instances["kvern"].state_dir, instances["kvern-pg"].state_dir
     try:
         for name, running in instances.items():
-            warmup = asyncio.run(submit_many(port_of(running.url), job_body(NOOP_TASK), 50, 8, 30))
+            warmup = asyncio.run(
+                submit_many(port_of(running.url), job_body(NOOP_TASK, headers=running.auth_headers), 50, 8, 30)
+            )
             log(f"warm-up: {name} accepted {sum(r.status == 202 for r in warmup)} of 50")
         time.sleep(2)
         classifiers = {

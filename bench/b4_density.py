@@ -81,7 +81,7 @@ def run_reports(running: RunningInstance) -> None:
     store = JobStore(running.config.store_url)
     started = time.time()
     try:
-        raw = job_body(TASK, [4242], {"seconds": REPORT_SECONDS})
+        raw = job_body(TASK, [4242], {"seconds": REPORT_SECONDS}, running.auth_headers)
         results = asyncio.run(submit_many(port_of(running.url), raw, REPORTS, 8, 30))
         accepted = sum(r.status == 202 for r in results)
         deadline = time.monotonic() + 120

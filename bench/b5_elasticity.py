@@ -91,7 +91,7 @@ def _decision_after(store: JobStore, pool: str, moment: float) -> float | None:
 
 def spike_sample(running: RunningInstance, store: JobStore) -> SpikeSample:
     wait_for_processes(running, "elastic", 1)
-    raws = [job_body(SLEEP_TASK, [JOB_SECONDS]) for _ in range(BURST)]
+    raws = [job_body(SLEEP_TASK, [JOB_SECONDS], headers=running.auth_headers) for _ in range(BURST)]
     sent = time.time()
     ids = asyncio.run(_submit(running.url, raws))
     wait_started(store, ids)
@@ -103,7 +103,7 @@ def spike_sample(running: RunningInstance, store: JobStore) -> SpikeSample:
 
 def cold_sample(running: RunningInstance, store: JobStore) -> float:
     wait_for_processes(running, "cold", 0)
-    ids = asyncio.run(_submit(running.url, [job_body(NOOP_TASK)]))
+    ids = asyncio.run(_submit(running.url, [job_body(NOOP_TASK, headers=running.auth_headers)]))
     wait_started(store, ids)
     (times,) = job_times(store, ids)
     assert times.started_at is not None

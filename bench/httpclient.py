@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,15 +41,18 @@ def port_of(base_url: str) -> int:
     return port
 
 
-def encode_request(method: str, path: str, body: bytes | None = None) -> bytes:
+def encode_request(
+    method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", "Connection: keep-alive"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     if body is not None:
         lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
 
-def post_json(path: str, payload: Any) -> bytes:
-    return encode_request("POST", path, json.dumps(payload).encode())
+def post_json(path: str, payload: Any, headers: Mapping[str, str] | None = None) -> bytes:
+    return encode_request("POST", path, json.dumps(payload).encode(), headers)
 
 
 class Connection:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,14 @@ class JobTimes:
     finished_at: float | None
 
 
-def job_body(task: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> bytes:
-    return post_json(JOBS_PATH, {"task": task, "args": list(args), "kwargs": kwargs or {}})
+def job_body(
+    task: str,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """A job submission; `headers`: the instance's API key (`RunningInstance.auth_headers`)."""
+    return post_json(JOBS_PATH, {"task": task, "args": list(args), "kwargs": kwargs or {}}, headers)
 
 
 def count_succeeded(store: JobStore, since: float, until: float) -> int:

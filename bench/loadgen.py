@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +39,16 @@ class LoadResult:
         return (self.requests - self.failed) / self.seconds if self.seconds else 0.0
 
 
-def post_load(url: str, path: str, body: str, connections: int, seconds: float) -> LoadResult:
+def post_load(
+    url: str, path: str, body: str, connections: int, seconds: float, headers: Mapping[str, str] | None = None
+) -> LoadResult:
+    headers = headers or {}
     if shutil.which("wrk"):
-        return _wrk(url + path, body, connections, seconds)
-    return asyncio.run(_python_load(port_of(url), path, body, connections, seconds))
+        return _wrk(url + path, body, connections, seconds, headers)
+    return asyncio.run(_python_load(port_of(url), path, body, connections, seconds, headers))
 
 
-def _wrk(target: str, body: str, connections: int, seconds: float) -> LoadResult:
+def _wrk(target: str, body: str, connections: int, seconds: float, headers: Mapping[str, str]) -> LoadResult:
     command = [
         "wrk",
         f"-t{WRK_THREADS}",
@@ -53,6 +57,7 @@ def _wrk(target: str, body: str, connections: int, seconds: float) -> LoadResult
         f"--timeout={REQUEST_TIMEOUT_S:g}s",
         "-s",
         str(LUA_POST),
+        *(option for name, value in headers.items() for option in ("-H", f"{name}: {value}")),
         target,
     ]
     env = {**os.environ, "BENCH_BODY": body}
@@ -70,8 +75,10 @@ def _wrk(target: str, body: str, connections: int, seconds: float) -> LoadResult
     )
 
 
-async def _python_load(port: int, path: str, body: str, connections: int, seconds: float) -> LoadResult:
-    raw = post_json(path, json.loads(body))
+async def _python_load(
+    port: int, path: str, body: str, connections: int, seconds: float, headers: Mapping[str, str]
+) -> LoadResult:
+    raw = post_json(path, json.loads(body), headers)
     latencies: list[float] = []
     failed = 0
     end = time.perf_counter() + seconds

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.common import REPORTS_EXAMPLE, log
 from kvern.runtime.instance import Instance, front_door_url, owned_pids
-from kvern.runtime_config import RuntimeConfig
+from kvern.runtime_config import RuntimeConfig, local_key
 from kvern.spec import Tiers, load_spec
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -126,6 +126,12 @@ class RunningInstance:
     @property
     def state_dir(self) -> Path:
         return self.instance.state_dir
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The instance's own API key, as scripts on this machine use it (none when auth is off)."""
+        token = local_key(self.state_dir)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @contextlib.contextmanager

@@ -20,14 +20,22 @@ from kvern.client import submit_and_follow
 from kvern.errors import AlreadyRunning, JobNotFound, KvernError, NotRunning, RuntimeStateError, SpecError, StartError
 from kvern.jobs import retention
 from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.keys import SCOPES, SqlKeyStore
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
 from kvern.report import collect_status, render_status
-from kvern.runtime.instance import Instance, consumer_timeout_warning, default_state_dir, front_door_url
+from kvern.runtime.instance import (
+    Instance,
+    auth_off_warning,
+    consumer_timeout_warning,
+    default_state_dir,
+    front_door_url,
+)
 from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime.web_scaling import scale_web
+from kvern.runtime_config import local_key
 from kvern.spec import PoolSpec, Tiers, load_spec, parse_duration, unsafe_character
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -131,8 +139,7 @@ def up(ctx: click.Context, detach: bool, only: str) -> None:
     tiers = Tiers.parse(only).check(instance.spec)
     if instance.is_running():
         _already_running(ctx, instance)
-    warning = consumer_timeout_warning(instance.spec)
-    if warning:
+    for warning in filter(None, [consumer_timeout_warning(instance.spec), auth_off_warning(instance.spec)]):
         click.echo(f"kvern: {warning}", err=True)
     config = instance.up(tiers, report=_progress)
     click.echo(f"kvern is up: {front_door_url(config)}" if tiers.web else "kvern pools are up")
@@ -229,7 +236,8 @@ def submit(
     """Submit a job through the front door."""
     instance = running_instance(ctx)
     url = front_door_url(instance.runtime())
-    code = submit_and_follow(url, task, args, kwargs, wait, idempotency_key, subject)
+    token = local_key(instance.state_dir)
+    code = submit_and_follow(url, task, args, kwargs, wait, idempotency_key, subject, token)
     sys.exit(code)
 
 
@@ -390,6 +398,60 @@ def jobs_purge(ctx: click.Context, older_than: str, statuses: tuple[str, ...]) -
     chosen = [JobStatus(s) for s in statuses] or list(retention.FINISHED)
     erased = retention.purge(store, chosen, time.time() - age_s)
     click.echo(f"erased {erased} job(s)")
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the job API: who may submit, read, administer or scrape metrics."""
+
+
+def _key_store(ctx: click.Context) -> SqlKeyStore:
+    """The keys of the instance's store; the instance need not run, but must have run once (its store)."""
+    store = JobStore(instance_from(ctx).runtime().store_url)
+    store.create_schema()  # a store made by an older kvern gets the keys table
+    return SqlKeyStore(store.engine)
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    default="submit,read",
+    show_default=True,
+    help=f"Comma-separated: {', '.join(SCOPES)} (admin: every job, every action).",
+)
+@click.pass_context
+@handle_errors
+def keys_create(ctx: click.Context, name: str, scopes: str) -> None:
+    """Make a key; its token is printed once (only a hash of it is kept)."""
+    chosen = [scope.strip() for scope in scopes.split(",") if scope.strip()]
+    issued = _key_store(ctx).create_key(name, chosen)
+    click.echo(issued.token)
+    click.echo(
+        f"key {name!r} ({', '.join(sorted(issued.key.scopes))}): keep the token now, it is not shown again", err=True
+    )
+
+
+@keys.command("list")
+@click.pass_context
+@handle_errors
+def keys_list(ctx: click.Context) -> None:
+    """Every key: name, id, scopes, creation time (never a token)."""
+    for key in _key_store(ctx).list_keys():
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(key.created_at))
+        click.echo(f"{key.name:<32} {key.id}  {','.join(sorted(key.scopes)):<24} {created}")
+
+
+@keys.command("revoke")
+@click.argument("name")
+@click.pass_context
+@handle_errors
+def keys_revoke(ctx: click.Context, name: str) -> None:
+    """Remove a key: requests with it get 401 within seconds; its jobs stay (admin keys see them)."""
+    if not _key_store(ctx).revoke(name):
+        _fail(f"no key named {name!r}", c.RET_FAILURE)
+    click.echo(f"revoked key {name!r}")
 
 
 def _status_of(store: JobStoreProtocol, job_id: str) -> str:

@@ -41,12 +41,14 @@ def submit_and_follow(
     wait: bool,
     idempotency_key: str | None,
     subject: str | None = None,
+    token: str | None = None,
 ) -> int:
     body = {"task": task, "args": [parse_value(a) for a in args], "kwargs": parse_kwargs(kwargs)}
     if subject is not None:
         body["subject"] = subject
     headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else {}
-    with httpx.Client(base_url=base_url, timeout=10) as client:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=base_url, timeout=10, headers=auth) as client:
         try:
             response = client.post(f"{API_PREFIX}/jobs", json=body, headers=headers)
         except httpx.HTTPError as exc:

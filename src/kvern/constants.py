@@ -49,6 +49,7 @@ SUPERVISOR_SOCK: Final = "supervisor.sock"
 SUPERVISOR_PID: Final = "supervisord.pid"
 SQLITE_FILE: Final = "jobs.sqlite3"
 LOG_DIR: Final = "logs"
+LOCAL_KEY_FILE: Final = "local.key"  # the token of the instance's own admin API key (runtime/local_key.py)
 PINS_FILE: Final = "pins.json"  # pools pinned by `kvern scale POOL N`, read by the autoscaler
 DESIRED_FILE: Final = "autoscale.json"  # the autoscaler's latest wish per pool, shown by `kvern status`
 

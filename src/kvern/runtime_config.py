@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvern.constants import ENV_STATE_DIR, RUNTIME_FILE, SPEC_SNAPSHOT
+from kvern.constants import ENV_STATE_DIR, LOCAL_KEY_FILE, RUNTIME_FILE, SPEC_SNAPSHOT
 from kvern.errors import RuntimeStateError
 from kvern.files import atomic_write
 from kvern.spec import Spec, Tiers, load_spec
@@ -81,3 +81,12 @@ def snapshot_spec(spec: Spec, state_dir: Path) -> Path:
     path = state_dir / SPEC_SNAPSHOT
     atomic_write(path, spec.text)
     return path
+
+
+def local_key(state_dir: Path) -> str | None:
+    """The token of the instance's own API key (made by `up`), or None when there is none (authentication off,
+    or an instance that never ran)."""
+    try:
+        return (state_dir / LOCAL_KEY_FILE).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None

@@ -16,6 +16,8 @@ api_prefix = "/api"         # where kvern's job API is served (/api/v1/jobs, /ap
                             # app has its own /api/ routes, e.g. "/_kvern/api"
 heads = 2                   # web head processes behind nginx
 port = 8080                 # optional front door port on 127.0.0.1; default: a free port
+auth = "keys"               # the job API wants an API key (`kvern keys create`); "off" only when every
+                            # address is loopback, and `up` warns
 listen = ["0.0.0.0:80"]     # optional: public addresses ("host:port", "[::]:80"); kvern itself keeps using
                             # 127.0.0.1:<port>. With [web.tls], these answer with a redirect to HTTPS
 cors_origins = []           # web origins allowed to call the job API from a browser, as
@@ -132,6 +134,7 @@ class WebSpec:
     api_prefix: str = "/api"  # the job API's public path prefix
     listen: tuple[Address, ...] = ()  # public addresses; () is 127.0.0.1:<front door port> only
     tls: TlsSpec | None = None
+    auth: str = "keys"  # "keys": the job API wants an API key; "off": anyone who reaches it (loopback only)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the job API (the front door's own is)
     server_name: tuple[str, ...] = ()  # Host names nginx answers besides the loopback ones
     # Per client address (OWASP API4), enforced by nginx; 0 turns a limit off.
@@ -361,6 +364,7 @@ def _parse_web(web: _Reader, root: Path) -> WebSpec:
     listen = _parse_addresses(web.get("listen", list, default=[]), f"{web.where}.listen")
     spec = replace(spec, listen=listen, tls=_parse_tls(web, listen, root))
     _check_web_app(spec)
+    _check_auth(spec)
     if not 1 <= spec.heads <= MAX_WEB_HEADS:
         raise SpecError(f"web.heads: must be between 1 and {MAX_WEB_HEADS}")
     if spec.port is not None and not 1 <= spec.port <= 65535:
@@ -371,6 +375,24 @@ def _parse_web(web: _Reader, root: Path) -> WebSpec:
         if not isinstance(name, str) or len(name) > 253 or not SERVER_NAME_PATTERN.match(name):
             raise SpecError(f"web.server_name: {name!r} is not a host name (lowercase DNS name, optionally '*.' first)")
     return replace(spec, server_name=names, cors_origins=_parse_origins(spec.cors_origins, f"{web.where}.cors_origins"))
+
+
+AUTH_MODES = ("keys", "off")
+
+
+def _check_auth(web: WebSpec) -> None:
+    if web.auth not in AUTH_MODES:
+        raise SpecError(f"web.auth: must be one of {', '.join(AUTH_MODES)}")
+    public = [a for a in (*web.listen, *(web.tls.listen if web.tls else ())) if not is_loopback(a.host)]
+    if web.auth == "off" and public:
+        raise SpecError(
+            f'web.auth: "off" is only for an instance reachable from this machine alone, but it listens on '
+            f"{public[0]}; keep API keys on"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    return host != "*" and ipaddress.ip_address(host).is_loopback
 
 
 def _check_web_app(web: WebSpec) -> None:

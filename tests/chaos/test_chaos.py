@@ -44,6 +44,7 @@ from kvern.runtime.leftovers import alive, instance_pids
 from kvern.runtime.supervisor import Supervisor
 from kvern.spec import load_spec
 from tests.chaos.conftest import ROWS
+from tests.integration.conftest import auth_headers
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -181,6 +182,7 @@ class Stream:
 
     url: str
     prefix: str
+    state_dir: Path
     accepted: dict[str, str] = field(default_factory=dict)  # tag -> job id
     given_up: list[str] = field(default_factory=list)
     answers_5xx: int = 0
@@ -211,7 +213,8 @@ class Stream:
             self.given_up.append(tag)
 
     def run(self, worker: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(30, connect=5)) as client:
+        headers = auth_headers(self.state_dir)
+        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(30, connect=5), headers=headers) as client:
             n = 0
             while not self.stopping.is_set():
                 tag = f"{self.prefix}-{worker}-{n}"
@@ -222,7 +225,7 @@ class Stream:
 
 
 def run_scenario(chaos: Chaos, name: str, inject: Callable[[Chaos, Stream], None]) -> dict[str, Any]:
-    stream = Stream(chaos.url, f"{name}-{uuid.uuid4().hex[:6]}")
+    stream = Stream(chaos.url, f"{name}-{uuid.uuid4().hex[:6]}", chaos.instance.state_dir)
     threads = [threading.Thread(target=stream.run, args=(i,)) for i in range(SUBMITTERS)]
     for thread in threads:
         thread.start()
@@ -406,7 +409,7 @@ def reload_nginx_once(chaos: Chaos, master: int) -> None:
 
 
 def submit_poison(chaos: Chaos, stream: Stream) -> None:
-    with httpx.Client(base_url=chaos.url, timeout=30) as client:
+    with httpx.Client(base_url=chaos.url, timeout=30, headers=auth_headers(chaos.instance.state_dir)) as client:
         stream.submit(client, f"{stream.prefix}-poison", "tasks.poison", ["poison"])
 
 

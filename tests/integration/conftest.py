@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy
 
 from kvern.runtime.instance import Instance, front_door_url, owned_pids
-from kvern.runtime_config import RuntimeConfig
+from kvern.runtime_config import RuntimeConfig, local_key
 from kvern.spec import Tiers, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,8 +43,18 @@ class Running:
     def url(self) -> str:
         return front_door_url(self.config)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth_headers(self.instance.state_dir)
+
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        return httpx.Client(base_url=self.url, timeout=30, headers=self.headers)
+
+
+def auth_headers(state_dir: Path) -> dict[str, str]:
+    """The instance's own API key (made by `up`), as the CLI and scripts on this machine use it."""
+    token = local_key(state_dir)
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def write_project(folder: Path, spec_text: str, tasks_source: Path | None = None) -> Path:

@@ -56,6 +56,8 @@ def test_the_running_api_keeps_its_openapi_contract(contract_api: Running, tmp_p
         "schemathesis.cli",
         "run",
         f"{contract_api.url}/api/openapi.json",
+        "--header",
+        f"Authorization: {contract_api.headers['Authorization']}",
         "--checks",
         CHECKS,
         "--exclude-checks",

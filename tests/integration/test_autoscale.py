@@ -308,8 +308,9 @@ def test_status_shows_each_pool_current_desired_bounds_and_last_decision(platfor
 class Load:
     """Clients sending GETs and POSTs through nginx until stopped; every answer and error is counted."""
 
-    def __init__(self, url: str, job_id: str, clients: int = 3) -> None:
+    def __init__(self, url: str, job_id: str, headers: dict[str, str], clients: int = 3) -> None:
         self.url = url
+        self.headers = headers
         self.job_id = job_id
         self.statuses: Counter[int] = Counter()
         self.errors: list[str] = []
@@ -318,7 +319,7 @@ class Load:
         self.lock = threading.Lock()
 
     def _run(self, n: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
+        with httpx.Client(base_url=self.url, timeout=30, headers=self.headers) as client:
             i = 0
             while not self.stop.is_set():
                 i += 1
@@ -362,7 +363,7 @@ def test_scaling_web_heads_under_load_answers_no_request_with_a_5xx(
     assert running_heads(platform.instance.supervisor) == [0, 1]
     try:
         # given a steady load of reads and submissions through nginx
-        with Load(platform.url, job_id) as load:
+        with Load(platform.url, job_id, platform.headers) as load:
             time.sleep(1.0)
             # when the web tier grows to 4 heads, then shrinks to 1, under it
             started = time.monotonic()

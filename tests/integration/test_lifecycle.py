@@ -19,7 +19,7 @@ from kvern.runtime.instance import owned_pids
 from kvern.runtime.leftovers import alive, instance_pids
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime_config import RuntimeConfig
-from tests.integration.conftest import reports_spec, submit_report, wait_for_outcome, write_project
+from tests.integration.conftest import auth_headers, reports_spec, submit_report, wait_for_outcome, write_project
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,9 @@ def test_every_process_stops_with_its_supervisor_and_up_recovers(project: Path) 
     config = up(project)
     programs = instance_pids(state)
     assert len(programs) >= 5  # broker, web head, worker, nginx, controller (and their children)
-    with httpx.Client(base_url=f"http://127.0.0.1:{config.front_door_port}", timeout=30) as client:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{config.front_door_port}", timeout=30, headers=auth_headers(state)
+    ) as client:
         accepted = [submit_report(client, user, seconds=1.5).json()["id"] for user in range(4)]
     kill_supervisord(state)
     deadline = time.monotonic() + ORPHAN_GRACE_S
@@ -77,7 +79,9 @@ def test_every_process_stops_with_its_supervisor_and_up_recovers(project: Path) 
     assert status.returncode == RET_NOT_RUNNING
     again = up(project)  # one command recovers the state dir
     assert again.front_door_port == config.front_door_port
-    with httpx.Client(base_url=f"http://127.0.0.1:{again.front_door_port}", timeout=30) as client:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{again.front_door_port}", timeout=30, headers=auth_headers(state)
+    ) as client:
         for job_id in accepted:
             assert wait_for_outcome(client, job_id)["status"] == "succeeded"
 
@@ -86,7 +90,9 @@ def test_down_stops_what_a_dead_supervisor_left_behind(project: Path) -> None:
     state = (project.parent / ".kvern").resolve()
     config = up(project)
     programs = instance_pids(state)
-    with httpx.Client(base_url=f"http://127.0.0.1:{config.front_door_port}", timeout=30) as client:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{config.front_door_port}", timeout=30, headers=auth_headers(state)
+    ) as client:
         job_id = submit_report(client, 1, seconds=8).json()["id"]
         while client.get(f"/api/v1/jobs/{job_id}").json()["status"] != "running":
             time.sleep(0.1)

@@ -196,7 +196,9 @@ def test_a_spec_edited_while_running_reaches_no_process(platform: Running) -> No
         assert scale_web(platform.instance.supervisor, state, 3) == (2, 3)
         # then it computes max_attempts from the snapshot `up` took, like the heads started before it
         transport = httpx.HTTPTransport(uds=str(nginx.web_socket(state, 2)))
-        with httpx.Client(transport=transport, base_url="http://web-head", timeout=30) as head:
+        with httpx.Client(
+            transport=transport, base_url="http://web-head", timeout=30, headers=platform.headers
+        ) as head:
             response = submit_report(head, user_id=1, seconds=0.1)
         assert response.status_code == 202, response.text
         assert response.json()["max_attempts"] == 3

@@ -478,7 +478,9 @@ def test_kvern_submit_sends_the_subject(spec_path: Path, monkeypatch: pytest.Mon
         return httpx.Client(transport=httpx.MockTransport(front_door), **options)
 
     monkeypatch.setattr(kvern_client, "httpx", types.SimpleNamespace(Client=client, HTTPError=httpx.HTTPError))
-    monkeypatch.setattr(cli, "running_instance", lambda _ctx: types.SimpleNamespace(runtime=lambda: None))
+    monkeypatch.setattr(
+        cli, "running_instance", lambda _ctx: types.SimpleNamespace(runtime=lambda: None, state_dir=spec_path.parent)
+    )
     monkeypatch.setattr(cli, "front_door_url", lambda _config: "http://front-door")
     assert run_kvern(spec_path, "submit", "t.work", "--subject", "user:42").exit_code == RET_OK
     assert run_kvern(spec_path, "submit", "t.work").exit_code == RET_OK

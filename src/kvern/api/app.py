@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from kvern.api.auth import Authenticator, Caller, needs, needs_scope_or_local, scoped_idempotency_key
 from kvern.api.batching import JobInserter
 from kvern.api.browsers import OriginGuard
 from kvern.api.docs import install_docs
@@ -49,6 +50,8 @@ from kvern.constants import (
 from kvern.enqueue.core import accept, run_async
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.keys import KeyStoreProtocol, Scope, SqlKeyStore
+from kvern.jobs.records import Job
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body, job_summary, job_url
@@ -64,7 +67,7 @@ DEFAULT_PAGE_SIZE = 50
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 OPENAPI_URL = "/api/openapi.json"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorView} for code in (400, 403, 404, 409, 413, 415, 422, 503)
+    code: {"model": ErrorView} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
 }
 JSON_MEDIA_TYPE = "application/json"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -77,7 +80,9 @@ class WebHead:
     store: JobStoreProtocol
     publisher: JobPublisherProtocol
     front_door_port: int | None = None  # the origin's port, which nginx's Host header leaves out
+    keys: KeyStoreProtocol | None = None  # None: authentication is off (`[web] auth = "off"`, unit tests)
     marker: PublishedMarker = field(init=False)
+    auth: Authenticator = field(init=False)
     metrics: ApiMetrics = field(init=False)
     inserter: JobInserter = field(init=False)
 
@@ -85,18 +90,26 @@ class WebHead:
         self.marker = PublishedMarker(self.store)
         self.metrics = ApiMetrics(self.store)
         self.inserter = JobInserter(self.store)
+        self.auth = Authenticator(self.keys)
 
     @classmethod
     def from_runtime(cls, config: RuntimeConfig) -> WebHead:
         spec = config.spec()
         _, catalog = load_user_app(spec)
         publisher = JobPublisher(config.broker_urls[ROLE_WEB])
-        return cls(spec, catalog, JobStore(config.store_url), publisher, config.front_door_port)
+        store = JobStore(config.store_url)
+        keys = SqlKeyStore(store.engine) if spec.web.auth == "keys" else None
+        return cls(spec, catalog, store, publisher, config.front_door_port, keys)
 
-    async def submit(self, submission: Submission, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
-        """Record and publish a job (enqueue/core.py's rules); returns the answer's body and whether it is new."""
+    async def submit(
+        self, submission: Submission, idempotency_key: str | None, owner: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Record and publish a job for `owner` (an API key's id) by enqueue/core.py's rules; returns the answer's
+        body and whether the job is new. Idempotency keys are the owner's own: another key's same key is another
+        job."""
         ports = HeadPorts(self.store, self.publisher, self.inserter, self.marker)
-        accepted = await run_async(accept(self.spec, submission, idempotency_key), ports)
+        scoped = scoped_idempotency_key(owner, idempotency_key)
+        accepted = await run_async(accept(self.spec, submission, scoped, owner), ports)
         return accepted.body, accepted.created
 
 
@@ -119,14 +132,15 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         title="kvern job API",
         version="1",
         lifespan=lifespan,
-        openapi_url=OPENAPI_URL,
+        openapi_url=None,  # served by install_openapi, behind a key (or from this machine)
         docs_url=None,  # served by install_docs, with local assets
         redoc_url=None,
         dependencies=[Depends(require_json_body)],
     )
     app.add_middleware(OriginGuard)
-    install_docs(app, OPENAPI_URL)
-    install_openapi(app, lambda: list(_head_of(app).catalog.names()))
+    docs_guard = [Depends(needs_scope_or_local(Scope.READ))]
+    install_docs(app, OPENAPI_URL, docs_guard)
+    install_openapi(app, OPENAPI_URL, lambda: list(_head_of(app).catalog.names()), docs_guard)
     _install_error_handlers(app)
     _install_job_routes(app)
     _install_cancel_route(app)
@@ -179,7 +193,14 @@ def _install_protocol_error_handlers(app: FastAPI) -> None:
         return json_error(500, "internal_error", "the web head failed to answer; the error is in its log")
 
 
-HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
+HTTP_ERROR_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
 
 
 def require_json_body(request: Request) -> None:
@@ -262,6 +283,7 @@ def _install_job_routes(app: FastAPI) -> None:
     )
     async def submit_job(
         request: Request,
+        caller: Annotated[Caller, Depends(needs(Scope.SUBMIT))],
         idempotency_key: Annotated[
             str | None, Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY)
         ] = None,
@@ -269,7 +291,7 @@ def _install_job_routes(app: FastAPI) -> None:
         started = time.perf_counter()
         code = 500
         try:
-            response = await _submit(request, idempotency_key)
+            response = await _submit(request, idempotency_key, caller)
             code = response.status_code
             return response
         except (PublishError, StoreUnavailable):
@@ -279,20 +301,21 @@ def _install_job_routes(app: FastAPI) -> None:
             _head(request).metrics.observe_submission(code, time.perf_counter() - started)
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobView, responses=ERRORS, operation_id="get_job")
-    async def get_job(request: Request, job_id: str) -> Response:
-        job = await run_in_threadpool(_head(request).store.get, job_id)
+    async def get_job(request: Request, job_id: str, caller: Reader) -> Response:
+        job = await _visible_job(request, job_id, caller)
         if job is None:
-            return json_error(404, "unknown_job", f"no job with id {job_id!r}")
+            return unknown_job(job_id)
         return JSONResponse(job_body(job))
 
     @app.get(f"{API_PREFIX}/jobs", response_model=JobPage, responses=ERRORS)
     async def list_jobs(
         request: Request,
+        caller: Reader,
         status: JobStatus | None = None,
         limit: PageSize = DEFAULT_PAGE_SIZE,
         before: Annotated[float | None, Query(allow_inf_nan=False)] = None,
     ) -> Response:
-        jobs = await run_in_threadpool(_head(request).store.list_jobs, status, limit, before)
+        jobs = await run_in_threadpool(_head(request).store.list_jobs, status, limit, before, caller.list_owner)
         following = None
         if len(jobs) == limit:
             query = f"limit={limit}&before={jobs[-1].created_at!r}" + (f"&status={status.value}" if status else "")
@@ -300,15 +323,30 @@ def _install_job_routes(app: FastAPI) -> None:
         return JSONResponse({"jobs": [job_summary(job) for job in jobs], "next": following})
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/artifacts/{{name}}", responses=ERRORS)
-    async def get_artifact(request: Request, job_id: str, name: str) -> Response:
+    async def get_artifact(request: Request, job_id: str, name: str, caller: Reader) -> Response:
         store = _head(request).store
-        info = await run_in_threadpool(store.artifact_info, job_id, name)
+        visible = await _visible_job(request, job_id, caller)
+        info = await run_in_threadpool(store.artifact_info, job_id, name) if visible else None
         if info is None:
             return json_error(404, "unknown_artifact", f"job {job_id!r} has no artifact {name!r}")
         return artifact_response(store, job_id, info)
 
 
-async def _submit(request: Request, idempotency_key: str | None) -> Response:
+Reader = Annotated[Caller, Depends(needs(Scope.READ))]
+Submitter = Annotated[Caller, Depends(needs(Scope.SUBMIT))]
+
+
+def unknown_job(job_id: str) -> JSONResponse:
+    return json_error(404, "unknown_job", f"no job with id {job_id!r}")
+
+
+async def _visible_job(request: Request, job_id: str, caller: Caller) -> Job | None:
+    """The job, when the caller may see it; another key's job is as unknown as a job that never existed."""
+    job = await run_in_threadpool(_head(request).store.get, job_id)
+    return job if job is not None and caller.may_see(job) else None
+
+
+async def _submit(request: Request, idempotency_key: str | None, caller: Caller) -> Response:
     head = _head(request)
     body = await _read_body(request)
     if isinstance(body, Response):
@@ -318,7 +356,7 @@ async def _submit(request: Request, idempotency_key: str | None) -> Response:
     except SubmissionError as exc:
         return json_error(exc.status, exc.code, exc.message)
     try:
-        answer, created = await head.submit(submission, idempotency_key)
+        answer, created = await head.submit(submission, idempotency_key, caller.owner)
     except SubmissionError as exc:  # an idempotency key used before with another request (409)
         return json_error(exc.status, exc.code, exc.message)
     return JSONResponse(answer, status_code=202 if created else 200, headers={"Location": job_url(answer["id"])})
@@ -352,8 +390,10 @@ def _install_cancel_route(app: FastAPI) -> None:
         responses={**ERRORS, **CANCEL_ASKED},
         operation_id="cancel_job",
     )
-    async def cancel_job(request: Request, job_id: str) -> Response:
+    async def cancel_job(request: Request, job_id: str, caller: Submitter) -> Response:
         store = _head(request).store
+        if await _visible_job(request, job_id, caller) is None:
+            return unknown_job(job_id)
         job = await run_in_threadpool(store.cancel, job_id)
         if job is not None:
             return JSONResponse(job_body(job), status_code=202 if job.status is JobStatus.RUNNING else 200)
@@ -380,24 +420,28 @@ def _install_erase_route(app: FastAPI) -> None:
         responses={**ERRORS, **ERASED},
         operation_id="erase_job",
     )
-    async def erase_job(request: Request, job_id: str) -> Response:
-        if not await run_in_threadpool(_head(request).store.erase, job_id):
+    async def erase_job(request: Request, job_id: str, caller: Submitter) -> Response:
+        visible = await _visible_job(request, job_id, caller)
+        if visible is None or not await run_in_threadpool(_head(request).store.erase, job_id):
             return json_error(404, "unknown_job", f"no job with id {job_id!r}")
         return Response(status_code=204)
 
 
 def _install_dead_letter_routes(app: FastAPI) -> None:
     @app.get(f"{API_PREFIX}/dlq", response_model=JobPage, responses=ERRORS)
-    async def list_dead(request: Request, limit: PageSize = DEFAULT_PAGE_SIZE) -> Response:
+    async def list_dead(request: Request, caller: Reader, limit: PageSize = DEFAULT_PAGE_SIZE) -> Response:
         store = _head(request).store
-        jobs = [job for status in REPLAYABLE for job in await run_in_threadpool(store.list_jobs, status, limit)]
+        owner = caller.list_owner
+        jobs = [
+            job for status in REPLAYABLE for job in await run_in_threadpool(store.list_jobs, status, limit, None, owner)
+        ]
         jobs.sort(key=lambda job: job.created_at, reverse=True)
         return JSONResponse({"jobs": [job_summary(job) for job in jobs[:limit]], "next": None})
 
     @app.get(f"{API_PREFIX}/dlq/{{job_id}}", response_model=DeadJobView, responses=ERRORS, operation_id="show_dead")
-    async def show_dead(request: Request, job_id: str) -> Response:
+    async def show_dead(request: Request, job_id: str, caller: Reader) -> Response:
         store = _head(request).store
-        job = await run_in_threadpool(store.get, job_id)
+        job = await _visible_job(request, job_id, caller)
         if job is None:
             return json_error(404, "unknown_job", f"no job with id {job_id!r}")
         history = history_view(await run_in_threadpool(store.history, job_id))
@@ -410,8 +454,10 @@ def _install_dead_letter_routes(app: FastAPI) -> None:
         responses=ERRORS,
         operation_id="replay_dead",
     )
-    async def replay_dead(request: Request, job_id: str) -> Response:
+    async def replay_dead(request: Request, job_id: str, caller: Submitter) -> Response:
         head = _head(request)
+        if await _visible_job(request, job_id, caller) is None:
+            return unknown_job(job_id)
         job = await run_in_threadpool(head.store.replay, job_id)
         if job is None:
             if await run_in_threadpool(head.store.get, job_id) is None:
@@ -443,7 +489,13 @@ def _install_health_routes(app: FastAPI) -> None:
         status = 200 if broker and store else 503
         return JSONResponse({"broker": broker, "store": store}, status_code=status)
 
-    @app.get("/api/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSE)
+    @app.get(
+        "/api/metrics",
+        response_class=PlainTextResponse,
+        responses=METRICS_RESPONSE,
+        dependencies=[Depends(needs_scope_or_local(Scope.METRICS))],
+        openapi_extra={"security": [{}, {"HTTPBearer": []}]},  # a key, or none from this machine
+    )
     async def metrics(request: Request) -> Response:
         body = await run_in_threadpool(_head(request).metrics.render)
         return Response(body, media_type=METRICS_CONTENT_TYPE)

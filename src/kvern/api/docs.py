@@ -8,9 +8,10 @@ they are found without importing that package, whose own web-framework glue kver
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, params
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -27,10 +28,11 @@ def swagger_ui_assets() -> Path:
     return Path(next(iter(found.submodule_search_locations))) / "static"
 
 
-def install_docs(app: FastAPI, openapi_url: str) -> None:
+def install_docs(app: FastAPI, openapi_url: str, guard: Sequence[params.Depends] = ()) -> None:
+    """The page behind `guard`; its assets are Swagger UI's own public files, served to anyone."""
     app.mount(ASSETS_URL, StaticFiles(directory=swagger_ui_assets()), name="docs-assets")
 
-    @app.get(DOCS_URL, include_in_schema=False)
+    @app.get(DOCS_URL, include_in_schema=False, dependencies=list(guard))
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url=openapi_url,

@@ -3,11 +3,12 @@ to the operations on the job it made (so a client, or a fuzzer, can follow a job
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, params
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 
 # operationIds of the operations that take the id a submission answers with.
 JOB_OPERATIONS = ("get_job", "cancel_job", "show_dead", "replay_dead")
@@ -18,8 +19,11 @@ def job_links() -> dict[str, Any]:
     return {name: {"operationId": name, "parameters": {"job_id": "$response.body#/id"}} for name in JOB_OPERATIONS}
 
 
-def install_openapi(app: FastAPI, task_names: Callable[[], list[str]]) -> None:
-    """Build the document once, on first request (the task names are known only once the head is up)."""
+def install_openapi(
+    app: FastAPI, url: str, task_names: Callable[[], list[str]], guard: Sequence[params.Depends] = ()
+) -> None:
+    """Serve the document at `url` behind `guard`; build it once, on first request (the task names are known
+    only once the head is up)."""
 
     def document() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -29,6 +33,10 @@ def install_openapi(app: FastAPI, task_names: Callable[[], list[str]]) -> None:
         return app.openapi_schema
 
     app.openapi = document  # type: ignore[method-assign]
+
+    @app.get(url, include_in_schema=False, dependencies=list(guard))
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(document())
 
 
 def _name_tasks(document: dict[str, Any], names: list[str]) -> None:

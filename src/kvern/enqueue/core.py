@@ -68,7 +68,7 @@ class AsyncPorts(Protocol):
 Rules = Generator[Step, Any, Accepted]
 
 
-def new_job(spec: Spec, submission: Submission, idempotency_key: str | None) -> NewJob:
+def new_job(spec: Spec, submission: Submission, idempotency_key: str | None, owner: str | None = None) -> NewJob:
     return NewJob(
         id=str(uuid.uuid4()),
         task=submission.task,
@@ -79,13 +79,14 @@ def new_job(spec: Spec, submission: Submission, idempotency_key: str | None) -> 
         idempotency_key=idempotency_key,
         request_hash=submission.request_hash,
         subject=submission.subject,
+        owner=owner,
     )
 
 
-def accept(spec: Spec, submission: Submission, idempotency_key: str | None) -> Rules:
-    """The rules of accepting one validated submission."""
+def accept(spec: Spec, submission: Submission, idempotency_key: str | None, owner: str | None = None) -> Rules:
+    """The rules of accepting one validated submission for `owner` (an API key's id; None: the team's own code)."""
     try:
-        job, created = yield Step("record", new_job(spec, submission, idempotency_key))
+        job, created = yield Step("record", new_job(spec, submission, idempotency_key, owner))
     except IdempotencyConflict as exc:
         raise SubmitError(409, "idempotency_conflict", str(exc)) from None
     if not created:

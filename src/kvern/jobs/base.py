@@ -174,8 +174,11 @@ class JobStoreProtocol(Protocol):
         holds the whole file; None when the job no longer serves the artifact."""
         ...
 
-    def list_jobs(self, status: JobStatus | None, limit: int, before: float | None = None) -> list[Job]:
-        """Newest first (created_at, then id); `before` (a created_at) pages through older jobs."""
+    def list_jobs(
+        self, status: JobStatus | None, limit: int, before: float | None = None, owner: str | None = None
+    ) -> list[Job]:
+        """Newest first (created_at, then id); `before` (a created_at) pages through older jobs; `owner` (an API
+        key's id): only the jobs that key submitted."""
         ...
 
     def job_ids_starting_with(self, prefix: str, limit: int) -> list[str]:

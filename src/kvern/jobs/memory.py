@@ -390,12 +390,16 @@ class MemoryJobStore:
         found = self.artifact(job_id, name)
         return found[1][offset : offset + size] if found is not None else None
 
-    def list_jobs(self, status: JobStatus | None, limit: int, before: float | None = None) -> list[Job]:
+    def list_jobs(
+        self, status: JobStatus | None, limit: int, before: float | None = None, owner: str | None = None
+    ) -> list[Job]:
         with self._lock:
             rows = [
                 row
                 for row in self.jobs.values()
-                if (status is None or row["status"] == status.value) and (before is None or row["created_at"] < before)
+                if (status is None or row["status"] == status.value)
+                and (before is None or row["created_at"] < before)
+                and (owner is None or row["owner"] == owner)
             ]
             rows.sort(key=lambda row: (row["created_at"], row["id"]), reverse=True)
             return [_job(row, self._artifact_infos(row)) for row in rows[:limit]]

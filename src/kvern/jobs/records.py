@@ -21,6 +21,7 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     subject: str | None = None  # whom the job is about ("user:42")
+    owner: str | None = None  # the id of the API key that submitted it; None: the team's own code or the CLI
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Job:
     retry_at: float | None = None  # a running job waiting out a retry's backoff: when the retry is due
     cancel_requested: float | None = None  # a running job asked to stop: when the cancel was asked
     subject: str | None = None  # whom the job is about ("user:42")
+    owner: str | None = None  # the id of the API key that submitted it
 
     @classmethod
     def from_row(cls, row: Any, artifacts: tuple[ArtifactInfo, ...] = ()) -> Job:
@@ -80,6 +82,7 @@ class Job:
             retry_at=getattr(row, "retry_at", None),
             cancel_requested=getattr(row, "cancel_requested", None),
             subject=getattr(row, "subject", None),
+            owner=getattr(row, "owner", None),
         )
 
 
@@ -149,6 +152,7 @@ def new_job_row(new: NewJob) -> dict[str, Any]:
         "idempotency_key": new.idempotency_key,
         "request_hash": new.request_hash,
         "subject": new.subject,
+        "owner": new.owner,
         "created_at": now,
         "published_at": None,
         "started_at": None,

@@ -54,6 +54,8 @@ jobs = Table(
     # Whom the job is about ("user:42"), as the submitter tagged it: erasure of one person finds it here.
     Column("subject", String(200), index=True),
     Column("request_hash", String(64)),
+    # The API key that submitted the job (its id); NULL for the team's own code (kvern.submit, .delay) and the CLI.
+    Column("owner", String(16)),
     Column("created_at", Float, nullable=False),
     Column("published_at", Float),
     Column("started_at", Float),
@@ -61,6 +63,17 @@ jobs = Table(
     Index("ix_kvern_jobs_status_created", "status", "created_at"),
     Index("ix_kvern_jobs_unpublished", "published_at", "created_at"),
     Index("ix_kvern_jobs_status_finished", "status", "finished_at"),  # retention finds what to erase
+    Index("ix_kvern_jobs_owner_created", "owner", "created_at"),  # a key lists its own jobs
+)
+
+api_keys = Table(
+    "kvern_api_keys",
+    metadata,
+    Column("id", String(16), primary_key=True),  # the public part of the token, to find the key
+    Column("name", String(64), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=False),  # SHA-256 of the secret part: the token is never stored
+    Column("scopes", String(200), nullable=False),  # space-separated
+    Column("created_at", Float, nullable=False),
 )
 
 attempts = Table(

@@ -644,7 +644,9 @@ class JobStore:
             row = conn.execute(query).first()
         return None if row is None else bytes(row.chunk or b"")
 
-    def list_jobs(self, status: JobStatus | None, limit: int, before: float | None = None) -> list[Job]:
+    def list_jobs(
+        self, status: JobStatus | None, limit: int, before: float | None = None, owner: str | None = None
+    ) -> list[Job]:
         """Newest first; `before` (a created_at) pages through older jobs."""
         jobs = schema.jobs
         query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
@@ -652,6 +654,8 @@ class JobStore:
             query = query.where(jobs.c.status == status.value)
         if before is not None:
             query = query.where(jobs.c.created_at < before)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
         with self._read() as conn:
             rows = list(conn.execute(query))
             infos = self._artifact_infos_of_rows(conn, rows)

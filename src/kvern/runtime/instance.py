@@ -23,6 +23,7 @@ from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 
 from kvern.broker.topology import dead_letter_queue, declare_delayed_delivery, declare_topology
 from kvern.constants import (
+    LOCAL_KEY_FILE,
     PROGRAM_BROKER,
     PROGRAM_CONTROLLER,
     PROGRAM_NGINX,
@@ -38,6 +39,7 @@ from kvern.jobs.store import JobStore
 from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessState, pool_slot, web_slot
 from kvern.runtime import nginx
 from kvern.runtime.leftovers import stop_leftovers
+from kvern.runtime.local_key import renew_local_key
 from kvern.runtime.programs import build_programs
 from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode, build_definitions
@@ -175,7 +177,13 @@ class Instance:
         if run_web:  # a web head connects to the broker on its first request, not at start
             for index in range(self.spec.web.heads):
                 supervisor.start(web_slot(index), wait=False)
-        JobStore(config.store_url).create_schema()
+        store = JobStore(config.store_url)
+        store.create_schema()
+        if self.spec.web.auth == "keys":
+            renew_local_key(store, self.state_dir)
+        else:
+            (self.state_dir / LOCAL_KEY_FILE).unlink(missing_ok=True)
+        store.close()
         progress.mark("job store")
         if node is not None:
             self._wait_broker(config, node)
@@ -340,6 +348,15 @@ def consumer_timeout_warning(spec: Spec) -> str | None:
     return (
         f"warning: a task may run {spec.longest_time_limit:.0f}s, longer than RabbitMQ's default consumer_timeout "
         f"(30 min): set consumer_timeout >= {needed_ms} on the external broker, or long tasks are redelivered"
+    )
+
+
+def auth_off_warning(spec: Spec) -> str | None:
+    if spec.web.auth != "off":
+        return None
+    return (
+        'WARNING: web.auth = "off": the job API answers anyone who reaches it, with no API key. Every address is '
+        "loopback, but every program and user of this machine can submit, read and erase jobs."
     )
 
 
