@@ -501,3 +501,14 @@ def test_tls_listen_may_not_reuse_an_http_address(tmp_path: Path) -> None:
 
 def write_and_load(folder: Path, text: str) -> Spec:
     return load_spec(write_spec(folder, text))
+
+
+def test_auth_off_is_refused_for_a_public_address(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"web\.auth"):
+        write_and_load(tmp_path, MINIMAL_SPEC + '\n[web]\nauth = "off"\nlisten = ["0.0.0.0:8080"]\n')
+    loopback = write_and_load(
+        tmp_path, MINIMAL_SPEC + '\n[web]\nauth = "off"\nlisten = ["127.0.0.1:8080", "[::1]:8080"]\n'
+    )
+    assert loopback.web.auth == "off"
+    with pytest.raises(SpecError, match=r"web\.auth"):
+        write_and_load(tmp_path, MINIMAL_SPEC + '\n[web]\nauth = "none"\n')
