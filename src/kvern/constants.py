@@ -51,6 +51,8 @@ SQLITE_FILE: Final = "jobs.sqlite3"
 LOG_DIR: Final = "logs"
 PINS_FILE: Final = "pins.json"  # pools pinned by `kvern scale POOL N`, read by the autoscaler
 DESIRED_FILE: Final = "autoscale.json"  # the autoscaler's latest wish per pool, shown by `kvern status`
+AUTOSCALE_PAUSE_FILE: Final = "autoscale.paused"  # the pid of a `kvern reload` replacing workers: hold pools
+RELOAD_LOCK_FILE: Final = "reload.lock"  # one reload at a time per instance
 
 # Environment passed to every child process.
 ENV_STATE_DIR: Final = "KVERN_STATE_DIR"
@@ -62,3 +64,7 @@ PROGRAM_CONTROLLER: Final = "controller"
 WEB_GROUP: Final = "web"
 MAX_WEB_HEADS: Final = 16  # web program slots rendered once at `up`: web.heads and `scale web` stay within
 POOL_GROUP_PREFIX: Final = "pool-"
+# A pool's max is at most this; every pool's worker slots are rendered up to it at `up`, so `kvern reload` can
+# raise a pool's max without touching Supervisor's config (a new program in a running group needs the group
+# removed and added again, which stops every process in it).
+MAX_POOL_PROCESSES: Final = 64

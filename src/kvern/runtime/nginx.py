@@ -8,6 +8,7 @@ import hashlib
 import os
 import pwd
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -88,10 +89,11 @@ def _checked(path: Path, what: str = "state dir") -> Path:
     return check_config_path(path, what, StartError)
 
 
-def render_upstream(state_dir: Path, heads: int) -> str:
+def render_upstream(state_dir: Path, heads: int | Sequence[int]) -> str:
+    """The upstream over web heads 0..heads-1, or over the given head slots."""
+    slots = range(heads) if isinstance(heads, int) else heads
     servers = "\n".join(
-        f'    server "unix:{_checked(web_socket(state_dir, i))}" weight=10 max_fails=3 fail_timeout=10s;'
-        for i in range(heads)
+        f'    server "unix:{_checked(web_socket(state_dir, i))}" weight=10 max_fails=3 fail_timeout=10s;' for i in slots
     )
     return f"upstream kvern_web_heads {{\n    least_conn;\n{servers}\n    keepalive 64;\n}}\n"
 
@@ -257,7 +259,7 @@ def remove_front_dir(state_dir: Path) -> None:
         shutil.rmtree(front, ignore_errors=True)
 
 
-def write_upstream(state_dir: Path, heads: int) -> None:
+def write_upstream(state_dir: Path, heads: int | Sequence[int]) -> None:
     atomic_write(config_path(state_dir).parent / "upstream.conf", render_upstream(state_dir, heads))
 
 

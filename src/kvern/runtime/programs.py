@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kvern.constants import (
     ENV_STATE_DIR,
+    MAX_POOL_PROCESSES,
     MAX_WEB_HEADS,
     PROGRAM_BROKER,
     PROGRAM_CONTROLLER,
@@ -87,6 +88,7 @@ def _web_program(state: Path, index: int, env: dict[str, str], root: Path) -> Pr
 
 def _pool_programs(pool: PoolSpec, spec: Spec, env: dict[str, str]) -> list[ProgramConfig]:
     # SIGTERM is Celery's warm shutdown: the running job finishes. Wait as long as the longest task may run.
+    # Slots up to the hard limit, not the pool's max: `kvern reload` may raise the max (constants.py says why).
     stop_wait = int(spec.longest_time_limit) + STOP_MARGIN_S
     return [
         ProgramConfig(
@@ -99,5 +101,5 @@ def _pool_programs(pool: PoolSpec, spec: Spec, env: dict[str, str]) -> list[Prog
             stopwaitsecs=stop_wait,
             stopasgroup=False,  # only the main process gets TERM; it lets its children finish
         )
-        for i in range(pool.max)
+        for i in range(MAX_POOL_PROCESSES)
     ]

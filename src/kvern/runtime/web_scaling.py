@@ -47,16 +47,17 @@ def wait_head_ready(state_dir: Path, index: int, timeout: float = HEAD_READY_TIM
 def scale_web(supervisor: ProcessRunner, state_dir: Path, target: int) -> tuple[int, int]:
     if not 1 <= target <= MAX_WEB_HEADS:
         raise StartError(f"web heads must be between 1 and {MAX_WEB_HEADS}")
-    current = running_heads(supervisor)
+    current = running_heads(supervisor)  # not always 0..n-1: `kvern reload` moves the heads to free slots
     if len(current) < target:
-        for index in range(len(current), target):
+        added = [index for index in range(MAX_WEB_HEADS) if index not in current][: target - len(current)]
+        for index in added:
             supervisor.start(web_slot(index), wait=False)
-        for index in range(len(current), target):
+        for index in added:
             wait_head_ready(state_dir, index)
-        nginx.write_upstream(state_dir, target)
+        nginx.write_upstream(state_dir, [*current, *added])
         supervisor.signal(PROGRAM_NGINX, "HUP")
     elif len(current) > target:
-        nginx.write_upstream(state_dir, target)
+        nginx.write_upstream(state_dir, current[:target])
         supervisor.signal(PROGRAM_NGINX, "HUP")
         time.sleep(DRAIN_S)  # let nginx's new workers take over before the old heads go
         for index in current[target:]:
