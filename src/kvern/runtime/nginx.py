@@ -1,4 +1,4 @@
-"""The front door: nginx's config rendered from a template, and its upstream of web heads."""
+"""The front door: nginx's config rendered from a template (its upstreams of web heads: runtime/upstreams.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from string import Template
 
 from kvern.constants import MAX_BODY_BYTES
 from kvern.errors import StartError
-from kvern.files import atomic_write
 from kvern.spec import WebSpec, check_config_path, check_static_dir
 
 NGINX_BINARY_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
@@ -86,14 +85,6 @@ def config_path(state_dir: Path) -> Path:
 def _checked(path: Path, what: str = "state dir") -> Path:
     """A path that can be written between double quotes in nginx.conf (the spec and `up` refuse the others)."""
     return check_config_path(path, what, StartError)
-
-
-def render_upstream(state_dir: Path, heads: int) -> str:
-    servers = "\n".join(
-        f'    server "unix:{_checked(web_socket(state_dir, i))}" weight=10 max_fails=3 fail_timeout=10s;'
-        for i in range(heads)
-    )
-    return f"upstream kvern_web_heads {{\n    least_conn;\n{servers}\n    keepalive 64;\n}}\n"
 
 
 # The static site's headers. The CSP allows the page's own scripts, styles and API calls only: no inline
@@ -201,8 +192,10 @@ def render_config(state_dir: Path, port: int, static_dir: Path | None, web: WebS
     )
 
 
-def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int, web: WebSpec | None = None) -> Path:
-    """Write nginx.conf and upstream.conf and make the web heads' socket dir; returns the main config's path."""
+def write_config(state_dir: Path, port: int, static_dir: Path | None, web: WebSpec | None = None) -> Path:
+    """Write nginx.conf and make the web heads' socket dir; returns the main config's path.
+
+    The upstream.conf it includes is runtime/upstreams.py's to write."""
     if static_dir is not None:
         check_static_dir(static_dir, state_dir.resolve(), "the state dir")
     path = config_path(state_dir)
@@ -217,7 +210,6 @@ def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int
         (front / "nginx" / name).mkdir(exist_ok=True)
     if account is not None and static_dir is not None:
         static_dir = _publish_static(static_dir, front / "static", account)
-    write_upstream(state_dir, heads)
     path.write_text(render_config(state_dir, port, static_dir, web))
     return path
 
@@ -255,10 +247,6 @@ def remove_front_dir(state_dir: Path) -> None:
     front = front_dir(state_dir)
     if front != state_dir:
         shutil.rmtree(front, ignore_errors=True)
-
-
-def write_upstream(state_dir: Path, heads: int) -> None:
-    atomic_write(config_path(state_dir).parent / "upstream.conf", render_upstream(state_dir, heads))
 
 
 def nginx_command(config: Path) -> list[str]:
