@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -28,8 +29,20 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
 
 
+# Where the API heads serve the job API; nginx maps the public `web.api_prefix` onto it.
+SERVED_API_PREFIX = "/api"
+# The public prefix of the request being answered: the links the API hands out (a job's `url`, `Location`,
+# the next page) are the paths a browser or client uses at the front door. Set per request by the API head.
+public_api_prefix: ContextVar[str] = ContextVar("public_api_prefix", default=SERVED_API_PREFIX)
+
+
+def public_path(path: str) -> str:
+    """A path the API heads serve (under /api/), as the front door's clients reach it (under web.api_prefix)."""
+    return public_api_prefix.get() + path.removeprefix(SERVED_API_PREFIX)
+
+
 def job_url(job_id: str) -> str:
-    return f"{API_PREFIX}/jobs/{job_id}"
+    return public_path(f"{API_PREFIX}/jobs/{job_id}")
 
 
 def job_fields(job: Job) -> dict[str, Any]:
