@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from pydantic_core import to_jsonable_python
 
-from kvern.constants import API_PREFIX
+from kvern.constants import API_PREFIX, SERVED_API_PREFIX
 from kvern.jobs.records import Attempt, Job
 
 log = logging.getLogger("kvern.api")
@@ -29,8 +29,6 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
 
 
-# Where the API heads serve the job API; nginx maps the public `web.api_prefix` onto it.
-SERVED_API_PREFIX = "/api"
 # The public prefix of the request being answered: the links the API hands out (a job's `url`, `Location`,
 # the next page) are the paths a browser or client uses at the front door. Set per request by the API head.
 public_api_prefix: ContextVar[str] = ContextVar("public_api_prefix", default=SERVED_API_PREFIX)

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from kvern.constants import MAX_BODY_BYTES
+from kvern.constants import MAX_BODY_BYTES, SERVED_API_PREFIX
 from kvern.errors import StartError
 from kvern.files import atomic_write
 from kvern.spec import HTTPS_PORT, Address, WebSpec, check_config_path, check_static_dir
@@ -29,8 +29,6 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 # Accounts nginx's workers may switch to when kvern runs as root, in order of preference: nobody owns no files.
 WORKER_USERS = ("nobody", "www-data")
 RUN_BASE = Path("/run/kvern")
-# Where the API heads serve the job API; nginx maps web.api_prefix onto it.
-INTERNAL_API_PREFIX = "/api"
 
 
 def nginx_binary() -> str:
@@ -357,9 +355,9 @@ def _api_proxy_pass(web: WebSpec) -> str:
     """The API heads serve under /api/. Under that prefix nginx passes the request URI as the client sent it;
     under another one it replaces the prefix (in the normalized URI, escaped again: the API's ids and artifact
     names hold no `/`, so nothing is lost)."""
-    if web.api_prefix == INTERNAL_API_PREFIX:
+    if web.api_prefix == SERVED_API_PREFIX:
         return "proxy_pass http://kvern_web_heads;"
-    return f"proxy_pass http://kvern_web_heads{INTERNAL_API_PREFIX}/;"
+    return f"proxy_pass http://kvern_web_heads{SERVED_API_PREFIX}/;"
 
 
 def render_config(state_dir: Path, port: int, static_dir: Path | None, web: WebSpec | None = None) -> str:
