@@ -7,6 +7,7 @@ import grp
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -17,7 +18,15 @@ from string import Template
 from kvern.constants import MAX_BODY_BYTES, SERVED_API_PREFIX
 from kvern.errors import StartError
 from kvern.files import atomic_write
-from kvern.spec import HTTPS_PORT, Address, WebSpec, check_config_path, check_static_dir
+from kvern.spec import (
+    API_PREFIX_PATTERN,
+    HTTPS_PORT,
+    Address,
+    WebSpec,
+    check_config_path,
+    check_static_dir,
+    parse_address,
+)
 
 NGINX_BINARY_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 # nginx's own limit sits a little above the app's, so the app answers 413 with its JSON error first.
@@ -360,9 +369,21 @@ def _api_proxy_pass(web: WebSpec) -> str:
     return f"proxy_pass http://kvern_web_heads{SERVED_API_PREFIX}/;"
 
 
+def _check_rendered(web: WebSpec, where: Listeners) -> None:
+    """What goes into nginx.conf unquoted is checked again here, whoever built the WebSpec (the spec parser
+    refuses the same values with the field's name): an address or prefix must not open a directive."""
+    if not API_PREFIX_PATTERN.match(web.api_prefix):
+        raise StartError(f"web.api_prefix: {web.api_prefix!r} cannot be written into nginx.conf")
+    for address in where.every:
+        if not isinstance(address.port, int):
+            raise StartError(f"web.listen: {address!r} has no port number")
+        parse_address(str(address), "web.listen")
+
+
 def render_config(state_dir: Path, port: int, static_dir: Path | None, web: WebSpec | None = None) -> str:
     web = web or WebSpec()
     where = listeners(web, port)
+    _check_rendered(web, where)
     server_names = " ".join(dict.fromkeys([*LOOPBACK_NAMES, *web.server_name]))
     template = Template(resources.files("kvern.runtime").joinpath("templates/nginx.conf").read_text())
     return template.substitute(
@@ -422,7 +443,8 @@ def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int
 
 
 NGINX_TEST_TIMEOUT_S = 30
-NGINX_SEVERE = ("[emerg]", "[alert]", "[crit]")
+# "2026/12/01 08:25:10 [emerg] 27275#27275: cannot load certificate ..." -> what follows the pid.
+NGINX_REFUSAL = re.compile(r"\[(?:emerg|alert|crit)\] [0-9#]+: (.*)$")
 
 
 def check_config(config: Path, web: WebSpec) -> None:
@@ -439,12 +461,12 @@ def check_config(config: Path, web: WebSpec) -> None:
         raise StartError(f"nginx -t did not finish in {NGINX_TEST_TIMEOUT_S}s") from None
     if done.returncode == 0:
         return
-    lines = done.stderr.splitlines()
-    reason = next((line for line in lines if any(tag in line for tag in NGINX_SEVERE)), lines[0] if lines else "")
-    reason = reason.removeprefix("nginx: ").strip() or f"exit code {done.returncode}"
+    found = (NGINX_REFUSAL.search(line) for line in done.stderr.splitlines())
+    reason = next((match.group(1) for match in found if match), "") or done.stderr.strip().replace("\n", " ")
     tls = web.tls
-    about_tls = tls is not None and (str(tls.cert) in reason or str(tls.key) in reason or "SSL" in reason)
-    raise StartError(f"{'web.tls' if about_tls else 'front door'}: nginx refuses its config: {reason}")
+    if tls is not None and (str(tls.cert) in reason or str(tls.key) in reason or "SSL" in reason):
+        raise StartError(f"web.tls: nginx cannot use the certificate and key: {reason}")
+    raise StartError(f"front door: nginx refuses its config: {reason or f'exit code {done.returncode}'}")
 
 
 def _make_group_dir(folder: Path, account: WorkerAccount | None, parents: bool = False) -> None:
