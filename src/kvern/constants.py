@@ -33,6 +33,8 @@ ROLE_ADMIN: Final = "admin"
 ORIGINAL_RUN_ATTR: Final = "_kvern_original_run"
 
 # HTTP.
+# Where the API heads serve the job API; the front door maps the public `[web] api_prefix` onto it.
+SERVED_API_PREFIX: Final = "/api"
 API_PREFIX: Final = "/api/v1"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 MAX_BODY_BYTES: Final = 1024 * 1024

@@ -26,6 +26,7 @@ from kvern.api.downloads import artifact_response
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
 from kvern.api.openapi import install_openapi, job_links
+from kvern.api.public_prefix import PublicPrefix
 from kvern.api.published import PublishedMarker
 from kvern.api.submission import Submission, SubmissionError, parse_submission
 from kvern.api.views import (
@@ -52,7 +53,7 @@ from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import IdempotencyConflict, JobStore
-from kvern.jobs.views import history_view, job_body, job_summary, job_url
+from kvern.jobs.views import history_view, job_body, job_summary, job_url, public_path
 from kvern.runtime.web_heads import app_heads_answering
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec
@@ -161,6 +162,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         dependencies=[Depends(require_json_body)],
     )
     app.add_middleware(OriginGuard)
+    app.add_middleware(PublicPrefix)
     install_docs(app, OPENAPI_URL)
     install_openapi(app, lambda: list(_head_of(app).catalog.names()))
     _install_error_handlers(app)
@@ -332,7 +334,7 @@ def _install_job_routes(app: FastAPI) -> None:
         following = None
         if len(jobs) == limit:
             query = f"limit={limit}&before={jobs[-1].created_at!r}" + (f"&status={status.value}" if status else "")
-            following = f"{API_PREFIX}/jobs?{query}"
+            following = public_path(f"{API_PREFIX}/jobs?{query}")
         return JSONResponse({"jobs": [job_summary(job) for job in jobs], "next": following})
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/artifacts/{{name}}", responses=ERRORS)

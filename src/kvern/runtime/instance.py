@@ -377,9 +377,9 @@ def front_door_url(config: RuntimeConfig) -> str:
     return f"http://127.0.0.1:{config.front_door_port}"
 
 
-def _front_door_healthy(config: RuntimeConfig) -> bool:
+def _front_door_healthy(config: RuntimeConfig, api_prefix: str) -> bool:
     try:
-        response = httpx.get(f"{front_door_url(config)}/api/health", timeout=2)
+        response = httpx.get(f"{front_door_url(config)}{api_prefix}/health", timeout=2)
     except httpx.HTTPError:
         return False
     return response.status_code == 200
@@ -456,9 +456,12 @@ class _Waiting:
                 self.progress.mark("app heads", f"up, {len(self.app_heads)} listening ({self.instance.spec.web.app})")
             self.instance.supervisor.start(PROGRAM_NGINX, wait=False)
             self.nginx_started = True
-        if self.nginx_started and "front door" not in self.progress.done and _front_door_healthy(self.config):
+        if self.nginx_started and "front door" not in self.progress.done and self._front_door_healthy():
             self.progress.mark("front door", f"healthy at {front_door_url(self.config)}")
         return pools_up and "front door" in self.progress.done
+
+    def _front_door_healthy(self) -> bool:
+        return _front_door_healthy(self.config, self.instance.spec.web.api_prefix)  # the API's public path
 
     def left(self) -> str:
         pools = [f"pool {pool}" for pool in self.pools if f"pool {pool}" not in self.progress.done]
