@@ -125,6 +125,22 @@ def test_fields_fixed_while_running_are_refused_naming_the_field(
     assert not any("secret" in line for line in lines)  # a URL's password never shows
 
 
+def test_another_app_or_interface_is_live_but_adding_or_removing_the_app_is_refused(spec_file: Path) -> None:
+    with_app = edited(spec_file, "heads = 2", 'heads = 2\napp = "site:app"')
+    other_app = edited(spec_file, 'app = "site:app"', 'app = "shop.wsgi:application"\ninterface = "wsgi"')
+    plan = plan_reload(with_app, other_app)
+    assert plan.refusals == ()
+    assert [change.field for change in plan.changes] == ["web.interface", "web.app"]
+    assert [refusal.field for refusal in plan_reload(other_app, load_spec_without_app(spec_file)).refusals] == [
+        "web.app"
+    ]
+
+
+def load_spec_without_app(spec_file: Path) -> Spec:
+    spec_file.write_text(SPEC)
+    return load_spec(spec_file)
+
+
 def test_a_spec_file_from_another_folder_is_refused(spec_file: Path, tmp_path: Path) -> None:
     other = tmp_path / "elsewhere"
     (other / "static").mkdir(parents=True)

@@ -6,7 +6,7 @@ reload before anything is touched. Then, in order:
 
 1. the new snapshot is written (atomically): every process started from now on reads it;
 2. nginx's config is rewritten and nginx reloaded (listen, TLS and its certificate files, limits, static);
-3. fresh web heads start, nginx switches to them, the old ones drain and stop (`head_swap.replace_heads`);
+3. fresh web heads start, nginx switches to them, the old ones drain and stop (`web_heads.replace_heads`);
 4. the controller is restarted (autoscaler, relay, retention with the new settings);
 5. each pool's workers are replaced warm, one at a time (`pool_rollout.py`), the autoscaler paused meanwhile.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 import xmlrpc.client
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,13 +31,12 @@ from kvern.constants import PROGRAM_CONTROLLER, RELOAD_LOCK_FILE, ROLE_ADMIN
 from kvern.errors import KvernError, NotRunning, ReloadRefused, StartError
 from kvern.files import atomic_write
 from kvern.runtime import nginx
-from kvern.runtime.head_swap import reload_nginx, replace_heads
 from kvern.runtime.instance import check_user_app
 from kvern.runtime.pool_rollout import PoolRollout
 from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.reload_plan import ReloadPlan, plan_reload
 from kvern.runtime.supervisor import Supervisor
-from kvern.runtime.web_scaling import running_heads
+from kvern.runtime.web_heads import reload_nginx, replace_heads
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec
 
@@ -97,9 +95,8 @@ class Reload:
         progress.mark("spec snapshot", "written")
         if not config.only.web:
             return
-        heads = running_heads(supervisor)
         try:
-            write_front_door(config, self.edited, heads)
+            write_front_door(config, self.edited)
             reload_nginx(supervisor)
             progress.mark("front door", "reloaded")
             replace_heads(supervisor, self.state_dir, self.edited.web.heads)
@@ -107,7 +104,7 @@ class Reload:
             # The old heads still serve: put back what they and nginx were started with.
             atomic_write(snapshot, running.text)
             with contextlib.suppress(KvernError, OSError, xmlrpc.client.Fault):  # the first error is the one to tell
-                write_front_door(config, running, running_heads(supervisor))
+                write_front_door(config, running)
                 reload_nginx(supervisor)
             raise
         progress.mark("web heads", f"replaced, {self.edited.web.heads} serving the new code")
@@ -126,16 +123,10 @@ class Reload:
             progress.mark(f"pool {pool.name}", rollout.describe())
 
 
-def write_front_door(config: RuntimeConfig, spec: Spec, heads: list[int]) -> None:
-    """nginx's config as `up` writes it, with the upstream over the heads serving now; checked by `nginx -t`."""
-    state = config.state_path
-    nginx.write_config(state, config.front_door_port, spec.static_dir, spec.web.heads, spec.web)
-    nginx.write_upstream(state, heads)  # write_config numbered the heads from 0: they may sit elsewhere
-    command = [*nginx.nginx_command(nginx.config_path(state)), "-t", "-q"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise StartError(f"nginx refuses the new config: {last}")
+def write_front_door(config: RuntimeConfig, spec: Spec) -> None:
+    """nginx's config as `up` writes it (over the upstreams of the heads serving now); `nginx -t` checks it first
+    and a refused config leaves the running one in place."""
+    nginx.write_config(config.state_path, config.front_door_port, spec.static_dir, spec.web)
 
 
 @contextmanager

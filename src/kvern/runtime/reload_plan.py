@@ -8,7 +8,8 @@ field, before anything is touched. A refusal is a field fixed while the instance
 - what the broker was set up with at `up`: the pools themselves and their queues (topology and the worker
   user's permissions), `max_backlog` (a queue's arguments cannot change), and a task time limit longer than
   any the instance started with (Supervisor's stop wait and the private broker's consumer timeout);
-- `web.app` and `web.interface`: which server the app heads run is in Supervisor's programs, rendered at `up`.
+- `web.app` added or removed: the app heads' programs exist only when the instance started with an app (a
+  change from one app to another, or of its interface, is live: an app head reads both when it starts).
 
 Everything else is live: the web tier's fields are nginx's config and the heads' (rewritten, then new heads),
 the pools' sizes and recycling are read by fresh workers and the restarted controller, task policies, limits
@@ -31,9 +32,8 @@ FIXED_FIELDS: Mapping[str, str] = {
     "broker.url": "every process is connected to the broker it started with",
     "store.url": "every process keeps its jobs in the store it started with",
     "web.port": "every kvern command reaches the instance through it",
-    "web.app": "the app heads' server is chosen at `up`",
-    "web.interface": "the app heads' server is chosen at `up`",
 }
+APP_ADDED_OR_REMOVED = "the app heads' programs exist only when the instance started with an app"
 FIXED_POOL_FIELDS: Mapping[str, str] = {
     "queues": "queues and the workers' broker permissions are set up at `up`",
     "max_backlog": "a queue's length limit is one of its arguments, fixed when it is declared",
@@ -81,7 +81,8 @@ def plan_reload(running: Spec, edited: Spec) -> ReloadPlan:
     """The live changes from `running` to `edited`, and the refusals (fields that need `down` + `up`)."""
     differences = [
         *_top_level(running, edited),
-        *_dataclass_fields("web", running.web, edited.web, skip=("tls",)),
+        *_dataclass_fields("web", running.web, edited.web, skip=("tls", "app")),
+        *_web_app(running.web, edited.web),
         *_tls(running.web, edited.web),
         *_pools(running.pools, edited.pools),
         *_tasks(running, edited),
@@ -119,6 +120,13 @@ def _dataclass_fields(prefix: str, old: object, new: object, skip: tuple[str, ..
         before, after = getattr(old, item.name), getattr(new, item.name)
         if item.name not in skip and before != after:
             yield Change(f"{prefix}.{item.name}", before, after)
+
+
+def _web_app(old: WebSpec, new: WebSpec) -> Iterator[Difference]:
+    if (old.app is None) != (new.app is None):
+        yield Refusal("web.app", APP_ADDED_OR_REMOVED)
+    elif old.app != new.app:
+        yield Change("web.app", old.app, new.app)
 
 
 def _tls(old: WebSpec, new: WebSpec) -> Iterator[Difference]:
