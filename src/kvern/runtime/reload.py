@@ -5,12 +5,13 @@ compared with the running snapshot (`reload_plan.py`); a change that needs `down
 reload before anything is touched. Then, in order:
 
 1. the new snapshot is written (atomically): every process started from now on reads it;
-2. nginx's config is rewritten and nginx reloaded (listen, TLS and its certificate files, limits, static);
-3. fresh web heads start, nginx switches to them, the old ones drain and stop (`web_heads.replace_heads`);
+2. nginx's config is rewritten (listen, TLS, limits, static) and checked with `nginx -t`;
+3. fresh web heads start, nginx reloads onto them with its new config (and rereads the certificate files), the
+   old heads drain and stop (`web_heads.replace_heads`);
 4. the controller is restarted (autoscaler, relay, retention with the new settings);
 5. each pool's workers are replaced warm, one at a time (`pool_rollout.py`), the autoscaler paused meanwhile.
 
-If nginx's new config or the fresh heads fail, the previous snapshot and config are put back: the old heads
+If nginx refuses the new config or the fresh heads fail, the previous snapshot and config are put back: the old heads
 never stopped serving. One reload runs at a time per instance (a lock file in the state dir).
 """
 
@@ -96,9 +97,10 @@ class Reload:
         if not config.only.web:
             return
         try:
+            # Checked by `nginx -t` now, read by nginx at the switch to the new heads: one graceful reload, not
+            # two (each closes the idle keep-alive connections of clients).
             write_front_door(config, self.edited)
-            reload_nginx(supervisor)
-            progress.mark("front door", "reloaded")
+            progress.mark("front door config", "checked")
             replace_heads(supervisor, self.state_dir, self.edited.web.heads)
         except BaseException:
             # The old heads still serve: put back what they and nginx were started with.
