@@ -80,6 +80,8 @@ def _user_code_errors(spec: Spec) -> Iterator[None]:
         yield
     except (Exception, SystemExit) as exc:  # a settings module may sys.exit("set FOO") when it lacks a value
         message = (str(exc).strip().splitlines() or [""])[0]
+        if isinstance(exc, SyntaxError) and exc.msg:
+            message = exc.msg  # str(exc) repeats the file and line
         error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
         raise SpecError(f"web.app: importing {spec.web.app!r} failed{_where(exc, spec.root)}: {error}") from exc
 
