@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kvern.constants import RET_SPEC
+from kvern.constants import APP_GROUP, RET_SPEC, WEB_GROUP
 from kvern.processes import app_slot
 from kvern.runtime.instance import Instance, owned_pids
 from kvern.runtime.web_heads import load_live, replace_heads, stop_programs
@@ -35,6 +35,12 @@ WSGI_APP = """
 
 
     def application(environ, start_response):
+        if environ["PATH_INFO"] == "/report":  # a view that hands the heavy part to a task
+            from site_tasks import ping
+
+            job = ping.delay()
+            start_response("303 See Other", [("Location", f"/api/v1/jobs/{job.id}"), ("Content-Length", "0")])
+            return [b""]
         body = json.dumps({
             "version": VERSION,
             "path": environ["PATH_INFO"],
@@ -140,6 +146,14 @@ def test_static_files_come_first_then_the_app_which_sees_the_client(wsgi_site: R
     assert health.json()["app_heads"] == {"answering": 2, "expected": 2}
 
 
+def test_a_view_s_delay_is_a_kvern_job(wsgi_site: Running) -> None:
+    with wsgi_site.client() as client:
+        answer = client.post("/report")
+        assert answer.status_code == 303, answer.text
+        job = client.get(answer.headers["location"])
+    assert job.status_code == 200 and job.json()["task"] == "site_tasks.ping"
+
+
 class Browsing:
     """Threads GETting an app page through nginx until stopped; what every answer was, in order per thread."""
 
@@ -192,7 +206,8 @@ def test_replacing_the_heads_under_load_fails_no_request_and_serves_the_new_code
         assert seen == sorted(seen), "a client saw the old version after the new one"
     live = load_live(state)
     assert live.color == before.idle_color and live.count == 3
-    serving = {p.full_name for p in supervisor.processes() if p.state == "RUNNING" and p.slot is not None}
+    heads = (p for p in supervisor.processes() if p.group in (WEB_GROUP, APP_GROUP))
+    serving = {p.full_name for p in heads if p.state == "RUNNING"}
     assert serving == set(live.programs())  # the old color's heads are stopped
 
 
