@@ -31,6 +31,9 @@ class AppHandler(http.server.BaseHTTPRequestHandler):
     """The team's app: echoes what nginx tells it, and answers some paths with its own errors."""
 
     def do_GET(self) -> None:
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self.switch_protocols()
+            return
         statuses = {"/missing": 404, "/boom": 500, "/busy": 503}
         status = statuses.get(self.path.split("?")[0], 200)
         body = f"app {self.path} proto={self.headers['X-Forwarded-Proto']} host={self.headers['Host']}"
@@ -49,6 +52,16 @@ class AppHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Retry-After", "30")
         self.end_headers()
         self.wfile.write(data)
+
+    def switch_protocols(self) -> None:
+        """Enough of a WebSocket server to see nginx pass the upgrade and then the bytes both ways."""
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        self.wfile.write(b"echo " + self.rfile.readline())
+        self.close_connection = True
 
     def log_message(self, *args: object) -> None:
         pass
@@ -150,6 +163,20 @@ def test_the_apps_own_errors_are_passed_through(front: Front) -> None:
         assert busy.status_code == 503 and busy.headers["retry-after"] == "30" and busy.text.startswith("app /busy")
         posted = client.post("/orders", content=b"x")
         assert posted.status_code == 201 and posted.text == "posted /orders"
+
+
+def test_websockets_pass_through_to_the_app(front: Front) -> None:
+    port = int(front.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".encode()
+        )
+        with conn.makefile("rb") as reader:
+            assert reader.readline().startswith(b"HTTP/1.1 101")
+            while reader.readline() not in (b"\r\n", b""):
+                pass
+            conn.sendall(b"ping\n")
+            assert reader.readline() == b"echo ping\n"
 
 
 def test_the_job_api_is_still_the_heads(front: Front) -> None:

@@ -164,7 +164,9 @@ NO_DOTFILES = """\
 # nginx's default without `non_idempotent`.
 APP_PROXY = """            proxy_pass http://kvern_app_heads;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            # WebSockets (an ASGI app's) pass through; other requests keep the heads' connections alive.
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $kvern_app_connection;
             # $http_host keeps the port, so the app's absolute URLs (redirects, build_absolute_uri) keep it too.
             proxy_set_header Host $http_host;
             proxy_set_header X-Real-IP $remote_addr;
