@@ -15,12 +15,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from kvern.runtime import nginx
+from kvern.runtime import nginx, upstreams
 from kvern.runtime.instance import free_port
 from kvern.spec import WebSpec
 
@@ -91,14 +90,14 @@ def start_app(path: Path) -> AppServer:
 
 
 def app_upstream(path: Path) -> str:
-    # Until render_upstream writes the app heads' upstream, the test appends it (two entries of one socket:
-    # a retry has somewhere to go, as with several heads).
+    # The app heads' upstream as the test needs it: two entries of one socket (a retry has somewhere to go, as
+    # with several heads), never marked down.
     servers = "".join(f'    server "unix:{path}" max_fails=0;\n' for _ in range(2))
     return f"upstream kvern_app_heads {{\n{servers}}}\n"
 
 
 @pytest.fixture
-def front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Front]:
+def front(tmp_path: Path) -> Iterator[Front]:
     state = tmp_path / "state"
     state.mkdir()
     static = tmp_path / "project" / "static"
@@ -106,15 +105,11 @@ def front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Front]:
     (static / "css" / "site.css").write_text("body {}")
     (static / ".env").write_text("SECRET=1")
     port = free_port()
-    app_socket = nginx.socket_dir(state) / "app-0.sock"
-    render_upstream = nginx.render_upstream
-
-    def with_app_heads(*args: Any, **kwargs: Any) -> str:
-        text = render_upstream(*args, **kwargs)
-        return text if "kvern_app_heads" in text else text + app_upstream(app_socket)
-
-    monkeypatch.setattr(nginx, "render_upstream", with_app_heads)
-    config = nginx.write_config(state, port, static, 1, WebSpec(app="mysite.wsgi:application"))
+    app_socket = upstreams.app_socket(state, 0)
+    upstreams.write_upstream(state, range(1), app=False)  # the API heads' upstream, as `up` writes it
+    with upstreams.upstream_path(state).open("a") as upstream:
+        upstream.write(app_upstream(app_socket))
+    config = nginx.write_config(state, port, static, WebSpec(app="mysite.wsgi:application"))
     app = start_app(app_socket)
     process = subprocess.Popen(nginx.nginx_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
