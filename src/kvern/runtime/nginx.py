@@ -155,7 +155,9 @@ NO_DOTFILES = """\
 # nginx's default without `non_idempotent`.
 APP_PROXY = """            proxy_pass http://kvern_app_heads;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            # WebSockets (an ASGI app's) pass through; other requests keep the heads' connections alive.
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $kvern_app_connection;
             # $http_host keeps the port, so the app's absolute URLs (redirects, build_absolute_uri) keep it too.
             proxy_set_header Host $http_host;
             proxy_set_header X-Real-IP $remote_addr;
@@ -260,7 +262,8 @@ def _user_directive() -> str:
 # Mozilla's "intermediate" TLS configuration (ssl-config.mozilla.org, nginx 1.22, OpenSSL 3): TLS 1.2 and 1.3,
 # AEAD ciphers with forward secrecy, the client's order (each picks what its hardware does fastest), no session
 # tickets (their key never rotates in nginx). ECDHE only: the generator's DHE suites would need a dhparam file,
-# and every client the intermediate profile targets has ECDHE.
+# and every client the intermediate profile targets has ECDHE. No OCSP stapling: it needs a DNS resolver in
+# nginx, and Let's Encrypt, where most certificates come from, no longer runs OCSP.
 TLS_CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
