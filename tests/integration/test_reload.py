@@ -219,7 +219,9 @@ def test_two_reloads_under_load_answer_every_request_and_run_every_job_on_the_ne
             assert job.result["version"] in newer, (version, job.result)
 
 
-def test_a_change_that_needs_down_up_is_refused_and_sighup_applies_a_larger_pool_max(tmp_path: Path) -> None:
+def test_a_change_that_needs_down_up_or_broken_code_is_refused_and_sighup_applies_a_larger_pool_max(
+    tmp_path: Path,
+) -> None:
     # given a platform in the foreground, its pool at most 1 process
     spec = project(tmp_path / "fg", reload_spec(pool_max=1, heads=1), "v1")
     state = spec.parent / ".kvern"
@@ -243,6 +245,16 @@ def test_a_change_that_needs_down_up_is_refused_and_sighup_applies_a_larger_pool
         assert "pools.work.queues" in refused.stderr and "needs `kvern down` + `kvern up`" in refused.stderr
         assert (state / SPEC_SNAPSHOT).read_text() == snapshot
         assert {p.full_name: p.pid for p in supervisor.processes()} == pids
+
+        # when the new code does not import: refused with the error, nothing changed
+        spec.write_text(reload_spec(pool_max=1, heads=1))
+        (spec.parent / "tasks.py").write_text("import no_such_module\n")
+        broken = kvern(spec, "reload")
+        assert broken.returncode == RET_SPEC, broken.stdout + broken.stderr
+        assert "no_such_module" in broken.stderr
+        assert (state / SPEC_SNAPSHOT).read_text() == snapshot
+        assert {p.full_name: p.pid for p in supervisor.processes()} == pids
+        write_code(spec.parent, "v1")
 
         # when the pool's max grows to 3 and the foreground `up` gets SIGHUP
         spec.write_text(reload_spec(pool_max=3, heads=1))
