@@ -4,11 +4,14 @@ stub runner, and the autoscaler holding still while a rollout runs."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -18,8 +21,10 @@ from kvern.constants import RET_NOT_RUNNING
 from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
 from kvern.processes import ProcessInfo, ProcessState, pool_slot
+from kvern.runtime.instance import Instance
 from kvern.runtime.pool_rollout import PoolRollout
 from kvern.runtime.reload_plan import NEEDS_RESTART, plan_reload
+from kvern.runtime.stopping import reload_on_hangup
 from kvern.spec import PoolSpec, Spec, load_spec
 from tests.unit.doubles import StubRunner
 from tests.unit.test_autoscale_policy import Load, ScriptedAutoscaler
@@ -262,3 +267,38 @@ def test_a_pause_whose_reload_died_is_ignored(tmp_path: Path) -> None:
 def test_reload_of_a_stopped_instance_says_not_running(spec_file: Path) -> None:
     result = CliRunner().invoke(cli.main, ["-f", str(spec_file), "reload"])
     assert result.exit_code == RET_NOT_RUNNING, result.output
+
+
+@pytest.fixture
+def own_signal_handlers() -> Iterator[None]:
+    """The test installs kvern's handlers in this process: put pytest's back afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.usefixtures("own_signal_handlers")
+def test_a_sighup_during_a_foreground_reload_runs_one_more_after_it_never_two_at_once(
+    spec_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running: list[bool] = []
+    reloads = 0
+
+    def reload(_state_dir: Path, _spec: Spec, report: Callable[[str], None]) -> None:
+        nonlocal reloads
+        assert not running, "two reloads at once"
+        running.append(True)
+        reloads += 1
+        # the first reload gets a SIGHUP while it runs; the second ends the foreground `up` with Ctrl-C
+        os.kill(os.getpid(), signal.SIGHUP if reloads == 1 else signal.SIGINT)
+        running.pop()
+
+    monkeypatch.setattr(cli, "reload_instance", reload)
+    hangup = reload_on_hangup()
+    os.kill(os.getpid(), signal.SIGHUP)
+    context = click.Context(cli.main, obj={"spec": spec_file, "state": None})
+    cli._wait_for_interrupt(context, Instance(load_spec(spec_file), spec_file.parent / ".kvern"), hangup)
+    assert reloads == 2
+    out = capsys.readouterr().out
+    assert out.count("SIGHUP: reloading") == 2 and "a SIGHUP came during the reload: reloading again" in out
