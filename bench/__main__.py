@@ -1,4 +1,4 @@
-"""`python -m bench [B1 B2 B3 B4 B5 B7]`: run the scenarios (all by default), print tables, write bench/results/.
+"""`python -m bench [B1 B2 B3 B4 B5 B6 B7]`: run the scenarios (all by default), print tables, write bench/results/.
 
 Each scenario measures kvern and its comparison side by side in the same run; see BENCHMARKS.md.
 """
@@ -23,6 +23,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "B3": ("bench.b3_end_to_end", "end-to-end no-op throughput against bare Celery"),
     "B4": ("bench.b4_density", "report slots per 512 MB (PSS of a pool's processes)"),
     "B5": ("bench.b5_elasticity", "spike to a new worker; job at zero to started"),
+    "B6": ("bench.b6_app_heads", "the team's app on the web heads: a page and a .delay() view vs bare gunicorn"),
     "B7": ("bench.b7_start_stop", "kvern up -d and kvern down, idle workers"),
 }
 

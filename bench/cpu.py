@@ -83,6 +83,8 @@ def cores_by_group(before: Snapshot, after: Snapshot, classify: Classifier) -> d
 
 def kvern_part(command: str) -> str:
     parts = {
+        "kvern.runtime.app_head": "kvern app heads (gunicorn)",
+        "kvern.runtime.web_head": "kvern web heads",
         "uvicorn": "kvern web heads",
         "kvern.worker": "kvern worker pools",
         "beam.smp": "kvern broker (RabbitMQ)",

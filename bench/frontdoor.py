@@ -1,5 +1,6 @@
-"""A baseline front door: kvern's own nginx config (same template, same settings) in front of web heads that
-run `bench.baseline_app` with the same uvicorn command line kvern gives its web heads."""
+"""Baseline front doors: kvern's own nginx config (same template, same settings) in front of web heads that run
+`bench.baseline_app` with the same uvicorn command line kvern gives its web heads (B1, B2), or a team's WSGI app
+under bare gunicorn with the settings kvern gives its app heads (B6)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import httpx
 
 from bench.common import REPO, REPORTS_EXAMPLE
 from bench.procs import ProcessGroup, process_group, spawn
-from kvern.runtime import nginx
+from kvern.runtime import app_head, nginx, upstreams
 from kvern.runtime.instance import free_port
 from kvern.spec import WebSpec
 
@@ -65,7 +66,8 @@ def baseline_front_door(state_dir: Path, heads: int = 2) -> Iterator[FrontDoor]:
     port = free_port()
     # The baseline is nginx without kvern: none of kvern's per-address limits (the load comes from one address).
     unlimited = WebSpec(heads=heads, rate=0, connections=0)
-    config = nginx.write_config(state_dir, port, REPORTS_EXAMPLE / "static", heads, unlimited)
+    upstreams.write_upstream(state_dir, range(heads), app=False)  # before nginx.conf: `nginx -t` reads it
+    config = nginx.write_config(state_dir, port, REPORTS_EXAMPLE / "static", unlimited)
     logs = state_dir / "logs"
     with contextlib.ExitStack() as cleanup, process_group() as group:
         cleanup.callback(nginx.remove_front_dir, state_dir)  # as root, the sockets' folder is under /run/kvern
@@ -82,3 +84,74 @@ def baseline_front_door(state_dir: Path, heads: int = 2) -> Iterator[FrontDoor]:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, group)
         yield FrontDoor(url, pids)
+
+
+def _gunicorn_command(socket: Path, app: str) -> list[str]:
+    # kvern's app heads: runtime/app_head.py's gunicorn settings, from gunicorn's own command line.
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        app,
+        "--bind",
+        f"unix:{socket}",
+        # gunicorn gives its socket its own user's group (root's, as root): the folder's mode keeps others out
+        # instead, and nginx's workers reach the socket through the folder's group.
+        "--umask",
+        "0o111",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(app_head.WSGI_WORKERS),
+        "--threads",
+        str(app_head.WSGI_THREADS),
+        "--graceful-timeout",
+        "20",
+        "--keep-alive",
+        str(app_head.KEEPALIVE_S),
+        "--log-level",
+        "warning",
+        "--no-control-socket",
+    ]
+
+
+@contextlib.contextmanager
+def bare_gunicorn_front_door(
+    state_dir: Path, project: Path, app: str, env: dict[str, str], heads: int = 2
+) -> Iterator[FrontDoor]:
+    """nginx rendered as kvern renders it for an app, in front of `heads` bare gunicorn processes serving `app`
+    from `project` (no kvern: `env` says where Celery's broker is); all stopped by pid on exit."""
+    for sub in ("run", "logs"):
+        (state_dir / sub).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    web = WebSpec(heads=heads, app=app, rate=0, connections=0)
+    # nginx.conf names both upstreams; nothing is sent to the job API's (no such heads here).
+    upstreams.write_upstream(state_dir, range(heads), app=True)
+    config = nginx.write_config(state_dir, port, None, web)
+    logs = state_dir / "logs"
+    with contextlib.ExitStack() as cleanup, process_group() as group:
+        cleanup.callback(nginx.remove_front_dir, state_dir)
+        pids = {}
+        for index in range(heads):
+            command = _gunicorn_command(upstreams.app_socket(state_dir, index), app)
+            head = spawn(f"bare gunicorn {index}", command, logs / f"gunicorn-{index}.log", env=env, cwd=project)
+            group.add(head, signal.SIGTERM)
+            pids[head.pid] = "bare gunicorn heads"
+        front = spawn("bare nginx", nginx.nginx_command(config), logs / "nginx.log")
+        group.add(front, signal.SIGTERM)
+        pids[front.pid] = "nginx"
+        url = f"http://127.0.0.1:{port}"
+        _wait_page(url, group)
+        yield FrontDoor(url, pids)
+
+
+def _wait_page(url: str, group: ProcessGroup) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/", timeout=2).status_code == 200:
+                return
+        if any(not managed.alive() for managed, _, _ in group.items):
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"bare gunicorn front door at {url} did not become ready")

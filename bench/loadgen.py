@@ -1,4 +1,5 @@
-"""Closed-loop HTTP load: N connections POST a JSON body for a while; accepted/s and latency percentiles.
+"""Closed-loop HTTP load: N connections POST a JSON body (or GET a page) for a while; accepted/s and latency
+percentiles.
 
 Debian's `wrk` (C, epoll, 2 threads) is used when installed: it leaves the most CPU to the system under test.
 Without it, a Python asyncio generator (bench.httpclient) does the same job, at a higher CPU cost per request;
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import ms, percentile
-from bench.httpclient import Connection, port_of, post_json
+from bench.httpclient import Connection, encode_request, port_of
 
 LUA_POST = Path(__file__).resolve().parent / "lua" / "post_json.lua"
 WRK_THREADS = 2
@@ -42,13 +43,25 @@ class LoadResult:
 def post_load(
     url: str, path: str, body: str, connections: int, seconds: float, headers: Mapping[str, str] | None = None
 ) -> LoadResult:
-    headers = headers or {}
+    return _load(url, path, "POST", body, connections, seconds, headers or {})
+
+
+def get_load(url: str, path: str, connections: int, seconds: float) -> LoadResult:
+    return _load(url, path, "GET", None, connections, seconds, {})
+
+
+def _load(
+    url: str, path: str, method: str, body: str | None, connections: int, seconds: float, headers: Mapping[str, str]
+) -> LoadResult:
     if shutil.which("wrk"):
-        return _wrk(url + path, body, connections, seconds, headers)
-    return asyncio.run(_python_load(port_of(url), path, body, connections, seconds, headers))
+        return _wrk(url + path, method, body, connections, seconds, headers)
+    raw = encode_request(method, path, body.encode() if body is not None else None, headers)
+    return asyncio.run(_python_load(port_of(url), raw, connections, seconds))
 
 
-def _wrk(target: str, body: str, connections: int, seconds: float, headers: Mapping[str, str]) -> LoadResult:
+def _wrk(
+    target: str, method: str, body: str | None, connections: int, seconds: float, headers: Mapping[str, str]
+) -> LoadResult:
     command = [
         "wrk",
         f"-t{WRK_THREADS}",
@@ -60,7 +73,7 @@ def _wrk(target: str, body: str, connections: int, seconds: float, headers: Mapp
         *(option for name, value in headers.items() for option in ("-H", f"{name}: {value}")),
         target,
     ]
-    env = {**os.environ, "BENCH_BODY": body}
+    env = {**os.environ, "BENCH_METHOD": method, "BENCH_BODY": body or ""}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
     line = next(text for text in reversed(done.stdout.splitlines()) if text.startswith("{"))
     raw = json.loads(line)
@@ -75,10 +88,7 @@ def _wrk(target: str, body: str, connections: int, seconds: float, headers: Mapp
     )
 
 
-async def _python_load(
-    port: int, path: str, body: str, connections: int, seconds: float, headers: Mapping[str, str]
-) -> LoadResult:
-    raw = post_json(path, json.loads(body), headers)
+async def _python_load(port: int, raw: bytes, connections: int, seconds: float) -> LoadResult:
     latencies: list[float] = []
     failed = 0
     end = time.perf_counter() + seconds

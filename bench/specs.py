@@ -32,6 +32,30 @@ queue = "noop"
 """
 
 
+def shop_spec(app: str) -> str:
+    """B6: the team's app on 2 web heads; a pool for the view's jobs that `--only web` leaves unstarted."""
+    return f"""
+[app]
+name = "shop"
+tasks = "tasks"
+
+[web]
+heads = 2
+app = "{app}"
+rate = 0          # one address sends all the load: the front door's capacity, not its per-address limits
+connections = 0
+
+[[pools]]
+name = "noop"
+queues = ["noop"]
+min = 0
+max = 1
+
+[tasks."{NOOP_TASK}"]
+queue = "noop"
+"""
+
+
 def density_spec(concurrency: int) -> str:
     """B4: the reports example's task in one worker process with `concurrency` slots."""
     return f"""

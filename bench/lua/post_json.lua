@@ -1,7 +1,10 @@
--- wrk script: POST the JSON body in $BENCH_BODY, report the run as one JSON line (latencies in microseconds).
-wrk.method = "POST"
-wrk.body = os.getenv("BENCH_BODY") or "{}"
-wrk.headers["Content-Type"] = "application/json"
+-- wrk script: POST the JSON body in $BENCH_BODY (or send $BENCH_METHOD with no body, e.g. GET), report the run
+-- as one JSON line (latencies in microseconds).
+wrk.method = os.getenv("BENCH_METHOD") or "POST"
+if wrk.method == "POST" then
+   wrk.body = os.getenv("BENCH_BODY") or "{}"
+   wrk.headers["Content-Type"] = "application/json"
+end
 
 function done(summary, latency, requests)
    local e = summary.errors

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,16 @@ from kvern import constants as c
 from kvern.autoscale.pins import write_pin
 from kvern.broker.relay import publish_jobs
 from kvern.client import submit_and_follow
-from kvern.errors import AlreadyRunning, JobNotFound, KvernError, NotRunning, RuntimeStateError, SpecError, StartError
+from kvern.errors import (
+    AlreadyRunning,
+    JobNotFound,
+    KvernError,
+    NotRunning,
+    ReloadRefused,
+    RuntimeStateError,
+    SpecError,
+    StartError,
+)
 from kvern.jobs import retention
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.keys import SCOPES, SqlKeyStore
@@ -32,7 +42,8 @@ from kvern.runtime.instance import (
     default_state_dir,
     front_door_url,
 )
-from kvern.runtime.stopping import stop_on_signals
+from kvern.runtime.reload import reload_instance
+from kvern.runtime.stopping import reload_on_hangup, stop_on_signals
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime.web_scaling import scale_web
 from kvern.runtime_config import local_key
@@ -130,6 +141,7 @@ def main(ctx: click.Context, spec: Path, state: Path | None) -> None:
 @handle_errors
 def up(ctx: click.Context, detach: bool, only: str) -> None:
     """Start the platform (foreground: Ctrl-C stops everything)."""
+    hangup = reload_on_hangup()  # a SIGHUP while starting is kept for after: it must not end the process
     instance = spec_file_instance(ctx)  # `up` starts from the spec file as it is now (and snapshots it)
     unsafe = unsafe_character(str(instance.state_dir)) if ctx.obj["state"] else None
     if unsafe is not None:  # the state dir is written into every config file
@@ -145,7 +157,7 @@ def up(ctx: click.Context, detach: bool, only: str) -> None:
     click.echo(f"kvern is up: {front_door_url(config)}" if tiers.web else "kvern pools are up")
     if detach:
         return
-    _wait_for_interrupt()
+    _wait_for_interrupt(ctx, instance, hangup)
     click.echo("stopping (running jobs finish first)...")
     instance.down(report=_progress)
     click.echo("kvern is down")
@@ -177,10 +189,45 @@ def _command_prefix(ctx: click.Context) -> str:
     return " ".join(words)
 
 
-def _wait_for_interrupt() -> None:
+def _wait_for_interrupt(ctx: click.Context, instance: Instance, hangup: threading.Event) -> None:
+    """Until Ctrl-C or SIGTERM; each SIGHUP reloads, one at a time (a SIGHUP during a reload: one more after)."""
     stop = stop_on_signals()
     while not stop.wait(0.2):
-        pass
+        if hangup.is_set():
+            hangup.clear()
+            click.echo("SIGHUP: reloading")
+            _reload_in_foreground(ctx, instance.state_dir)
+            if hangup.is_set():
+                click.echo("a SIGHUP came during the reload: reloading again")
+
+
+def _reload_in_foreground(ctx: click.Context, state_dir: Path) -> None:
+    """A failed reload is told and the instance keeps running as it was."""
+    try:
+        reload_instance(state_dir, load_spec(ctx.obj["spec"]), report=_progress)
+    except ReloadRefused as exc:
+        for line in exc.lines:
+            click.echo(f"kvern: reload refused: {line}", err=True)
+    except KvernError as exc:
+        click.echo(f"kvern: reload failed: {exc}", err=True)
+    else:
+        click.echo("kvern reloaded")
+
+
+@main.command()
+@click.pass_context
+@handle_errors
+def reload(ctx: click.Context) -> None:
+    """Apply the spec file and the project's new code to the running instance, without downtime."""
+    instance = running_instance(ctx)
+    started = time.monotonic()
+    try:
+        reload_instance(instance.state_dir, load_spec(ctx.obj["spec"]), report=_progress)
+    except ReloadRefused as exc:  # one line per field, nothing changed
+        for line in exc.lines:
+            click.echo(f"kvern: reload refused: {line}", err=True)
+        sys.exit(c.RET_SPEC)
+    click.echo(f"kvern reloaded ({time.monotonic() - started:.1f}s)")
 
 
 @main.command()
@@ -237,7 +284,9 @@ def submit(
     instance = running_instance(ctx)
     url = front_door_url(instance.runtime())
     token = local_key(instance.state_dir)
-    code = submit_and_follow(url, task, args, kwargs, wait, idempotency_key, subject, token)
+    code = submit_and_follow(
+        url, task, args, kwargs, wait, idempotency_key, subject, token, instance.spec.web.api_prefix
+    )
     sys.exit(code)
 
 

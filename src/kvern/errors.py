@@ -2,6 +2,7 @@
 
 KvernError
 ├── SpecError            the spec file is missing or invalid (names the field)
+│   └── ReloadRefused    `kvern reload` met changes that need `down` + `up` (one line each)
 ├── RuntimeStateError    the state dir says something unexpected
 │   ├── NotRunning       the command needs a running instance and there is none
 │   └── AlreadyRunning   `up` found the instance already running
@@ -26,6 +27,14 @@ class KvernError(Exception):
 
 class SpecError(KvernError):
     """The spec file is missing or invalid; the message names the field."""
+
+
+class ReloadRefused(SpecError):
+    """The edited spec changes fields a running instance cannot take; each line names one, nothing was changed."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
 
 
 class RuntimeStateError(KvernError):

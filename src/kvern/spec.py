@@ -80,7 +80,13 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kvern.constants import DEFAULT_MAX_BACKLOG, DEFAULT_TIME_LIMIT_S, MAX_BODY_BYTES, MAX_WEB_HEADS
+from kvern.constants import (
+    DEFAULT_MAX_BACKLOG,
+    DEFAULT_TIME_LIMIT_S,
+    MAX_BODY_BYTES,
+    MAX_POOL_PROCESSES,
+    MAX_WEB_HEADS,
+)
 from kvern.errors import KvernError, SpecError
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -507,8 +513,8 @@ def _check_pool_bounds(pool: PoolSpec, where: str) -> None:
         raise SpecError(f"{where}.concurrency: must be between 1 and 256")
     if pool.min < 0:
         raise SpecError(f"{where}.min: must be 0 or more")
-    if not 1 <= pool.max <= 64:
-        raise SpecError(f"{where}.max: must be between 1 and 64")
+    if not 1 <= pool.max <= MAX_POOL_PROCESSES:
+        raise SpecError(f"{where}.max: must be between 1 and {MAX_POOL_PROCESSES}")
     if pool.min > pool.max:
         raise SpecError(f"{where}.min: {pool.min} is greater than max ({pool.max})")
     if pool.idle_after < 0 or pool.max_wait <= 0 or pool.target_backlog < 1:

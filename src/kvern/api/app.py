@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -26,6 +27,7 @@ from kvern.api.head_ports import HeadPorts
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
 from kvern.api.openapi import install_openapi, job_links
+from kvern.api.public_prefix import PublicPrefix
 from kvern.api.published import PublishedMarker
 from kvern.api.submission import Submission, SubmissionError, parse_submission
 from kvern.api.views import (
@@ -54,7 +56,8 @@ from kvern.jobs.keys import KeyStoreProtocol, Scope, SqlKeyStore
 from kvern.jobs.records import Job
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import JobStore
-from kvern.jobs.views import history_view, job_body, job_summary, job_url
+from kvern.jobs.views import history_view, job_body, job_summary, job_url, public_path
+from kvern.runtime.web_heads import app_heads_answering
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec
 
@@ -81,6 +84,7 @@ class WebHead:
     publisher: JobPublisherProtocol
     front_door_port: int | None = None  # the origin's port, which nginx's Host header leaves out
     keys: KeyStoreProtocol | None = None  # None: authentication is off (`[web] auth = "off"`, unit tests)
+    state_dir: Path | None = None  # where the app heads' sockets are found; None: no app heads to check
     marker: PublishedMarker = field(init=False)
     auth: Authenticator = field(init=False)
     metrics: ApiMetrics = field(init=False)
@@ -99,7 +103,7 @@ class WebHead:
         publisher = JobPublisher(config.broker_urls[ROLE_WEB])
         store = JobStore(config.store_url)
         keys = SqlKeyStore(store.engine) if spec.web.auth == "keys" else None
-        return cls(spec, catalog, store, publisher, config.front_door_port, keys)
+        return cls(spec, catalog, store, publisher, config.front_door_port, keys, config.state_path)
 
     async def submit(
         self, submission: Submission, idempotency_key: str | None, owner: str | None = None
@@ -138,6 +142,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         dependencies=[Depends(require_json_body)],
     )
     app.add_middleware(OriginGuard)
+    app.add_middleware(PublicPrefix)
     docs_guard = [Depends(needs_scope_or_local(Scope.READ))]
     install_docs(app, OPENAPI_URL, docs_guard)
     install_openapi(app, OPENAPI_URL, lambda: list(_head_of(app).catalog.names()), docs_guard)
@@ -319,7 +324,7 @@ def _install_job_routes(app: FastAPI) -> None:
         following = None
         if len(jobs) == limit:
             query = f"limit={limit}&before={jobs[-1].created_at!r}" + (f"&status={status.value}" if status else "")
-            following = f"{API_PREFIX}/jobs?{query}"
+            following = public_path(f"{API_PREFIX}/jobs?{query}")
         return JSONResponse({"jobs": [job_summary(job) for job in jobs], "next": following})
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/artifacts/{{name}}", responses=ERRORS)
@@ -486,8 +491,14 @@ def _install_health_routes(app: FastAPI) -> None:
             store = True
         except StoreUnavailable:
             store = False
-        status = 200 if broker and store else 503
-        return JSONResponse({"broker": broker, "store": store}, status_code=status)
+        body: dict[str, Any] = {"broker": broker, "store": store}
+        healthy = broker and store
+        if head.spec.web.app is not None and head.state_dir is not None:
+            # The app sees the Host the client used, so an app that checks it (Django's ALLOWED_HOSTS) answers.
+            answering, expected = await app_heads_answering(head.state_dir, request.headers.get("host", "localhost"))
+            body["app_heads"] = {"answering": answering, "expected": expected}
+            healthy = healthy and answering > 0
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get(
         "/api/metrics",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvern.autoscale.pins import read_pins
+from kvern.autoscale.pins import autoscaler_paused, read_pins
 from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals, ScalingPolicy
 from kvern.broker.admin import queue_depths
 from kvern.constants import DESIRED_FILE
@@ -65,6 +65,12 @@ class Autoscaler:
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        if autoscaler_paused(self.state_dir):
+            # `kvern reload` is replacing workers one by one: a scale-in now could stop the fresh process it
+            # just started, a scale-out could take the slot it is about to use.
+            for scaler in self.scalers:
+                scaler.policy.reset()
+            return
         running, stopping = self._slots()
         pins = read_pins(self.state_dir)
         desired: dict[str, dict[str, int | None]] = {}
