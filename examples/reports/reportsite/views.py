@@ -1,0 +1,89 @@
+"""The site's pages: ask for a report, follow it, download it."""
+
+from __future__ import annotations
+
+import io
+import logging
+from uuid import UUID
+
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods
+from tasks import generate_heavy_report
+
+from kvern.errors import PublishError, StoreUnavailable
+from reportsite.forms import ReportForm
+from reportsite.reports import Report, find_report, read_pdf
+
+log = logging.getLogger(__name__)
+
+#: Seconds a browser is asked to wait before trying again when kvern cannot take the job.
+RETRY_AFTER = 5
+
+
+class SeeOther(HttpResponseRedirect):
+    """After a POST, the browser GETs the new page (a reload does not post the form again)."""
+
+    status_code = 303
+
+
+@require_http_methods(["GET", "POST"])
+def request_report(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return render(request, "reportsite/request.html", {"form": ReportForm()})
+    form = ReportForm(request.POST)
+    if not form.is_valid():
+        return render(request, "reportsite/request.html", {"form": form}, status=400)
+    try:
+        job = generate_heavy_report.delay(form.cleaned_data["user_id"])
+    except (StoreUnavailable, PublishError) as exc:  # nothing was kept: the person may simply try again
+        log.warning("report of user %s not accepted: %s", form.cleaned_data["user_id"], exc)
+        response = render(request, "reportsite/unavailable.html", {"retry_after": RETRY_AFTER}, status=503)
+        response["Retry-After"] = str(RETRY_AFTER)
+        return response
+    return SeeOther(reverse("report_progress", args=[job.id]))
+
+
+def _report_or_404(job_id: UUID) -> Report:
+    report = find_report(str(job_id))
+    if report is None:
+        raise Http404("no such report")
+    return report
+
+
+@require_GET
+@never_cache
+def report_progress(request: HttpRequest, job_id: UUID) -> HttpResponse:
+    return render(request, "reportsite/progress.html", {"report": _report_or_404(job_id)})
+
+
+@require_GET
+@never_cache
+def report_status(request: HttpRequest, job_id: UUID) -> JsonResponse:
+    report = find_report(str(job_id))
+    if report is None:
+        return JsonResponse({"error": "no such report"}, status=404)
+    return JsonResponse(
+        {
+            "id": report.job_id,
+            "status": report.status,
+            "status_text": report.status_text,
+            "progress": report.progress,
+            "message": report.message,
+            "done": report.done,
+            "failed": report.failed,
+            "pdf_url": reverse("report_pdf", args=[job_id]) if report.ready else None,
+        }
+    )
+
+
+@require_GET
+def report_pdf(request: HttpRequest, job_id: UUID) -> FileResponse:
+    report = _report_or_404(job_id)
+    pdf = read_pdf(report.job_id) if report.ready else None
+    if pdf is None:
+        raise Http404("the report has no PDF (yet)")
+    name = f"report-user-{report.user_id}.pdf" if report.user_id is not None else "report.pdf"
+    return FileResponse(io.BytesIO(pdf), as_attachment=True, filename=name, content_type="application/pdf")
