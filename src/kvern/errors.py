@@ -8,9 +8,12 @@ KvernError
 ├── JobNotFound          no job has the id (or id prefix) given
 ├── StartError           a part of the platform did not become healthy
 ├── BrokerAdminError     an administrative broker command failed
-├── StoreUnavailable     the job store cannot be reached
-└── PublishError         the broker did not confirm a message
-    └── BacklogFull      the queue is at its length limit (reject-publish)
+├── SubmitError          a submission is refused before anything is recorded (status, code: as the job API)
+├── JobFailed            a job awaited through its handle ended failed, dead or cancelled
+└── Unavailable          kvern cannot take the job now; try again later (the job API's 503)
+    ├── StoreUnavailable the job store cannot be reached
+    └── PublishError     the broker did not confirm a message
+        └── BacklogFull  the queue is at its length limit (reject-publish)
 PermanentError           raised by a task: fail the job now, do not retry (not a KvernError: user-facing)
 """
 
@@ -49,11 +52,38 @@ class BrokerAdminError(KvernError):
     """An administrative command against the broker failed."""
 
 
-class StoreUnavailable(KvernError):
+class SubmitError(KvernError):
+    """A submission refused before anything was recorded: unknown task, arguments that do not bind or do not fit
+    the spec's [limits], a reused idempotency key. `status` and `code` are what the job API answers for it."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class JobFailed(KvernError):
+    """The job ended without a result: `status` is failed, dead or cancelled; `error` is the job's last error."""
+
+    def __init__(self, job_id: str, status: str, error: str | None) -> None:
+        super().__init__(f"job {job_id} ended {status}" + (f": {error}" if error else ""))
+        self.job_id = job_id
+        self.status = status
+        self.error = error
+
+
+class Unavailable(KvernError):
+    """The job could not be taken now (store or broker away, queue full); nothing was kept: retry later."""
+
+    status = 503
+
+
+class StoreUnavailable(Unavailable):
     """The job store cannot be reached."""
 
 
-class PublishError(KvernError):
+class PublishError(Unavailable):
     """The broker did not confirm a message in time."""
 
 

@@ -1,14 +1,15 @@
-"""Publisher contract, run over both publishers against the machine's RabbitMQ (guest on 127.0.0.1:5672).
+"""Publisher contract, run over every publisher against the machine's RabbitMQ (guest on 127.0.0.1:5672).
 
-The web heads' `JobPublisher` (aio-pika) and the relay's `KombuPublisher` (kombu) must put the same message on
-the queue: a Celery worker decodes headers and body, and must not be able to tell who sent a job. Each test uses
-its own queue, deleted afterwards.
+The web heads' `JobPublisher` (aio-pika), the relay's `KombuPublisher` (kombu) and the app's
+`ConfirmingPublisher` (kombu, `kvern.submit`) must put the same message on the queue: a Celery worker decodes
+headers and body, and must not be able to tell who sent a job. Each test uses its own queue, deleted afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,10 +19,17 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.message import Message
 
-from kvern.broker.message import BlockingPublisherProtocol, JobPublisherProtocol, job_message
+from kvern.broker.confirming import ConfirmingPublisher
+from kvern.broker.message import (
+    BlockingPublisherProtocol,
+    JobPublisherProtocol,
+    OneJobPublisherProtocol,
+    job_message,
+)
 from kvern.broker.publisher import JobPublisher
 from kvern.broker.relay import KombuPublisher
 from kvern.constants import KVERN_JOB_HEADER
+from kvern.errors import PublishError
 from kvern.jobs.memory import MemoryJobStore
 from kvern.jobs.records import Job, NewJob
 from tests.integration.conftest import SYSTEM_BROKER
@@ -47,7 +55,20 @@ def _publish_blocking(job: Job, store: MemoryJobStore) -> None:
     publisher.publish_jobs([job], store)
 
 
-PUBLISHERS: dict[str, Publish] = {"aio-pika": _publish_async, "kombu": _publish_blocking}
+def _publish_confirming(job: Job, store: MemoryJobStore) -> None:
+    publisher: OneJobPublisherProtocol = ConfirmingPublisher(SYSTEM_BROKER)
+    try:
+        publisher.publish(job)
+    finally:
+        publisher.close()
+    store.mark_published([job.id])  # the submission core marks the job once publish returned (enqueue/core.py)
+
+
+PUBLISHERS: dict[str, Publish] = {
+    "aio-pika": _publish_async,
+    "kombu": _publish_blocking,
+    "kombu-confirming": _publish_confirming,
+}
 
 
 @pytest.fixture
@@ -110,7 +131,7 @@ def test_a_published_job_is_a_celery_task_message_and_marked_published(name: str
     assert published is not None and published.published_at is not None
 
 
-def test_both_publishers_put_the_same_message_on_the_queue(queue: str) -> None:
+def test_every_publisher_puts_the_same_message_on_the_queue(queue: str) -> None:
     # given one recorded job
     store = MemoryJobStore()
     job = _recorded(store, queue)
@@ -122,6 +143,37 @@ def test_both_publishers_put_the_same_message_on_the_queue(queue: str) -> None:
         seen[name] = _as_a_worker_sees_it(_take(queue))
 
     # then a worker receives the very same message from both, the one broker/message.py builds
-    assert seen["aio-pika"] == seen["kombu"]
+    assert seen["aio-pika"] == seen["kombu"] == seen["kombu-confirming"]
     expected = job_message(job)
     assert seen["kombu"]["headers"] == expected.headers and seen["kombu"]["body"] == expected.body
+
+
+def test_the_confirming_publisher_replaces_a_kept_connection_that_died(queue: str) -> None:
+    # given: a publisher whose kept connection the broker dropped meanwhile (a restart, an idle timeout)
+    store = MemoryJobStore()
+    publisher = ConfirmingPublisher(SYSTEM_BROKER)
+    try:
+        publisher.publish(_recorded(store, queue))
+        kept = publisher._idle[0].connection.connection  # the socket the broker would close
+        kept.sock.shutdown(socket.SHUT_RDWR)
+        # when: it publishes again
+        job = _recorded(store, queue)
+        publisher.publish(job)
+    finally:
+        publisher.close()
+    # then: the message went out on a new connection, once
+    assert _take(queue).headers["id"] != job.id
+    assert _take(queue).headers["id"] == job.id
+
+
+def test_the_confirming_publisher_refuses_to_call_an_unroutable_job_sent() -> None:
+    # given: a job for a queue the broker does not have
+    store = MemoryJobStore()
+    job = _recorded(store, f"kvern-test-missing-{uuid.uuid4().hex}")
+    publisher = ConfirmingPublisher(SYSTEM_BROKER)
+    try:
+        # then: the broker returns it (mandatory), and the publish fails rather than looking confirmed
+        with pytest.raises(PublishError, match="NO_ROUTE"):
+            publisher.publish(job)
+    finally:
+        publisher.close()

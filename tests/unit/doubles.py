@@ -36,6 +36,27 @@ class StubPublisher:
         return None
 
 
+class StubBlockingPublisher:
+    """A OneJobPublisherProtocol (the app's blocking publisher) that records what would be published; can be told
+    to fail like a broker that is down or full."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str, str]] = []  # (job id, task, queue)
+        self.failure: Exception | None = None
+        self.while_unconfirmed: Callable[[str], None] | None = None  # what happens before the confirm is lost
+        self.closed = False
+
+    def publish(self, job: Job) -> None:
+        if self.while_unconfirmed is not None:
+            self.while_unconfirmed(job.id)
+        if self.failure is not None:
+            raise self.failure
+        self.published.append((job.id, job.task, job.queue))
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class FixedPolicy:
     """A ScalingPolicy that wants `target` processes (within the pool's bounds) whatever the signals."""
 

@@ -97,7 +97,7 @@ async def test_a_response_that_cannot_be_built_leaves_nothing_recorded_or_publis
     def unrenderable(*_args: Any) -> Any:
         raise RuntimeError("cannot render")
 
-    monkeypatch.setattr("kvern.api.app.job_body", unrenderable)
+    monkeypatch.setattr("kvern.enqueue.core.job_body", unrenderable)  # the submission core renders the answer
     response = await client.post("/api/v1/jobs", json={"task": "api_tasks.add", "args": [1]})
     assert response.status_code == 500
     assert publisher.published == []

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "kvern.cli": 5,
     "kvern.report": 5,
     "kvern.api": 4,
+    "kvern.enqueue": 4,  # the submission core shared by the job API and the app's own code (kvern.submit)
     "kvern.runtime": 4,
     "kvern.controller": 4,
     "kvern.client": 4,  # the HTTP client of the job API that `kvern submit` uses

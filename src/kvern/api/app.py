@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from kvern.api.batching import JobInserter
 from kvern.api.browsers import OriginGuard
 from kvern.api.docs import install_docs
 from kvern.api.downloads import artifact_response
+from kvern.api.head_ports import HeadPorts
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
 from kvern.api.openapi import install_openapi, job_links
@@ -46,11 +46,11 @@ from kvern.constants import (
     ROLE_WEB,
     SUBJECT_PATTERN,
 )
+from kvern.enqueue.core import accept, run_async
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
-from kvern.jobs.records import Job, NewJob
 from kvern.jobs.states import REPLAYABLE, JobStatus
-from kvern.jobs.store import IdempotencyConflict, JobStore
+from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body, job_summary, job_url
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec
@@ -94,43 +94,10 @@ class WebHead:
         return cls(spec, catalog, JobStore(config.store_url), publisher, config.front_door_port)
 
     async def submit(self, submission: Submission, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
-        """Record and publish a job; returns the answer's body and whether the job is new."""
-        policy = self.spec.policy(submission.task)
-        new = NewJob(
-            id=str(uuid.uuid4()),
-            task=submission.task,
-            queue=self.spec.queue_for(submission.task),
-            args=submission.args,
-            kwargs=submission.kwargs,
-            max_attempts=policy.retries + 1,
-            idempotency_key=idempotency_key,
-            request_hash=submission.request_hash,
-            subject=submission.subject,
-        )
-        if idempotency_key is None:
-            job = await self.inserter.create(new)  # group commit with the submissions arriving meanwhile
-        else:
-            job, created = await run_in_threadpool(self.store.create_job, new)
-            if not created:
-                return job_body(job), False
-        body = await self._render_or_withdraw(job)  # before publishing: once it is published, the answer is 202
-        try:
-            await self.publisher.publish(job)
-        except PublishError:
-            # Never confirmed: withdraw the record so a 503 leaves nothing behind. If a worker claimed the job
-            # meanwhile, the message did reach the broker after all: the job is accepted.
-            if await run_in_threadpool(self.store.withdraw, job.id):
-                raise
-            log.info("job %s: confirm lost but a worker already claimed it; accepted", job.id)
-        self.marker.add(job.id)
-        return body, True
-
-    async def _render_or_withdraw(self, job: Job) -> dict[str, Any]:
-        try:
-            return job_body(job)
-        except Exception:
-            await run_in_threadpool(self.store.withdraw, job.id)
-            raise
+        """Record and publish a job (enqueue/core.py's rules); returns the answer's body and whether it is new."""
+        ports = HeadPorts(self.store, self.publisher, self.inserter, self.marker)
+        accepted = await run_async(accept(self.spec, submission, idempotency_key), ports)
+        return accepted.body, accepted.created
 
 
 def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -352,8 +319,8 @@ async def _submit(request: Request, idempotency_key: str | None) -> Response:
         return json_error(exc.status, exc.code, exc.message)
     try:
         answer, created = await head.submit(submission, idempotency_key)
-    except IdempotencyConflict as exc:
-        return json_error(409, "idempotency_conflict", str(exc))
+    except SubmissionError as exc:  # an idempotency key used before with another request (409)
+        return json_error(exc.status, exc.code, exc.message)
     return JSONResponse(answer, status_code=202 if created else 200, headers={"Location": job_url(answer["id"])})
 
 

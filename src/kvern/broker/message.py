@@ -1,8 +1,9 @@
 """The one task message kvern publishes for a job, and the publishers' Protocols.
 
-Both publishers build their message here, so what a Celery worker decodes never depends on who sent it: the web
-heads' asynchronous `JobPublisher` (broker/publisher.py, aio-pika) and the blocking `KombuPublisher`
-(broker/relay.py: the outbox relay, stuck-job recovery and `kvern dlq replay`). The message follows Celery's task
+Every publisher builds its message here, so what a Celery worker decodes never depends on who sent it: the web
+heads' asynchronous `JobPublisher` (broker/publisher.py, aio-pika), the blocking `KombuPublisher`
+(broker/relay.py: the outbox relay, stuck-job recovery and `kvern dlq replay`), and the app's blocking
+`ConfirmingPublisher` (broker/confirming.py: `kvern.submit`, `.delay()`). The message follows Celery's task
 protocol 2, so the user's plain Celery workers consume it unchanged. Free of any AMQP client: a module that only
 needs the message does not load one. tests/integration/test_publishers.py is the contract over both.
 """
@@ -90,4 +91,16 @@ class BlockingPublisherProtocol(Protocol):
     def publish_jobs(self, jobs: Sequence[Job], store: JobStoreProtocol) -> None:
         """Publish each job's message in order and mark it published in `store` once the broker confirmed it;
         a failure raises (the jobs not yet confirmed stay unpublished, for the outbox relay to retry)."""
+        ...
+
+
+class OneJobPublisherProtocol(Protocol):
+    """The app's publisher (blocking, shared by threads): one job at a time, each confirmed (broker/confirming.py)."""
+
+    def publish(self, job: Job) -> None:
+        """Return once the broker confirmed the job's message; raise PublishError or BacklogFull otherwise."""
+        ...
+
+    def close(self) -> None:
+        """Release the connections."""
         ...

@@ -22,6 +22,7 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 
 from kvern.broker.admin import queue_depths
+from kvern.broker.confirming import publish_confirmed
 from kvern.broker.message import job_message
 from kvern.broker.topology import dead_letter_queue
 from kvern.constants import DEFAULT_TIME_LIMIT_S
@@ -52,20 +53,7 @@ class KombuPublisher:
         with Connection(self.broker_url, connect_timeout=3, transport_options={"confirm_publish": True}) as conn:
             producer = Producer(conn.channel())
             for job in jobs:
-                message = job_message(job)
-                producer.publish(
-                    message.body,
-                    routing_key=message.queue,
-                    exchange="",
-                    headers=message.headers,
-                    content_type=message.content_type,
-                    content_encoding=message.content_encoding,
-                    correlation_id=message.correlation_id,
-                    delivery_mode=message.delivery_mode,
-                    priority=message.priority,
-                    mandatory=True,
-                    serializer=None,
-                )
+                publish_confirmed(producer, job_message(job))
                 store.mark_published([job.id])
 
 

@@ -1,0 +1,139 @@
+"""The one submission core: record a validated job durably, publish it with the broker's confirm, withdraw the
+record when the confirm never came, mark it published.
+
+The rules are written once, as a generator of `Step`s (each one thing to do with the store or the broker);
+a driver performs them, blocking (`run_blocking`: `kvern.submit`, `.delay()`) or awaiting (`run_async`: the
+job API's web heads, with their group commit and aio-pika publisher). A port that raises has its error thrown
+back into the rules at the step that asked for it, so the rules alone decide what a failure means.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Generator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from kvern.enqueue.validation import Submission
+from kvern.errors import PublishError, SubmitError
+from kvern.jobs.base import IdempotencyConflict
+from kvern.jobs.records import Job, NewJob
+from kvern.jobs.views import job_body
+from kvern.spec import Spec
+
+log = logging.getLogger("kvern.enqueue")
+
+Port = Literal["record", "publish", "withdraw", "mark_published"]
+
+
+@dataclass(frozen=True)
+class Step:
+    port: Port
+    argument: Any
+
+
+@dataclass(frozen=True)
+class Accepted:
+    job: Job
+    body: dict[str, Any]  # the job as the API answers it
+    created: bool  # False: an idempotency key named a job made before
+
+
+class BlockingPorts(Protocol):
+    def record(self, new: NewJob) -> tuple[Job, bool]:
+        """Record the job durably; (job, created) as JobStoreProtocol.create_job."""
+        ...
+
+    def publish(self, job: Job) -> None:
+        """Return once the broker confirmed the job's message; raise PublishError otherwise."""
+        ...
+
+    def withdraw(self, job_id: str) -> bool:
+        """As JobStoreProtocol.withdraw."""
+        ...
+
+    def mark_published(self, job_id: str) -> None:
+        """Note the confirm (now or soon after)."""
+        ...
+
+
+class AsyncPorts(Protocol):
+    def record(self, new: NewJob) -> Awaitable[tuple[Job, bool]]: ...
+    def publish(self, job: Job) -> Awaitable[None]: ...
+    def withdraw(self, job_id: str) -> Awaitable[bool]: ...
+    def mark_published(self, job_id: str) -> Awaitable[None]: ...
+
+
+Rules = Generator[Step, Any, Accepted]
+
+
+def new_job(spec: Spec, submission: Submission, idempotency_key: str | None) -> NewJob:
+    return NewJob(
+        id=str(uuid.uuid4()),
+        task=submission.task,
+        queue=spec.queue_for(submission.task),
+        args=submission.args,
+        kwargs=submission.kwargs,
+        max_attempts=spec.policy(submission.task).retries + 1,
+        idempotency_key=idempotency_key,
+        request_hash=submission.request_hash,
+        subject=submission.subject,
+    )
+
+
+def accept(spec: Spec, submission: Submission, idempotency_key: str | None) -> Rules:
+    """The rules of accepting one validated submission."""
+    try:
+        job, created = yield Step("record", new_job(spec, submission, idempotency_key))
+    except IdempotencyConflict as exc:
+        raise SubmitError(409, "idempotency_conflict", str(exc)) from None
+    if not created:
+        return Accepted(job, job_body(job), created=False)
+    try:
+        body = job_body(job)  # before publishing: once it is published, the job is accepted
+    except Exception:
+        yield Step("withdraw", job.id)
+        raise
+    try:
+        yield Step("publish", job)
+    except PublishError:
+        # Never confirmed: withdraw the record so the refusal leaves nothing behind. If a worker claimed the job
+        # meanwhile, the message did reach the broker after all: the job is accepted.
+        if (yield Step("withdraw", job.id)):
+            raise
+        log.info("job %s: confirm lost but a worker already claimed it; accepted", job.id)
+    yield Step("mark_published", job.id)
+    return Accepted(job, body, created=True)
+
+
+def run_blocking(rules: Rules, ports: BlockingPorts) -> Accepted:
+    answer: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            step = rules.send(answer) if failure is None else rules.throw(failure)
+        except StopIteration as done:
+            accepted: Accepted = done.value
+            return accepted
+        answer, failure = None, None
+        try:
+            answer = getattr(ports, step.port)(step.argument)
+        except Exception as exc:
+            failure = exc
+
+
+async def run_async(rules: Rules, ports: AsyncPorts) -> Accepted:
+    answer: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            step = rules.send(answer) if failure is None else rules.throw(failure)
+        except StopIteration as done:
+            accepted: Accepted = done.value
+            return accepted
+        answer, failure = None, None
+        try:
+            answer = await getattr(ports, step.port)(step.argument)
+        except Exception as exc:
+            failure = exc
