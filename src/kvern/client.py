@@ -9,7 +9,7 @@ from typing import Any
 import click
 import httpx
 
-from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, RET_CONNECT, RET_FAILURE, RET_OK
+from kvern.constants import API_PREFIX, IDEMPOTENCY_HEADER, RET_CONNECT, RET_FAILURE, RET_OK, SERVED_API_PREFIX
 from kvern.jobs.states import TERMINAL, JobStatus
 
 POLL_INTERVAL_S = 0.3
@@ -41,14 +41,17 @@ def submit_and_follow(
     wait: bool,
     idempotency_key: str | None,
     subject: str | None = None,
+    api_prefix: str = SERVED_API_PREFIX,
 ) -> int:
+    """Submit through the front door at `base_url`, whose job API is under `api_prefix` (web.api_prefix)."""
+    jobs = f"{api_prefix}{API_PREFIX.removeprefix(SERVED_API_PREFIX)}/jobs"
     body = {"task": task, "args": [parse_value(a) for a in args], "kwargs": parse_kwargs(kwargs)}
     if subject is not None:
         body["subject"] = subject
     headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else {}
     with httpx.Client(base_url=base_url, timeout=10) as client:
         try:
-            response = client.post(f"{API_PREFIX}/jobs", json=body, headers=headers)
+            response = client.post(jobs, json=body, headers=headers)
         except httpx.HTTPError as exc:
             click.echo(f"kvern: front door unreachable: {exc}", err=True)
             return RET_CONNECT
@@ -59,16 +62,16 @@ def submit_and_follow(
         click.echo(f"job {job['id']} {job['status']}")
         if not wait:
             return RET_OK
-        job = follow(client, job["id"])
+        job = follow(client, job["id"], jobs)
     click.echo(json.dumps(job, indent=2))
     return RET_OK if job["status"] == JobStatus.SUCCEEDED else RET_FAILURE
 
 
-def follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
+def follow(client: httpx.Client, job_id: str, jobs: str = f"{API_PREFIX}/jobs") -> dict[str, Any]:
     with click.progressbar(length=100, label=f"job {job_id[:8]}") as bar:
         shown = 0
         while True:
-            job: dict[str, Any] = client.get(f"{API_PREFIX}/jobs/{job_id}").json()
+            job: dict[str, Any] = client.get(f"{jobs}/{job_id}").json()
             bar.update(job["progress"] - shown)
             shown = job["progress"]
             if job["status"] in TERMINAL:

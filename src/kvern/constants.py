@@ -33,6 +33,8 @@ ROLE_ADMIN: Final = "admin"
 ORIGINAL_RUN_ATTR: Final = "_kvern_original_run"
 
 # HTTP.
+# Where the API heads serve the job API; the front door maps the public `[web] api_prefix` onto it.
+SERVED_API_PREFIX: Final = "/api"
 API_PREFIX: Final = "/api/v1"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 MAX_BODY_BYTES: Final = 1024 * 1024
@@ -51,6 +53,7 @@ SQLITE_FILE: Final = "jobs.sqlite3"
 LOG_DIR: Final = "logs"
 PINS_FILE: Final = "pins.json"  # pools pinned by `kvern scale POOL N`, read by the autoscaler
 DESIRED_FILE: Final = "autoscale.json"  # the autoscaler's latest wish per pool, shown by `kvern status`
+WEB_HEADS_FILE: Final = "web_heads.json"  # which color of web heads nginx sends requests to, and how many
 
 # Environment passed to every child process.
 ENV_STATE_DIR: Final = "KVERN_STATE_DIR"
@@ -61,4 +64,9 @@ PROGRAM_NGINX: Final = "nginx"
 PROGRAM_CONTROLLER: Final = "controller"
 WEB_GROUP: Final = "web"
 MAX_WEB_HEADS: Final = 16  # web program slots rendered once at `up`: web.heads and `scale web` stay within
+# Blue/green: every web head slot exists in two colors; a reload starts the idle color, then nginx switches to it.
+WEB_COLORS: Final = 2
+WEB_SLOTS: Final = MAX_WEB_HEADS * WEB_COLORS  # color c's heads are slots c * MAX_WEB_HEADS + 0, 1, ...
+APP_GROUP: Final = "app"  # with [web] app: the team's own app, one process beside each job API head
+HEAD_GRACEFUL_SHUTDOWN_S: Final = 20  # an app head finishes its requests in flight within this after SIGTERM
 POOL_GROUP_PREFIX: Final = "pool-"

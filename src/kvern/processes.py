@@ -5,7 +5,8 @@ them needs to know that Supervisor runs them. `runtime/supervisor.py`'s `Supervi
 `ProcessRunner`; tests/unit/test_process_runner.py is the contract, run over it and the unit tests' stub.
 
 Names: a pool's worker slots are programs `pool-<pool>-<i>` in group `pool-<pool>`; web heads are `web-<i>` in
-group `web`; other programs (broker, nginx, controller) are their own group.
+group `web` (the job API) and, with `[web] app`, `app-<i>` in group `app` (the team's app); other programs
+(broker, nginx, controller) are their own group.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from kvern.constants import POOL_GROUP_PREFIX, WEB_GROUP
+from kvern.constants import APP_GROUP, POOL_GROUP_PREFIX, WEB_GROUP
 
 WEB_PROGRAM_PREFIX = "web-"
+APP_PROGRAM_PREFIX = "app-"
 
 
 class ProcessState(StrEnum):
@@ -62,10 +64,21 @@ def web_slot(index: int) -> str:
     return f"{WEB_GROUP}:{web_program_name(index)}"
 
 
+def app_program_name(index: int) -> str:
+    return f"{APP_PROGRAM_PREFIX}{index}"
+
+
+def app_slot(index: int) -> str:
+    """The runner's full name of the team's app beside web head `index`."""
+    return f"{APP_GROUP}:{app_program_name(index)}"
+
+
 def slot_index(group: str, name: str) -> int | None:
-    """The index of a pool or web slot from its group and program name; None for any other program."""
+    """The index of a pool, web or app slot from its group and program name; None for any other program."""
     if group == WEB_GROUP:
         prefix = WEB_PROGRAM_PREFIX
+    elif group == APP_GROUP:
+        prefix = APP_PROGRAM_PREFIX
     elif group.startswith(POOL_GROUP_PREFIX):
         prefix = f"{group}-"
     else:
@@ -85,7 +98,7 @@ class ProcessInfo:
     group: str
     state: ProcessState
     pid: int | None  # None while not running
-    slot: int | None  # the slot's index for a pool's worker or a web head, else None
+    slot: int | None  # the slot's index for a pool's worker, a web head or an app head, else None
 
     @property
     def full_name(self) -> str:

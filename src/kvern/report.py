@@ -9,10 +9,12 @@ from kvern.autoscale.loop import read_desired
 from kvern.broker.admin import queue_depths
 from kvern.broker.relay import find_stuck
 from kvern.constants import ROLE_ADMIN
+from kvern.errors import RuntimeStateError
 from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
-from kvern.processes import RUNNING_STATES, ProcessInfo, ProcessState, pool_group
+from kvern.processes import RUNNING_STATES, ProcessInfo, ProcessState, app_slot, pool_group, web_slot
 from kvern.runtime.instance import Instance, front_door_url
+from kvern.runtime.web_heads import load_live
 from kvern.spec import PoolSpec
 
 
@@ -43,6 +45,22 @@ def _pool_report(
     }
 
 
+def _web_heads_report(instance: Instance, processes: list[ProcessInfo]) -> dict[str, Any] | None:
+    """The heads nginx sends requests to, and how many of their job API and app processes run."""
+    try:
+        live = load_live(instance.state_dir)
+    except RuntimeStateError:
+        return None
+    running = {p.full_name for p in processes if p.state in RUNNING_STATES}
+    return {
+        "serving": live.count,
+        "slots": list(live.slots),
+        "api_running": sum(web_slot(slot) in running for slot in live.slots),
+        "app": instance.spec.web.app,
+        "app_running": sum(app_slot(slot) in running for slot in live.slots) if live.app else None,
+    }
+
+
 def collect_status(instance: Instance) -> dict[str, Any]:
     config = instance.runtime()
     store = JobStore(config.store_url)
@@ -52,6 +70,7 @@ def collect_status(instance: Instance) -> dict[str, Any]:
     report = {
         "front_door": front_door_url(config) if config.only.web else None,
         "state_dir": str(instance.state_dir),
+        "web_heads": _web_heads_report(instance, processes) if config.only.web else None,
         "processes": [
             {"name": p.name, "group": p.group, "state": p.state.value, "pid": p.pid}
             for p in processes
@@ -67,8 +86,18 @@ def collect_status(instance: Instance) -> dict[str, Any]:
     return report
 
 
+def _web_heads_lines(heads: dict[str, Any] | None) -> list[str]:
+    if not heads:
+        return []
+    line = f"web heads: {heads['serving']} serving, job API running on {heads['api_running']}"
+    if heads["app"]:
+        line += f", app {heads['app']} running on {heads['app_running']}"
+    return [line]
+
+
 def render_status(report: dict[str, Any]) -> str:
-    lines = [f"front door: {report['front_door'] or '(not run here)'}", "", "processes:"]
+    lines = [f"front door: {report['front_door'] or '(not run here)'}", *_web_heads_lines(report.get("web_heads"))]
+    lines += ["", "processes:"]
     lines += [f"  {p['name']:<24} {p['state']:<10} pid {p['pid'] or '-'}" for p in report["processes"]]
     lines += ["", "queues:"]
     lines += [

@@ -172,16 +172,16 @@ async def test_an_allowed_origin_gets_cors_answers(cors_api: httpx.AsyncClient) 
 
 
 def test_the_front_door_port_stands_in_for_the_port_nginx_leaves_out_of_host() -> None:
-    assert is_same_origin("http://127.0.0.1:8080", "127.0.0.1", 8080)
-    assert not is_same_origin("http://127.0.0.1:3000", "127.0.0.1", 8080)
-    assert is_same_origin("http://127.0.0.1:8080", "127.0.0.1:8080", None)
-    assert not is_same_origin("http://127.0.0.1:8080", "localhost", 8080)
-    assert not is_same_origin("http://127.0.0.1:x", "127.0.0.1", 8080)
+    assert is_same_origin("http://127.0.0.1:8080", "127.0.0.1", {8080})
+    assert not is_same_origin("http://127.0.0.1:3000", "127.0.0.1", {8080})
+    assert is_same_origin("http://127.0.0.1:8080", "127.0.0.1:8080", {None})
+    assert not is_same_origin("http://127.0.0.1:8080", "localhost", {8080})
+    assert not is_same_origin("http://127.0.0.1:x", "127.0.0.1", {8080})
     # a site served under its own name by a proxy on the default port: the page's origin has no port
-    assert is_same_origin("http://shop.test", "shop.test", 8080)
-    assert is_same_origin("https://shop.test", "shop.test", 8080)
-    assert not is_same_origin("http://shop.test:3000", "shop.test", 8080)
-    assert not is_same_origin("https://evil.example", "shop.test", 8080)
+    assert is_same_origin("http://shop.test", "shop.test", {8080})
+    assert is_same_origin("https://shop.test", "shop.test", {8080})
+    assert not is_same_origin("http://shop.test:3000", "shop.test", {8080})
+    assert not is_same_origin("https://evil.example", "shop.test", {8080})
 
 
 @pytest.mark.parametrize("bad", ['"*"', '"https://app.example.com/"', '"app.example.com"', "1"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvern.api.app import WebHead
-from kvern.constants import MAX_WEB_HEADS, ROLE_WEB, RUNTIME_FILE, WEB_GROUP
+from kvern.constants import MAX_WEB_HEADS, ROLE_WEB, RUNTIME_FILE, WEB_COLORS, WEB_GROUP
 from kvern.errors import SpecError
 from kvern.runtime.programs import build_programs
 from kvern.runtime_config import RuntimeConfig, snapshot_spec
@@ -128,6 +128,7 @@ def test_every_web_head_the_spec_allows_has_a_rendered_program(project: Path, tm
     raw = {"app": {"tasks": "t"}, "web": {"heads": MAX_WEB_HEADS}, "pools": [{"name": "main"}]}
     spec = parse_spec(raw, project)
     rendered = [p for p in build_programs(spec, config, None) if p.name.startswith(f"{WEB_GROUP}-")]
-    assert len(rendered) == spec.web.heads == MAX_WEB_HEADS
+    # every head of both colors (blue/green reloads)
+    assert len(rendered) == spec.web.heads * WEB_COLORS == MAX_WEB_HEADS * WEB_COLORS
     with pytest.raises(SpecError, match=r"web\.heads"):
         parse_spec(raw | {"web": {"heads": MAX_WEB_HEADS + 1}}, project)

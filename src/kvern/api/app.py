@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -25,6 +26,7 @@ from kvern.api.head_ports import HeadPorts
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
 from kvern.api.openapi import install_openapi, job_links
+from kvern.api.public_prefix import PublicPrefix
 from kvern.api.published import PublishedMarker
 from kvern.api.submission import Submission, SubmissionError, parse_submission
 from kvern.api.views import (
@@ -51,7 +53,8 @@ from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import JobStore
-from kvern.jobs.views import history_view, job_body, job_summary, job_url
+from kvern.jobs.views import history_view, job_body, job_summary, job_url, public_path
+from kvern.runtime.web_heads import app_heads_answering
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec
 
@@ -77,6 +80,7 @@ class WebHead:
     store: JobStoreProtocol
     publisher: JobPublisherProtocol
     front_door_port: int | None = None  # the origin's port, which nginx's Host header leaves out
+    state_dir: Path | None = None  # where the app heads' sockets are found; None: no app heads to check
     marker: PublishedMarker = field(init=False)
     metrics: ApiMetrics = field(init=False)
     inserter: JobInserter = field(init=False)
@@ -91,7 +95,7 @@ class WebHead:
         spec = config.spec()
         _, catalog = load_user_app(spec)
         publisher = JobPublisher(config.broker_urls[ROLE_WEB])
-        return cls(spec, catalog, JobStore(config.store_url), publisher, config.front_door_port)
+        return cls(spec, catalog, JobStore(config.store_url), publisher, config.front_door_port, config.state_path)
 
     async def submit(self, submission: Submission, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
         """Record and publish a job (enqueue/core.py's rules); returns the answer's body and whether it is new."""
@@ -125,6 +129,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         dependencies=[Depends(require_json_body)],
     )
     app.add_middleware(OriginGuard)
+    app.add_middleware(PublicPrefix)
     install_docs(app, OPENAPI_URL)
     install_openapi(app, lambda: list(_head_of(app).catalog.names()))
     _install_error_handlers(app)
@@ -296,7 +301,7 @@ def _install_job_routes(app: FastAPI) -> None:
         following = None
         if len(jobs) == limit:
             query = f"limit={limit}&before={jobs[-1].created_at!r}" + (f"&status={status.value}" if status else "")
-            following = f"{API_PREFIX}/jobs?{query}"
+            following = public_path(f"{API_PREFIX}/jobs?{query}")
         return JSONResponse({"jobs": [job_summary(job) for job in jobs], "next": following})
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/artifacts/{{name}}", responses=ERRORS)
@@ -440,8 +445,14 @@ def _install_health_routes(app: FastAPI) -> None:
             store = True
         except StoreUnavailable:
             store = False
-        status = 200 if broker and store else 503
-        return JSONResponse({"broker": broker, "store": store}, status_code=status)
+        body: dict[str, Any] = {"broker": broker, "store": store}
+        healthy = broker and store
+        if head.spec.web.app is not None and head.state_dir is not None:
+            # The app sees the Host the client used, so an app that checks it (Django's ALLOWED_HOSTS) answers.
+            answering, expected = await app_heads_answering(head.state_dir, request.headers.get("host", "localhost"))
+            body["app_heads"] = {"answering": answering, "expected": expected}
+            healthy = healthy and answering > 0
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/api/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSE)
     async def metrics(request: Request) -> Response:

@@ -8,7 +8,7 @@ CORSMiddleware; any other gets 403 `origin_not_allowed` before the API sees the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kvern.api.views import error_body
 from kvern.constants import IDEMPOTENCY_HEADER
+from kvern.spec import WebSpec
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 CORS_METHODS = ("GET", "POST", "DELETE")
@@ -27,10 +28,12 @@ CORS_EXPOSED_HEADERS = ("Location", "Retry-After")
 CORS_MAX_AGE_S = 600
 
 
-def is_same_origin(origin: str, host: str | None, front_door_port: int | None, scheme: str = "http") -> bool:
+def is_same_origin(
+    origin: str, host: str | None, front_door_ports: Collection[int | None], scheme: str = "http"
+) -> bool:
     """Whether `origin` is the site the request was sent to (its Host). nginx passes `$host`, which drops the
-    port: then the origin's port may be the front door's own, or its scheme's default (a proxy on 80/443 in
-    front of kvern, serving `web.server_name`)."""
+    port: then the origin's port may be one the front door listens on (the local door, web.listen, web.tls),
+    or its scheme's default (a proxy on 80/443 in front of kvern, serving `web.server_name`)."""
     asked, served = urlsplit(origin), urlsplit(f"//{host or ''}")
     if asked.scheme not in DEFAULT_PORTS or not asked.hostname or asked.hostname != served.hostname:
         return False
@@ -41,7 +44,20 @@ def is_same_origin(origin: str, host: str | None, front_door_port: int | None, s
         return False
     if served_port is not None:
         return asked_port == served_port
-    return asked_port in {front_door_port, DEFAULT_PORTS[asked.scheme], DEFAULT_PORTS.get(scheme, 80)}
+    return asked_port in {*front_door_ports, DEFAULT_PORTS[asked.scheme], DEFAULT_PORTS.get(scheme, 80)}
+
+
+def front_door_ports(web: WebSpec, local_door_port: int | None) -> frozenset[int | None]:
+    """Every port a page of this site may be served on."""
+    tls = web.tls.listen if web.tls else ()
+    return frozenset({local_door_port, *(address.port for address in (*web.listen, *tls))})
+
+
+def request_scheme(scope: Scope) -> str:
+    """The scheme the browser used: nginx, the only client of a web head's socket, always sets
+    X-Forwarded-Proto to its `$scheme` (overwriting a client's own)."""
+    forwarded = Headers(scope=scope).get("x-forwarded-proto")
+    return forwarded if forwarded in DEFAULT_PORTS else str(scope["scheme"])
 
 
 class OriginGuard:
@@ -59,7 +75,8 @@ class OriginGuard:
             return
         head = scope["app"].state.head
         allowed: Sequence[str] = head.spec.web.cors_origins
-        if is_same_origin(origin, Headers(scope=scope).get("host"), head.front_door_port, scope["scheme"]):
+        ports = front_door_ports(head.spec.web, head.front_door_port)
+        if is_same_origin(origin, Headers(scope=scope).get("host"), ports, request_scheme(scope)):
             await self.app(scope, receive, send)
         elif origin.lower() in allowed:
             await self._cors_app(allowed)(scope, receive, send)

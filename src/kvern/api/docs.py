@@ -15,6 +15,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from kvern.jobs.views import public_path
+
 DOCS_URL = "/api/docs"
 ASSETS_URL = f"{DOCS_URL}/assets"
 ASSETS_PACKAGE = "swagger_ui"
@@ -32,12 +34,13 @@ def install_docs(app: FastAPI, openapi_url: str) -> None:
 
     @app.get(DOCS_URL, include_in_schema=False)
     async def docs() -> HTMLResponse:
+        assets = public_path(ASSETS_URL)  # the page is read under web.api_prefix
         return get_swagger_ui_html(
-            openapi_url=openapi_url,
+            openapi_url=public_path(openapi_url),
             title=f"{app.title} - docs",
-            swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{ASSETS_URL}/favicon-32x32.png",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon-32x32.png",
             # Swagger UI would otherwise fetch a validity badge from validator.swagger.io.
             swagger_ui_parameters={"validatorUrl": None},
         )

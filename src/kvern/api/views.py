@@ -55,9 +55,15 @@ class DeadJobView(JobView):
     history: list[dict[str, Any]]  # one entry per attempt: every field of the attempt, times in ISO 8601
 
 
+class AppHeadsHealthView(BaseModel):
+    answering: int  # app heads that gave an HTTP answer just now
+    expected: int  # app heads nginx sends requests to
+
+
 class HealthView(BaseModel):
     broker: bool
     store: bool
+    app_heads: AppHeadsHealthView | None = None  # with `[web] app` only
 
 
 class ErrorBody(BaseModel):

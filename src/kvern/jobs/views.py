@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from urllib.parse import quote
 
 from pydantic_core import to_jsonable_python
 
-from kvern.constants import API_PREFIX
+from kvern.constants import API_PREFIX, SERVED_API_PREFIX
 from kvern.jobs.records import Attempt, Job
 
 log = logging.getLogger("kvern.api")
@@ -28,8 +29,18 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
 
 
+# The public prefix of the request being answered: the links the API hands out (a job's `url`, `Location`,
+# the next page) are the paths a browser or client uses at the front door. Set per request by the API head.
+public_api_prefix: ContextVar[str] = ContextVar("public_api_prefix", default=SERVED_API_PREFIX)
+
+
+def public_path(path: str) -> str:
+    """A path the API heads serve (under /api/), as the front door's clients reach it (under web.api_prefix)."""
+    return public_api_prefix.get() + path.removeprefix(SERVED_API_PREFIX)
+
+
 def job_url(job_id: str) -> str:
-    return f"{API_PREFIX}/jobs/{job_id}"
+    return public_path(f"{API_PREFIX}/jobs/{job_id}")
 
 
 def job_fields(job: Job) -> dict[str, Any]:

@@ -35,13 +35,15 @@ from kvern.constants import (
 )
 from kvern.errors import AlreadyRunning, RuntimeStateError, SpecError, StartError
 from kvern.jobs.store import JobStore
-from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessState, pool_slot, web_slot
+from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessState, pool_slot
 from kvern.runtime import nginx
 from kvern.runtime.leftovers import stop_leftovers
 from kvern.runtime.programs import build_programs
 from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode, build_definitions
 from kvern.runtime.supervisor import Supervisor, render_supervisord_conf
+from kvern.runtime.upstreams import app_socket
+from kvern.runtime.web_heads import LiveHeads, publish_live
 from kvern.runtime_config import RuntimeConfig, snapshot_spec
 from kvern.spec import Spec, Tiers, check_config_path
 from kvern.worker.check import ERROR_MARKER
@@ -149,9 +151,8 @@ class Instance:
             node.prepare(_broker_definitions(self.spec, config))  # users and vhost are loaded by the node as it boots
         run_web, pools = only.web, only.pools_of(self.spec)
         if run_web:
-            nginx.write_config(
-                self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads, self.spec.web
-            )
+            publish_live(self.state_dir, self.first_heads)  # the upstreams nginx.conf includes
+            nginx.write_config(self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web)
         programs = build_programs(self.spec, config, node)
         supervisor = self.supervisor
         supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs))
@@ -173,8 +174,8 @@ class Instance:
         """The broker boots (autostarted) while web heads import and the store's schema is made; then the rest."""
         supervisor = self.supervisor
         if run_web:  # a web head connects to the broker on its first request, not at start
-            for index in range(self.spec.web.heads):
-                supervisor.start(web_slot(index), wait=False)
+            for name in self.first_heads.programs():
+                supervisor.start(name, wait=False)
         JobStore(config.store_url).create_schema()
         progress.mark("job store")
         if node is not None:
@@ -243,6 +244,11 @@ class Instance:
             extra={f"broker_{k}_port": str(v) for k, v in ports.items()},
         )
 
+    @property
+    def first_heads(self) -> LiveHeads:
+        """The web heads `up` starts: the spec's number, of the first color."""
+        return LiveHeads(color=0, count=self.spec.web.heads, app=self.spec.web.app is not None)
+
     # -- down -------------------------------------------------------------------------------------------
 
     @property
@@ -306,23 +312,47 @@ def private_sqlite_files(database: Path) -> None:
 
 
 def check_user_app(spec: Spec) -> None:
-    """Load the user's tasks module in a child process, as a worker would; a failure is a `SpecError`."""
-    command = [sys.executable, "-m", "kvern.worker.check", str(spec.path)]
-    try:
-        result = subprocess.run(
-            command, cwd=spec.root, capture_output=True, text=True, timeout=USER_APP_CHECK_TIMEOUT_S, check=False
+    """Load the user's code in child processes, as a worker and an app head would: the tasks module and, with
+    `[web] app`, the web app (both at once). A failure is a `SpecError` in one line, the tasks module's first."""
+    checks = [
+        (f"app.tasks: loading {spec.tasks_module!r}", [sys.executable, "-m", "kvern.worker.check", str(spec.path)])
+    ]
+    if spec.web.app is not None:
+        checks.append(
+            (
+                f"web.app: loading {spec.web.app!r}",
+                [sys.executable, "-m", "kvern.runtime.app_head", "--check", str(spec.path)],
+            )
         )
+    children = [
+        (what, subprocess.Popen(command, cwd=spec.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        for what, command in checks
+    ]
+    deadline = time.monotonic() + USER_APP_CHECK_TIMEOUT_S
+    try:
+        failures = [_check_failure(what, child, deadline) for what, child in children]
+    finally:
+        for _what, child in children:
+            child.kill()  # after a timeout: the others are not waited for
+            child.wait()
+    first = next((failure for failure in failures if failure is not None), None)
+    if first is not None:
+        raise SpecError(first)
+
+
+def _check_failure(what: str, child: subprocess.Popen[str], deadline: float) -> str | None:
+    """The one line a check child reports, or None when it loaded the code."""
+    try:
+        _out, stderr = child.communicate(timeout=max(deadline - time.monotonic(), 0.1))
     except subprocess.TimeoutExpired:
-        raise SpecError(
-            f"app.tasks: loading {spec.tasks_module!r} did not finish in {USER_APP_CHECK_TIMEOUT_S:.0f}s"
-        ) from None
-    if result.returncode == 0:
-        return
-    reported = [line for line in result.stderr.splitlines() if line.startswith(ERROR_MARKER)]
+        return f"{what} did not finish in {USER_APP_CHECK_TIMEOUT_S:.0f}s"
+    if child.returncode == 0:
+        return None
+    reported = [line for line in stderr.splitlines() if line.startswith(ERROR_MARKER)]
     if reported:
-        raise SpecError(reported[-1].removeprefix(ERROR_MARKER))
-    last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-    raise SpecError(f"app.tasks: loading {spec.tasks_module!r} failed (exit {result.returncode}): {last}")
+        return reported[-1].removeprefix(ERROR_MARKER)
+    last = (stderr.strip().splitlines() or ["no output"])[-1]
+    return f"{what} failed (exit {child.returncode}): {last}"
 
 
 RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S = 1800.0
@@ -347,9 +377,9 @@ def front_door_url(config: RuntimeConfig) -> str:
     return f"http://127.0.0.1:{config.front_door_port}"
 
 
-def _front_door_healthy(config: RuntimeConfig) -> bool:
+def _front_door_healthy(config: RuntimeConfig, api_prefix: str) -> bool:
     try:
-        response = httpx.get(f"{front_door_url(config)}/api/health", timeout=2)
+        response = httpx.get(f"{front_door_url(config)}{api_prefix}/health", timeout=2)
     except httpx.HTTPError:
         return False
     return response.status_code == 200
@@ -406,8 +436,9 @@ class _Waiting:
     ) -> None:
         self.instance, self.config, self.run_web, self.progress = instance, config, run_web, progress
         self.pools = {pool: {pool_slot(pool, i) for i in range(minimum)} for pool, minimum in pools}
-        heads = instance.spec.web.heads if run_web else 0
-        self.heads = [nginx.web_socket(instance.state_dir, i) for i in range(heads)]
+        heads = instance.first_heads if run_web else LiveHeads(0, 0, app=False)
+        self.heads = [nginx.web_socket(instance.state_dir, slot) for slot in heads.slots]
+        self.app_heads = [app_socket(instance.state_dir, slot) for slot in heads.slots] if heads.app else []
         self.nginx_started = False
 
     def step(self) -> bool:
@@ -418,18 +449,24 @@ class _Waiting:
         pools_up = all(f"pool {pool}" in self.progress.done for pool in self.pools)
         if not self.run_web:
             return pools_up
-        if not self.nginx_started and all(_socket_listening(path) for path in self.heads):
+        if not self.nginx_started and all(_socket_listening(path) for path in self.heads + self.app_heads):
             # nginx only once the heads listen: connection errors before that would count against max_fails.
             self.progress.mark("web heads", f"up, {len(self.heads)} listening")
+            if self.app_heads:
+                self.progress.mark("app heads", f"up, {len(self.app_heads)} listening ({self.instance.spec.web.app})")
             self.instance.supervisor.start(PROGRAM_NGINX, wait=False)
             self.nginx_started = True
-        if self.nginx_started and "front door" not in self.progress.done and _front_door_healthy(self.config):
+        if self.nginx_started and "front door" not in self.progress.done and self._front_door_healthy():
             self.progress.mark("front door", f"healthy at {front_door_url(self.config)}")
         return pools_up and "front door" in self.progress.done
 
+    def _front_door_healthy(self) -> bool:
+        return _front_door_healthy(self.config, self.instance.spec.web.api_prefix)  # the API's public path
+
     def left(self) -> str:
         pools = [f"pool {pool}" for pool in self.pools if f"pool {pool}" not in self.progress.done]
-        web = [] if not self.run_web else [p for p in ("web heads", "front door") if p not in self.progress.done]
+        parts = ("web heads", "app heads", "front door") if self.app_heads else ("web heads", "front door")
+        web = [] if not self.run_web else [p for p in parts if p not in self.progress.done]
         return ", ".join(pools + web) or "nothing"
 
 

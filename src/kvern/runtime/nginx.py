@@ -1,4 +1,4 @@
-"""The front door: nginx's config rendered from a template, and its upstream of web heads."""
+"""The front door: nginx's config rendered from a template (its upstreams of web heads: runtime/upstreams.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,25 @@ import grp
 import hashlib
 import os
 import pwd
+import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
 
-from kvern.constants import MAX_BODY_BYTES
+from kvern.constants import MAX_BODY_BYTES, SERVED_API_PREFIX
 from kvern.errors import StartError
-from kvern.files import atomic_write
-from kvern.spec import WebSpec, check_config_path, check_static_dir
+from kvern.spec import (
+    API_PREFIX_PATTERN,
+    HTTPS_PORT,
+    Address,
+    WebSpec,
+    check_config_path,
+    check_static_dir,
+    parse_address,
+)
 
 NGINX_BINARY_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 # nginx's own limit sits a little above the app's, so the app answers 413 with its JSON error first.
@@ -88,13 +97,11 @@ def _checked(path: Path, what: str = "state dir") -> Path:
     return check_config_path(path, what, StartError)
 
 
-def render_upstream(state_dir: Path, heads: int) -> str:
-    servers = "\n".join(
-        f'    server "unix:{_checked(web_socket(state_dir, i))}" weight=10 max_fails=3 fail_timeout=10s;'
-        for i in range(heads)
-    )
-    return f"upstream kvern_web_heads {{\n    least_conn;\n{servers}\n    keepalive 64;\n}}\n"
-
+# HSTS on every HTTPS answer (Mozilla's value, two years). A map, not a server-level add_header alone: a location
+# with an add_header of its own inherits none from its server, so each of those repeats this line; on plain HTTP
+# (the local door) the value is empty and nginx sends no header.
+HSTS_MAX_AGE = "max-age=63072000"
+HSTS_HEADER = "add_header Strict-Transport-Security $kvern_hsts always;"
 
 # The static site's headers. The CSP allows the page's own scripts, styles and API calls only: no inline
 # script or style, no framing (clickjacking), no plugins, no <base> rewriting, forms post to this origin.
@@ -102,15 +109,23 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-SECURITY_HEADERS = "\n".join(
-    f"            add_header {name} {value} always;"
-    for name, value in (
-        ("X-Content-Type-Options", "nosniff"),
-        ("X-Frame-Options", "DENY"),
-        ("Referrer-Policy", "no-referrer"),
-        ("Content-Security-Policy", f'"{CONTENT_SECURITY_POLICY}"'),
-    )
+STATIC_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy", f'"{CONTENT_SECURITY_POLICY}"'),
 )
+# With the team's app, its static files (CSS, JS, images) get only what is safe for any site: the page's CSP
+# and referrer policy are the app's to set (its templates may need inline scripts or other origins), and a CSP
+# on the static files would not protect its pages anyway.
+APP_STATIC_HEADERS = STATIC_HEADERS[:2]
+
+
+def _headers(pairs: tuple[tuple[str, str], ...], indent: str = "            ") -> str:
+    return "\n".join([*(f"{indent}add_header {name} {value} always;" for name, value in pairs), indent + HSTS_HEADER])
+
+
+SECURITY_HEADERS = _headers(STATIC_HEADERS)
 
 
 def _static_block(static_dir: Path | None) -> str:
@@ -127,11 +142,72 @@ def _static_block(static_dir: Path | None) -> str:
     )
 
 
+NO_DOTFILES = """\
+        # Dotfiles and dot-folders (.git, .env, .kvern) are never served, whatever the static folder holds.
+        location ~ /\\. {
+            default_type application/json;
+            return 404 '{"error": {"code": "not_found", "message": "not found"}}';
+        }"""
+
+# The team's app behind its heads. Its own answers, errors included, go to the browser as they are (no
+# proxy_intercept_errors); only when no head answers does nginx say so, as a plain page. A request is retried
+# on another head only on a connection error or timeout, and a POST (not idempotent) never once it was sent:
+# nginx's default without `non_idempotent`.
+APP_PROXY = """            proxy_pass http://kvern_app_heads;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # $http_host keeps the port, so the app's absolute URLs (redirects, build_absolute_uri) keep it too.
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            # Django: SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https"); nginx always overwrites it.
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_connect_timeout 2s;
+            proxy_send_timeout 60s;
+            proxy_read_timeout 60s;
+            proxy_next_upstream error timeout;
+            proxy_next_upstream_tries 3;
+            # A location's error_page replaces its server's: the front door's own refusals are repeated here.
+            error_page 413 = @too_large;
+            error_page 429 = @too_many;
+            error_page 502 503 504 = @app_unavailable;"""
+
+APP_UNAVAILABLE = f"""        location @app_unavailable {{
+            default_type text/plain;
+            add_header Retry-After 2 always;
+            {HSTS_HEADER}
+            return 503 "The site is unavailable for a moment; please try again shortly.\\n";
+        }}"""
+
+
+def _app_block(static_dir: Path | None) -> str:
+    """`location /` when the team's app runs: static files first (when there is a static folder), then the app;
+    paths with a dotfile or dot-folder go to the app (e.g. /.well-known/), never to the static folder."""
+    if static_dir is None:
+        site = f"        location / {{\n{APP_PROXY}\n        }}"
+    else:
+        site = (
+            f'        location / {{\n            root "{_checked(static_dir, "app.static")}";\n'
+            f"            try_files $uri $uri/index.html @app;\n{_headers(APP_STATIC_HEADERS)}\n        }}\n"
+            f"        location @app {{\n{APP_PROXY}\n        }}"
+        )
+    dotfiles = f"        location ~ /\\. {{\n{APP_PROXY}\n        }}"
+    return f"{dotfiles}\n\n{site}\n{APP_UNAVAILABLE}"
+
+
+def _site_block(static_dir: Path | None, web: WebSpec) -> str:
+    """Everything outside the job API: the static site (as before the app existed), or the team's app."""
+    if web.app is None:
+        return f"{NO_DOTFILES}\n\n{_static_block(static_dir)}"
+    return _app_block(static_dir)
+
+
 # Over a limit: the JSON error shape, and when to try again (the rate refills every second).
 TOO_MANY = """        error_page 429 = @too_many;
         location @too_many {
             default_type application/json;
             add_header Retry-After 1 always;
+            add_header Strict-Transport-Security $kvern_hsts always;
             return 429 '{"error": {"code": "too_many_requests", "message": "too many requests from this address"}}';
         }"""
 
@@ -181,32 +257,161 @@ def _user_directive() -> str:
     return f"user {account.user} {account.group};" if account else ""
 
 
+# Mozilla's "intermediate" TLS configuration (ssl-config.mozilla.org, nginx 1.22, OpenSSL 3): TLS 1.2 and 1.3,
+# AEAD ciphers with forward secrecy, the client's order (each picks what its hardware does fastest), no session
+# tickets (their key never rotates in nginx). ECDHE only: the generator's DHE suites would need a dhparam file,
+# and every client the intermediate profile targets has ECDHE.
+TLS_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+def _tls_settings(web: WebSpec) -> str:
+    """http-level: every server listening on an HTTPS address (the app's and the 421 one) has the certificate."""
+    if web.tls is None:
+        return ""
+    lines = (
+        f'ssl_certificate "{_checked(web.tls.cert, "web.tls.cert")}";',
+        f'ssl_certificate_key "{_checked(web.tls.key, "web.tls.key")}";',
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+        "ssl_ecdh_curve X25519:prime256v1:secp384r1;",
+        f"ssl_ciphers {TLS_CIPHERS};",
+        "ssl_prefer_server_ciphers off;",
+        "ssl_session_cache shared:kvern_tls:10m;",
+        "ssl_session_timeout 1d;",
+        "ssl_session_tickets off;",
+    )
+    return "\n".join(f"    {line}" for line in lines)
+
+
+def local_door(port: int) -> Address:
+    """Where kvern itself (health checks, `kvern submit`, tests) reaches the front door: plain HTTP on loopback."""
+    return Address("127.0.0.1", port)
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """The front door's addresses by role: `app` serves the site and the API, `redirect` only sends browsers to
+    HTTPS (web.listen, when there is TLS), `tls` are the HTTPS ones among `app`."""
+
+    app: tuple[Address, ...]
+    redirect: tuple[Address, ...]
+    tls: tuple[Address, ...]
+
+    @property
+    def every(self) -> tuple[Address, ...]:
+        return (*self.app, *self.redirect)
+
+
+def listeners(web: WebSpec, port: int) -> Listeners:
+    door = local_door(port)
+    public = tuple(a for a in web.listen if a != door)  # the local door is always there, once
+    if web.tls is None:
+        return Listeners((door, *public), (), ())
+    if door in web.tls.listen:
+        raise StartError(f"web.tls.listen: {door} is kvern's own plain HTTP address (web.port); use another port")
+    return Listeners((door, *web.tls.listen), public, web.tls.listen)
+
+
+def _listen(address: Address, tls: bool, default: bool = False) -> str:
+    params = " ssl http2" if tls else ""
+    if default:
+        # Options of the socket itself go on one listen per address. [::] with ipv6only never clashes with
+        # 0.0.0.0 on the same port (nginx's default, written out since both may be listed).
+        params += " default_server" + (" ipv6only=on" if address.host == "::" else "")
+    return f"        listen {address}{params};"
+
+
+def _default_listens(where: Listeners) -> str:
+    return "\n".join(_listen(a, a in where.tls, default=True) for a in where.every)
+
+
+def _app_listens(where: Listeners) -> str:
+    return "\n".join(_listen(a, a in where.tls) for a in where.app)
+
+
+def _redirect_server(where: Listeners, server_names: str, web: WebSpec) -> str:
+    """With TLS, web.listen answers every request of a known Host with a permanent redirect to HTTPS."""
+    if not where.redirect:
+        return ""
+    https_port = where.tls[0].port
+    suffix = "" if https_port == HTTPS_PORT else f":{https_port}"
+    listens = "\n".join(_listen(a, tls=False) for a in where.redirect)
+    return f"""
+    server {{
+{listens}
+        server_name {server_names};
+{_limit_conn(web)}
+        location / {{
+            return 301 https://$host{suffix}$request_uri;
+        }}
+{REFUSED}
+    }}
+"""
+
+
+def _api_proxy_pass(web: WebSpec) -> str:
+    """The API heads serve under /api/. Under that prefix nginx passes the request URI as the client sent it;
+    under another one it replaces the prefix (in the normalized URI, escaped again: the API's ids and artifact
+    names hold no `/`, so nothing is lost)."""
+    if web.api_prefix == SERVED_API_PREFIX:
+        return "proxy_pass http://kvern_web_heads;"
+    return f"proxy_pass http://kvern_web_heads{SERVED_API_PREFIX}/;"
+
+
+def _check_rendered(web: WebSpec, where: Listeners) -> None:
+    """What goes into nginx.conf unquoted is checked again here, whoever built the WebSpec (the spec parser
+    refuses the same values with the field's name): an address or prefix must not open a directive."""
+    if not API_PREFIX_PATTERN.match(web.api_prefix):
+        raise StartError(f"web.api_prefix: {web.api_prefix!r} cannot be written into nginx.conf")
+    for address in where.every:
+        if not isinstance(address.port, int):
+            raise StartError(f"web.listen: {address!r} has no port number")
+        parse_address(str(address), "web.listen")
+
+
 def render_config(state_dir: Path, port: int, static_dir: Path | None, web: WebSpec | None = None) -> str:
     web = web or WebSpec()
+    where = listeners(web, port)
+    _check_rendered(web, where)
+    server_names = " ".join(dict.fromkeys([*LOOPBACK_NAMES, *web.server_name]))
     template = Template(resources.files("kvern.runtime").joinpath("templates/nginx.conf").read_text())
     return template.substitute(
         user_directive=_user_directive(),
         worker_processes=NGINX_WORKER_PROCESSES,
         state_dir=_checked(state_dir),
         temp_dir=_checked(front_dir(state_dir) / "nginx"),
-        port=port,
-        server_names=" ".join(dict.fromkeys([*LOOPBACK_NAMES, *web.server_name])),
+        tls_settings=_tls_settings(web),
+        hsts=HSTS_MAX_AGE,
+        hsts_header=HSTS_HEADER,
+        default_listens=_default_listens(where),
+        app_listens=_app_listens(where),
+        redirect_server=_redirect_server(where, server_names, web),
+        server_names=server_names,
+        api_prefix=web.api_prefix,
+        api_proxy_pass=_api_proxy_pass(web),
         limit_zones=_limit_zones(web),
         limit_req=_limit_req(web),
         limit_conn=_limit_conn(web),
         too_many=TOO_MANY,
         refused=REFUSED,
         client_max_body_size=FRONT_DOOR_BODY_LIMIT,
-        static_block=_static_block(static_dir),
+        site_block=_site_block(static_dir, web),
     )
 
 
-def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int, web: WebSpec | None = None) -> Path:
-    """Write nginx.conf and upstream.conf and make the web heads' socket dir; returns the main config's path."""
+def write_config(state_dir: Path, port: int, static_dir: Path | None, web: WebSpec | None = None) -> Path:
+    """Write nginx.conf and make the web heads' socket dir; returns the main config's path.
+
+    The upstream.conf it includes is runtime/upstreams.py's to write, before this (`nginx -t` reads it).
+    The new nginx.conf replaces the old one only once `nginx -t` accepts it (a certificate that does not parse
+    or a key that does not match it is refused here, in one line, before anything starts or is reloaded)."""
     if static_dir is not None:
         check_static_dir(static_dir, state_dir.resolve(), "the state dir")
     path = config_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
+    (state_dir / "logs").mkdir(exist_ok=True)  # nginx -t opens the error log
     account = worker_account()
     front = front_dir(state_dir)
     if account is not None:
@@ -217,9 +422,42 @@ def write_config(state_dir: Path, port: int, static_dir: Path | None, heads: int
         (front / "nginx" / name).mkdir(exist_ok=True)
     if account is not None and static_dir is not None:
         static_dir = _publish_static(static_dir, front / "static", account)
-    write_upstream(state_dir, heads)
-    path.write_text(render_config(state_dir, port, static_dir, web))
+    candidate = path.with_name("nginx.conf.new")
+    candidate.write_text(render_config(state_dir, port, static_dir, web))
+    try:
+        check_config(candidate, web or WebSpec())
+    except StartError:
+        candidate.unlink()
+        raise
+    candidate.replace(path)
     return path
+
+
+NGINX_TEST_TIMEOUT_S = 30
+# "2026/12/01 08:25:10 [emerg] 27275#27275: cannot load certificate ..." -> what follows the pid.
+NGINX_REFUSAL = re.compile(r"\[(?:emerg|alert|crit)\] [0-9#]+: (.*)$")
+
+
+def check_config(config: Path, web: WebSpec) -> None:
+    """`nginx -t` on a rendered config; StartError with nginx's own reason (one line) if it refuses it."""
+    try:
+        done = subprocess.run(
+            [*nginx_command(config), "-t", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=NGINX_TEST_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise StartError(f"nginx -t did not finish in {NGINX_TEST_TIMEOUT_S}s") from None
+    if done.returncode == 0:
+        return
+    found = (NGINX_REFUSAL.search(line) for line in done.stderr.splitlines())
+    reason = next((match.group(1) for match in found if match), "") or done.stderr.strip().replace("\n", " ")
+    tls = web.tls
+    if tls is not None and (str(tls.cert) in reason or str(tls.key) in reason or "SSL" in reason):
+        raise StartError(f"web.tls: nginx cannot use the certificate and key: {reason}")
+    raise StartError(f"front door: nginx refuses its config: {reason or f'exit code {done.returncode}'}")
 
 
 def _make_group_dir(folder: Path, account: WorkerAccount | None, parents: bool = False) -> None:
@@ -255,10 +493,6 @@ def remove_front_dir(state_dir: Path) -> None:
     front = front_dir(state_dir)
     if front != state_dir:
         shutil.rmtree(front, ignore_errors=True)
-
-
-def write_upstream(state_dir: Path, heads: int) -> None:
-    atomic_write(config_path(state_dir).parent / "upstream.conf", render_upstream(state_dir, heads))
 
 
 def nginx_command(config: Path) -> list[str]:

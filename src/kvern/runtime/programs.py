@@ -6,23 +6,27 @@ import sys
 from pathlib import Path
 
 from kvern.constants import (
+    APP_GROUP,
     ENV_STATE_DIR,
-    MAX_WEB_HEADS,
+    HEAD_GRACEFUL_SHUTDOWN_S,
     PROGRAM_BROKER,
     PROGRAM_CONTROLLER,
     PROGRAM_NGINX,
     WEB_GROUP,
+    WEB_SLOTS,
 )
-from kvern.processes import pool_group, pool_program_name, web_program_name
+from kvern.processes import app_program_name, pool_group, pool_program_name, web_program_name
 from kvern.runtime.nginx import config_path, nginx_command, web_socket
 from kvern.runtime.rabbitmq import PrivateNode
 from kvern.runtime.supervisor import ProgramConfig
+from kvern.runtime.upstreams import app_socket
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import PoolSpec, Spec
 
 # Priorities order start-up and, reversed, shut-down: the front door stops first, the broker last.
 PRIORITY_BROKER, PRIORITY_POOLS, PRIORITY_WEB, PRIORITY_CONTROLLER, PRIORITY_NGINX = 10, 20, 30, 40, 50
 STOP_MARGIN_S = 15
+HEAD_STOP_MARGIN_S = 5  # a head finishes its requests in flight within its graceful shutdown, then exits
 
 
 def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None) -> list[ProgramConfig]:
@@ -34,7 +38,10 @@ def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None
     for pool in config.only.pools_of(spec):
         programs += _pool_programs(pool, spec, env)
     if config.only.web:
-        programs += [_web_program(state, i, env, spec.root) for i in range(MAX_WEB_HEADS)]
+        # Every slot of both colors (runtime/web_heads.py): scaling and reloads start and stop them.
+        programs += [_web_program(state, slot, env, spec.root) for slot in range(WEB_SLOTS)]
+        if spec.web.app is not None:
+            programs += [_app_program(state, slot, env, spec.root) for slot in range(WEB_SLOTS)]
         programs.append(
             ProgramConfig(
                 PROGRAM_NGINX,
@@ -82,6 +89,18 @@ def _web_program(state: Path, index: int, env: dict[str, str], root: Path) -> Pr
         directory=root,
         priority=PRIORITY_WEB,
         stopwaitsecs=25,
+    )
+
+
+def _app_program(state: Path, slot: int, env: dict[str, str], root: Path) -> ProgramConfig:
+    return ProgramConfig(
+        app_program_name(slot),
+        [sys.executable, "-m", "kvern.runtime.app_head", str(app_socket(state, slot))],
+        group=APP_GROUP,
+        environment=env,
+        directory=root,  # the team's app is importable from the spec's folder, and may open files relative to it
+        priority=PRIORITY_WEB,
+        stopwaitsecs=HEAD_GRACEFUL_SHUTDOWN_S + HEAD_STOP_MARGIN_S,
     )
 
 

@@ -1,0 +1,174 @@
+"""`python -m kvern.runtime.app_head SOCKET`: one app head, the team's own web app (`[web] app`) on a unix socket.
+
+A WSGI app (Django's `application`, Flask's `app`) runs under gunicorn, the server most Python teams already
+run such apps on, with its `gthread` worker: one worker process with a pool of threads, so one slow view does
+not hold up the head's other requests, and kept-alive connections from nginx wait in the worker's poller
+instead of taking a thread. An ASGI app (FastAPI, Starlette, Django's ASGI handler) runs under uvicorn, as the
+job API's heads do. Either way the socket is bound here, owner and group only (runtime/web_head.py's
+`bind_socket`), and handed to the server already bound: neither server's own bind would keep it that narrow.
+On SIGTERM both stop taking connections and finish the requests in flight (`HEAD_GRACEFUL_SHUTDOWN_S`).
+
+`python -m kvern.runtime.app_head --check SPEC` is what `kvern up` runs in a child process first: it imports
+the app as a head would and says in one line, after `ERROR_MARKER`, why it cannot be served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import socket
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from gunicorn.app.base import BaseApplication
+
+from kvern.constants import HEAD_GRACEFUL_SHUTDOWN_S, RET_SPEC
+from kvern.errors import SpecError
+from kvern.runtime.web_head import bind_socket
+from kvern.runtime_config import RuntimeConfig
+from kvern.spec import Spec, load_spec
+from kvern.worker.check import ERROR_MARKER
+
+WSGI, ASGI = "wsgi", "asgi"
+# One process per head (kvern runs several heads), threads inside it for views that wait on I/O.
+WSGI_WORKERS = 1
+WSGI_THREADS = 8
+WORKER_TIMEOUT_S = 60  # gunicorn replaces a worker whose main loop stops for this long (gthread: not a slow view)
+# nginx keeps idle connections to the heads open for up to 60 s (its upstream keepalive_timeout): the heads keep
+# them longer, so nginx never reuses one that the head is closing at the same moment.
+KEEPALIVE_S = 75
+
+
+def load_web_app(spec: Spec) -> tuple[Any, str]:
+    """The object `web.app` names and its interface (from the spec, else detected); a `SpecError` naming the field
+    when it cannot be served."""
+    assert spec.web.app is not None
+    module_name, _, attribute = spec.web.app.partition(":")
+    root = str(spec.root)
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)  # first: the spec's folder wins over a same-named module elsewhere
+    with _user_code_errors(spec):
+        app: Any = importlib.import_module(module_name)
+    for name in attribute.split("."):
+        try:
+            app = getattr(app, name)
+        except AttributeError:
+            raise SpecError(f"web.app: {spec.web.app!r}: {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(app):
+        raise SpecError(f"web.app: {spec.web.app!r} is a {type(app).__name__}, not a WSGI or ASGI application")
+    return app, spec.web.interface or detect_interface(app)
+
+
+def detect_interface(app: Any) -> str:
+    """ASGI when the app (or its `__call__`) is a coroutine function, as Starlette, FastAPI and Django's ASGI
+    handler are; otherwise WSGI, a plain callable(environ, start_response)."""
+    call = app if inspect.isroutine(app) else getattr(app, "__call__", None)  # noqa: B004
+    return ASGI if inspect.iscoroutinefunction(call) else WSGI
+
+
+@contextlib.contextmanager
+def _user_code_errors(spec: Spec) -> Iterator[None]:
+    """Whatever the app's import raises becomes one line: the field, where in the user's code, and the error."""
+    try:
+        yield
+    except (Exception, SystemExit) as exc:  # a settings module may sys.exit("set FOO") when it lacks a value
+        message = (str(exc).strip().splitlines() or [""])[0]
+        error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        raise SpecError(f"web.app: importing {spec.web.app!r} failed{_where(exc, spec.root)}: {error}") from exc
+
+
+def _where(exc: BaseException, root: Path) -> str:
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).is_relative_to(root)]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+def route_delay_through_kvern() -> None:
+    """Make the tasks' `.delay()` in the app's views go through kvern's durable submission path."""
+    if importlib.util.find_spec("kvern.enqueue") is None:  # until the enqueue package lands
+        return
+    install = getattr(importlib.import_module("kvern.enqueue"), "install_in_web_head", None)
+    if install is not None:
+        install()
+
+
+class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
+    """gunicorn run from Python, on a socket already bound, with kvern's settings only (no argv, no config file)."""
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        self.application = app
+        self.options: dict[str, Any] = {
+            "bind": [f"fd://{sock.detach()}"],  # gunicorn adopts the bound socket and closes our descriptor
+            "workers": WSGI_WORKERS,
+            "worker_class": "gthread",
+            "threads": WSGI_THREADS,
+            "graceful_timeout": HEAD_GRACEFUL_SHUTDOWN_S,
+            "timeout": WORKER_TIMEOUT_S,
+            "keepalive": KEEPALIVE_S,
+            "accesslog": None,  # nginx keeps the access log
+            "errorlog": "-",
+            "loglevel": "warning",
+            "umask": 0o077,  # gunicorn's own files (the worker's heartbeat file) are the owner's only
+            "forwarded_allow_ips": "*",  # only nginx can reach the socket: its X-Forwarded-Proto is to be trusted
+            "control_socket_disable": True,  # gunicorn >= 25 would open one under $HOME
+            "post_fork": lambda _server, _worker: route_delay_through_kvern(),  # per process: its own connections
+        }
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self.application
+
+
+def serve(app: Any, interface: str, sock: socket.socket) -> None:
+    if interface == WSGI:
+        GunicornServer(app, sock).run()
+        return
+    route_delay_through_kvern()
+    config = uvicorn.Config(
+        app,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=HEAD_GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=KEEPALIVE_S,
+        proxy_headers=True,
+        forwarded_allow_ips="*",  # as for gunicorn: the client nginx names in X-Forwarded-For is the client
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--check"]:
+        check(Path(argv[1]))
+        return
+    path = Path(argv[0])
+    app, interface = load_web_app(RuntimeConfig.from_environment().spec())
+    sock = bind_socket(path)
+    try:
+        serve(app, interface, sock)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def check(spec_path: Path) -> None:
+    try:
+        load_web_app(load_spec(spec_path))
+    except SpecError as exc:
+        print(f"{ERROR_MARKER}{exc}", file=sys.stderr)
+        sys.exit(RET_SPEC)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
