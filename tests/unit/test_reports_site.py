@@ -45,9 +45,10 @@ class FakeHandle:
     def view(self) -> dict[str, Any]:
         return self.job
 
-    def read_artifact(self, name: str) -> bytes:
-        assert name == "report.pdf"
-        return PDF
+    def artifact(self, name: str) -> tuple[str, bytes]:
+        if name != "report.pdf" or not self.job["artifacts"]:
+            raise KeyError(name)
+        return "application/pdf", PDF
 
 
 @dataclass
@@ -118,7 +119,7 @@ def views() -> Iterator[types.ModuleType]:
 def fake(views: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKvern]:
     fake = FakeKvern()
     monkeypatch.setattr(views.generate_heavy_report, "delay", fake.delay)
-    monkeypatch.setattr(kvern, "job", fake.job, raising=False)
+    monkeypatch.setattr(kvern, "job", fake.job)
     yield fake
 
 

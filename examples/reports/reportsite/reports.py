@@ -77,7 +77,7 @@ def find_report(job_id: str) -> Report | None:
 def read_pdf(job_id: str) -> bytes | None:
     """The PDF of a finished report, or None when there is none (yet)."""
     try:
-        handle = kvern.job(job_id)
-        return bytes(handle.read_artifact(ARTIFACT_NAME))
-    except JobNotFound:
+        _, pdf = kvern.job(job_id).artifact(ARTIFACT_NAME)
+    except (JobNotFound, KeyError):
         return None
+    return pdf

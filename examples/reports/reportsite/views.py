@@ -13,7 +13,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 from tasks import generate_heavy_report
 
-from kvern.errors import PublishError, StoreUnavailable
+import kvern
 from reportsite.forms import ReportForm
 from reportsite.reports import Report, find_report, read_pdf
 
@@ -38,7 +38,7 @@ def request_report(request: HttpRequest) -> HttpResponse:
         return render(request, "reportsite/request.html", {"form": form}, status=400)
     try:
         job = generate_heavy_report.delay(form.cleaned_data["user_id"])
-    except (StoreUnavailable, PublishError) as exc:  # nothing was kept: the person may simply try again
+    except kvern.Unavailable as exc:  # store or broker away, queue full: nothing was kept, so try again later
         log.warning("report of user %s not accepted: %s", form.cleaned_data["user_id"], exc)
         response = render(request, "reportsite/unavailable.html", {"retry_after": RETRY_AFTER}, status=503)
         response["Retry-After"] = str(RETRY_AFTER)
