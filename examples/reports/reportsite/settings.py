@@ -48,6 +48,18 @@ X_FRAME_OPTIONS = "DENY"
 # nginx does both at the front door when [web.tls] is set: HSTS, and the redirect of plain HTTP to HTTPS.
 SILENCED_SYSTEM_CHECKS = ["security.W004", "security.W008"]
 
+# Warnings and errors (a 500's traceback, a refused CSRF check) go to stderr: the head's log (`kvern logs`).
+# Django's default sends them nowhere unless DEBUG is on.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "django": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        "reportsite": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+    },
+}
+
 STATIC_URL = "/"  # nginx serves the static folder at the site's root
 USE_TZ = True
 LANGUAGE_CODE = "en"
