@@ -7,6 +7,8 @@ instead of taking a thread. An ASGI app (FastAPI, Starlette, Django's ASGI handl
 job API's heads do. Either way the socket is bound here, owner and group only (runtime/web_head.py's
 `bind_socket`), and handed to the server already bound: neither server's own bind would keep it that narrow.
 On SIGTERM both stop taking connections and finish the requests in flight (`HEAD_GRACEFUL_SHUTDOWN_S`).
+Before the app is imported, the tasks' `.delay()` and `.apply_async()` are routed through kvern's durable
+submission (`kvern.enqueue.install_in_web_head`): a view that calls them gets a kvern job, recorded and confirmed.
 
 `python -m kvern.runtime.app_head --check SPEC` is what `kvern up` runs in a child process first: it imports
 the app as a head would and says in one line, after `ERROR_MARKER`, why it cannot be served.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import inspect
 import socket
 import sys
@@ -29,6 +30,7 @@ import uvicorn
 from gunicorn.app.base import BaseApplication
 
 from kvern.constants import HEAD_GRACEFUL_SHUTDOWN_S, RET_SPEC
+from kvern.enqueue import install_in_web_head
 from kvern.errors import SpecError
 from kvern.runtime.web_head import bind_socket
 from kvern.runtime_config import RuntimeConfig
@@ -80,6 +82,8 @@ def _user_code_errors(spec: Spec) -> Iterator[None]:
         yield
     except (Exception, SystemExit) as exc:  # a settings module may sys.exit("set FOO") when it lacks a value
         message = (str(exc).strip().splitlines() or [""])[0]
+        if isinstance(exc, SyntaxError) and exc.msg:
+            message = exc.msg  # str(exc) repeats the file and line
         error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
         raise SpecError(f"web.app: importing {spec.web.app!r} failed{_where(exc, spec.root)}: {error}") from exc
 
@@ -89,15 +93,6 @@ def _where(exc: BaseException, root: Path) -> str:
         return f" at {exc.filename}:{exc.lineno}"
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).is_relative_to(root)]
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-
-
-def route_delay_through_kvern() -> None:
-    """Make the tasks' `.delay()` in the app's views go through kvern's durable submission path."""
-    if importlib.util.find_spec("kvern.enqueue") is None:  # until the enqueue package lands
-        return
-    install = getattr(importlib.import_module("kvern.enqueue"), "install_in_web_head", None)
-    if install is not None:
-        install()
 
 
 class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -119,7 +114,6 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
             "umask": 0o077,  # gunicorn's own files (the worker's heartbeat file) are the owner's only
             "forwarded_allow_ips": "*",  # only nginx can reach the socket: its X-Forwarded-Proto is to be trusted
             "control_socket_disable": True,  # gunicorn >= 25 would open one under $HOME
-            "post_fork": lambda _server, _worker: route_delay_through_kvern(),  # per process: its own connections
         }
         super().__init__()
 
@@ -135,7 +129,6 @@ def serve(app: Any, interface: str, sock: socket.socket) -> None:
     if interface == WSGI:
         GunicornServer(app, sock).run()
         return
-    route_delay_through_kvern()
     config = uvicorn.Config(
         app,
         access_log=False,
@@ -153,6 +146,9 @@ def main(argv: list[str]) -> None:
         check(Path(argv[1]))
         return
     path = Path(argv[0])
+    # First, so the tasks the app imports are already routed: their .delay() records and publishes with confirm.
+    # Connections are made on first use, in each process (gunicorn's worker makes its own after the fork).
+    install_in_web_head()
     app, interface = load_web_app(RuntimeConfig.from_environment().spec())
     sock = bind_socket(path)
     try:
