@@ -2,7 +2,8 @@
 serves the example's Django site on its web heads behind nginx.
 
 A person opens the front door, types a user id, clicks "Download report", lands on the report's page, waits
-for the PDF link and downloads the PDF. Every request the page makes stays on 127.0.0.1. The job-API console
+for the PDF link and downloads the PDF; a report that fails and one that does not exist say so. Every request
+the page makes stays on 127.0.0.1. The job-API console
 (static/console/) is checked in the same browser against the same instance.
 
 Without playwright or /usr/bin/chromium the test skips, unless CI=1 or KVERN_REQUIRE_SERVICES=1: then it fails
@@ -15,6 +16,7 @@ import importlib.util
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -24,7 +26,7 @@ import pytest
 from pypdf import PdfReader
 
 from tests.conftest import services_required
-from tests.integration.conftest import REPORTS, Running, reports_spec
+from tests.integration.conftest import REPORTS, Running, reports_spec, submit_report
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Route
@@ -147,6 +149,19 @@ def requests_and_downloads_a_report(page: Page, tmp_path: Path) -> str:
     return page.url
 
 
+def a_failed_report_and_an_unknown_one_say_so(page: Page, front_door: str, failing_job: str) -> None:
+    from playwright.sync_api import expect  # noqa: PLC0415
+
+    page.goto(f"{front_door}/reports/{failing_job}/")
+    expect(page.locator("#failed")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#status")).to_have_text("The report could not be made.")
+    expect(page.locator("#ready")).to_be_hidden()
+
+    unknown = page.goto(f"{front_door}/reports/{uuid.uuid4()}/")
+    assert unknown is not None and unknown.status == 404
+    expect(page.locator("h1")).to_have_text("Not found")
+
+
 def the_job_api_console_still_works(page: Page, front_door: str) -> None:
     """The static job-API page, served at /console/ beside the site, posts to the job API itself."""
     from playwright.sync_api import expect  # noqa: PLC0415
@@ -165,6 +180,8 @@ def test_a_person_asks_for_a_report_and_downloads_the_pdf(
     from playwright.sync_api import expect  # noqa: PLC0415
 
     running = start_instance(write_site(tmp_path / "reports"))
+    with running.client() as client:  # a report the task refuses (seconds out of range): it fails, retries and all
+        failing_job = submit_report(client, 5, seconds=1e6).json()["id"]
     requests = LoopbackOnly()
     page.route("**/*", requests)
     problems: list[str] = []
@@ -175,6 +192,7 @@ def test_a_person_asks_for_a_report_and_downloads_the_pdf(
     expect(page).to_have_title(re.compile("Reports"))
     a_bad_user_id_gets_the_form_back(page)
     report_page = requests_and_downloads_a_report(page, tmp_path)
+    a_failed_report_and_an_unknown_one_say_so(page, running.url, failing_job)
     the_job_api_console_still_works(page, running.url)
 
     # The site's page followed the job through its own status view, and the view agrees with the job API.
@@ -185,5 +203,8 @@ def test_a_person_asks_for_a_report_and_downloads_the_pdf(
         job = client.get(f"/api/v1/jobs/{job_id}").json()
     assert (job["status"], job["args"], job["task"]) == ("succeeded", [USER_ID], "tasks.generate_heavy_report")
     assert requests.foreign == [] and all(url.startswith(running.url + "/") for url in requests.seen)
-    # No script error, no CSP refusal: only the browser's note of the bad user id's 400.
-    assert problems == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
+    # No script error, no CSP refusal: only the browser's notes of the bad user id's 400 and the unknown job's 404.
+    assert problems == [
+        "Failed to load resource: the server responded with a status of 400 (Bad Request)",
+        "Failed to load resource: the server responded with a status of 404 (Not Found)",
+    ]
