@@ -6,7 +6,6 @@ No kvern instance: `generate_heavy_report.delay` and `kvern.job` are stubbed wit
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import sys
 import types
@@ -98,21 +97,20 @@ def views() -> Iterator[types.ModuleType]:
     project's `tasks` module may be loaded)."""
     modules, finalizers = dict(sys.modules), set(_state._on_app_finalizers)
     sys.modules.pop("tasks", None)
-    sys.path.insert(0, str(EXAMPLE_DIR))  # first: earlier tests may have left their projects' folders there
-    os.environ.setdefault("DJANGO_SECRET_KEY", "unit-tests-only-" + uuid.uuid4().hex)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "reportsite.settings"
-    try:
-        django.setup()
-        yield importlib.import_module("reportsite.views")
-    finally:
-        del os.environ["DJANGO_SETTINGS_MODULE"]
-        sys.path.remove(str(EXAMPLE_DIR))
-        _state._on_app_finalizers.intersection_update(finalizers)
-        for name in set(sys.modules) - set(modules):
-            if name == "tasks" or name.startswith("reportsite."):
-                del sys.modules[name]
-        if "tasks" in modules:
-            sys.modules["tasks"] = modules["tasks"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(EXAMPLE_DIR))  # first: earlier tests may have left their projects' folders there
+        patch.setenv("DJANGO_SECRET_KEY", "unit-tests-only-" + uuid.uuid4().hex)  # no key file in the checkout
+        patch.setenv("DJANGO_SETTINGS_MODULE", "reportsite.settings")
+        try:
+            django.setup()
+            yield importlib.import_module("reportsite.views")
+        finally:
+            _state._on_app_finalizers.intersection_update(finalizers)
+            for name in set(sys.modules) - set(modules):
+                if name == "tasks" or name.startswith("reportsite."):
+                    del sys.modules[name]
+            if "tasks" in modules:
+                sys.modules["tasks"] = modules["tasks"]
 
 
 @pytest.fixture
