@@ -2,8 +2,8 @@
 serves the example's Django site on its web heads behind nginx.
 
 A person opens the front door, types a user id, clicks "Download report", lands on the report's page, waits
-for the PDF link and downloads the PDF; a report that fails and one that does not exist say so. Every request
-the page makes stays on 127.0.0.1. The job-API console
+for the PDF link and downloads the PDF; a report that fails and one that does not exist say so, and with the
+broker stopped the form answers "try again" (503). Every request the page makes stays on 127.0.0.1. The job-API console
 (static/console/) is checked in the same browser against the same instance.
 
 Without playwright or /usr/bin/chromium the test skips, unless CI=1 or KVERN_REQUIRE_SERVICES=1: then it fails
@@ -25,6 +25,9 @@ from urllib.parse import urlsplit
 import pytest
 from pypdf import PdfReader
 
+from kvern.constants import PROGRAM_BROKER
+from kvern.jobs.store import JobStore
+from kvern.runtime.supervisor import Supervisor
 from tests.conftest import services_required
 from tests.integration.conftest import REPORTS, Running, reports_spec, submit_report
 
@@ -174,6 +177,27 @@ def the_job_api_console_still_works(page: Page, front_door: str) -> None:
     expect(job.locator("a.download")).to_have_count(1)
 
 
+def a_broker_away_asks_to_try_again(page: Page, running: Running) -> None:
+    """With the broker stopped, kvern cannot take the job: the site answers its 503 page, nothing is recorded."""
+    from playwright.sync_api import expect  # noqa: PLC0415
+
+    supervisor = Supervisor(running.instance.state_dir)
+    store = JobStore(running.config.store_url)
+    before = sum(store.counts_by_status().values())
+    page.goto(running.url + "/")
+    supervisor.stop(PROGRAM_BROKER)
+    try:
+        page.fill("#id_user_id", str(USER_ID))
+        with page.expect_response(lambda response: response.request.method == "POST") as answer:
+            page.get_by_role("button", name="Download report").click()
+        assert answer.value.status == 503 and answer.value.headers["retry-after"] == "5"
+        expect(page.locator("h1")).to_have_text("Please try again in a moment")
+        assert sum(store.counts_by_status().values()) == before
+    finally:
+        supervisor.start(PROGRAM_BROKER)
+        store.close()
+
+
 def test_a_person_asks_for_a_report_and_downloads_the_pdf(
     page: Page, start_instance: Callable[..., Running], tmp_path: Path
 ) -> None:
@@ -194,6 +218,7 @@ def test_a_person_asks_for_a_report_and_downloads_the_pdf(
     report_page = requests_and_downloads_a_report(page, tmp_path)
     a_failed_report_and_an_unknown_one_say_so(page, running.url, failing_job)
     the_job_api_console_still_works(page, running.url)
+    a_broker_away_asks_to_try_again(page, running)
 
     # The site's page followed the job through its own status view, and the view agrees with the job API.
     job_id = report_page.rstrip("/").rsplit("/", 1)[-1]
@@ -203,8 +228,8 @@ def test_a_person_asks_for_a_report_and_downloads_the_pdf(
         job = client.get(f"/api/v1/jobs/{job_id}").json()
     assert (job["status"], job["args"], job["task"]) == ("succeeded", [USER_ID], "tasks.generate_heavy_report")
     assert requests.foreign == [] and all(url.startswith(running.url + "/") for url in requests.seen)
-    # No script error, no CSP refusal: only the browser's notes of the bad user id's 400 and the unknown job's 404.
+    # No script error, no CSP refusal: only the browser's notes of the answers that were meant to be errors.
     assert problems == [
-        "Failed to load resource: the server responded with a status of 400 (Bad Request)",
-        "Failed to load resource: the server responded with a status of 404 (Not Found)",
+        f"Failed to load resource: the server responded with a status of {status}"
+        for status in ("400 (Bad Request)", "404 (Not Found)", "503 (Service Unavailable)")
     ]
