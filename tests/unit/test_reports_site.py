@@ -66,6 +66,8 @@ class FakeKvern:
         return FakeHandle(self.add("queued", user_id=args[0]))
 
     def job(self, job_id: str) -> FakeHandle:
+        if self.refuse_with is not None:
+            raise self.refuse_with
         if job_id not in self.jobs:
             raise JobNotFound(job_id)
         return FakeHandle(self.jobs[job_id])
@@ -182,6 +184,20 @@ def test_kvern_unavailable_on_submit_asks_to_try_again(
     assert response.status_code == 503
     assert response["Retry-After"] == str(views.RETRY_AFTER)
     assert b"try again" in response.content
+
+
+@pytest.mark.parametrize("suffix", ["/", "/status", "/pdf"])
+def test_a_job_store_away_while_reading_a_report_is_503_not_500(
+    client: Client, fake: FakeKvern, views: types.ModuleType, suffix: str
+) -> None:
+    job_id = fake.add("succeeded", pdf=True)["id"]
+    fake.refuse_with = StoreUnavailable("job store unavailable: connection refused")
+    response = client.get(f"/reports/{job_id}{suffix}")
+    assert response.status_code == 503 and response["Retry-After"] == str(views.RETRY_AFTER)
+    if suffix == "/status":
+        assert response.json() == {"error": "reports are unavailable for a moment"}
+    else:
+        assert b"try again" in response.content
 
 
 def test_the_progress_page_follows_the_job_with_a_static_script(client: Client, fake: FakeKvern) -> None:

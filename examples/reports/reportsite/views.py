@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -40,10 +43,34 @@ def request_report(request: HttpRequest) -> HttpResponse:
         job = generate_heavy_report.delay(form.cleaned_data["user_id"])
     except kvern.Unavailable as exc:  # store or broker away, queue full: nothing was kept, so try again later
         log.warning("report of user %s not accepted: %s", form.cleaned_data["user_id"], exc)
-        response = render(request, "reportsite/unavailable.html", {"retry_after": RETRY_AFTER}, status=503)
-        response["Retry-After"] = str(RETRY_AFTER)
-        return response
+        return try_again_later(request)
     return SeeOther(reverse("report_progress", args=[job.id]))
+
+
+def try_again_later(request: HttpRequest, *, as_json: bool = False) -> HttpResponse:
+    if as_json:
+        response: HttpResponse = JsonResponse({"error": "reports are unavailable for a moment"}, status=503)
+    else:
+        response = render(request, "reportsite/unavailable.html", {"retry_after": RETRY_AFTER}, status=503)
+    response["Retry-After"] = str(RETRY_AFTER)
+    return response
+
+
+def unavailable_is_503(*, as_json: bool = False) -> Callable[[Callable[..., Any]], Callable[..., HttpResponse]]:
+    """A view that reads a job: while kvern's job store cannot be reached, it answers 503 rather than 500."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                return view(request, *args, **kwargs)
+            except kvern.Unavailable as exc:
+                log.warning("%s: %s", request.path, exc)
+                return try_again_later(request, as_json=as_json)
+
+        return guarded
+
+    return decorate
 
 
 def _report_or_404(job_id: UUID) -> Report:
@@ -55,12 +82,14 @@ def _report_or_404(job_id: UUID) -> Report:
 
 @require_GET
 @never_cache
+@unavailable_is_503()
 def report_progress(request: HttpRequest, job_id: UUID) -> HttpResponse:
     return render(request, "reportsite/progress.html", {"report": _report_or_404(job_id)})
 
 
 @require_GET
 @never_cache
+@unavailable_is_503(as_json=True)
 def report_status(request: HttpRequest, job_id: UUID) -> JsonResponse:
     report = find_report(str(job_id))
     if report is None:
@@ -80,6 +109,7 @@ def report_status(request: HttpRequest, job_id: UUID) -> JsonResponse:
 
 
 @require_GET
+@unavailable_is_503()
 def report_pdf(request: HttpRequest, job_id: UUID) -> FileResponse:
     report = _report_or_404(job_id)
     pdf = read_pdf(report.job_id) if report.ready else None
