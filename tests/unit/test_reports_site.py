@@ -6,6 +6,7 @@ No kvern instance: `generate_heavy_report.delay` and `kvern.job` are stubbed wit
 from __future__ import annotations
 
 import importlib
+import io
 import re
 import sys
 import types
@@ -335,3 +336,9 @@ def test_a_secret_key_that_cannot_be_made_names_the_way_out(tmp_path: Path, monk
 def test_the_secret_key_file_is_not_committed() -> None:
     ignored = (EXAMPLE_DIR.parents[1] / ".gitignore").read_text().splitlines()
     assert ".django-secret-key" in ignored
+
+
+def test_djangos_deployment_checks_find_no_error(views: types.ModuleType) -> None:
+    from django.core.management import call_command  # noqa: PLC0415 - needs the settings the fixture sets up
+
+    call_command("check", deploy=True, fail_level="ERROR", stdout=io.StringIO(), stderr=io.StringIO())
