@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPORTS_EXAMPLE, Table, log, ms, percentile, ratio, write_results
+from bench.common import Table, log, ms, percentile, ratio, reports_spec_text, write_results
 from bench.cpu import CpuWindow, classifier, cpu_table
 from bench.frontdoor import baseline_front_door
 from bench.httpclient import Result, encode_request, fetch_once, port_of
@@ -117,7 +117,7 @@ def run_baseline(work: Path) -> SpikeRun:
 def run_kvern(work: Path) -> SpikeRun:
     log(f"B1b kvern, reports example spec: {USERS} users, reports of {REPORT_SECONDS:g}s")
     # The 500 users are 500 addresses in life but one here: kvern's per-address limits stay off for them.
-    example = (REPORTS_EXAMPLE / "kvern.toml").read_text().replace("[web]\n", "[web]\nrate = 0\nconnections = 0\n", 1)
+    example = reports_spec_text().replace("[web]\n", "[web]\nrate = 0\nconnections = 0\n", 1)
     spec = write_project(work / "kvern", example, reports=True)
     with kvern_instance(spec, work / "kvern" / ".kvern") as running:
         run = asyncio.run(spike(running.url, running.auth_headers))

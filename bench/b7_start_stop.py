@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import Table, log, median, write_results
+from bench.common import Table, log, median, reports_spec_text, write_results
 from bench.procs import temp_dir, write_project
 from kvern.runtime.instance import owned_pids
 
@@ -27,7 +27,7 @@ RUNS = 5
 COMMAND_TIMEOUT_S = 240.0
 TARGET_UP_S = 8.0
 TARGET_DOWN_S = 4.0
-SPEC = (Path(__file__).resolve().parent.parent / "examples" / "reports" / "kvern.toml").read_text()
+SPEC = reports_spec_text()
 # A progress line: "<part> ready|up, ...|healthy ...|stopped (<seconds>s)", one per part as it is reached.
 PROGRESS = re.compile(r"^\s*(?P<part>.+?) (?:ready|up,|healthy|stopped) .*\((?P<at>\d+\.\d+)s\)\s*$")
 PART_STEPS = ("up (fresh)", "up (restart)", "down")

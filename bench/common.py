@@ -19,7 +19,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPORTS_EXAMPLE = REPO / "examples" / "reports"
+# The static page the benchmarks serve: the example's job-API console (its site's pages are the Django app's).
+REPORTS_STATIC = REPORTS_EXAMPLE / "static" / "console"
 MIB = 1024 * 1024
+
+
+def reports_spec_text() -> str:
+    """The reports example's spec as B1 and B7 measure it: the job API and the static page, without the example's
+    Django site (`[web] app`), so their figures stay comparable with the runs before the site existed."""
+    text = (REPORTS_EXAMPLE / "kvern.toml").read_text()
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("app = "))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

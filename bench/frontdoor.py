@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import REPO, REPORTS_EXAMPLE
+from bench.common import REPO, REPORTS_STATIC
 from bench.procs import ProcessGroup, process_group, spawn
 from kvern.runtime import app_head, nginx, upstreams
 from kvern.runtime.instance import free_port
@@ -67,7 +67,7 @@ def baseline_front_door(state_dir: Path, heads: int = 2) -> Iterator[FrontDoor]:
     # The baseline is nginx without kvern: none of kvern's per-address limits (the load comes from one address).
     unlimited = WebSpec(heads=heads, rate=0, connections=0)
     upstreams.write_upstream(state_dir, range(heads), app=False)  # before nginx.conf: `nginx -t` reads it
-    config = nginx.write_config(state_dir, port, REPORTS_EXAMPLE / "static", unlimited)
+    config = nginx.write_config(state_dir, port, REPORTS_STATIC, unlimited)
     logs = state_dir / "logs"
     with contextlib.ExitStack() as cleanup, process_group() as group:
         cleanup.callback(nginx.remove_front_dir, state_dir)  # as root, the sockets' folder is under /run/kvern

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import REPORTS_EXAMPLE, log
+from bench.common import REPORTS_EXAMPLE, REPORTS_STATIC, log
 from kvern.runtime.instance import Instance, front_door_url, owned_pids
 from kvern.runtime_config import RuntimeConfig, local_key
 from kvern.spec import Tiers, load_spec
@@ -158,7 +158,7 @@ def write_project(folder: Path, spec_text: str, *, reports: bool) -> Path:
     if reports:
         for name in ("tasks.py", "report_pdf.py"):
             shutil.copy(REPORTS_EXAMPLE / name, folder / name)
-        shutil.copytree(REPORTS_EXAMPLE / "static", folder / "static", dirs_exist_ok=True)
+        shutil.copytree(REPORTS_STATIC, folder / "static", dirs_exist_ok=True)
     else:
         shutil.copy(WORKLOADS, folder / "tasks.py")
     spec = folder / "kvern.toml"

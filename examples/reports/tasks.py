@@ -9,12 +9,13 @@ The classic "slow task" of every background-jobs article::
 
 made real: the task builds a multi-page PDF report (tables and charts) for
 the user, reports its progress while it works, and stores the PDF as a job
-artifact that the web page offers for download.
+artifact that the site (``reportsite``) offers for download.
 
 Nothing here is kvern-specific except two calls, ``kvern.progress`` and
-``kvern.save_artifact``. The task is registered as
-``tasks.generate_heavy_report``: that is the name the web page
-(``static/app.js``) posts to ``/api/v1/jobs``, so this module must be
+``kvern.save_artifact``. The site's view calls
+``generate_heavy_report.delay(user_id)``; the task is registered as
+``tasks.generate_heavy_report``, the name the job-API console
+(``static/console/app.js``) posts to ``/api/v1/jobs``, so this module must be
 imported as ``tasks`` (run the worker from this directory).
 """
 

@@ -5,7 +5,8 @@ Inside a task: `kvern.progress(pct)`, `kvern.save_artifact(name, data)`, `kvern.
 
 From the app's own code (a web head, or any process kvern started): `kvern.submit(task, *args, **kwargs)` and
 `await kvern.asubmit(...)` return a `JobHandle`; they raise `SubmitError` (refused, nothing recorded) or
-`Unavailable` (store or broker away: answer 503); `JobHandle.result()` raises `JobFailed`.
+`Unavailable` (store or broker away: answer 503); `JobHandle.result()` raises `JobFailed`. `kvern.job(job_id)` is
+the handle of a job accepted earlier (e.g. for the page that follows it); `JobNotFound` when there is none.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from kvern.errors import JobFailed, KvernError, PermanentError, SubmitError, Unavailable
+from kvern.errors import JobFailed, JobNotFound, KvernError, PermanentError, SubmitError, Unavailable
 from kvern.worker.context import JobInfo, cancelled, current_job, progress, save_artifact
 
 if TYPE_CHECKING:
-    from kvern.enqueue import JobHandle, asubmit, submit
+    from kvern.enqueue import JobHandle, asubmit, job, submit
 
 __all__ = [
     "JobFailed",
     "JobHandle",
     "JobInfo",
+    "JobNotFound",
     "KvernError",
     "PermanentError",
     "SubmitError",
@@ -30,6 +32,7 @@ __all__ = [
     "asubmit",
     "cancelled",
     "current_job",
+    "job",
     "progress",
     "save_artifact",
     "submit",
@@ -37,7 +40,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 # Loaded on first use: a task module's `import kvern` does not load the store and broker clients.
-_FROM_ENQUEUE = frozenset({"JobHandle", "asubmit", "submit"})
+_FROM_ENQUEUE = frozenset({"JobHandle", "asubmit", "job", "submit"})
 
 
 def __getattr__(name: str) -> Any:

@@ -58,11 +58,12 @@ def auth_headers(state_dir: Path) -> dict[str, str]:
 
 
 def write_project(folder: Path, spec_text: str, tasks_source: Path | None = None) -> Path:
-    """A user project: the reports example's tasks and page, with the given spec."""
+    """A user project: the reports example's tasks and its job-API console page as the static site (no app),
+    with the given spec."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(tasks_source or REPORTS / "tasks.py", folder / "tasks.py")
     shutil.copy(REPORTS / "report_pdf.py", folder / "report_pdf.py")
-    shutil.copytree(REPORTS / "static", folder / "static", dirs_exist_ok=True)
+    shutil.copytree(REPORTS / "static" / "console", folder / "static", dirs_exist_ok=True)
     spec = folder / "kvern.toml"
     spec.write_text(spec_text)
     return spec

@@ -414,8 +414,8 @@ def test_a_forked_child_makes_its_own_connections(state_dir: Path) -> None:
 def test_the_public_api_is_what_all_exports() -> None:
     assert sorted(kvern.__all__) == sorted(
         [
-            *("JobFailed", "JobHandle", "JobInfo", "KvernError", "PermanentError", "SubmitError", "Unavailable"),
-            *("asubmit", "cancelled", "current_job", "progress", "save_artifact", "submit"),
+            *("JobFailed", "JobHandle", "JobInfo", "JobNotFound", "KvernError", "PermanentError", "SubmitError"),
+            *("Unavailable", "asubmit", "cancelled", "current_job", "job", "progress", "save_artifact", "submit"),
         ]
     )
     assert all(getattr(kvern, name) is not None for name in kvern.__all__)

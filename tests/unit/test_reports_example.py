@@ -189,7 +189,7 @@ def tasks(fake_kvern: FakeKvern, monkeypatch: pytest.MonkeyPatch) -> types.Modul
 def test_task_is_registered_under_the_name_the_page_uses(tasks: types.ModuleType) -> None:
     assert tasks.generate_heavy_report.name == "tasks.generate_heavy_report"
     assert tasks.app.main == "reports"
-    static = (EXAMPLE_DIR / "static" / "app.js").read_text(encoding="utf-8")
+    static = (EXAMPLE_DIR / "static" / "console" / "app.js").read_text(encoding="utf-8")
     assert '"tasks.generate_heavy_report"' in static
 
 

@@ -13,10 +13,11 @@ from celery import Task
 
 from kvern.enqueue.handle import JobHandle
 from kvern.enqueue.intercept import route_tasks_through_kvern
+from kvern.enqueue.lookup import job
 from kvern.enqueue.process import current_submitter, loaded
 from kvern.enqueue.submitter import Submitter
 
-__all__ = ["JobHandle", "Submitter", "asubmit", "current_submitter", "install_in_web_head", "submit"]
+__all__ = ["JobHandle", "Submitter", "asubmit", "current_submitter", "install_in_web_head", "job", "submit"]
 
 
 class _ThisProcessSubmitter:

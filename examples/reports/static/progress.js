@@ -1,0 +1,65 @@
+// The report page: follow the job through the site's status view, then show the PDF link.
+// Loaded from the static folder (the front door's CSP allows no inline script). No build step.
+"use strict";
+
+(() => {
+  const POLL_MS = 500;
+  // Consecutive failed polls (network errors, 5xx) before the page gives up and says so.
+  const MAX_FAILURES = 20;
+
+  const report = document.getElementById("report");
+  if (!report || !report.dataset.statusUrl) return;
+  const statusUrl = report.dataset.statusUrl;
+  const statusEl = document.getElementById("status");
+  const progressEl = document.getElementById("progress");
+  const pctEl = document.getElementById("pct");
+  const messageEl = document.getElementById("message");
+  const failedEl = document.getElementById("failed");
+  const lostEl = document.getElementById("lost");
+  const readyEl = document.getElementById("ready");
+  const linkEl = document.getElementById("pdf-link");
+  let failures = 0;
+
+  function clamp(value) {
+    const n = Number(value);
+    return Number.isFinite(n) ? Math.min(100, Math.max(0, Math.round(n))) : 0;
+  }
+
+  function render(state) {
+    const pct = clamp(state.progress);
+    report.dataset.status = String(state.status);
+    statusEl.textContent = String(state.status_text || state.status);
+    progressEl.value = pct;
+    pctEl.textContent = `${pct}%`;
+    messageEl.textContent = String(state.message || "");
+    failedEl.hidden = !state.failed;
+    if (typeof state.pdf_url === "string" && state.pdf_url.startsWith("/")) {
+      linkEl.href = state.pdf_url;
+      readyEl.hidden = false;
+    }
+  }
+
+  function giveUp() {
+    report.dataset.status = "lost";
+    lostEl.hidden = false;
+  }
+
+  async function poll() {
+    try {
+      const response = await fetch(statusUrl, { headers: { Accept: "application/json" }, cache: "no-store" });
+      if (response.status === 404) return giveUp();
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const state = await response.json();
+      failures = 0;
+      render(state);
+      if (state.done) return;
+    } catch (err) {
+      failures += 1;
+      if (failures >= MAX_FAILURES) return giveUp();
+    }
+    window.setTimeout(poll, POLL_MS);
+  }
+
+  const finished = new Set(["succeeded", "failed", "dead", "cancelled"]);
+  if (!finished.has(report.dataset.status)) window.setTimeout(poll, POLL_MS);
+})();
