@@ -7,6 +7,7 @@ KvernError
 │   └── AlreadyRunning   `up` found the instance already running
 ├── JobNotFound          no job has the id (or id prefix) given
 ├── StartError           a part of the platform did not become healthy
+├── ServiceError         `kvern service` cannot write, enable or remove the systemd unit
 ├── BrokerAdminError     an administrative broker command failed
 ├── StoreUnavailable     the job store cannot be reached
 └── PublishError         the broker did not confirm a message
@@ -43,6 +44,10 @@ class JobNotFound(KvernError):
 
 class StartError(KvernError):
     """A part of the platform did not become healthy in time."""
+
+
+class ServiceError(KvernError):
+    """`kvern service` cannot write, enable or remove the instance's systemd unit."""
 
 
 class BrokerAdminError(KvernError):
