@@ -36,7 +36,7 @@ from kvern.constants import (
 from kvern.errors import AlreadyRunning, RuntimeStateError, SpecError, StartError
 from kvern.jobs.store import JobStore
 from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessState, pool_slot, web_slot
-from kvern.runtime import nginx
+from kvern.runtime import nginx, run_as
 from kvern.runtime.leftovers import stop_leftovers
 from kvern.runtime.programs import build_programs
 from kvern.runtime.progress import Progress, Reporter, silent
@@ -133,9 +133,14 @@ class Instance:
     def _up(self, only: Tiers, report: Reporter) -> RuntimeConfig:
         progress = Progress(report)
         check_config_path(self.state_dir, "state dir", StartError)  # it is written into every config file
-        check_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
+        account = run_as.account_of(self.spec)  # [app] user, when kvern runs as root: programs run as it
+        if account is not None:
+            run_as.check_readable(self.spec, account)
+        check_user_app(self.spec, account)  # a broken tasks module is a spec error: refuse before starting anything
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)  # an existing dir keeps its mode otherwise: it holds passwords and job data
+        if account is not None:
+            run_as.refuse_symlinks(self.state_dir)
         if not self.spec.store_url:
             private_sqlite_files(self.state_dir / SQLITE_FILE)
         # A previous run whose supervisord died may have left processes (the broker holds the node name).
@@ -152,9 +157,12 @@ class Instance:
             nginx.write_config(
                 self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web.heads, self.spec.web
             )
-        programs = build_programs(self.spec, config, node)
+        programs = run_as.programs_as(build_programs(self.spec, config, node), account)
+        if account is not None:
+            run_as.hand_over(self.state_dir, account, sqlite=not self.spec.store_url)
         supervisor = self.supervisor
-        supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs))
+        owner = account.name if account else None
+        supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs, owner))
         try:
             self._start_parts(config, node, run_web, [(p.name, p.min) for p in pools], progress)
         except BaseException:
@@ -305,13 +313,17 @@ def private_sqlite_files(database: Path) -> None:
             path.chmod(0o600)
 
 
-def check_user_app(spec: Spec) -> None:
-    """Load the user's tasks module in a child process, as a worker would; a failure is a `SpecError`."""
+def check_user_app(spec: Spec, account: run_as.Account | None = None) -> None:
+    """Load the user's tasks module in a child process, as a worker would (as `account`, the one the workers
+    run as: root never imports the team's code then); a failure is a `SpecError`."""
     command = [sys.executable, "-m", "kvern.worker.check", str(spec.path)]
     try:
-        result = subprocess.run(
-            command, cwd=spec.root, capture_output=True, text=True, timeout=USER_APP_CHECK_TIMEOUT_S, check=False
-        )
+        if account is not None:
+            result = account.run(command, cwd=spec.root, timeout=USER_APP_CHECK_TIMEOUT_S)
+        else:
+            result = subprocess.run(
+                command, cwd=spec.root, capture_output=True, text=True, timeout=USER_APP_CHECK_TIMEOUT_S, check=False
+            )
     except subprocess.TimeoutExpired:
         raise SpecError(
             f"app.tasks: loading {spec.tasks_module!r} did not finish in {USER_APP_CHECK_TIMEOUT_S:.0f}s"
