@@ -35,6 +35,7 @@ from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
 from kvern.report import collect_status, render_status
+from kvern.runtime import service as systemd_unit
 from kvern.runtime.instance import (
     Instance,
     auth_off_warning,
@@ -506,6 +507,83 @@ def keys_revoke(ctx: click.Context, name: str) -> None:
 def _status_of(store: JobStoreProtocol, job_id: str) -> str:
     job = store.get(job_id)
     return job.status.value if job is not None else "gone"
+
+
+# -- kvern service: the systemd unit that starts the instance on boot ---------------------------------------
+
+
+@main.group()
+def service() -> None:
+    """Start the instance on boot: a systemd unit that runs `kvern up` and stops it through `kvern down`."""
+
+
+UNIT_DIR_OPTION = click.option(
+    "--unit-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the unit goes (default: /etc/systemd/system as root, ~/.config/systemd/user otherwise).",
+)
+
+
+@service.command("install")
+@click.option("--user", default=None, help="Account kvern runs as (default: the one installing).")
+@UNIT_DIR_OPTION
+@click.option("--enable/--no-enable", default=False, help="Run systemctl daemon-reload and enable (start on boot).")
+@click.pass_context
+@handle_errors
+def service_install(ctx: click.Context, user: str | None, unit_dir: Path | None, enable: bool) -> None:
+    """Write the instance's unit, kvern-<app name>.service (written again when it is there)."""
+    instance = spec_file_instance(ctx)
+    system = systemd_unit.running_as_root()
+    default_dir = systemd_unit.default_unit_dir(system)
+    directory = (unit_dir or default_dir).absolute()
+    installed = systemd_unit.install(systemd_unit.unit_for(instance.spec, instance.state_dir, user, system), directory)
+    click.echo(f"{'rewrote' if installed.replaced else 'wrote'} {installed.path}")
+    commands = systemd_unit.enable_commands(installed, system, directory == default_dir)
+    if _systemctl_or_advise(commands, enable, "to start it on boot"):
+        start = " ".join(systemd_unit.systemctl(system, "start", installed.name))
+        click.echo(f"enabled: it starts on boot; start it now with: {start}")
+    if instance.is_running():
+        click.echo("note: this instance runs now, started by hand: `kvern down` it before systemd starts it")
+
+
+@service.command("uninstall")
+@UNIT_DIR_OPTION
+@click.pass_context
+@handle_errors
+def service_uninstall(ctx: click.Context, unit_dir: Path | None) -> None:
+    """Disable and stop the instance's unit (it drains through `kvern down`), then remove it.
+
+    No unit for this state dir is not an error (exit 0), as `kvern down` of a stopped instance is not."""
+    state = state_dir_of(ctx)  # the spec file is not needed: it may be gone already
+    system = systemd_unit.running_as_root()
+    directory = (unit_dir or systemd_unit.default_unit_dir(system)).absolute()
+    path = systemd_unit.installed_unit(directory, state)
+    if path is None:
+        click.echo(f"no kvern unit for state dir {state} in {directory}: nothing to remove")
+        return
+    if not systemd_unit.systemd_running():
+        systemd_unit.remove(path)
+        click.echo(f"removed {path} (systemd is not running on this machine: nothing to stop or disable)")
+        return
+    systemd_unit.run_systemctl(systemd_unit.disable_commands(path.name, system))
+    systemd_unit.remove(path)
+    systemd_unit.run_systemctl([systemd_unit.systemctl(system, "daemon-reload")])
+    click.echo(f"stopped, disabled and removed {path}")
+
+
+def _systemctl_or_advise(commands: list[list[str]], run: bool, purpose: str) -> bool:
+    """Run the systemctl commands when asked to and systemd runs this machine; else print them. True: ran."""
+    if run and systemd_unit.systemd_running():
+        systemd_unit.run_systemctl(commands)
+        return True
+    if run:
+        click.echo(f"systemd is not running on this machine; where it runs, {purpose}:")
+    else:
+        click.echo(f"{purpose}, run:")
+    for command in commands:
+        click.echo(f"  {' '.join(command)}")
+    return False
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ KvernError
 │   └── AlreadyRunning   `up` found the instance already running
 ├── JobNotFound          no job has the id (or id prefix) given
 ├── StartError           a part of the platform did not become healthy
+├── ServiceError         `kvern service` cannot write, enable or remove the systemd unit
 ├── BrokerAdminError     an administrative broker command failed
 ├── SubmitError          a submission is refused before anything is recorded (status, code: as the job API)
 ├── JobFailed            a job awaited through its handle ended failed, dead or cancelled
@@ -55,6 +56,10 @@ class JobNotFound(KvernError):
 
 class StartError(KvernError):
     """A part of the platform did not become healthy in time."""
+
+
+class ServiceError(KvernError):
+    """`kvern service` cannot write, enable or remove the instance's systemd unit."""
 
 
 class BrokerAdminError(KvernError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -21,8 +22,22 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
         with os.fdopen(fd, "wb") as out:
             out.write(raw)
         os.chmod(tmp, mode)
+        _keep_owner(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _keep_owner(tmp: str, path: Path) -> None:
+    """Root replacing a file another account owns (a state dir handed to `[app] user`) leaves it that
+    account's: its processes read it."""
+    if os.geteuid() != 0:
+        return
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(info.st_mode) and (info.st_uid, info.st_gid) != (0, 0):
+        os.chown(tmp, info.st_uid, info.st_gid)

@@ -8,6 +8,8 @@ Validation happens once, here, at the edge: every error names the field (`pools[
 name = "reports"            # optional, default: the spec folder's name
 tasks = "tasks"             # the module holding the Celery tasks, importable from the spec's folder
 static = "static"           # optional folder served by nginx at /
+user = "shop"               # optional: when kvern runs as root, every program but nginx's master runs as this
+                            # account (nginx's workers as nobody); the account must exist and read the project
 
 [web]
 app = "mysite.wsgi:application"  # optional: the team's own WSGI or ASGI app, served by the web heads behind nginx
@@ -73,6 +75,8 @@ time_limit = 90             # seconds; the process running it is replaced
 from __future__ import annotations
 
 import ipaddress
+import os
+import pwd
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -244,6 +248,7 @@ class Spec:
     limits: LimitsSpec = field(default_factory=LimitsSpec)
     retention: RetentionSpec = field(default_factory=RetentionSpec)
     text: str = field(default="", repr=False, compare=False)  # the TOML it was parsed from (for the snapshot)
+    user: str | None = None  # [app] user: the account the instance's programs run as when kvern runs as root
 
     @property
     def root(self) -> Path:
@@ -332,7 +337,7 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
     reader = _Reader(raw, "")
     reader.only("app", "web", "broker", "store", "pools", "tasks", "limits")
     app = reader.table("app")
-    app.only("name", "tasks", "static")
+    app.only("name", "tasks", "static", "user")
     tasks_module = app.get("tasks", str, required=True)
     if not MODULE_PATTERN.match(tasks_module):
         raise SpecError("app.tasks: must be a dotted module name such as 'tasks' or 'myapp.tasks'")
@@ -351,8 +356,24 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
         static_dir=_parse_static(app, path.parent),
         tasks=_parse_tasks(reader.table("tasks"), pools),
         limits=_parse_limits(reader.table("limits")),
+        user=_parse_user(app),
     )
     return spec
+
+
+def _parse_user(app: _Reader) -> str | None:
+    """The account must exist. Only root can run programs as another account: anyone else may name only
+    themselves (the instance's own programs, which run as that account and read this spec too, do)."""
+    user = app.get("user", str, default=None)
+    if user is None:
+        return None
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise SpecError(f"app.user: no account named {user!r} on this machine") from None
+    if os.geteuid() not in (0, account.pw_uid):
+        raise SpecError(f"app.user: only root can run the instance as {user!r} (kvern runs as uid {os.geteuid()})")
+    return user
 
 
 def _parse_name(app: _Reader, path: Path) -> str:

@@ -37,7 +37,7 @@ from kvern.constants import (
 from kvern.errors import AlreadyRunning, RuntimeStateError, SpecError, StartError
 from kvern.jobs.store import JobStore
 from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessState, pool_slot
-from kvern.runtime import nginx
+from kvern.runtime import nginx, run_as
 from kvern.runtime.leftovers import stop_leftovers
 from kvern.runtime.local_key import renew_local_key
 from kvern.runtime.programs import build_programs
@@ -137,9 +137,14 @@ class Instance:
     def _up(self, only: Tiers, report: Reporter) -> RuntimeConfig:
         progress = Progress(report)
         check_config_path(self.state_dir, "state dir", StartError)  # it is written into every config file
-        check_user_app(self.spec)  # a broken tasks module is a spec error: refuse before starting anything
+        account = run_as.account_of(self.spec)  # [app] user, when kvern runs as root: programs run as it
+        if account is not None:
+            run_as.check_readable(self.spec, account)
+        check_user_app(self.spec, account)  # a broken tasks module is a spec error: refuse before starting anything
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)  # an existing dir keeps its mode otherwise: it holds passwords and job data
+        if account is not None:
+            run_as.refuse_symlinks(self.state_dir)
         if not self.spec.store_url:
             private_sqlite_files(self.state_dir / SQLITE_FILE)
         # A previous run whose supervisord died may have left processes (the broker holds the node name).
@@ -155,9 +160,12 @@ class Instance:
         if run_web:
             publish_live(self.state_dir, self.first_heads)  # the upstreams nginx.conf includes
             nginx.write_config(self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web)
-        programs = build_programs(self.spec, config, node)
+        programs = run_as.programs_as(build_programs(self.spec, config, node), account)
+        if account is not None:
+            run_as.hand_over(self.state_dir, account, sqlite=not self.spec.store_url)
         supervisor = self.supervisor
-        supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs))
+        owner = account.name if account else None
+        supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs, owner))
         try:
             self._start_parts(config, node, run_web, [(p.name, p.min) for p in pools], progress)
         except BaseException:
@@ -319,9 +327,10 @@ def private_sqlite_files(database: Path) -> None:
             path.chmod(0o600)
 
 
-def check_user_app(spec: Spec) -> None:
+def check_user_app(spec: Spec, account: run_as.Account | None = None) -> None:
     """Load the user's code in child processes, as a worker and an app head would: the tasks module and, with
-    `[web] app`, the web app (both at once). A failure is a `SpecError` in one line, the tasks module's first."""
+    `[web] app`, the web app (both at once), as `account` when the programs run as one (root never imports the
+    team's code then). A failure is a `SpecError` in one line, the tasks module's first."""
     checks = [
         (f"app.tasks: loading {spec.tasks_module!r}", [sys.executable, "-m", "kvern.worker.check", str(spec.path)])
     ]
@@ -332,8 +341,21 @@ def check_user_app(spec: Spec) -> None:
                 [sys.executable, "-m", "kvern.runtime.app_head", "--check", str(spec.path)],
             )
         )
+    as_account: dict[str, Any] = {}
+    if account is not None:
+        as_account = {
+            "user": account.uid,
+            "group": account.gid,
+            "extra_groups": account.groups,
+            "env": {**os.environ, **account.environment},
+        }
     children = [
-        (what, subprocess.Popen(command, cwd=spec.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        (
+            what,
+            subprocess.Popen(
+                command, cwd=spec.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **as_account
+            ),
+        )
         for what, command in checks
     ]
     deadline = time.monotonic() + USER_APP_CHECK_TIMEOUT_S

@@ -43,6 +43,7 @@ class ProgramConfig:
     stopwaitsecs: int = 10
     stopasgroup: bool = True
     killasgroup: bool = True
+    user: str | None = None  # the account supervisord (as root) switches to before starting it
 
     @property
     def full_name(self) -> str:
@@ -117,7 +118,18 @@ def _program_section(program: ProgramConfig, log_dir: Path) -> str:
         lines.append(f"environment={env}")
     if program.directory:
         lines.append(f"directory={_path(program.directory, f'{program.name}: directory')}")
+    if program.user:
+        lines.append(f"user={_account(program.user)}")
     return "\n".join(lines)
+
+
+ACCOUNT_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _account(name: str) -> str:
+    if not ACCOUNT_NAME.match(name):
+        raise StartError(f"account name {name!r} cannot be written into supervisord.conf")
+    return name
 
 
 def guarded_command(program: ProgramConfig) -> list[str]:
@@ -137,13 +149,19 @@ def _group_section(group: str, members: Sequence[ProgramConfig]) -> str:
     return f"[group:{_name(group)}]\nprograms={programs}\npriority={min(p.priority for p in members)}"
 
 
-def render_supervisord_conf(state_dir: Path, identifier: str, programs: Sequence[ProgramConfig]) -> str:
+def render_supervisord_conf(
+    state_dir: Path, identifier: str, programs: Sequence[ProgramConfig], socket_owner: str | None = None
+) -> str:
+    """`socket_owner`: the account that owns the control socket besides root (the controller, which scales
+    the pools, runs as it when the spec names [app] user). Its config stays root's: the socket starts and
+    stops programs, it cannot change what they are."""
     log_dir = state_dir / LOG_DIR
     state = _path(state_dir, "state dir")
     logs = _path(log_dir, "state dir")
+    chown = f"\nchown={_account(socket_owner)}" if socket_owner else ""
     head = f"""[unix_http_server]
 file={state}/{SUPERVISOR_SOCK}
-chmod=0600
+chmod=0600{chown}
 
 [supervisord]
 umask=077
