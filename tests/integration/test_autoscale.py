@@ -314,6 +314,7 @@ class Load:
         self.job_id = job_id
         self.statuses: Counter[int] = Counter()
         self.errors: list[str] = []
+        self.resent = 0  # requests reset on a kept-alive connection while nginx reloaded, sent again
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(clients)]
         self.lock = threading.Lock()
@@ -324,17 +325,31 @@ class Load:
             while not self.stop.is_set():
                 i += 1
                 try:
-                    if i % 5 == 0:
-                        response = submit_report(client, n * 1000 + i, seconds=0.0)
-                    elif i % 2:
-                        response = client.get(f"/api/v1/jobs/{self.job_id}")
-                    else:
-                        response = client.get("/api/v1/jobs", params={"limit": 5})
+                    response = self._one(client, n, i)
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # nginx's graceful reload closes idle kept-alive connections; a request sent on one at that
+                    # instant is reset before it was read, and a client sends it again (as browsers do)
                     with self.lock:
-                        self.statuses[response.status_code] += 1
+                        self.resent += 1
+                    try:
+                        response = self._one(client, n, i)
+                    except httpx.HTTPError as exc:
+                        with self.lock:
+                            self.errors.append(repr(exc))
+                        continue
                 except httpx.HTTPError as exc:
                     with self.lock:
                         self.errors.append(repr(exc))
+                    continue
+                with self.lock:
+                    self.statuses[response.status_code] += 1
+
+    def _one(self, client: httpx.Client, n: int, i: int) -> httpx.Response:
+        if i % 5 == 0:
+            return submit_report(client, n * 1000 + i, seconds=0.0)
+        if i % 2:
+            return client.get(f"/api/v1/jobs/{self.job_id}")
+        return client.get("/api/v1/jobs", params={"limit": 5})
 
     def __enter__(self) -> Load:
         for thread in self.threads:
