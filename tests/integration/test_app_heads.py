@@ -166,7 +166,12 @@ class Browsing:
         with httpx.Client(base_url=self.url, timeout=30) as client:
             while not self.stop.is_set():
                 try:
-                    response = client.get("/page")
+                    try:
+                        response = client.get("/page")
+                    except (httpx.ReadError, httpx.RemoteProtocolError):
+                        # nginx's reload closed this kept-alive connection as the request went out: a client
+                        # (a browser too) sends it again on a new one
+                        response = client.get("/page")
                     seen.append(
                         response.json()["version"] if response.status_code == 200 else str(response.status_code)
                     )

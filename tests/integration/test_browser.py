@@ -3,8 +3,7 @@ serves the example's Django site on its web heads behind nginx.
 
 A person opens the front door, types a user id, clicks "Download report", lands on the report's page, waits
 for the PDF link and downloads the PDF; a report that fails and one that does not exist say so, and with the
-broker stopped the form answers "try again" (503). Every request the page makes stays on 127.0.0.1. The job-API console
-(static/console/) is checked in the same browser against the same instance.
+broker stopped the form answers "try again" (503). Every request the page makes stays on 127.0.0.1.
 
 Without playwright or /usr/bin/chromium the test skips, unless CI=1 or KVERN_REQUIRE_SERVICES=1: then it fails
 (`make test` installs both). Playwright's own browser downloads are never used.
@@ -165,18 +164,6 @@ def a_failed_report_and_an_unknown_one_say_so(page: Page, front_door: str, faili
     expect(page.locator("h1")).to_have_text("Not found")
 
 
-def the_job_api_console_still_works(page: Page, front_door: str) -> None:
-    """The static job-API page, served at /console/ beside the site, posts to the job API itself."""
-    from playwright.sync_api import expect  # noqa: PLC0415
-
-    page.goto(front_door + "/console/")
-    page.fill("#user-id", "7")
-    page.click("#generate")
-    job = page.locator(".job")
-    expect(job.locator(".status")).to_have_text("Succeeded", timeout=JOB_TIMEOUT_MS)
-    expect(job.locator("a.download")).to_have_count(1)
-
-
 def a_broker_away_asks_to_try_again(page: Page, running: Running) -> None:
     """With the broker stopped, kvern cannot take the job: the site answers its 503 page, nothing is recorded."""
     from playwright.sync_api import expect  # noqa: PLC0415
@@ -217,7 +204,6 @@ def test_a_person_asks_for_a_report_and_downloads_the_pdf(
     a_bad_user_id_gets_the_form_back(page)
     report_page = requests_and_downloads_a_report(page, tmp_path)
     a_failed_report_and_an_unknown_one_say_so(page, running.url, failing_job)
-    the_job_api_console_still_works(page, running.url)
     a_broker_away_asks_to_try_again(page, running)
 
     # The site's page followed the job through its own status view, and the view agrees with the job API.

@@ -112,13 +112,14 @@ class Load:
     """Client threads reading the app's page and posting jobs through the front door until stopped."""
 
     url: str
+    headers: dict[str, str]
     answers: list[Answer] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     resent: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
     def client(self, number: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
+        with httpx.Client(base_url=self.url, timeout=30, headers=self.headers) as client:
             while not self.stop.is_set():
                 for _ in range(GETS_PER_POST):
                     self._call(lambda: self._read_page(client))
@@ -157,8 +158,8 @@ class Load:
 
 
 @contextlib.contextmanager
-def load_on(url: str) -> Iterator[Load]:
-    load = Load(url)
+def load_on(url: str, headers: dict[str, str]) -> Iterator[Load]:
+    load = Load(url, headers)
     with ThreadPoolExecutor(CLIENT_THREADS) as executor:
         futures = [executor.submit(load.client, n) for n in range(CLIENT_THREADS)]
         try:
@@ -187,7 +188,7 @@ def test_two_reloads_under_load_answer_every_request_and_run_every_job_on_the_ne
     running = start_instance(spec)
     store = JobStore(running.config.store_url)
     reloaded_at: dict[str, float] = {}
-    with load_on(running.url) as load:
+    with load_on(running.url, running.headers) as load:
         time.sleep(2)
         for version in ("v2", "v3"):
             # when the code changes and `kvern reload` runs

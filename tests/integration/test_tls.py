@@ -105,7 +105,9 @@ def test_https_answers_with_a_chain_the_ca_signed_and_hsts(door: Door) -> None:
         assert answer.status_code == 200, answer.text
         assert answer.headers["strict-transport-security"] == HSTS
     with httpx.Client(verify=door.context(), timeout=10) as client:
-        missing = client.get(f"{door.https}/api/v1/jobs/nope")  # the API's own error answers carry it too
+        missing = client.get(
+            f"{door.https}/api/v1/jobs/nope", headers=door.running.headers
+        )  # the API's own error answers carry it too
         page = client.get(f"{door.https}/")
     assert missing.status_code == 404 and missing.headers["strict-transport-security"] == HSTS
     assert page.status_code == 200 and page.headers["strict-transport-security"] == HSTS

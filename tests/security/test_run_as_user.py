@@ -30,7 +30,7 @@ from kvern.runtime.instance import owned_pids
 from kvern.runtime.leftovers import command_name, instance_pids
 from kvern.runtime.run_as import Account
 from kvern.runtime_config import RuntimeConfig
-from tests.integration.conftest import reports_spec, submit_report, wait_for_outcome, write_project
+from tests.integration.conftest import auth_headers, reports_spec, submit_report, wait_for_outcome, write_project
 
 pytestmark = [
     pytest.mark.integration,
@@ -174,7 +174,8 @@ def test_every_program_runs_as_the_account_and_a_job_succeeds(project: Started, 
     # when a job is submitted through the front door, and the pool pinned (root writes the pin, the
     # controller, as the account, reads it)
     config = RuntimeConfig.load(project.state)
-    with httpx.Client(base_url=f"http://127.0.0.1:{config.front_door_port}", timeout=30) as client:
+    headers = auth_headers(project.state)
+    with httpx.Client(base_url=f"http://127.0.0.1:{config.front_door_port}", timeout=30, headers=headers) as client:
         job = submit_report(client, 42, seconds=0.2).json()
         done = wait_for_outcome(client, job["id"])
     pinned = project.kvern("scale", "reports", "2")

@@ -23,7 +23,7 @@ from kvern.spec import WebSpec
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 CORS_METHODS = ("GET", "POST", "DELETE")
-CORS_REQUEST_HEADERS = ("Content-Type", IDEMPOTENCY_HEADER)
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", IDEMPOTENCY_HEADER)
 CORS_EXPOSED_HEADERS = ("Location", "Retry-After")
 CORS_MAX_AGE_S = 600
 
