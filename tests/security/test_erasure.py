@@ -479,7 +479,13 @@ def test_kvern_submit_sends_the_subject(spec_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(kvern_client, "httpx", types.SimpleNamespace(Client=client, HTTPError=httpx.HTTPError))
     monkeypatch.setattr(
-        cli, "running_instance", lambda _ctx: types.SimpleNamespace(runtime=lambda: None, state_dir=spec_path.parent)
+        cli,
+        "running_instance",
+        lambda _ctx: types.SimpleNamespace(
+            runtime=lambda: None,
+            state_dir=spec_path.parent,
+            spec=types.SimpleNamespace(web=types.SimpleNamespace(api_prefix="/api")),
+        ),
     )
     monkeypatch.setattr(cli, "front_door_url", lambda _config: "http://front-door")
     assert run_kvern(spec_path, "submit", "t.work", "--subject", "user:42").exit_code == RET_OK
