@@ -108,33 +108,34 @@ def accept(spec: Spec, submission: Submission, idempotency_key: str | None, owne
     return Accepted(job, body, created=True)
 
 
+def _next_step(rules: Rules, answer: Any, failure: BaseException | None) -> Step | Accepted:
+    """Hand the rules the last step's answer (or its failure); their next step, or what they accepted."""
+    try:
+        return rules.send(answer) if failure is None else rules.throw(failure)
+    except StopIteration as done:
+        accepted: Accepted = done.value
+        return accepted
+
+
 def run_blocking(rules: Rules, ports: BlockingPorts) -> Accepted:
     answer: Any = None
     failure: BaseException | None = None
-    while True:
-        try:
-            step = rules.send(answer) if failure is None else rules.throw(failure)
-        except StopIteration as done:
-            accepted: Accepted = done.value
-            return accepted
+    while not isinstance(step := _next_step(rules, answer, failure), Accepted):
         answer, failure = None, None
         try:
             answer = getattr(ports, step.port)(step.argument)
         except Exception as exc:
             failure = exc
+    return step
 
 
 async def run_async(rules: Rules, ports: AsyncPorts) -> Accepted:
     answer: Any = None
     failure: BaseException | None = None
-    while True:
-        try:
-            step = rules.send(answer) if failure is None else rules.throw(failure)
-        except StopIteration as done:
-            accepted: Accepted = done.value
-            return accepted
+    while not isinstance(step := _next_step(rules, answer, failure), Accepted):
         answer, failure = None, None
         try:
             answer = await getattr(ports, step.port)(step.argument)
         except Exception as exc:
             failure = exc
+    return step
