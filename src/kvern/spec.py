@@ -28,6 +28,8 @@ server_name = ["example.com"]  # Host names answered besides localhost, 127.0.0.
 rate = 200                  # /api/ requests per second per client address (0: no limit); over it: 429
 burst = 400                 # requests above the rate let through at once before 429s start
 connections = 256           # requests in progress at once per client address (0: no limit); over it: 429
+key_rate = 200              # /api/ requests per second per API key, from any address (0: no limit)
+key_burst = 400             # requests above key_rate let through at once
 
 [web.tls]                   # optional: HTTPS with this certificate (PEM, full chain) and key
 cert = "/etc/letsencrypt/live/example.com/fullchain.pem"
@@ -151,6 +153,9 @@ class WebSpec:
     rate: int = 200  # /api/ requests per second
     burst: int = 400  # requests above the rate let through at once
     connections: int = 256  # requests in progress at once
+    # Per API key (the token a request carries), on top of the per-address limits.
+    key_rate: int = 200  # /api/ requests per second
+    key_burst: int = 400
 
 
 @dataclass(frozen=True)
@@ -476,7 +481,13 @@ def _parse_tls(web: _Reader, listen: tuple[Address, ...], root: Path) -> TlsSpec
 
 
 def _check_web_limits(web: WebSpec) -> None:
-    bounds = {"rate": web.rate, "burst": web.burst, "connections": web.connections}
+    bounds = {
+        "rate": web.rate,
+        "burst": web.burst,
+        "connections": web.connections,
+        "key_rate": web.key_rate,
+        "key_burst": web.key_burst,
+    }
     for name, value in bounds.items():
         if not 0 <= value <= MAX_WEB_LIMIT:
             raise SpecError(f"web.{name}: must be between 0 and {MAX_WEB_LIMIT} (0: no limit)")

@@ -85,3 +85,18 @@ def test_the_instances_own_key_is_owner_only(keyed: Running) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with keyed.client() as client:
         assert client.get(JOBS).status_code == 200
+
+
+def test_a_key_over_its_rate_gets_429_while_other_keys_from_the_same_address_go_on(tmp_path: Path) -> None:
+    web = "rate = 0\nkey_rate = 2\nkey_burst = 3"  # no per-address limit: only the per-key one can refuse
+    with web_tier(tmp_path / "project", web) as running, running.client() as client:
+        busy, other = new_key(running, "busy", "read"), new_key(running, "other", "read")
+        statuses = [client.get(JOBS, headers=busy).status_code for _ in range(20)]
+        assert statuses[:3] == [200, 200, 200] and statuses.count(429) >= 10, statuses
+        refused = client.get(JOBS, headers=busy)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "too_many_requests"
+        assert client.get(JOBS, headers=other).status_code == 200
+        # A made-up token fills a bucket of its own: it never throttles the real key it imitates.
+        forged = {"Authorization": busy["Authorization"][:-5] + "AAAAA"}
+        assert [client.get(JOBS, headers=forged).status_code for _ in range(3)] == [401, 401, 401]

@@ -73,6 +73,8 @@ VARIANTS: dict[str, Variant] = {
     ),
     "tls on 443 only": lambda c: WebSpec(tls=tls(c, "127.0.0.1:443")),
     "api prefix": lambda _: WebSpec(api_prefix="/_kvern/api"),
+    "per-key limit only": lambda _: WebSpec(rate=0, connections=0),
+    "no limits": lambda _: WebSpec(rate=0, connections=0, key_rate=0),
     "app": lambda _: WebSpec(app="mysite.wsgi:application"),
     "app, tls and a prefix": lambda c: WebSpec(
         app="mysite.asgi:app",
@@ -256,3 +258,18 @@ def test_rendering_refuses_certificate_paths_that_would_break_out(state: Path, c
     web = WebSpec(tls=replace(tls(certificate, "127.0.0.1:18443"), cert=Path('/x"; include /etc/shadow; "')))
     with pytest.raises(StartError, match=r"web\.tls\.cert"):
         nginx.render_config(state, PORT, None, web)
+
+
+@pytest.mark.skipif(nginx.worker_account() is None, reason="nginx's workers switch user only when kvern is root")
+def test_the_shared_run_folder_lets_the_workers_through_whatever_made_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = tmp_path / "run-kvern"
+    base.mkdir(mode=0o700)  # as a umask of 077, or an older run, leaves it
+    monkeypatch.setattr(nginx, "RUN_BASE", base)
+    state = tmp_path / "state"
+    state.mkdir()
+    upstreams.write_upstream(state, range(1), app=False)
+    nginx.write_config(state, PORT, None, WebSpec())
+    assert base.stat().st_mode & 0o777 == 0o711
+    assert nginx.socket_dir(state).stat().st_mode & 0o7777 == 0o2750

@@ -210,7 +210,7 @@ TOO_MANY = """        error_page 429 = @too_many;
             default_type application/json;
             add_header Retry-After 1 always;
             add_header Strict-Transport-Security $kvern_hsts always;
-            return 429 '{"error": {"code": "too_many_requests", "message": "too many requests from this address"}}';
+            return 429 '{"error": {"code": "too_many_requests", "message": "too many requests; try again shortly"}}';
         }"""
 
 # Requests nginx refuses before any server or web head sees them (a malformed path such as `/../x` or a NUL,
@@ -230,23 +230,36 @@ REFUSED = """        error_page 400 494 /_kvern/bad_request;
         }"""
 
 
+# A request's API key as nginx can see it: the whole token, never checked here (the web heads verify it). A
+# bucket per token rather than per key id: key ids are not secret, so an id-keyed bucket would let anyone who
+# knows one throttle its owner; a made-up token only fills a bucket of its own, and the per-address one.
+KEY_TOKEN_MAP = """    map $http_authorization $kvern_limit_token {
+        default "";
+        "~^Bearer[ \\t]+(?<token>kvern_[0-9a-f]{12}_[A-Za-z0-9_-]{43})$" $token;
+    }"""
+
+
 def _limit_zones(web: WebSpec) -> str:
-    # The key is a map so per-key limits can key on the API key later; today each client address is a bucket.
-    lines = [
-        "    map $binary_remote_addr $kvern_limit_key { default $binary_remote_addr; }",
-        "    limit_req_status 429;",
-        "    limit_conn_status 429;",
-    ]
+    lines = ["    limit_req_status 429;", "    limit_conn_status 429;"]
     if web.rate:
-        lines.append(f"    limit_req_zone $kvern_limit_key zone=kvern_api:10m rate={web.rate}r/s;")
+        lines.append(f"    limit_req_zone $binary_remote_addr zone=kvern_api:10m rate={web.rate}r/s;")
+    if web.key_rate:
+        lines.append(KEY_TOKEN_MAP)
+        # An empty key (no token) is not counted in this zone: such requests are limited per address only.
+        lines.append(f"    limit_req_zone $kvern_limit_token zone=kvern_key:10m rate={web.key_rate}r/s;")
     if web.connections:
-        lines.append("    limit_conn_zone $kvern_limit_key zone=kvern_conn:10m;")
+        lines.append("    limit_conn_zone $binary_remote_addr zone=kvern_conn:10m;")
     return "\n".join(lines)
 
 
 def _limit_req(web: WebSpec) -> str:
     # nodelay: a burst within the allowance is served at once instead of being queued behind the rate.
-    return f"            limit_req zone=kvern_api burst={web.burst} nodelay;" if web.rate else ""
+    lines = []
+    if web.rate:
+        lines.append(f"            limit_req zone=kvern_api burst={web.burst} nodelay;")
+    if web.key_rate:
+        lines.append(f"            limit_req zone=kvern_key burst={web.key_burst} nodelay;")
+    return "\n".join(lines)
 
 
 def _limit_conn(web: WebSpec) -> str:
@@ -466,7 +479,10 @@ def check_config(config: Path, web: WebSpec) -> None:
 def _make_group_dir(folder: Path, account: WorkerAccount | None, parents: bool = False) -> None:
     """A folder nginx's workers enter through their group; setgid, so sockets made in it get that group."""
     if parents:
-        folder.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # Set, not only asked of mkdir: a umask of 077 (or an older run's) would leave the workers unable to
+        # pass through to their own folder. 0711: they may enter it, not list the other instances' folders.
+        folder.parent.chmod(0o711)
     folder.mkdir(exist_ok=True)
     if account is not None:
         os.chown(folder, 0, account.gid)
