@@ -117,7 +117,7 @@ def run_baseline(work: Path) -> SpikeRun:
 def run_kvern(work: Path) -> SpikeRun:
     log(f"B1b kvern, reports example spec: {USERS} users, reports of {REPORT_SECONDS:g}s")
     # The 500 users are 500 addresses in life but one here: kvern's per-address limits stay off for them.
-    example = reports_spec_text().replace("[web]\n", "[web]\nrate = 0\nconnections = 0\n", 1)
+    example = reports_spec_text().replace("[web]\n", "[web]\nrate = 0\nconnections = 0\nkey_rate = 0\n", 1)
     spec = write_project(work / "kvern", example, reports=True)
     with kvern_instance(spec, work / "kvern" / ".kvern") as running:
         run = asyncio.run(spike(running.url, running.auth_headers))

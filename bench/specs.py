@@ -18,6 +18,7 @@ tasks = "tasks"
 heads = 2
 rate = 0          # B2/B3 measure the front door's capacity from one address, not its per-address limits
 connections = 0
+key_rate = 0      # nor its per-key ones (the load carries one key)
 
 [[pools]]
 name = "noop"
@@ -44,6 +45,7 @@ heads = 2
 app = "{app}"
 rate = 0          # one address sends all the load: the front door's capacity, not its per-address limits
 connections = 0
+key_rate = 0
 
 [[pools]]
 name = "noop"

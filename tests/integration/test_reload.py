@@ -74,6 +74,7 @@ app = "webpage:app"
 heads = {heads}
 rate = 0
 connections = 0
+key_rate = 0
 
 [[pools]]
 name = "work"
