@@ -23,6 +23,7 @@ from kvern.jobs.store import JobStore
 from kvern.processes import ProcessInfo, ProcessState, pool_slot
 from kvern.runtime.instance import Instance
 from kvern.runtime.pool_rollout import PoolRollout
+from kvern.runtime.reload import heads_after_reload
 from kvern.runtime.reload_plan import NEEDS_RESTART, plan_reload
 from kvern.runtime.stopping import reload_on_hangup
 from kvern.spec import PoolSpec, Spec, load_spec
@@ -158,6 +159,12 @@ def test_changes_read_as_old_and_new_values(spec_file: Path) -> None:
     running = load_spec(spec_file)
     plan = plan_reload(running, edited(spec_file, "max = 4", "max = 6"))
     assert [str(change) for change in plan.changes] == ["pools.reports.max: 4 -> 6"]
+
+
+def test_reload_keeps_the_heads_scaled_by_hand_unless_it_changes_web_heads(spec_file: Path) -> None:
+    running = load_spec(spec_file)
+    assert heads_after_reload(running, load_spec(spec_file), serving=5) == 5  # `kvern scale web 5` holds
+    assert heads_after_reload(running, edited(spec_file, "heads = 2", "heads = 3"), serving=5) == 3
 
 
 # -- the pool rollout ----------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from kvern.runtime.pool_rollout import PoolRollout
 from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.reload_plan import ReloadPlan, plan_reload
 from kvern.runtime.supervisor import Supervisor
-from kvern.runtime.web_heads import reload_nginx, replace_heads
+from kvern.runtime.web_heads import load_live, reload_nginx, replace_heads
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec
 
@@ -101,7 +101,8 @@ class Reload:
             # two (each closes the idle keep-alive connections of clients).
             write_front_door(config, self.edited)
             progress.mark("front door config", "checked")
-            replace_heads(supervisor, self.state_dir, self.edited.web.heads)
+            heads = heads_after_reload(running, self.edited, load_live(self.state_dir).count)
+            replace_heads(supervisor, self.state_dir, heads)
         except BaseException:
             # The old heads still serve: put back what they and nginx were started with.
             atomic_write(snapshot, running.text)
@@ -109,7 +110,7 @@ class Reload:
                 write_front_door(config, running)
                 reload_nginx(supervisor)
             raise
-        progress.mark("web heads", f"replaced, {self.edited.web.heads} serving the new code")
+        progress.mark("web heads", f"replaced, {heads} serving the new code")
 
     def _pools(self, config: RuntimeConfig, supervisor: Supervisor, progress: Progress) -> None:
         admin_url = config.broker_urls[ROLE_ADMIN]
@@ -123,6 +124,12 @@ class Reload:
             rollout = PoolRollout(supervisor, pool, stop_timeout, consumers)
             rollout.run()
             progress.mark(f"pool {pool.name}", rollout.describe())
+
+
+def heads_after_reload(running: Spec, edited: Spec, serving: int) -> int:
+    """As many heads as serve now (`kvern scale web` may have changed that), unless the reload changes
+    `web.heads` itself: then the edited spec's count."""
+    return edited.web.heads if edited.web.heads != running.web.heads else serving
 
 
 def write_front_door(config: RuntimeConfig, spec: Spec) -> None:
