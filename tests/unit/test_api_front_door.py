@@ -66,6 +66,15 @@ async def test_the_docs_page_loads_its_schema_and_assets_under_the_prefix(public
     assert "'/api/openapi.json'" not in page and '"/api/openapi.json"' not in page
 
 
+async def test_the_openapi_document_lists_the_public_paths(
+    public_api: httpx.AsyncClient, default_api: httpx.AsyncClient
+) -> None:
+    public = (await public_api.get("/api/openapi.json")).json()["paths"]
+    assert "/_kvern/api/v1/jobs" in public and "/_kvern/api/v1/jobs/{job_id}" in public
+    assert not [path for path in public if path.startswith("/api/")], list(public)
+    assert "/api/v1/jobs" in (await default_api.get("/api/openapi.json")).json()["paths"]
+
+
 @pytest.mark.parametrize(
     ("origin", "proto"),
     [("https://shop.test:8443", "https"), ("http://shop.test:8080", "http"), ("https://shop.test", "https")],
