@@ -158,10 +158,23 @@ def up(ctx: click.Context, detach: bool, only: str) -> None:
     click.echo(f"kvern is up: {front_door_url(config)}" if tiers.web else "kvern pools are up")
     if detach:
         return
-    _wait_for_interrupt(ctx, instance, hangup)
+    if not _wait_for_interrupt(ctx, instance, hangup):
+        _lost_supervisor(instance)
+        return
     click.echo("stopping (running jobs finish first)...")
     instance.down(report=_progress)
     click.echo("kvern is down")
+
+
+def _lost_supervisor(instance: Instance) -> None:
+    """supervisord is gone: after `kvern down` from elsewhere that is the end asked for; otherwise it died, and
+    the foreground `up` must fail (a service manager restarts it) instead of watching nothing."""
+    if instance.stopped_by_down():
+        click.echo("kvern is down (stopped by kvern down)")
+        return
+    click.echo("kvern: supervisord is gone: the instance stopped unexpectedly; stopping what is left", err=True)
+    instance.down(report=_progress)
+    sys.exit(c.RET_FAILURE)
 
 
 def _progress(line: str) -> None:
@@ -190,16 +203,26 @@ def _command_prefix(ctx: click.Context) -> str:
     return " ".join(words)
 
 
-def _wait_for_interrupt(ctx: click.Context, instance: Instance, hangup: threading.Event) -> None:
-    """Until Ctrl-C or SIGTERM; each SIGHUP reloads, one at a time (a SIGHUP during a reload: one more after)."""
+SUPERVISOR_CHECK_S = 2.0  # how often the foreground `up` makes sure supervisord still runs
+
+
+def _wait_for_interrupt(ctx: click.Context, instance: Instance, hangup: threading.Event) -> bool:
+    """Until Ctrl-C or SIGTERM (True), or until supervisord is gone (False); each SIGHUP reloads, one at a time
+    (a SIGHUP during a reload: one more after)."""
     stop = stop_on_signals()
+    next_check = time.monotonic() + SUPERVISOR_CHECK_S
     while not stop.wait(0.2):
+        if time.monotonic() >= next_check:
+            if not instance.is_running():
+                return False
+            next_check = time.monotonic() + SUPERVISOR_CHECK_S
         if hangup.is_set():
             hangup.clear()
             click.echo("SIGHUP: reloading")
             _reload_in_foreground(ctx, instance.state_dir)
             if hangup.is_set():
                 click.echo("a SIGHUP came during the reload: reloading again")
+    return True
 
 
 def _reload_in_foreground(ctx: click.Context, state_dir: Path) -> None:

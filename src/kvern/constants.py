@@ -56,6 +56,7 @@ PINS_FILE: Final = "pins.json"  # pools pinned by `kvern scale POOL N`, read by 
 DESIRED_FILE: Final = "autoscale.json"  # the autoscaler's latest wish per pool, shown by `kvern status`
 AUTOSCALE_PAUSE_FILE: Final = "autoscale.paused"  # the pid of a `kvern reload` replacing workers: hold pools
 RELOAD_LOCK_FILE: Final = "reload.lock"  # one reload at a time per instance
+DOWN_REQUESTED_FILE: Final = "down-requested"  # `kvern down` ran: a foreground `up` that sees it ends cleanly
 WEB_HEADS_FILE: Final = "web_heads.json"  # which color of web heads nginx sends requests to, and how many
 
 # Environment passed to every child process.

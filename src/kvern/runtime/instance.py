@@ -23,6 +23,7 @@ from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 
 from kvern.broker.topology import dead_letter_queue, declare_delayed_delivery, declare_topology
 from kvern.constants import (
+    DOWN_REQUESTED_FILE,
     LOCAL_KEY_FILE,
     PROGRAM_BROKER,
     PROGRAM_CONTROLLER,
@@ -132,7 +133,12 @@ class Instance:
         if self.is_running():
             raise AlreadyRunning(f"kvern is already running with state dir {self.state_dir}")
         with private_umask():  # what up writes (and supervisord, which sets its own umask=077 for its children)
+            (self.state_dir / DOWN_REQUESTED_FILE).unlink(missing_ok=True)
             return self._up(only, report)
+
+    def stopped_by_down(self) -> bool:
+        """Whether the last stop of this instance was asked for with `down` (not a supervisord that died)."""
+        return (self.state_dir / DOWN_REQUESTED_FILE).exists()
 
     def _up(self, only: Tiers, report: Reporter) -> RuntimeConfig:
         progress = Progress(report)
@@ -280,6 +286,7 @@ class Instance:
         supervisor = self.supervisor
         running = supervisor.is_running()
         if running:
+            (self.state_dir / DOWN_REQUESTED_FILE).touch()
             progress = Progress(report)
             with contextlib.suppress(OSError, xmlrpc.client.Fault):  # shutdown() below still stops everything
                 self._stop_in_tiers(progress)
