@@ -30,6 +30,7 @@ burst = 400                 # requests above the rate let through at once before
 connections = 256           # requests in progress at once per client address (0: no limit); over it: 429
 key_rate = 200              # /api/ requests per second per API key, from any address (0: no limit)
 key_burst = 400             # requests above key_rate let through at once
+app_max_body_mb = 10        # largest request body the app is sent, in MiB (uploads); over it: 413
 
 [web.tls]                   # optional: HTTPS with this certificate (PEM, full chain) and key
 cert = "/etc/letsencrypt/live/example.com/fullchain.pem"
@@ -156,6 +157,7 @@ class WebSpec:
     # Per API key (the token a request carries), on top of the per-address limits.
     key_rate: int = 200  # /api/ requests per second
     key_burst: int = 400
+    app_max_body_mb: int = 10  # request bodies the team's app takes (uploads); the job API's stay at 1 MiB
 
 
 @dataclass(frozen=True)
@@ -402,6 +404,8 @@ def _parse_web(web: _Reader, root: Path) -> WebSpec:
     if spec.port is not None and not 1 <= spec.port <= 65535:
         raise SpecError("web.port: must be a TCP port between 1 and 65535")
     _check_web_limits(spec)
+    if not 1 <= spec.app_max_body_mb <= MAX_APP_BODY_MB:
+        raise SpecError(f"web.app_max_body_mb: must be between 1 and {MAX_APP_BODY_MB} (MiB)")
     names = tuple(spec.server_name)
     for name in names:
         if not isinstance(name, str) or len(name) > 253 or not SERVER_NAME_PATTERN.match(name):
@@ -410,6 +414,7 @@ def _parse_web(web: _Reader, root: Path) -> WebSpec:
 
 
 AUTH_MODES = ("keys", "off")
+MAX_APP_BODY_MB = 4096
 
 
 def _check_auth(web: WebSpec) -> None:

@@ -109,7 +109,7 @@ def front(tmp_path: Path) -> Iterator[Front]:
     upstreams.write_upstream(state, range(1), app=False)  # the API heads' upstream, as `up` writes it
     with upstreams.upstream_path(state).open("a") as upstream:
         upstream.write(app_upstream(app_socket))
-    config = nginx.write_config(state, port, static, WebSpec(app="mysite.wsgi:application"))
+    config = nginx.write_config(state, port, static, WebSpec(app="mysite.wsgi:application", app_max_body_mb=3))
     app = start_app(app_socket)
     process = subprocess.Popen(nginx.nginx_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -158,6 +158,16 @@ def test_the_apps_own_errors_are_passed_through(front: Front) -> None:
         assert busy.status_code == 503 and busy.headers["retry-after"] == "30" and busy.text.startswith("app /busy")
         posted = client.post("/orders", content=b"x")
         assert posted.status_code == 201 and posted.text == "posted /orders"
+
+
+def test_the_app_takes_bodies_up_to_its_own_limit_and_the_job_api_keeps_1_mib(front: Front) -> None:
+    upload = b"x" * (2 * 1024 * 1024)
+    with httpx.Client(base_url=front.url, timeout=10) as client:
+        assert client.post("/upload", content=upload).text == "posted /upload"
+        too_big = client.post("/upload", content=upload * 2)
+        assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "body_too_large"
+        api = client.post("/api/v1/jobs", content=upload, headers={"Content-Type": "application/json"})
+        assert api.status_code == 413
 
 
 def test_websockets_pass_through_to_the_app(front: Front) -> None:

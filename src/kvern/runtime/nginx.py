@@ -182,18 +182,25 @@ APP_UNAVAILABLE = f"""        location @app_unavailable {{
         }}"""
 
 
-def _app_block(static_dir: Path | None) -> str:
+def _app_proxy(web: WebSpec) -> str:
+    # The app takes bodies of its own size (uploads); the job API keeps the server's 1 MiB.
+    return f"            client_max_body_size {web.app_max_body_mb}m;\n{APP_PROXY}"
+
+
+def _app_block(static_dir: Path | None, web: WebSpec) -> str:
     """`location /` when the team's app runs: static files first (when there is a static folder), then the app;
     paths with a dotfile or dot-folder go to the app (e.g. /.well-known/), never to the static folder."""
+    proxy = _app_proxy(web)
     if static_dir is None:
-        site = f"        location / {{\n{APP_PROXY}\n        }}"
+        site = f"        location / {{\n{proxy}\n        }}"
     else:
         site = (
             f'        location / {{\n            root "{_checked(static_dir, "app.static")}";\n'
+            f"            client_max_body_size {web.app_max_body_mb}m;  # checked here, before try_files\n"
             f"            try_files $uri $uri/index.html @app;\n{_headers(APP_STATIC_HEADERS)}\n        }}\n"
-            f"        location @app {{\n{APP_PROXY}\n        }}"
+            f"        location @app {{\n{proxy}\n        }}"
         )
-    dotfiles = f"        location ~ /\\. {{\n{APP_PROXY}\n        }}"
+    dotfiles = f"        location ~ /\\. {{\n{proxy}\n        }}"
     return f"{dotfiles}\n\n{site}\n{APP_UNAVAILABLE}"
 
 
@@ -201,7 +208,7 @@ def _site_block(static_dir: Path | None, web: WebSpec) -> str:
     """Everything outside the job API: the static site (as before the app existed), or the team's app."""
     if web.app is None:
         return f"{NO_DOTFILES}\n\n{_static_block(static_dir)}"
-    return _app_block(static_dir)
+    return _app_block(static_dir, web)
 
 
 # Over a limit: the JSON error shape, and when to try again (the rate refills every second).
