@@ -42,6 +42,7 @@ from kvern.runtime.instance import (
     consumer_timeout_warning,
     default_state_dir,
     front_door_url,
+    root_warning,
 )
 from kvern.runtime.reload import reload_instance
 from kvern.runtime.stopping import reload_on_hangup, stop_on_signals
@@ -152,7 +153,8 @@ def up(ctx: click.Context, detach: bool, only: str) -> None:
     tiers = Tiers.parse(only).check(instance.spec)
     if instance.is_running():
         _already_running(ctx, instance)
-    for warning in filter(None, [consumer_timeout_warning(instance.spec), auth_off_warning(instance.spec)]):
+    warnings = [consumer_timeout_warning(instance.spec), auth_off_warning(instance.spec), root_warning(instance.spec)]
+    for warning in filter(None, warnings):
         click.echo(f"kvern: {warning}", err=True)
     config = instance.up(tiers, report=_progress)
     click.echo(f"kvern is up: {front_door_url(config)}" if tiers.web else "kvern pools are up")

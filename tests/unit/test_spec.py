@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from kvern.constants import DEFAULT_TIME_LIMIT_S
 from kvern.errors import SpecError
-from kvern.runtime.instance import consumer_timeout_warning
+from kvern.runtime.instance import consumer_timeout_warning, root_warning
 from kvern.spec import Address, LimitsSpec, PoolSpec, Spec, TaskPolicy, WebSpec, load_spec
 
 FULL_SPEC = """
@@ -415,6 +417,19 @@ def test_an_external_broker_with_long_tasks_gets_a_consumer_timeout_warning(tmp_
         assert (warning is not None) is warned
         if warning:
             assert "consumer_timeout >= 3660000" in warning
+
+
+@pytest.mark.parametrize(("euid", "user", "warned"), [(0, None, True), (0, "nobody", False), (1000, None, False)])
+def test_root_without_an_app_user_is_warned_that_the_teams_code_runs_as_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, euid: int, user: str | None, warned: bool
+) -> None:
+    path = tmp_path / "kvern.toml"
+    path.write_text('[app]\ntasks = "t"\n[[pools]]\nname = "p"\n')
+    spec = load_spec(path)
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    warning = root_warning(replace(spec, user=user))
+    assert (warning is not None) is warned
+    assert warning is None or "[app] user" in warning
 
 
 @pytest.mark.parametrize(

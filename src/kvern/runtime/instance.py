@@ -419,6 +419,16 @@ def auth_off_warning(spec: Spec) -> str | None:
     )
 
 
+def root_warning(spec: Spec) -> str | None:
+    """As root without `[app] user`, the team's code (app heads, workers) runs as root: say so at every `up`."""
+    if os.geteuid() != 0 or spec.user is not None:
+        return None
+    return (
+        "WARNING: kvern runs as root and [app] user is not set: the web heads, workers and controller (your app's "
+        'and tasks\' code) run as root. Set [app] user = "<account>" to run them as that account (README, Security).'
+    )
+
+
 def front_door_url(config: RuntimeConfig) -> str:
     return f"http://127.0.0.1:{config.front_door_port}"
 
