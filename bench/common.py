@@ -19,8 +19,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPORTS_EXAMPLE = REPO / "examples" / "reports"
-# The static page the benchmarks serve: the example's job-API console (its site's pages are the Django app's).
-REPORTS_STATIC = REPORTS_EXAMPLE / "static" / "console"
+# The static site the benchmarks serve (the tests' own: a page that calls the job API).
+REPORTS_STATIC = REPO / "tests" / "static_site"
 MIB = 1024 * 1024
 
 

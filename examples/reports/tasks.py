@@ -14,9 +14,9 @@ artifact that the site (``reportsite``) offers for download.
 Nothing here is kvern-specific except two calls, ``kvern.progress`` and
 ``kvern.save_artifact``. The site's view calls
 ``generate_heavy_report.delay(user_id)``; the task is registered as
-``tasks.generate_heavy_report``, the name the job-API console
-(``static/console/app.js``) posts to ``/api/v1/jobs``, so this module must be
-imported as ``tasks`` (run the worker from this directory).
+``tasks.generate_heavy_report``, the name ``kvern.toml`` and clients of the
+job API (``POST /api/v1/jobs``) use, so this module must be imported as
+``tasks`` (run the worker from this directory).
 """
 
 from __future__ import annotations

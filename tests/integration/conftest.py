@@ -27,6 +27,7 @@ from kvern.spec import Tiers, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 REPORTS = REPO / "examples" / "reports"
+STATIC_SITE = REPO / "tests" / "static_site"  # a page that calls the job API, served as a project's static site
 SYSTEM_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 TERMINAL = {"succeeded", "failed", "dead", "cancelled"}
@@ -58,12 +59,12 @@ def auth_headers(state_dir: Path) -> dict[str, str]:
 
 
 def write_project(folder: Path, spec_text: str, tasks_source: Path | None = None) -> Path:
-    """A user project: the reports example's tasks and its job-API console page as the static site (no app),
-    with the given spec."""
+    """A user project: the reports example's tasks, a small static site (tests/static_site: a page that calls the
+    job API) and the given spec (no app)."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(tasks_source or REPORTS / "tasks.py", folder / "tasks.py")
     shutil.copy(REPORTS / "report_pdf.py", folder / "report_pdf.py")
-    shutil.copytree(REPORTS / "static" / "console", folder / "static", dirs_exist_ok=True)
+    shutil.copytree(STATIC_SITE, folder / "static", dirs_exist_ok=True)
     spec = folder / "kvern.toml"
     spec.write_text(spec_text)
     return spec
