@@ -23,6 +23,7 @@ from kvern.api.batching import JobInserter
 from kvern.api.browsers import OriginGuard
 from kvern.api.docs import install_docs
 from kvern.api.downloads import artifact_response
+from kvern.api.events import router as job_events_router
 from kvern.api.head_ports import HeadPorts
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
@@ -152,6 +153,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
     _install_erase_route(app)
     _install_dead_letter_routes(app)
     _install_health_routes(app)
+    app.include_router(job_events_router)
     return app
 
 
