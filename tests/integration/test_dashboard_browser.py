@@ -1,7 +1,9 @@
 """The dashboard in real Chromium against a real instance (nginx, web heads, RabbitMQ, a worker pool that
 scales): sign in with the admin key, first paint with 10,000 jobs in the store (printed), every request stays
 on the instance, the charts move while a burst runs, the pool's scale-out shows with its reason, and a dead job
-is replayed from its page and succeeds. Screenshots (laptop and phone) are saved in the test's tmp dir."""
+is replayed from its page and succeeds, jobs are found by status and id prefix; and a job's event stream comes
+through nginx as the job moves, and resumes by Last-Event-ID. Screenshots (laptop and phone) are saved in the
+test's tmp dir."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from kvern.jobs import schema
@@ -113,6 +116,50 @@ def a_dead_job_is_replayed_from_its_page(page: Page, dashboard: str, job_id: str
     expect(page.locator("#job")).to_contain_text("report.pdf")
 
 
+def jobs_are_found_by_status_and_id_prefix(page: Page, dashboard: str, job_id: str) -> None:
+    from playwright.sync_api import expect  # noqa: PLC0415
+
+    page.goto(f"{dashboard}#/jobs")
+    page.select_option("#f-status", "failed")
+    page.get_by_role("button", name="Find").click()
+    statuses = page.locator("#jobs tbody .status")
+    expect(statuses.first).to_have_text("failed")
+    assert set(statuses.all_inner_texts()) == {"failed"}
+    page.select_option("#f-status", "")
+    page.fill("#f-q", job_id[:8])
+    page.get_by_role("button", name="Find").click()
+    expect(page.locator("#jobs tbody tr")).to_have_count(1)
+    expect(page.locator(f'#jobs tbody tr[data-job="{job_id}"]')).to_be_visible()
+
+
+def read_events(client: httpx.Client, job_id: str, last_seen: str | None = None) -> list[tuple[str, str, float]]:
+    """(event, id, seconds since the request) of a job's event stream through the front door, to its end."""
+    headers = {"Last-Event-ID": last_seen} if last_seen else {}
+    started = time.monotonic()
+    events: list[tuple[str, str, float]] = []
+    kind = event_id = ""
+    with client.stream("GET", f"/api/v1/jobs/{job_id}/events", headers=headers, timeout=60) as stream:
+        assert stream.status_code == 200
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("id: "):
+                event_id = line.removeprefix("id: ")
+            elif line.startswith("data: "):
+                events.append((kind, event_id, time.monotonic() - started))
+    return events
+
+
+def a_jobs_events_come_through_nginx_as_they_happen(running: Running) -> None:
+    with running.client() as client:
+        job_id = submit_report(client, 9, seconds=1.5).json()["id"]
+        events = read_events(client, job_id)
+        kinds = [kind for kind, _, _ in events]
+        assert kinds[-1] == "end" and "progress" in kinds and kinds.count("end") == 1
+        assert events[-1][2] - events[0][2] > 1.0  # each event came when it happened, not all at the end
+        assert [kind for kind, _, _ in read_events(client, job_id, last_seen=events[1][1])] == ["end"]
+
+
 def test_the_dashboard_live_in_a_browser(
     browser: Browser,  # noqa: F811 - the fixture imported above
     start_instance: Callable[..., Running],
@@ -150,9 +197,12 @@ def test_the_dashboard_live_in_a_browser(
         page.set_viewport_size({"width": 1280, "height": 900})
         a_dead_job_is_replayed_from_its_page(page, dashboard, dead)
         page.screenshot(path=str(tmp_path / "dashboard-job.png"), full_page=True)
+        jobs_are_found_by_status_and_id_prefix(page, dashboard, dead)
+        page.screenshot(path=str(tmp_path / "dashboard-jobs.png"), full_page=True)
     finally:
         context.close()
         print("\n".join(problems))
     print(f"screenshots in {tmp_path}")
+    a_jobs_events_come_through_nginx_as_they_happen(running)
     assert requests.foreign == [] and all(url.startswith(running.url + "/") for url in requests.seen)
     assert problems == []

@@ -73,7 +73,7 @@
             "p",
             { class: "sizes" },
             node("b", { class: "processes", text: known(pool.processes) }),
-            ` processes · desired ${known(pool.desired)} · min ${pool.min} · max ${pool.max} · ${pool.concurrency} per process`,
+            ` ${pool.processes === 1 ? "process" : "processes"} · desired ${known(pool.desired)} · min ${pool.min} · max ${pool.max} · ${pool.concurrency} per process`,
           ),
           decisions.length ? node("ul", { class: "decisions" }, ...decisions) : node("p", { class: "muted small", text: "No scaling decision yet." }),
         );

@@ -8,7 +8,6 @@ pages: the store and the broker are read once per interval per head, never per c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -19,7 +18,7 @@ from typing import Any
 from kvern.autoscale.loop import read_desired
 from kvern.broker.admin import queue_depths
 from kvern.constants import ROLE_ADMIN
-from kvern.errors import KvernError, StoreUnavailable
+from kvern.errors import KvernError
 from kvern.jobs.activity import JobTimes, recent_job_times
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import ScalingEvent
@@ -226,8 +225,11 @@ class OverviewFeed:
     async def _run(self) -> None:
         while self.watchers:
             started = time.monotonic()
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 self.latest = await self.take()
+            except Exception:  # a snapshot that failed is skipped: the feed goes on for the pages that watch
+                log.exception("dashboard: the overview snapshot failed")
+            else:
                 for fresh in self.watchers:
                     fresh.set()
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
