@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from kvern.api.auth import Credentials, needs
-from kvern.api.views import error_body
+from kvern.api.views import ErrorView, error_body
 from kvern.api.watch_grants import grant_allows, grant_secret
 from kvern.constants import API_PREFIX
 from kvern.errors import RuntimeStateError, StoreUnavailable
@@ -185,7 +185,8 @@ async def _may_follow(request: Request, job_id: str, credentials: Credentials, g
 
 
 EVENTS_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Server-Sent Events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    200: {"description": "Server-Sent Events", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **{code: {"model": ErrorView} for code in (401, 403, 404, 422, 503)},
 }
 
 router = APIRouter()
