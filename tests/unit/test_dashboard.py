@@ -3,16 +3,18 @@ job pages and actions, and the overview's arithmetic. Stub publisher, real SQLit
 
 from __future__ import annotations
 
+import asyncio
 import re
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from kvern.api.app import WebHead, create_app
-from kvern.api.dashboard.overview import BUCKET_S, activity_series, percentile, task_latencies
+from kvern.api.dashboard.overview import BUCKET_S, OverviewFeed, activity_series, percentile, task_latencies
 from kvern.catalog import load_user_app
 from kvern.jobs.activity import JobTimes
 from kvern.jobs.keys import Scope, SqlKeyStore
@@ -162,3 +164,29 @@ def test_queue_wait_and_run_time_percentiles_per_task() -> None:
     assert (row["task"], row["started"], row["wait_p50"], row["wait_p95"]) == ("add", 100, 50.0, 95.0)
     assert (row["run_p50"], row["run_p95"]) == (50.0, 95.0)
     assert percentile([], 0.5) is None
+
+
+async def test_one_snapshot_per_interval_serves_every_watching_page() -> None:
+    taken = 0
+
+    async def take() -> dict[str, Any]:
+        nonlocal taken
+        taken += 1
+        return {"n": taken}
+
+    feed = OverviewFeed(take, interval_s=0.05)
+    seen: list[list[Any]] = [[] for _ in range(5)]
+
+    async def watch(into: list[Any]) -> None:
+        async for snapshot in feed.updates(keepalive_s=1.0):
+            into.append(snapshot)
+
+    watchers = [asyncio.create_task(watch(into)) for into in seen]
+    await asyncio.sleep(0.5)
+    for watcher in watchers:
+        watcher.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
+    assert 5 <= taken <= 12  # about one per interval, not one per page
+    assert all(len(into) >= 5 for into in seen)
+    await asyncio.sleep(0.1)
+    assert feed.task is not None and feed.task.done()  # nobody watches: the feed stops reading

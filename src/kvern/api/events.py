@@ -184,8 +184,22 @@ async def _may_follow(request: Request, job_id: str, credentials: Credentials, g
     return job is not None and caller.may_see(job)
 
 
+# One event of the stream, as a client's parser hands it out.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "progress", "end", "gone"]},
+        "id": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer"},
+    },
+}
 EVENTS_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Server-Sent Events", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    200: {
+        "description": "Server-Sent Events: `status`, `progress`, then `end` (or `gone`); data: the job's summary",
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
+    },
     **{code: {"model": ErrorView} for code in (401, 403, 404, 422, 503)},
 }
 
