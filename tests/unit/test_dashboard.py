@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from kvern.api.app import WebHead, create_app
-from kvern.api.dashboard.overview import BUCKET_S, OverviewFeed, activity_series, percentile, task_latencies
+from kvern.api.dashboard.overview import (
+    BUCKET_S,
+    OverviewFeed,
+    activity_series,
+    latency_series,
+    percentile,
+    task_latencies,
+)
 from kvern.catalog import load_user_app
 from kvern.jobs.activity import JobTimes
 from kvern.jobs.keys import Scope, SqlKeyStore
@@ -190,3 +197,14 @@ async def test_one_snapshot_per_interval_serves_every_watching_page() -> None:
     assert all(len(into) >= 5 for into in seen)
     await asyncio.sleep(0.1)
     assert feed.task is not None and feed.task.done()  # nobody watches: the feed stops reading
+
+
+def test_wait_and_run_time_are_charted_per_task_and_minute() -> None:
+    now = 3_659.0  # the newest minute is [3600, 3660)
+    times = [JobTimes("add", "succeeded", 3_600.0, 3_600.0 + wait, 3_610.0 + wait) for wait in (1.0, 2.0, 3.0)]
+    times.append(JobTimes("mul", "running", 3_520.0, 3_550.0, None))  # started in the minute before
+    charted = latency_series(times, now)["tasks"]
+    assert set(charted) == {"add", "mul"}
+    assert charted["add"]["wait_p50"][-1] == 2.0 and charted["add"]["wait_p95"][-1] == 3.0
+    assert charted["add"]["run_p50"][-1] == 10.0 and charted["add"]["run_p50"][-2] is None
+    assert charted["mul"]["wait_p50"][-2] == 30.0 and all(v is None for v in charted["mul"]["run_p95"])

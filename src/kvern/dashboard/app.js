@@ -54,9 +54,24 @@
   }
 
   function renderActivity(activity) {
-    const series = Object.entries(activity.series).map(([name, values]) => ({ name, values, color: COLORS[name] }));
+    const series = Object.entries(activity.series).map(([name, values]) => ({ name, values, color: COLORS[name], note: ` ${values[values.length - 1] ?? 0}/s` }));
     window.kvernCharts.line($("chart-activity"), series, "−60 min");
     window.kvernCharts.legend($("legend-activity"), series);
+  }
+
+  // Queue wait and run time per task: p95 solid, p50 dashed, one color per task.
+  const TASK_COLORS = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#0891b2", "#db2777"];
+
+  function renderLatency(latency) {
+    const tasks = Object.entries(latency.tasks);
+    for (const what of ["wait", "run"]) {
+      const series = tasks.flatMap(([task, lines], n) => [
+        { name: `${task} p95`, values: lines[`${what}_p95`], color: TASK_COLORS[n % TASK_COLORS.length] },
+        { name: `${task} p50`, values: lines[`${what}_p50`], color: TASK_COLORS[n % TASK_COLORS.length], dashed: true },
+      ]);
+      window.kvernCharts.line($(`chart-${what}`), series, "−60 min", " s");
+      window.kvernCharts.legend($(`legend-${what}`), series.filter((s) => !s.dashed).map((s) => ({ ...s, name: s.name.replace(/ p95$/, "") })));
+    }
   }
 
   function renderPools(pools) {
@@ -90,6 +105,7 @@
     if (!snapshot.jobs) return; // the store is down: only the health changed
     renderCounts(snapshot.jobs);
     renderActivity(snapshot.activity);
+    renderLatency(snapshot.latency);
     renderPools(snapshot.pools);
     renderTable("queues", snapshot.queues.map((q) => [q.name, known(q.ready), known(q.unacked), known(q.consumers)]));
     renderTable("tasks", snapshot.tasks.map((t) => [t.task, String(t.started), seconds(t.wait_p50), seconds(t.wait_p95), seconds(t.run_p50), seconds(t.run_p95)]));

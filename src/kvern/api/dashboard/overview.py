@@ -39,6 +39,8 @@ BUCKET_S = 10  # one point per 10 s, as a rate per second
 SERIES = ("submitted", "started", "succeeded", "failed", "dead")
 FINISHED_SERIES = {status.value: status.value for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD)}
 DECISIONS_SHOWN = 8
+LATENCY_BUCKET_S = 60  # queue wait and run time percentiles per minute
+TASKS_CHARTED = 6
 
 
 def activity_series(times: Iterable[JobTimes], now: float) -> dict[str, Any]:
@@ -92,6 +94,35 @@ def task_latencies(times: Iterable[JobTimes], since: float) -> list[dict[str, An
             }
         )
     return rows
+
+
+def latency_series(times: Iterable[JobTimes], now: float, max_tasks: int = TASKS_CHARTED) -> dict[str, Any]:
+    """Per task (the busiest `max_tasks`), queue wait p50/p95 of the jobs that started in each minute of the hour
+    and run time p50/p95 of those that finished in it (None for a minute without any)."""
+    buckets = WINDOW_S // LATENCY_BUCKET_S
+    end = math.floor(now / LATENCY_BUCKET_S) * LATENCY_BUCKET_S + LATENCY_BUCKET_S
+    waits: dict[str, list[list[float]]] = {}
+    runs: dict[str, list[list[float]]] = {}
+
+    def add(into: dict[str, list[list[float]]], task: str, at: float, value: float) -> None:
+        index = buckets - 1 - int((end - at) // LATENCY_BUCKET_S)
+        if 0 <= index < buckets:
+            into.setdefault(task, [[] for _ in range(buckets)])[index].append(value)
+
+    for job in times:
+        if job.started_at is not None:
+            add(waits, job.task, job.started_at, job.started_at - job.created_at)
+            if job.finished_at is not None and job.status in FINISHED_SERIES:
+                add(runs, job.task, job.finished_at, job.finished_at - job.started_at)
+    busiest = sorted(waits, key=lambda task: -sum(map(len, waits[task])))[:max_tasks]
+    charted = {}
+    for task in busiest:
+        charted[task] = {
+            f"{what}_{name}": [percentile(sorted(values), q) for values in per_minute.get(task, [[]] * buckets)]
+            for what, per_minute in (("wait", waits), ("run", runs))
+            for name, q in (("p50", 0.5), ("p95", 0.95))
+        }
+    return {"bucket_s": LATENCY_BUCKET_S, "end": end, "tasks": charted}
 
 
 def decision_view(event: ScalingEvent) -> dict[str, Any]:
@@ -185,6 +216,7 @@ def snapshot(probe: InstanceProbe, now: float) -> dict[str, Any]:
         "jobs": probe.store.counts_by_status(),
         "activity": activity_series(times, now),
         "tasks": task_latencies(times, since),
+        "latency": latency_series(times, now),
         "pools": probe.pools(processes),
         "queues": probe.queues(),
         "web_heads": probe.web_heads(processes),
