@@ -209,16 +209,18 @@ class InstanceProbe:
 def snapshot(probe: InstanceProbe, now: float) -> dict[str, Any]:
     """Everything the overview shows but the broker's health (which is asked asynchronously)."""
     processes = probe.processes()
+    queues = probe.queues()  # the broker's answer is the slow part: the store's counts are read right after it
+    jobs = probe.store.counts_by_status()
     since = now - WINDOW_S
     times = recent_job_times(probe.store.engine, since) if isinstance(probe.store, JobStore) else []
     return {
         "at": now,
-        "jobs": probe.store.counts_by_status(),
+        "jobs": jobs,
         "activity": activity_series(times, now),
         "tasks": task_latencies(times, since),
         "latency": latency_series(times, now),
         "pools": probe.pools(processes),
-        "queues": probe.queues(),
+        "queues": queues,
         "web_heads": probe.web_heads(processes),
     }
 
