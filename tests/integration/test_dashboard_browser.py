@@ -193,6 +193,7 @@ def test_the_dashboard_live_in_a_browser(
         expect(page.locator(".count.succeeded b")).not_to_have_text("0")
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(300)  # the charts are redrawn at the phone's width
         page.screenshot(path=str(tmp_path / "dashboard-phone.png"), full_page=True)
         page.set_viewport_size({"width": 1280, "height": 900})
         a_dead_job_is_replayed_from_its_page(page, dashboard, dead)

@@ -100,7 +100,10 @@
     $(id).tBodies[0].replaceChildren(...rows.map((cells) => node("tr", {}, ...cells.map((cell) => node("td", { text: cell })))));
   }
 
+  let lastSnapshot = null;
+
   function renderOverview(snapshot) {
+    lastSnapshot = snapshot;
     renderHealth(snapshot);
     if (!snapshot.jobs) return; // the store is down: only the health changed
     renderCounts(snapshot.jobs);
@@ -274,6 +277,12 @@
     window.location.reload();
   });
   window.addEventListener("hashchange", route);
+  // The charts are drawn at their on-screen width: a turned phone or a resized window redraws them at once.
+  let resizing = 0;
+  window.addEventListener("resize", () => {
+    window.clearTimeout(resizing);
+    resizing = window.setTimeout(() => lastSnapshot && renderOverview(lastSnapshot), 100);
+  });
   route();
   followOverview();
 })();

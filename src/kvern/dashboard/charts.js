@@ -36,6 +36,11 @@ window.kvernCharts = (() => {
   // series: [{name, color, values, dashed?}] all of one length, oldest first (null: no value there);
   // spanLabel: what the x axis covers; unit: appended to the y axis' labels.
   function line(svg, series, spanLabel, unit = "") {
+    // One user unit per CSS pixel at the chart's drawn width: labels keep their size on a phone and a laptop.
+    const height0 = Number(svg.dataset.height || svg.viewBox.baseVal.height);
+    svg.dataset.height = String(height0);
+    const drawn = Math.round(svg.getBoundingClientRect().width) || svg.viewBox.baseVal.width;
+    svg.setAttribute("viewBox", `0 0 ${Math.max(240, drawn)} ${height0}`);
     const box = svg.viewBox.baseVal;
     const width = box.width - PAD.left - PAD.right;
     const height = box.height - PAD.top - PAD.bottom;
