@@ -36,6 +36,7 @@ ORIGINAL_RUN_ATTR: Final = "_kvern_original_run"
 # Where the API heads serve the job API; the front door maps the public `[web] api_prefix` onto it.
 SERVED_API_PREFIX: Final = "/api"
 API_PREFIX: Final = "/api/v1"
+DASHBOARD_PREFIX: Final = "/_kvern"  # where the heads serve the dashboard (the front door: [web] dashboard_prefix)
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 MAX_BODY_BYTES: Final = 1024 * 1024
 # A job's subject ("user:42"): whom the job is about, so that everything about one person can be erased.

@@ -16,6 +16,7 @@ app = "mysite.wsgi:application"  # optional: the team's own WSGI or ASGI app, se
 interface = "wsgi"          # optional: "wsgi" or "asgi"; default: detected from the app object
 api_prefix = "/api"         # where kvern's job API is served (/api/v1/jobs, /api/health...); move it when the
                             # app has its own /api/ routes, e.g. "/_kvern/api"
+dashboard_prefix = "/_kvern"  # where the dashboard is served (behind the admin key)
 heads = 2                   # web head processes behind nginx
 port = 8080                 # optional front door port on 127.0.0.1; default: a free port
 auth = "keys"               # the job API wants an API key (`kvern keys create`); "off" only when every
@@ -145,6 +146,7 @@ class WebSpec:
     app: str | None = None  # "module:attr" of the team's WSGI/ASGI app, importable from the spec's folder
     interface: str | None = None  # "wsgi" | "asgi"; None: detected from the app object
     api_prefix: str = "/api"  # the job API's public path prefix
+    dashboard_prefix: str = "/_kvern"  # the dashboard's public path prefix (behind the admin key)
     listen: tuple[Address, ...] = ()  # public addresses; () is 127.0.0.1:<front door port> only
     tls: TlsSpec | None = None
     auth: str = "keys"  # "keys": the job API wants an API key; "off": anyone who reaches it (loopback only)
@@ -439,6 +441,9 @@ def _check_web_app(web: WebSpec) -> None:
         raise SpecError(f"web.interface: must be one of {', '.join(INTERFACES)} (or left out to detect it)")
     if not API_PREFIX_PATTERN.match(web.api_prefix) or len(web.api_prefix) > 100:
         raise SpecError(f"web.api_prefix: {web.api_prefix!r} must be a path such as '/api' or '/_kvern/api'")
+    if not API_PREFIX_PATTERN.match(web.dashboard_prefix) or web.dashboard_prefix == web.api_prefix:
+        prefix = web.dashboard_prefix
+        raise SpecError(f"web.dashboard_prefix: {prefix!r} must be a path such as '/_kvern', not the API's")
 
 
 ADDRESS_PATTERN = re.compile(r"^(?:(\[[0-9A-Fa-f:.]+\])|([0-9.]+|\*)):([0-9]{1,5})$")

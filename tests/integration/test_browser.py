@@ -138,6 +138,8 @@ def requests_and_downloads_a_report(page: Page, tmp_path: Path) -> str:
     expect(page.locator("#progress")).to_have_js_property("value", 100)
     expect(page.locator("#pct")).to_have_text("100%")
     expect(page.locator("#failed")).to_be_hidden()
+    # The page followed the job by the events kvern pushed (through nginx), not by polling.
+    expect(page.locator("#report")).to_have_attribute("data-following", "events")
     page.screenshot(path=str(tmp_path / "report-page.png"), full_page=True)
 
     with page.expect_download() as downloading:
@@ -206,8 +208,10 @@ def test_a_person_asks_for_a_report_and_downloads_the_pdf(
     a_failed_report_and_an_unknown_one_say_so(page, running.url, failing_job)
     a_broker_away_asks_to_try_again(page, running)
 
-    # The site's page followed the job through its own status view, and the view agrees with the job API.
+    # The site's page followed the job's pushed events (a grant for that job in the URL, no key), asked the
+    # site's status view for its wording, and the view agrees with the job API.
     job_id = report_page.rstrip("/").rsplit("/", 1)[-1]
+    assert any(url.startswith(f"{running.url}/api/v1/jobs/{job_id}/events?grant=") for url in requests.seen)
     assert f"{running.url}/reports/{job_id}/status" in requests.seen
     assert f"{running.url}/progress.js" in requests.seen
     with running.client() as client:

@@ -273,3 +273,25 @@ def test_the_shared_run_folder_lets_the_workers_through_whatever_made_it(
     nginx.write_config(state, PORT, None, WebSpec())
     assert base.stat().st_mode & 0o777 == 0o711
     assert nginx.socket_dir(state).stat().st_mode & 0o7777 == 0o2750
+
+
+@pytest.mark.parametrize("prefix", ["/api", "/_kvern/api"])
+def test_job_event_streams_are_not_buffered_under_any_api_prefix(state: Path, prefix: str) -> None:
+    text = written(state, None, WebSpec(api_prefix=prefix))
+    api = text.split(f"location ^~ {prefix}/ {{")[1].split("        }")[0]
+    events = api.split(f"location ~ ^{prefix}/v1/jobs/[^/]+/events$ {{")[1].split("}")[0]
+    assert "proxy_buffering off;" in events and "proxy_read_timeout 1h;" in events
+    assert "proxy_pass http://kvern_web_heads;" in events
+    assert ("rewrite" in events) is (prefix != "/api")
+
+
+def test_the_dashboard_prefix_is_mapped_onto_the_heads_dashboard(state: Path) -> None:
+    text = written(state, None, WebSpec(dashboard_prefix="/ops/kvern"))
+    dashboard = text.split("location ^~ /ops/kvern/ {")[1].split("}")[0]
+    assert "proxy_pass http://kvern_web_heads/_kvern/;" in dashboard and "proxy_buffering off;" in dashboard
+    assert "X-Real-IP $remote_addr" in dashboard
+
+
+def test_the_dashboard_prefix_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"web\.dashboard_prefix"):
+        parse_spec({"app": {"tasks": "t"}, "pools": [{"name": "p"}], "web": {"dashboard_prefix": "/a b"}}, tmp_path)

@@ -12,7 +12,9 @@ from typing import Any
 from tasks import ARTIFACT_NAME
 
 import kvern
-from kvern.errors import JobNotFound
+from kvern.api.watch_grants import events_url
+from kvern.enqueue.process import loaded
+from kvern.errors import JobNotFound, RuntimeStateError
 
 #: What a person reads for each job state.
 STATUS_TEXT = {
@@ -81,3 +83,13 @@ def read_pdf(job_id: str) -> bytes | None:
     except (JobNotFound, KeyError):
         return None
     return pdf
+
+
+def report_events_url(job_id: str) -> str | None:
+    """Where the page follows the job as it changes (Server-Sent Events from kvern's job API, with a grant for
+    this one job, so the page needs no API key); None outside a kvern instance: the page then polls."""
+    try:
+        instance = loaded()
+    except RuntimeStateError:
+        return None
+    return events_url(job_id, instance.config, instance.spec.web.api_prefix)

@@ -18,7 +18,7 @@ from tasks import generate_heavy_report
 
 import kvern
 from reportsite.forms import ReportForm
-from reportsite.reports import Report, find_report, read_pdf
+from reportsite.reports import Report, find_report, read_pdf, report_events_url
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,9 @@ def _report_or_404(job_id: UUID) -> Report:
 @never_cache
 @unavailable_is_503()
 def report_progress(request: HttpRequest, job_id: UUID) -> HttpResponse:
-    return render(request, "reportsite/progress.html", {"report": _report_or_404(job_id)})
+    report = _report_or_404(job_id)
+    events = None if report.done else report_events_url(report.job_id)
+    return render(request, "reportsite/progress.html", {"report": report, "events_url": events})
 
 
 @require_GET

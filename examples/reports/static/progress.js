@@ -1,4 +1,6 @@
-// The report page: follow the job through the site's status view, then show the PDF link.
+// The report page: follow the job as kvern pushes its changes (Server-Sent Events from the job API, opened with
+// the grant the site put in the page), then show the PDF link. Without EventSource, or when the stream cannot be
+// kept, it falls back to polling the site's status view.
 // Loaded from the static folder (the front door's CSP allows no inline script). No build step.
 "use strict";
 
@@ -44,7 +46,7 @@
     lostEl.hidden = false;
   }
 
-  async function poll() {
+  async function poll({ once = false } = {}) {
     try {
       const response = await fetch(statusUrl, { headers: { Accept: "application/json" }, cache: "no-store" });
       if (response.status === 404) return giveUp();
@@ -52,7 +54,7 @@
       const state = await response.json();
       failures = 0;
       render(state);
-      if (state.done) return;
+      if (state.done || once) return;
     } catch (err) {
       failures += 1;
       if (failures >= MAX_FAILURES) return giveUp();
@@ -60,6 +62,37 @@
     window.setTimeout(poll, POLL_MS);
   }
 
+  // A pushed event carries the job API's view: progress and its message are shown as they come; a new status or
+  // the end asks the site once for its wording and the PDF link.
+  function follow(eventsUrl) {
+    const stream = new EventSource(eventsUrl);
+    report.dataset.following = "events";
+    const refresh = () => poll({ once: true });
+    stream.addEventListener("status", refresh);
+    stream.addEventListener("progress", (event) => {
+      const job = JSON.parse(event.data);
+      const pct = clamp(job.progress);
+      progressEl.value = pct;
+      pctEl.textContent = `${pct}%`;
+      messageEl.textContent = String(job.progress_message || "");
+    });
+    const stop = () => {
+      stream.close();
+      refresh();
+    };
+    stream.addEventListener("end", stop);
+    stream.addEventListener("gone", stop);
+    stream.onerror = () => {
+      // The browser reconnects by itself (with Last-Event-ID); a stream it gave up on is replaced by polling.
+      if (stream.readyState === EventSource.CLOSED) {
+        report.dataset.following = "polling";
+        window.setTimeout(poll, POLL_MS);
+      }
+    };
+  }
+
   const finished = new Set(["succeeded", "failed", "dead", "cancelled"]);
-  if (!finished.has(report.dataset.status)) window.setTimeout(poll, POLL_MS);
+  if (finished.has(report.dataset.status)) return;
+  if (report.dataset.eventsUrl && "EventSource" in window) follow(report.dataset.eventsUrl);
+  else window.setTimeout(poll, POLL_MS);
 })();

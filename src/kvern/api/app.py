@@ -21,8 +21,10 @@ from starlette.routing import Match
 from kvern.api.auth import Authenticator, Caller, needs, needs_scope_or_local, scoped_idempotency_key
 from kvern.api.batching import JobInserter
 from kvern.api.browsers import OriginGuard
+from kvern.api.dashboard import router as dashboard_router
 from kvern.api.docs import install_docs
 from kvern.api.downloads import artifact_response
+from kvern.api.events import router as job_events_router
 from kvern.api.head_ports import HeadPorts
 from kvern.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvern.api.metrics import ApiMetrics
@@ -158,6 +160,8 @@ def create_app(head: WebHead | None = None) -> FastAPI:
     _install_erase_route(app)
     _install_dead_letter_routes(app)
     _install_health_routes(app)
+    app.include_router(job_events_router)
+    app.include_router(dashboard_router)
     return app
 
 

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from kvern.constants import MAX_BODY_BYTES, SERVED_API_PREFIX
+from kvern.constants import DASHBOARD_PREFIX, MAX_BODY_BYTES, SERVED_API_PREFIX
 from kvern.errors import StartError
 from kvern.spec import (
     API_PREFIX_PATTERN,
@@ -383,11 +383,47 @@ def _api_proxy_pass(web: WebSpec) -> str:
     return f"proxy_pass http://kvern_web_heads{SERVED_API_PREFIX}/;"
 
 
+def _events_location(web: WebSpec) -> str:
+    """Job event streams (Server-Sent Events, api/events.py): each event is passed on as it comes (no buffering)
+    and a stream stays open up to an hour (the heads send a keepalive every 15 s). The rest is inherited."""
+    rewrite = (
+        ""
+        if web.api_prefix == SERVED_API_PREFIX
+        else f"                rewrite ^{web.api_prefix}/(.*)$ /api/$1 break;\n"
+    )
+    return (
+        f"            location ~ ^{web.api_prefix}/v1/jobs/[^/]+/events$ {{\n{rewrite}"
+        "                proxy_pass http://kvern_web_heads;\n"
+        "                proxy_buffering off;\n"
+        "                proxy_read_timeout 1h;\n"
+        "            }"
+    )
+
+
+def _dashboard_location(web: WebSpec) -> str:
+    """The dashboard (api/dashboard): the heads serve it under /_kvern/, the front door under web.dashboard_prefix;
+    its live feed is a Server-Sent Events stream, so nothing is buffered."""
+    return f"""        location ^~ {web.dashboard_prefix}/ {{
+{_limit_req(web)}
+            proxy_pass http://kvern_web_heads{DASHBOARD_PREFIX}/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_connect_timeout 2s;
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+        }}"""
+
+
 def _check_rendered(web: WebSpec, where: Listeners) -> None:
     """What goes into nginx.conf unquoted is checked again here, whoever built the WebSpec (the spec parser
     refuses the same values with the field's name): an address or prefix must not open a directive."""
-    if not API_PREFIX_PATTERN.match(web.api_prefix):
-        raise StartError(f"web.api_prefix: {web.api_prefix!r} cannot be written into nginx.conf")
+    for name, prefix in (("api_prefix", web.api_prefix), ("dashboard_prefix", web.dashboard_prefix)):
+        if not API_PREFIX_PATTERN.match(prefix):
+            raise StartError(f"web.{name}: {prefix!r} cannot be written into nginx.conf")
     for address in where.every:
         if not isinstance(address.port, int):
             raise StartError(f"web.listen: {address!r} has no port number")
@@ -414,6 +450,8 @@ def render_config(state_dir: Path, port: int, static_dir: Path | None, web: WebS
         server_names=server_names,
         api_prefix=web.api_prefix,
         api_proxy_pass=_api_proxy_pass(web),
+        events_location=_events_location(web),
+        dashboard_location=_dashboard_location(web),
         limit_zones=_limit_zones(web),
         limit_req=_limit_req(web),
         limit_conn=_limit_conn(web),
