@@ -17,8 +17,10 @@ from kvern.broker.relay import DeadLetterWatcher, recover_stuck_jobs, relay_unpu
 from kvern.constants import ROLE_ADMIN, ROLE_CONTROLLER
 from kvern.jobs import retention
 from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.deliveries import DeliveryLog
 from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
+from kvern.notify.outbox import Outbox, OutboxThread
 from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime_config import RuntimeConfig
@@ -77,8 +79,11 @@ def main() -> None:
     )
     retention_loop = RetentionLoop(store, spec.retention)
     stop = stop_on_signals()
+    notifier = _notifier(config, store) if run_web else None  # one tier announces, like the relay
     if watcher:
         watcher.start()
+    if notifier:
+        notifier.start()
     next_outbox = next_stuck = 0.0
     while not stop.is_set():
         if pools:
@@ -94,6 +99,15 @@ def main() -> None:
         stop.wait(AUTOSCALE_INTERVAL_S)
     if watcher:
         watcher.stop()
+    if notifier:
+        notifier.stop()
+
+
+def _notifier(config: RuntimeConfig, store: JobStore) -> OutboxThread:
+    spec = config.spec()
+    base_url = spec.notify.base_url or f"http://127.0.0.1:{config.front_door_port}"
+    outbox = Outbox(store, DeliveryLog(store.engine), spec.notify, base_url, spec.web.api_prefix)
+    return OutboxThread(outbox)
 
 
 def _guarded(name: str, step: object) -> None:

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "kvern.worker": 3,
     "kvern.autoscale": 3,
     "kvern.broker": 3,
+    "kvern.notify": 3,  # announcing finished jobs: webhooks and email, sent by the controller's outbox
     "kvern.catalog": 2,
     "kvern.jobs": 2,
     "kvern.spec": 1,

@@ -52,6 +52,7 @@ from kvern.constants import (
 from kvern.enqueue.core import accept, run_async
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.deliveries import DeliveryLog
 from kvern.jobs.keys import KeyStoreProtocol, Scope, SqlKeyStore
 from kvern.jobs.records import Job
 from kvern.jobs.states import REPLAYABLE, JobStatus
@@ -85,6 +86,7 @@ class WebHead:
     front_door_port: int | None = None  # the origin's port, which nginx's Host header leaves out
     keys: KeyStoreProtocol | None = None  # None: authentication is off (`[web] auth = "off"`, unit tests)
     state_dir: Path | None = None  # where the app heads' sockets are found; None: no app heads to check
+    deliveries: DeliveryLog | None = None  # the notification log a job's GET shows; None: not kept (unit tests)
     marker: PublishedMarker = field(init=False)
     auth: Authenticator = field(init=False)
     metrics: ApiMetrics = field(init=False)
@@ -103,7 +105,8 @@ class WebHead:
         publisher = JobPublisher(config.broker_urls[ROLE_WEB])
         store = JobStore(config.store_url)
         keys = SqlKeyStore(store.engine) if spec.web.auth == "keys" else None
-        return cls(spec, catalog, store, publisher, config.front_door_port, keys, config.state_path)
+        deliveries = DeliveryLog(store.engine)
+        return cls(spec, catalog, store, publisher, config.front_door_port, keys, config.state_path, deliveries)
 
     async def submit(
         self, submission: Submission, idempotency_key: str | None, owner: str | None = None
@@ -268,6 +271,8 @@ SUBMIT_BODY = {
                             "maxLength": MAX_SUBJECT_CHARS,
                             "pattern": SUBJECT_PATTERN,
                         },
+                        # who is told when it finishes: "mailto:..." (webhook URLs if the spec allows them)
+                        "notify": {"type": "array", "items": {"type": "string"}, "maxItems": 10},
                     },
                     "additionalProperties": False,
                 }
@@ -310,7 +315,11 @@ def _install_job_routes(app: FastAPI) -> None:
         job = await _visible_job(request, job_id, caller)
         if job is None:
             return unknown_job(job_id)
-        return JSONResponse(job_body(job))
+        body = job_body(job)
+        deliveries = _head(request).deliveries
+        if deliveries is not None:  # each attempt to announce its end (README "Notifications")
+            body["notifications"] = [d.view() for d in await run_in_threadpool(deliveries.of_job, job_id)]
+        return JSONResponse(body)
 
     @app.get(f"{API_PREFIX}/jobs", response_model=JobPage, responses=ERRORS)
     async def list_jobs(
@@ -357,7 +366,7 @@ async def _submit(request: Request, idempotency_key: str | None, caller: Caller)
     if isinstance(body, Response):
         return body
     try:
-        submission = parse_submission(body, head.catalog, head.spec.limits)
+        submission = parse_submission(body, head.catalog, head.spec.limits, head.spec.notify)
     except SubmissionError as exc:
         return json_error(exc.status, exc.code, exc.message)
     try:

@@ -44,6 +44,9 @@ class JobView(JobSummaryView):
     args: list[Any]
     kwargs: dict[str, Any]
     result: Any
+    # Each attempt to announce its end to a target: target, attempt, at, outcome (delivered, failed, gave_up),
+    # detail. Only the job's own GET has it.
+    notifications: list[dict[str, Any]] = []
 
 
 class JobPage(BaseModel):
