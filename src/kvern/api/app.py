@@ -34,6 +34,7 @@ from kvern.api.views import (
     DeadJobView,
     ErrorView,
     HealthView,
+    JobDetailView,
     JobPage,
     JobView,
     error_body,
@@ -310,7 +311,7 @@ def _install_job_routes(app: FastAPI) -> None:
         finally:
             _head(request).metrics.observe_submission(code, time.perf_counter() - started)
 
-    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobView, responses=ERRORS, operation_id="get_job")
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobDetailView, responses=ERRORS, operation_id="get_job")
     async def get_job(request: Request, job_id: str, caller: Reader) -> Response:
         job = await _visible_job(request, job_id, caller)
         if job is None:

@@ -44,8 +44,12 @@ class JobView(JobSummaryView):
     args: list[Any]
     kwargs: dict[str, Any]
     result: Any
-    # Each attempt to announce its end to a target: target, attempt, at, outcome (delivered, failed, gave_up),
-    # detail. Only the job's own GET has it.
+
+
+class JobDetailView(JobView):
+    """A job as its own GET shows it: with each attempt to announce its end (README "Notifications"): target,
+    attempt, at, outcome (delivered, failed, gave_up) and detail."""
+
     notifications: list[dict[str, Any]] = []
 
 

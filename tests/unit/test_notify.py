@@ -1,0 +1,294 @@
+"""Notifications: targets in the spec and in submissions, webhook signatures, and the outbox delivering to a real
+local SMTP server (aiosmtpd) and a local webhook receiver, over a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from kvern.enqueue.core import new_job
+from kvern.enqueue.validation import Submission, parse_notify
+from kvern.errors import SpecError, SubmitError
+from kvern.jobs.deliveries import DELIVERED, FAILED, GAVE_UP, DeliveryLog
+from kvern.jobs.records import NewJob
+from kvern.jobs.states import JobStatus
+from kvern.jobs.store import JobStore
+from kvern.notify.outbox import MAX_ATTEMPTS, Outbox, retry_delay
+from kvern.notify.signing import SIGNATURE_HEADER, signature, verify
+from kvern.spec import NotifySpec, SmtpSpec, parse_spec
+
+KEY = b"test-webhook-key"
+
+
+# -- the local receivers ----------------------------------------------------------------------------------------
+
+
+class Receiver:
+    """A webhook endpoint on loopback that answers `status` and keeps what it got."""
+
+    def __init__(self) -> None:
+        self.status = 204
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    receiver.thread.start()
+    try:
+        yield receiver
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.mails: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.mails.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[SmtpSpec, Inbox]]:
+    inbox = Inbox()
+    with socket.socket() as probe:  # aiosmtpd's start() connects to its port: it needs a real one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = Controller(inbox, hostname="127.0.0.1", port=port)
+    server.start()
+    try:
+        spec = SmtpSpec(
+            host="127.0.0.1",
+            port=port,
+            security="none",
+            sender="reports@example.com",
+            timeout=5,
+        )
+        yield spec, inbox
+    finally:
+        server.stop()
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+
+
+def finished_job(store: JobStore, notify: tuple[str, ...], *, finish: bool = True) -> str:
+    job_id = str(uuid.uuid4())
+    store.create_job(NewJob(job_id, "tasks.report", "main", [42], {}, max_attempts=1, notify=notify))
+    if finish:
+        claim = store.claim_attempt(job_id, "w1")
+        store.record_success(job_id, claim.attempt, {"pages": 3})
+    return job_id
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def outbox(store: JobStore, key_file: Path, smtp: SmtpSpec | None = None, clock: Clock | None = None) -> Outbox:
+    notify = NotifySpec(
+        base_url="https://shop.example.com", webhook_key_file=key_file, smtp=smtp, link="/reports/{id}/"
+    )
+    return Outbox(store, DeliveryLog(store.engine), notify, "https://shop.example.com", "/api", clock or Clock())
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "webhook.key"
+    path.write_bytes(KEY + b"\n")
+    return path
+
+
+# -- delivery -----------------------------------------------------------------------------------------------------
+
+
+def test_a_finished_job_is_announced_once_by_signed_webhook_and_by_email(
+    sqlite_store: JobStore, receiver: Receiver, smtp: tuple[SmtpSpec, Inbox], key_file: Path
+) -> None:
+    smtp_spec, inbox = smtp
+    job_id = finished_job(sqlite_store, (receiver.url, "mailto:ada@example.com"))
+    box = outbox(sqlite_store, key_file, smtp_spec)
+
+    assert box.tick() == 2
+    assert box.tick() == 0  # nothing owed any more
+
+    [(headers, body)] = receiver.requests
+    assert verify(KEY, headers[SIGNATURE_HEADER], body, time.time())
+    assert not verify(KEY, headers[SIGNATURE_HEADER], body.replace(b"42", b"43"), time.time())
+    view = json.loads(body)
+    assert (view["id"], view["status"], view["result"]) == (job_id, "succeeded", {"pages": 3})
+    assert headers["X-Kvern-Job"] == job_id
+    [(to, mail)] = inbox.mails
+    assert to == ["ada@example.com"]
+    assert f"https://shop.example.com/reports/{job_id}/" in mail.get_payload(decode=True).decode()
+    assert "ready" in mail["Subject"]
+    log = DeliveryLog(sqlite_store.engine).of_job(job_id)
+    assert [(d.target, d.outcome) for d in log] == [(receiver.url, DELIVERED), ("mailto:ada@example.com", DELIVERED)]
+
+
+def test_a_failing_webhook_is_retried_with_backoff_until_it_answers(
+    sqlite_store: JobStore, receiver: Receiver, key_file: Path
+) -> None:
+    receiver.status = 500
+    job_id = finished_job(sqlite_store, (receiver.url,))
+    clock = Clock()
+    box = outbox(sqlite_store, key_file, clock=clock)
+
+    assert box.tick() == 1
+    assert box.tick() == 0  # not due before its backoff
+    clock.now += retry_delay(1)
+    receiver.status = 200
+    assert box.tick() == 1
+
+    log = DeliveryLog(sqlite_store.engine).of_job(job_id)
+    assert [(d.attempt, d.outcome, d.detail) for d in log] == [(1, FAILED, "HTTP 500"), (2, DELIVERED, "HTTP 200")]
+    assert len(receiver.requests) == 2
+
+
+def test_a_target_is_given_up_after_the_last_attempt(sqlite_store: JobStore, key_file: Path) -> None:
+    job_id = finished_job(sqlite_store, ("http://127.0.0.1:9/unreachable",))  # discard port: refused
+    clock = Clock()
+    box = outbox(sqlite_store, key_file, clock=clock)
+    for _ in range(MAX_ATTEMPTS + 2):
+        box.tick()
+        clock.now += 3600
+    log = DeliveryLog(sqlite_store.engine).of_job(job_id)
+    assert len(log) == MAX_ATTEMPTS
+    assert log[-1].outcome == GAVE_UP
+    assert {d.outcome for d in log[:-1]} == {FAILED}
+
+
+def test_only_finished_jobs_are_announced_and_a_new_outbox_resumes_what_is_owed(
+    sqlite_store: JobStore, receiver: Receiver, key_file: Path
+) -> None:
+    running = finished_job(sqlite_store, (receiver.url,), finish=False)
+    assert outbox(sqlite_store, key_file).tick() == 0
+    claim = sqlite_store.claim_attempt(running, "w1")
+    sqlite_store.record_failure(running, claim.attempt, "boom", JobStatus.FAILED)
+    # A controller restarted after the job ended: the store says what is owed.
+    assert outbox(sqlite_store, key_file).tick() == 1
+    assert json.loads(receiver.requests[0][1])["status"] == "failed"
+
+
+def test_erasing_a_job_erases_its_notification_log(sqlite_store: JobStore, receiver: Receiver, key_file: Path) -> None:
+    job_id = finished_job(sqlite_store, (receiver.url,))
+    outbox(sqlite_store, key_file).tick()
+    assert sqlite_store.erase(job_id)
+    assert DeliveryLog(sqlite_store.engine).of_job(job_id) == []
+
+
+def test_signature_rejects_an_old_timestamp_and_another_key() -> None:
+    body = b'{"id": "x"}'
+    header = signature(KEY, 1_000_000, body)
+    assert verify(KEY, header, body, 1_000_100)
+    assert not verify(KEY, header, body, 1_000_000 + 3600)
+    assert not verify(b"other", header, body, 1_000_100)
+    assert not verify(KEY, "garbage", body, 1_000_100)
+
+
+# -- the spec and submissions -------------------------------------------------------------------------------------
+
+BASE = {"app": {"tasks": "tasks"}, "pools": [{"name": "main"}]}
+
+
+def test_task_targets_need_smtp_and_a_signing_key(tmp_path: Path) -> None:
+    mail_only = BASE | {"tasks": {"tasks.report": {"notify": ["mailto:ops@example.com"]}}}
+    with pytest.raises(SpecError, match=r"notify\.smtp"):
+        parse_spec(mail_only, tmp_path / "kvern.toml")
+    hook_only = BASE | {"tasks": {"tasks.report": {"notify": ["https://hooks.example.com/x"]}}}
+    with pytest.raises(SpecError, match="webhook_key_file"):
+        parse_spec(hook_only, tmp_path / "kvern.toml")
+    (tmp_path / "key").write_text("k")
+    (tmp_path / "smtp-password").write_text("hunter2\n")
+    notify = {
+        "webhook_key_file": "key",
+        "smtp": {
+            "host": "smtp.example.com",
+            "sender": "r@example.com",
+            "username": "r",
+            "password_file": "smtp-password",
+        },
+    }
+    both = BASE | {"tasks": {"tasks.report": {"notify": ["https://hooks.example.com/x", "mailto:ops@example.com"]}}}
+    spec = parse_spec(both | {"notify": notify}, tmp_path / "kvern.toml")
+    assert spec.policy("tasks.report").notify == ("https://hooks.example.com/x", "mailto:ops@example.com")
+    assert spec.notify.smtp is not None and spec.notify.smtp.password() == "hunter2"
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["ftp://x.example.com/", "mailto:not-an-address", "mailto:a@b.example.com\r\nBcc: x@y.com", "https://", 7],
+)
+def test_a_bad_target_is_refused_naming_the_field(tmp_path: Path, target: Any) -> None:
+    raw = BASE | {"tasks": {"tasks.report": {"notify": [target]}}}
+    with pytest.raises(SpecError, match=r"tasks\.tasks\.report\.notify\[0\]"):
+        parse_spec(raw, tmp_path / "kvern.toml")
+
+
+def test_clear_smtp_is_only_for_localhost(tmp_path: Path) -> None:
+    raw = BASE | {"notify": {"smtp": {"host": "smtp.example.com", "sender": "r@example.com", "security": "none"}}}
+    with pytest.raises(SpecError, match="only for localhost"):
+        parse_spec(raw, tmp_path / "kvern.toml")
+
+
+def test_a_submission_names_mail_targets_and_webhooks_only_when_the_spec_allows(tmp_path: Path) -> None:
+    smtp = SmtpSpec(host="127.0.0.1", sender="r@example.com")
+    (tmp_path / "key").write_text("k")
+    closed = NotifySpec(webhook_key_file=tmp_path / "key", smtp=smtp)
+    assert parse_notify(["mailto:ada@example.com"], closed) == ("mailto:ada@example.com",)
+    with pytest.raises(SubmitError, match="submission_webhooks") as refused:
+        parse_notify(["https://evil.example.com/"], closed)
+    assert refused.value.status == 400
+    opened = NotifySpec(webhook_key_file=tmp_path / "key", smtp=smtp, submission_webhooks=True)
+    assert parse_notify(["https://hooks.example.com/"], opened) == ("https://hooks.example.com/",)
+    with pytest.raises(SubmitError, match="smtp"):
+        parse_notify(["mailto:ada@example.com"], NotifySpec())
+    with pytest.raises(SubmitError):
+        parse_notify("mailto:ada@example.com", closed)  # a list, not a string
+
+
+def test_a_job_carries_its_tasks_targets_and_its_submissions_own(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("k")
+    raw = BASE | {
+        "tasks": {"tasks.report": {"notify": ["https://hooks.example.com/x"]}},
+        "notify": {"webhook_key_file": "key", "smtp": {"host": "127.0.0.1", "sender": "r@example.com"}},
+    }
+    spec = parse_spec(raw, tmp_path / "kvern.toml")
+    submission = Submission("tasks.report", [], {}, "hash", notify=("mailto:ada@example.com",))
+    assert new_job(spec, submission, None).notify == ("https://hooks.example.com/x", "mailto:ada@example.com")
+    assert new_job(spec, replace(submission, task="tasks.other", notify=()), None).notify == ()
