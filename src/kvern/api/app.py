@@ -55,6 +55,7 @@ from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.deliveries import DeliveryLog
 from kvern.jobs.keys import KeyStoreProtocol, Scope, SqlKeyStore
+from kvern.jobs.metric_samples import MetricSamples
 from kvern.jobs.records import Job
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import JobStore
@@ -88,6 +89,7 @@ class WebHead:
     keys: KeyStoreProtocol | None = None  # None: authentication is off (`[web] auth = "off"`, unit tests)
     state_dir: Path | None = None  # where the app heads' sockets are found; None: no app heads to check
     deliveries: DeliveryLog | None = None  # the notification log a job's GET shows; None: not kept (unit tests)
+    published_metrics: MetricSamples | None = None  # what the controller publishes; None: counted from the store
     marker: PublishedMarker = field(init=False)
     auth: Authenticator = field(init=False)
     metrics: ApiMetrics = field(init=False)
@@ -95,7 +97,7 @@ class WebHead:
 
     def __post_init__(self) -> None:
         self.marker = PublishedMarker(self.store)
-        self.metrics = ApiMetrics(self.store)
+        self.metrics = ApiMetrics(self.store, self.published_metrics)
         self.inserter = JobInserter(self.store)
         self.auth = Authenticator(self.keys)
 
@@ -106,8 +108,10 @@ class WebHead:
         publisher = JobPublisher(config.broker_urls[ROLE_WEB])
         store = JobStore(config.store_url)
         keys = SqlKeyStore(store.engine) if spec.web.auth == "keys" else None
-        deliveries = DeliveryLog(store.engine)
-        return cls(spec, catalog, store, publisher, config.front_door_port, keys, config.state_path, deliveries)
+        deliveries, published = DeliveryLog(store.engine), MetricSamples(store.engine)
+        return cls(
+            spec, catalog, store, publisher, config.front_door_port, keys, config.state_path, deliveries, published
+        )
 
     async def submit(
         self, submission: Submission, idempotency_key: str | None, owner: str | None = None

@@ -9,7 +9,6 @@ retried with exponential backoff until it takes the notification or MAX_ATTEMPTS
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,28 +94,3 @@ class Outbox:
                 raise DeliveryFailed("no [notify.smtp] server in the spec")
             return send_email(self.notify.smtp, target.address, view, self.link(view["id"]))
         return post_webhook(target.address, view, self.notify.webhook_key(), attempt, self.client)
-
-
-class OutboxThread:
-    """Runs the outbox beside the controller's loop: a slow target never holds up the autoscaler."""
-
-    def __init__(self, outbox: Outbox, interval_s: float = INTERVAL_S) -> None:
-        self.outbox = outbox
-        self.interval_s = interval_s
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="notifications", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.outbox.tick()
-            except Exception as exc:  # the store away: try again next round
-                log.warning("notification outbox: %s", exc)
-            self.stopping.wait(self.interval_s)
