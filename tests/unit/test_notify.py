@@ -4,19 +4,14 @@ local SMTP server (aiosmtpd) and a local webhook receiver, over a real SQLite st
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from email import message_from_bytes
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from kvern.enqueue.core import new_job
 from kvern.enqueue.validation import Submission, parse_notify
@@ -28,76 +23,21 @@ from kvern.jobs.store import JobStore
 from kvern.notify.outbox import MAX_ATTEMPTS, Outbox, retry_delay
 from kvern.notify.signing import SIGNATURE_HEADER, signature, verify
 from kvern.spec import NotifySpec, SmtpSpec, parse_spec
+from tests.receivers import Inbox, Receiver, receiving_mail, receiving_webhooks
 
 KEY = b"test-webhook-key"
 
 
-# -- the local receivers ----------------------------------------------------------------------------------------
-
-
-class Receiver:
-    """A webhook endpoint on loopback that answers `status` and keeps what it got."""
-
-    def __init__(self) -> None:
-        self.status = 204
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((dict(self.headers), body))
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    receiver.thread.start()
-    try:
+    with receiving_webhooks() as receiver:
         yield receiver
-    finally:
-        receiver.server.shutdown()
-        receiver.server.server_close()
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.mails: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.mails.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
-        return "250 OK"
 
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[SmtpSpec, Inbox]]:
-    inbox = Inbox()
-    with socket.socket() as probe:  # aiosmtpd's start() connects to its port: it needs a real one
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = Controller(inbox, hostname="127.0.0.1", port=port)
-    server.start()
-    try:
-        spec = SmtpSpec(
-            host="127.0.0.1",
-            port=port,
-            security="none",
-            sender="reports@example.com",
-            timeout=5,
-        )
-        yield spec, inbox
-    finally:
-        server.stop()
+    with receiving_mail() as (port, inbox):
+        yield SmtpSpec(host="127.0.0.1", port=port, security="none", sender="reports@example.com", timeout=5), inbox
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
@@ -155,7 +95,9 @@ def test_a_finished_job_is_announced_once_by_signed_webhook_and_by_email(
     assert headers["X-Kvern-Job"] == job_id
     [(to, mail)] = inbox.mails
     assert to == ["ada@example.com"]
-    assert f"https://shop.example.com/reports/{job_id}/" in mail.get_payload(decode=True).decode()
+    payload = mail.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    assert f"https://shop.example.com/reports/{job_id}/" in payload.decode()
     assert "ready" in mail["Subject"]
     log = DeliveryLog(sqlite_store.engine).of_job(job_id)
     assert [(d.target, d.outcome) for d in log] == [(receiver.url, DELIVERED), ("mailto:ada@example.com", DELIVERED)]
