@@ -3,6 +3,7 @@ counts go on across a controller restart, and neither side scans the jobs table.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -19,6 +20,7 @@ from kvern.jobs.records import NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.observe import publisher
+from kvern.observe.families import ALL, COUNTER, GAUGE, HISTOGRAM
 from kvern.observe.publisher import LAG_S, JobMetrics, PoolMetrics
 from kvern.spec import PoolSpec
 from tests.unit.doubles import StubRunner
@@ -185,3 +187,14 @@ def test_the_rounds_read_an_index_range_not_the_jobs_table(sqlite_store: JobStor
         plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
     assert index in plan
     assert not re.search(r"SCAN kvern_jobs\b(?! USING)", plan), plan
+
+
+def test_the_grafana_dashboard_uses_only_metrics_kvern_exposes() -> None:
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana" / "kvern.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bkvern_[a-z_]+", expr)}
+    suffixes = {COUNTER: ("_total",), HISTOGRAM: ("_bucket", "_sum", "_count"), GAUGE: ("",)}
+    exposed = {family.name + suffix for family in ALL for suffix in suffixes[family.kind]}
+    exposed |= {"kvern_job_store_up", "kvern_submissions_total", "kvern_submit_seconds_bucket"}  # the heads' own
+    assert used and used <= exposed, used - exposed
+    assert {"kvern_job_queue_wait_seconds_bucket", "kvern_pool_processes", "kvern_queue_messages_ready"} <= used
