@@ -40,6 +40,13 @@ def smtp() -> Iterator[tuple[SmtpSpec, Inbox]]:
         yield SmtpSpec(host="127.0.0.1", port=port, security="none", sender="reports@example.com", timeout=5), inbox
 
 
+@pytest.fixture(params=["sqlite_store", "postgres_store"])
+def store(request: pytest.FixtureRequest) -> JobStore:
+    """The real job store, on both engines."""
+    found: JobStore = request.getfixturevalue(request.param)
+    return found
+
+
 # -- helpers ------------------------------------------------------------------------------------------------------
 
 
@@ -78,11 +85,11 @@ def key_file(tmp_path: Path) -> Path:
 
 
 def test_a_finished_job_is_announced_once_by_signed_webhook_and_by_email(
-    sqlite_store: JobStore, receiver: Receiver, smtp: tuple[SmtpSpec, Inbox], key_file: Path
+    store: JobStore, receiver: Receiver, smtp: tuple[SmtpSpec, Inbox], key_file: Path
 ) -> None:
     smtp_spec, inbox = smtp
-    job_id = finished_job(sqlite_store, (receiver.url, "mailto:ada@example.com"))
-    box = outbox(sqlite_store, key_file, smtp_spec)
+    job_id = finished_job(store, (receiver.url, "mailto:ada@example.com"))
+    box = outbox(store, key_file, smtp_spec)
 
     assert box.tick() == 2
     assert box.tick() == 0  # nothing owed any more
@@ -99,17 +106,17 @@ def test_a_finished_job_is_announced_once_by_signed_webhook_and_by_email(
     assert isinstance(payload, bytes)
     assert f"https://shop.example.com/reports/{job_id}/" in payload.decode()
     assert "ready" in mail["Subject"]
-    log = DeliveryLog(sqlite_store.engine).of_job(job_id)
+    log = DeliveryLog(store.engine).of_job(job_id)
     assert [(d.target, d.outcome) for d in log] == [(receiver.url, DELIVERED), ("mailto:ada@example.com", DELIVERED)]
 
 
 def test_a_failing_webhook_is_retried_with_backoff_until_it_answers(
-    sqlite_store: JobStore, receiver: Receiver, key_file: Path
+    store: JobStore, receiver: Receiver, key_file: Path
 ) -> None:
     receiver.status = 500
-    job_id = finished_job(sqlite_store, (receiver.url,))
+    job_id = finished_job(store, (receiver.url,))
     clock = Clock()
-    box = outbox(sqlite_store, key_file, clock=clock)
+    box = outbox(store, key_file, clock=clock)
 
     assert box.tick() == 1
     assert box.tick() == 0  # not due before its backoff
@@ -117,41 +124,41 @@ def test_a_failing_webhook_is_retried_with_backoff_until_it_answers(
     receiver.status = 200
     assert box.tick() == 1
 
-    log = DeliveryLog(sqlite_store.engine).of_job(job_id)
+    log = DeliveryLog(store.engine).of_job(job_id)
     assert [(d.attempt, d.outcome, d.detail) for d in log] == [(1, FAILED, "HTTP 500"), (2, DELIVERED, "HTTP 200")]
     assert len(receiver.requests) == 2
 
 
-def test_a_target_is_given_up_after_the_last_attempt(sqlite_store: JobStore, key_file: Path) -> None:
-    job_id = finished_job(sqlite_store, ("http://127.0.0.1:9/unreachable",))  # discard port: refused
+def test_a_target_is_given_up_after_the_last_attempt(store: JobStore, key_file: Path) -> None:
+    job_id = finished_job(store, ("http://127.0.0.1:9/unreachable",))  # discard port: refused
     clock = Clock()
-    box = outbox(sqlite_store, key_file, clock=clock)
+    box = outbox(store, key_file, clock=clock)
     for _ in range(MAX_ATTEMPTS + 2):
         box.tick()
         clock.now += 3600
-    log = DeliveryLog(sqlite_store.engine).of_job(job_id)
+    log = DeliveryLog(store.engine).of_job(job_id)
     assert len(log) == MAX_ATTEMPTS
     assert log[-1].outcome == GAVE_UP
     assert {d.outcome for d in log[:-1]} == {FAILED}
 
 
 def test_only_finished_jobs_are_announced_and_a_new_outbox_resumes_what_is_owed(
-    sqlite_store: JobStore, receiver: Receiver, key_file: Path
+    store: JobStore, receiver: Receiver, key_file: Path
 ) -> None:
-    running = finished_job(sqlite_store, (receiver.url,), finish=False)
-    assert outbox(sqlite_store, key_file).tick() == 0
-    claim = sqlite_store.claim_attempt(running, "w1")
-    sqlite_store.record_failure(running, claim.attempt, "boom", JobStatus.FAILED)
+    running = finished_job(store, (receiver.url,), finish=False)
+    assert outbox(store, key_file).tick() == 0
+    claim = store.claim_attempt(running, "w1")
+    store.record_failure(running, claim.attempt, "boom", JobStatus.FAILED)
     # A controller restarted after the job ended: the store says what is owed.
-    assert outbox(sqlite_store, key_file).tick() == 1
+    assert outbox(store, key_file).tick() == 1
     assert json.loads(receiver.requests[0][1])["status"] == "failed"
 
 
-def test_erasing_a_job_erases_its_notification_log(sqlite_store: JobStore, receiver: Receiver, key_file: Path) -> None:
-    job_id = finished_job(sqlite_store, (receiver.url,))
-    outbox(sqlite_store, key_file).tick()
-    assert sqlite_store.erase(job_id)
-    assert DeliveryLog(sqlite_store.engine).of_job(job_id) == []
+def test_erasing_a_job_erases_its_notification_log(store: JobStore, receiver: Receiver, key_file: Path) -> None:
+    job_id = finished_job(store, (receiver.url,))
+    outbox(store, key_file).tick()
+    assert store.erase(job_id)
+    assert DeliveryLog(store.engine).of_job(job_id) == []
 
 
 def test_signature_rejects_an_old_timestamp_and_another_key() -> None:
@@ -234,3 +241,15 @@ def test_a_job_carries_its_tasks_targets_and_its_submissions_own(tmp_path: Path)
     submission = Submission("tasks.report", [], {}, "hash", notify=("mailto:ada@example.com",))
     assert new_job(spec, submission, None).notify == ("https://hooks.example.com/x", "mailto:ada@example.com")
     assert new_job(spec, replace(submission, task="tasks.other", notify=()), None).notify == ()
+
+
+def test_the_readme_verification_snippet_accepts_kvern_signatures_only() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = readme.split("Verifying a webhook", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)
+    body = b'{"id":"x","status":"succeeded"}'
+    header = signature(KEY, int(time.time()), body)
+    assert namespace["verify"](KEY, header, body)
+    assert not namespace["verify"](KEY, header, body + b" ")
+    assert not namespace["verify"](b"another key", header, body)
