@@ -15,7 +15,7 @@ from sqlalchemy import event, update
 from kvern.api.metrics import ApiMetrics
 from kvern.jobs import schema
 from kvern.jobs.deliveries import DeliveryLog
-from kvern.jobs.metric_samples import Cursor, MetricSamples
+from kvern.jobs.metric_samples import Cursor, CursorMoved, MetricSamples
 from kvern.jobs.records import NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
@@ -206,3 +206,20 @@ def test_the_grafana_dashboard_uses_only_metrics_kvern_exposes() -> None:
     exposed |= {"kvern_job_store_up", "kvern_submissions_total", "kvern_submit_seconds_bucket"}  # the heads' own
     assert used and used <= exposed, used - exposed
     assert {"kvern_job_queue_wait_seconds_bucket", "kvern_pool_processes", "kvern_queue_messages_ready"} <= used
+
+
+def test_two_controllers_on_one_store_count_each_job_once(store: JobStore) -> None:
+    start = time.time()
+    clock = Clock(start)
+    samples = MetricSamples(store.engine)
+    first, second = JobMetrics(samples, store, clock), JobMetrics(samples, store, clock)
+    first.tick()
+    second.tick()
+    run_job(store, "tasks.report", start + 1, wait=1, run=1)
+    clock.now = start + 5 + LAG_S
+    first.tick()
+    with pytest.raises(CursorMoved):
+        second.tick()  # it read the cursor before the first moved it: nothing of its round is written
+    second.tick()
+    first.tick()
+    assert value(scrape(store), 'kvern_job_run_seconds_count{task="tasks.report"}') == 1

@@ -253,3 +253,12 @@ def test_the_readme_verification_snippet_accepts_kvern_signatures_only() -> None
     assert namespace["verify"](KEY, header, body)
     assert not namespace["verify"](KEY, header, body + b" ")
     assert not namespace["verify"](b"another key", header, body)
+
+
+def test_two_controllers_on_one_store_announce_a_job_once(store: JobStore, receiver: Receiver, key_file: Path) -> None:
+    finished_job(store, (receiver.url,))
+    first, second = outbox(store, key_file), outbox(store, key_file)
+    [seen_by_both] = first.deliveries.owed(time.time())
+    assert second.tick() == 1  # the second one is quicker
+    assert first._announce(seen_by_both, time.time()) == 0  # the first finds it taken
+    assert len(receiver.requests) == 1

@@ -55,6 +55,7 @@ class OwedJob:
     job: Job
     targets: tuple[str, ...]
     deliveries: tuple[Delivery, ...]
+    due: float  # the due time it was found with (claim compares it)
 
     def pending(self) -> list[tuple[str, int]]:
         """(target, attempts made so far) of each target not yet done."""
@@ -80,7 +81,9 @@ class DeliveryLog:
             rows = list(conn.execute(query))
             logs = self._deliveries(conn, [row.id for row in rows])
         return [
-            OwedJob(Job.from_row(row), tuple(json.loads(row.notify or "[]")), tuple(logs.get(row.id, ())))
+            OwedJob(
+                Job.from_row(row), tuple(json.loads(row.notify or "[]")), tuple(logs.get(row.id, ())), row.notify_due
+            )
             for row in rows
         ]
 
@@ -107,6 +110,15 @@ class DeliveryLog:
                     detail=delivery.detail[:1000],
                 )
             )
+
+    def claim(self, owed: OwedJob, until: float) -> bool:
+        """Take the job for one round: its due time moves to `until` only if no other controller moved it first
+        (web tiers on several machines sharing one store announce each job once). Should this one die, the job
+        is due again at `until`."""
+        jobs = schema.jobs
+        where = (jobs.c.id == owed.job.id) & (jobs.c.notify_due == owed.due)
+        with begin(self.engine) as conn:
+            return bool(conn.execute(update(jobs).where(where).values(notify_due=until)).rowcount)
 
     def reschedule(self, job_id: str, due: float | None) -> None:
         """When to look at the job again; None: nothing more is owed."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from kvern.jobs import schema
 from kvern.jobs.states import TERMINAL
@@ -53,6 +54,17 @@ class Cursor:
     job_id: str
 
 
+@dataclass(frozen=True)
+class CursorMove:
+    name: str
+    found: Cursor | None  # where it was when read (None: there was none)
+    to: Cursor
+
+
+class CursorMoved(Exception):
+    """Another publisher moved the cursor first: reload the counts and the cursor from the store."""
+
+
 class MetricSamples:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -66,13 +78,18 @@ class MetricSamples:
     def of_names(self, names: Sequence[str]) -> list[Sample]:
         return [sample for sample in self.all() if sample.name in set(names)]
 
-    def publish(self, samples: Iterable[Sample], now: float, cursor: tuple[str, Cursor] | None = None) -> None:
-        """Write each sample (insert or replace its value), and the cursor if given, in one transaction."""
-        with begin(self.engine) as conn:
-            for sample in samples:
-                _upsert(conn, sample, now)
-            if cursor is not None:
-                _save_cursor(conn, *cursor)
+    def publish(self, samples: Iterable[Sample], now: float, cursor: CursorMove | None = None) -> None:
+        """Write each sample (insert or replace its value), and move the cursor if given, in one transaction.
+        CursorMoved (nothing written) when the cursor is no longer where this publisher found it: another
+        controller counted meanwhile, and these counts would count its jobs twice."""
+        try:
+            with begin(self.engine) as conn:
+                for sample in samples:
+                    _upsert(conn, sample, now)
+                if cursor is not None:
+                    _move_cursor(conn, cursor)
+        except IntegrityError as exc:  # the first cursor, inserted by two at once
+            raise CursorMoved(str(exc)) from exc
 
     def cursor(self, name: str) -> Cursor | None:
         table = schema.metric_cursors
@@ -120,8 +137,12 @@ def _upsert(conn: Connection, sample: Sample, now: float) -> None:
         conn.execute(insert(table).values(name=sample.name, labels=key, value=sample.value, updated_at=now))
 
 
-def _save_cursor(conn: Connection, name: str, cursor: Cursor) -> None:
+def _move_cursor(conn: Connection, move: CursorMove) -> None:
     table = schema.metric_cursors
-    values = {"at": cursor.at, "job_id": cursor.job_id}
-    if conn.execute(update(table).where(table.c.name == name).values(**values)).rowcount == 0:
-        conn.execute(insert(table).values(name=name, **values))
+    values = {"at": move.to.at, "job_id": move.to.job_id}
+    if move.found is None:
+        conn.execute(insert(table).values(name=move.name, **values))
+        return
+    was = (table.c.name == move.name) & (table.c.at == move.found.at) & (table.c.job_id == move.found.job_id)
+    if conn.execute(update(table).where(was).values(**values)).rowcount == 0:
+        raise CursorMoved(f"metrics cursor {move.name!r} moved since it was read")

@@ -31,6 +31,7 @@ INTERVAL_S = 2.0
 MAX_ATTEMPTS = 10
 FIRST_RETRY_S = 5.0
 MAX_RETRY_S = 1800.0  # 10 attempts span about an hour
+LEASE_S = 300.0  # a round's hold on a job: targets time out long before (webhook 10 s, SMTP 30 s each)
 
 
 def retry_delay(attempts: int) -> float:
@@ -54,6 +55,8 @@ class Outbox:
         return sum(self._announce(owed, now) for owed in self.deliveries.owed(now))
 
     def _announce(self, owed: OwedJob, now: float) -> int:
+        if not self.deliveries.claim(owed, now + LEASE_S):
+            return 0  # another controller took it
         view = self.view(self.store.get(owed.job.id) or owed.job)
         next_due: float | None = None
         pending = owed.pending()

@@ -15,7 +15,7 @@ from pathlib import Path
 from kvern.autoscale.loop import read_desired
 from kvern.broker.admin import queue_depths
 from kvern.jobs.base import JobStoreProtocol
-from kvern.jobs.metric_samples import Cursor, MetricSamples, Sample
+from kvern.jobs.metric_samples import Cursor, CursorMove, MetricSamples, Sample
 from kvern.jobs.states import JobStatus
 from kvern.observe.families import (
     JOBS,
@@ -42,34 +42,44 @@ BATCH = 5000
 
 @dataclass
 class JobMetrics:
+    """Counts the jobs finished since its cursor. The counts and the cursor move together, and only from where
+    this publisher found them: web tiers on several machines sharing one store never count a job twice."""
+
     samples: MetricSamples
     store: JobStoreProtocol
     clock: Callable[[], float] = time.time
     timings: JobTimings | None = None
-    cursor: Cursor | None = None
+    found: Cursor | None = None  # the cursor as stored when this publisher last read or wrote it
 
     def tick(self) -> None:
         now = self.clock()
-        timings, cursor = self._resume(now)
+        if self.timings is None:
+            self._resume()
+        assert self.timings is not None
+        start = self.found or Cursor(now - LAG_S, "")  # a new store is counted from now on, not its history
+        cursor = start
         while True:
             batch = self.samples.finished_since(cursor, now - LAG_S, BATCH)
             for job in batch:
-                timings.observe(job)
+                self.timings.observe(job)
             if batch:
-                cursor = self.cursor = Cursor(batch[-1].finished_at, batch[-1].id)
+                cursor = Cursor(batch[-1].finished_at, batch[-1].id)
             if len(batch) < BATCH:
                 break
-        self.samples.publish([*timings.samples(), *self._gauges(now)], now, (JOB_CURSOR, cursor))
+        try:
+            samples = [*self.timings.samples(), *self._gauges(now)]
+            self.samples.publish(samples, now, CursorMove(JOB_CURSOR, self.found, cursor))
+        except Exception:
+            self.timings = None  # what was counted here is not stored: start again from what is
+            raise
+        self.found = cursor
 
-    def _resume(self, now: float) -> tuple[JobTimings, Cursor]:
-        """The counts so far and where they stopped: from the store once, then kept here. A store without a
-        cursor is counted from now on (its history is not read at once)."""
-        if self.timings is None or self.cursor is None:
-            timings = JobTimings()
-            timings.load(self.samples.all())
-            self.cursor = self.samples.cursor(JOB_CURSOR) or Cursor(now - LAG_S, "")
-            self.timings = timings
-        return self.timings, self.cursor
+    def _resume(self) -> None:
+        """The counts so far and where they stopped, as stored."""
+        timings = JobTimings()
+        timings.load(self.samples.all())
+        self.found = self.samples.cursor(JOB_CURSOR)
+        self.timings = timings
 
     def _gauges(self, now: float) -> Iterator[Sample]:
         counts = self.store.counts_by_status()
