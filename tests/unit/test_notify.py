@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from kvern.api.openapi import notify_schema
 from kvern.enqueue.core import new_job
 from kvern.enqueue.validation import Submission, parse_notify
 from kvern.errors import SpecError, SubmitError
@@ -22,7 +25,7 @@ from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.notify.outbox import MAX_ATTEMPTS, Outbox, retry_delay
 from kvern.notify.signing import SIGNATURE_HEADER, signature, verify
-from kvern.spec import NotifySpec, SmtpSpec, parse_spec
+from kvern.spec import MAX_TARGET_CHARS, NotifySpec, SmtpSpec, parse_spec
 from tests.receivers import Inbox, Receiver, receiving_mail, receiving_webhooks
 
 KEY = b"test-webhook-key"
@@ -262,3 +265,18 @@ def test_two_controllers_on_one_store_announce_a_job_once(store: JobStore, recei
     assert second.tick() == 1  # the second one is quicker
     assert first._announce(seen_by_both, time.time()) == 0  # the first finds it taken
     assert len(receiver.requests) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_every_target_the_openapi_document_allows_is_accepted(data: st.DataObject) -> None:
+    """A fuzzer (schemathesis) sends what the schema allows and expects it accepted."""
+    notify = NotifySpec(webhook_key_file=Path(__file__), smtp=SmtpSpec("127.0.0.1", "r@example.com"))
+    allowed = notify_schema(replace(notify, submission_webhooks=True))["items"]["pattern"]
+    target = data.draw(st.from_regex(allowed, fullmatch=True).filter(lambda t: len(t) <= MAX_TARGET_CHARS))
+    expected = (target,)
+    if target.startswith("http"):
+        assert parse_notify([target], replace(notify, submission_webhooks=True)) == expected
+    else:
+        assert parse_notify([target], notify) == expected
+    assert notify_schema(NotifySpec())["maxItems"] == 0  # nothing configured: nothing allowed

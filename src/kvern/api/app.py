@@ -153,7 +153,9 @@ def create_app(head: WebHead | None = None) -> FastAPI:
     app.add_middleware(PublicPrefix)
     docs_guard = [Depends(needs_scope_or_local(Scope.READ))]
     install_docs(app, OPENAPI_URL, docs_guard)
-    install_openapi(app, OPENAPI_URL, lambda: list(_head_of(app).catalog.names()), docs_guard)
+    install_openapi(
+        app, OPENAPI_URL, lambda: list(_head_of(app).catalog.names()), docs_guard, lambda: _head_of(app).spec.notify
+    )
     _install_error_handlers(app)
     _install_job_routes(app)
     _install_cancel_route(app)
