@@ -16,7 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvern.api.openapi import notify_schema
+from kvern.catalog import load_user_app
 from kvern.enqueue.core import new_job
+from kvern.enqueue.submitter import Submitter
 from kvern.enqueue.validation import Submission, parse_notify
 from kvern.errors import SpecError, SubmitError
 from kvern.jobs.deliveries import DELIVERED, FAILED, GAVE_UP, DeliveryLog
@@ -25,8 +27,9 @@ from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.notify.outbox import MAX_ATTEMPTS, Outbox, retry_delay
 from kvern.notify.signing import SIGNATURE_HEADER, signature, verify
-from kvern.spec import MAX_TARGET_CHARS, NotifySpec, SmtpSpec, parse_spec
+from kvern.spec import MAX_TARGET_CHARS, NotifySpec, SmtpSpec, load_spec, parse_spec
 from tests.receivers import Inbox, Receiver, receiving_mail, receiving_webhooks
+from tests.unit.doubles import StubBlockingPublisher
 
 KEY = b"test-webhook-key"
 
@@ -280,3 +283,27 @@ def test_every_target_the_openapi_document_allows_is_accepted(data: st.DataObjec
     else:
         assert parse_notify([target], notify) == expected
     assert notify_schema(NotifySpec())["maxItems"] == 0  # nothing configured: nothing allowed
+
+
+def test_kvern_submit_records_the_submissions_targets_for_the_outbox(store: JobStore, tmp_path: Path) -> None:
+    (tmp_path / "notify_shop_tasks.py").write_text(
+        'from celery import Celery\napp = Celery("shop")\n\n@app.task\ndef report(user_id: int) -> str:\n'
+        '    return f"report-{user_id}"\n'
+    )
+    (tmp_path / "kvern.toml").write_text(
+        '[app]\ntasks = "notify_shop_tasks"\n\n[[pools]]\nname = "main"\n\n'
+        '[notify.smtp]\nhost = "127.0.0.1"\nsender = "r@example.com"\n'
+    )
+    spec = load_spec(tmp_path / "kvern.toml")
+    _, catalog = load_user_app(spec)
+    submitter = Submitter(spec, catalog, store, StubBlockingPublisher())
+    try:
+        handle = submitter.submit("report", [42], notify=["mailto:ada@example.com"])
+        with pytest.raises(SubmitError, match="webhook"):
+            submitter.submit("report", [43], notify=["https://hooks.example.com/"])
+    finally:
+        submitter.close()  # its background marks land before the store goes
+    claim = store.claim_attempt(handle.id, "w1")
+    store.record_success(handle.id, claim.attempt, "report-42")
+    [owed] = DeliveryLog(store.engine).owed(time.time())
+    assert (owed.job.id, owed.targets) == (handle.id, ("mailto:ada@example.com",))
