@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from kvern.jobs import schema
@@ -84,8 +85,7 @@ class MetricSamples:
         controller counted meanwhile, and these counts would count its jobs twice."""
         try:
             with begin(self.engine) as conn:
-                for sample in samples:
-                    _upsert(conn, sample, now)
+                _upsert(conn, list(samples), now)
                 if cursor is not None:
                     _move_cursor(conn, cursor)
         except IntegrityError as exc:  # the first cursor, inserted by two at once
@@ -113,7 +113,13 @@ class MetricSamples:
                 jobs.c.started_at,
                 jobs.c.finished_at,
             )
-            .where(jobs.c.status.in_([s.value for s in TERMINAL]), later, jobs.c.finished_at <= until)
+            # `finished_at >= after.at` besides `later`: a range the index can seek to (an OR alone it cannot)
+            .where(
+                jobs.c.status.in_([s.value for s in TERMINAL]),
+                jobs.c.finished_at >= after.at,
+                later,
+                jobs.c.finished_at <= until,
+            )
             .order_by(jobs.c.finished_at, jobs.c.id)
             .limit(limit)
         )
@@ -129,12 +135,23 @@ class MetricSamples:
             return {(pool, "out" if out else "in"): count for pool, out, count in conn.execute(query)}
 
 
-def _upsert(conn: Connection, sample: Sample, now: float) -> None:
+def _upsert(conn: Connection, samples: list[Sample], now: float) -> None:
+    """Three statements whatever the number of samples: which exist, update those, insert the others."""
     table = schema.metric_samples
-    key = json.dumps([list(pair) for pair in sample.labels], separators=(",", ":"))
-    where = and_(table.c.name == sample.name, table.c.labels == key)
-    if conn.execute(update(table).where(where).values(value=sample.value, updated_at=now)).rowcount == 0:
-        conn.execute(insert(table).values(name=sample.name, labels=key, value=sample.value, updated_at=now))
+    rows: list[dict[str, Any]] = [
+        {"k_name": s.name, "k_labels": json.dumps([list(p) for p in s.labels], separators=(",", ":")), "v": s.value}
+        for s in samples
+    ]
+    names = sorted({sample.name for sample in samples})
+    existing = set(conn.execute(select(table.c.name, table.c.labels).where(table.c.name.in_(names))).tuples())
+    updates = [row for row in rows if (row["k_name"], row["k_labels"]) in existing]
+    inserts = [row for row in rows if (row["k_name"], row["k_labels"]) not in existing]
+    if updates:
+        where = and_(table.c.name == bindparam("k_name"), table.c.labels == bindparam("k_labels"))
+        conn.execute(update(table).where(where).values(value=bindparam("v"), updated_at=now), updates)
+    if inserts:
+        values = [{"name": r["k_name"], "labels": r["k_labels"], "value": r["v"], "updated_at": now} for r in inserts]
+        conn.execute(insert(table), values)
 
 
 def _move_cursor(conn: Connection, move: CursorMove) -> None:
