@@ -153,11 +153,12 @@ def up(ctx: click.Context, detach: bool, only: str) -> None:
     tiers = Tiers.parse(only).check(instance.spec)
     if instance.is_running():
         _already_running(ctx, instance)
-    warnings = [consumer_timeout_warning(instance.spec), auth_off_warning(instance.spec), root_warning(instance.spec)]
-    for warning in filter(None, warnings):
+    for warning in filter(None, [consumer_timeout_warning(instance.spec), auth_off_warning(instance.spec)]):
         click.echo(f"kvern: {warning}", err=True)
     config = instance.up(tiers, report=_progress)
     click.echo(f"kvern is up: {front_door_url(config)}" if tiers.web else "kvern pools are up")
+    if (root := root_warning(instance.spec)) is not None:  # once up: a refusal stays one line
+        click.echo(f"kvern: {root}", err=True)
     if detach:
         return
     if not _wait_for_interrupt(ctx, instance, hangup):

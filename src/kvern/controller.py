@@ -8,6 +8,7 @@ catches up when they return.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +18,17 @@ from kvern.broker.relay import DeadLetterWatcher, recover_stuck_jobs, relay_unpu
 from kvern.constants import ROLE_ADMIN, ROLE_CONTROLLER
 from kvern.jobs import retention
 from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.deliveries import DeliveryLog
+from kvern.jobs.metric_samples import MetricSamples
 from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
+from kvern.notify.outbox import Outbox
+from kvern.observe.publisher import INTERVAL_S as METRICS_INTERVAL_S
+from kvern.observe.publisher import JobMetrics, PoolMetrics
 from kvern.runtime.stopping import stop_on_signals
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime_config import RuntimeConfig
-from kvern.spec import RetentionSpec
+from kvern.spec import PoolSpec, RetentionSpec
 
 log = logging.getLogger("kvern.controller")
 
@@ -77,8 +83,11 @@ def main() -> None:
     )
     retention_loop = RetentionLoop(store, spec.retention)
     stop = stop_on_signals()
+    rounds = _background_rounds(config, store, run_web, pools, broker_url)
     if watcher:
         watcher.start()
+    for background in rounds:
+        background.start()
     next_outbox = next_stuck = 0.0
     while not stop.is_set():
         if pools:
@@ -94,6 +103,48 @@ def main() -> None:
         stop.wait(AUTOSCALE_INTERVAL_S)
     if watcher:
         watcher.stop()
+    for background in rounds:
+        background.stop()
+
+
+class BackgroundRounds:
+    """A loop in a thread of its own, beside the main one: a slow mail server or a long count never holds up the
+    autoscaler. A failing round is logged and tried again at the next."""
+
+    def __init__(self, name: str, step: Callable[[], object], interval_s: float) -> None:
+        self.name, self.step, self.interval_s = name, step, interval_s
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            _guarded(self.name, self.step)
+            self.stopping.wait(self.interval_s)
+
+
+def _background_rounds(
+    config: RuntimeConfig, store: JobStore, run_web: bool, pools: tuple[PoolSpec, ...], broker_url: str
+) -> list[BackgroundRounds]:
+    """The notification outbox and the job metrics on the web tier's controller (one per instance, like the
+    relay); the pools' metrics on each controller that runs pools."""
+    spec, samples = config.spec(), MetricSamples(store.engine)
+    rounds = []
+    if run_web:
+        base_url = spec.notify.base_url or f"http://127.0.0.1:{config.front_door_port}"
+        outbox = Outbox(store, DeliveryLog(store.engine), spec.notify, base_url, spec.web.api_prefix)
+        rounds.append(BackgroundRounds("notifications", outbox.tick, OUTBOX_INTERVAL_S))
+        rounds.append(BackgroundRounds("job metrics", JobMetrics(samples, store).tick, METRICS_INTERVAL_S))
+    if pools:
+        pool_metrics = PoolMetrics(samples, pools, Supervisor(config.state_path), broker_url, config.state_path)
+        rounds.append(BackgroundRounds("pool metrics", pool_metrics.tick, METRICS_INTERVAL_S))
+    return rounds
 
 
 def _guarded(name: str, step: object) -> None:

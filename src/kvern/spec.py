@@ -73,6 +73,21 @@ backoff = 1.0               # first retry delay in seconds, doubled each time, c
 backoff_max = 60.0
 soft_time_limit = 60        # seconds; the task gets SoftTimeLimitExceeded
 time_limit = 90             # seconds; the process running it is replaced
+notify = ["https://hooks.example.com/kvern", "mailto:ops@example.com"]  # told when each job finishes
+
+[notify]                    # optional; where finished jobs are announced (README "Notifications")
+base_url = "https://example.com"  # links in emails; default: http://127.0.0.1:<front door port>
+link = "/reports/{id}/"     # the result page an email links to; default: the job's API URL
+webhook_key_file = "/etc/kvern/webhook.key"  # HMAC-SHA256 key signing webhooks (required with any webhook)
+submission_webhooks = false # may POST /api/v1/jobs name webhook URLs itself (the controller would call them)
+
+[notify.smtp]               # required with any mailto: target
+host = "smtp.example.com"
+port = 587
+security = "starttls"       # "starttls", "tls" (implicit TLS, port 465) or "none" (loopback hosts only)
+username = "reports@example.com"  # optional
+password_file = "/etc/kvern/smtp-password"  # optional; the secret stays out of the spec
+sender = "reports@example.com"
 ```
 """
 
@@ -87,6 +102,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from kvern.constants import (
     DEFAULT_MAX_BACKLOG,
@@ -241,6 +257,7 @@ class TaskPolicy:
     backoff_max: float = 60.0
     soft_time_limit: float | None = None
     time_limit: float = DEFAULT_TIME_LIMIT_S
+    notify: tuple[str, ...] = ()  # targets told when each of its jobs finishes (webhook URLs, mailto:)
 
 
 @dataclass(frozen=True)
@@ -258,6 +275,7 @@ class Spec:
     retention: RetentionSpec = field(default_factory=RetentionSpec)
     text: str = field(default="", repr=False, compare=False)  # the TOML it was parsed from (for the snapshot)
     user: str | None = None  # [app] user: the account the instance's programs run as when kvern runs as root
+    notify: NotifySpec = field(default_factory=lambda: NotifySpec())  # noqa: PLW0108 (defined below)
 
     @property
     def root(self) -> Path:
@@ -344,7 +362,7 @@ def load_spec(path: Path, origin: Path | None = None) -> Spec:
 
 def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
     reader = _Reader(raw, "")
-    reader.only("app", "web", "broker", "store", "pools", "tasks", "limits")
+    reader.only("app", "web", "broker", "store", "pools", "tasks", "limits", "notify")
     app = reader.table("app")
     app.only("name", "tasks", "static", "user")
     tasks_module = app.get("tasks", str, required=True)
@@ -366,7 +384,9 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
         tasks=_parse_tasks(reader.table("tasks"), pools),
         limits=_parse_limits(reader.table("limits")),
         user=_parse_user(app),
+        notify=parse_notify(reader.table("notify"), path.parent),
     )
+    check_task_targets(spec)
     return spec
 
 
@@ -640,6 +660,7 @@ def _parse_tasks(tasks: _Reader, pools: tuple[PoolSpec, ...]) -> dict[str, TaskP
     for task_name in tasks.keys():  # noqa: SIM118 (a _Reader, not a dict)
         entry = tasks.table(task_name)
         policy = TaskPolicy(**_read_fields(entry, TaskPolicy, queue=pools[0].queues[0]))
+        policy = replace(policy, notify=parse_targets(policy.notify, f"{entry.where}.notify"))
         _check_policy(policy, entry.where, consumed)
         policies[task_name] = policy
     return policies
@@ -724,3 +745,149 @@ def _coerce(value: Any, kind: type[T], where: str) -> T:
     if not checks[kind](value):
         raise SpecError(f"{where}: expected {kind.__name__}, got {type(value).__name__} ({value!r})")
     return kind(value)  # type: ignore[call-arg]
+
+
+# -- notifications ([notify], [tasks."x"] notify) ---------------------------------------------------------------
+
+MAX_TARGETS = 10
+MAX_TARGET_CHARS = 2000
+EMAIL_PATTERN = re.compile(r"^[^@\s<>,;:\"()\[\]\\]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$")
+WEBHOOK_SCHEMES = ("https", "http")
+SMTP_SECURITY = ("starttls", "tls", "none")
+WEBHOOK = "webhook"
+EMAIL = "email"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a finished job is announced: a webhook URL, or an email address (`mailto:` in the spec)."""
+
+    kind: str  # WEBHOOK | EMAIL
+    address: str  # the URL, or the bare email address
+
+    def __str__(self) -> str:
+        return f"mailto:{self.address}" if self.kind == EMAIL else self.address
+
+
+def parse_target(text: Any, where: str) -> Target:
+    """A webhook URL (`https://...`) or `mailto:someone@example.com`; SpecError naming `where` otherwise."""
+    if not isinstance(text, str) or not 1 <= len(text) <= MAX_TARGET_CHARS or unsafe_header(text):
+        raise SpecError(f"{where}: {text!r} is not a webhook URL or a mailto: address")
+    if text.startswith("mailto:"):
+        address = text.removeprefix("mailto:")
+        if not EMAIL_PATTERN.match(address):
+            raise SpecError(f"{where}: {address!r} is not an email address")
+        return Target(EMAIL, address)
+    parts = urlsplit(text)
+    if parts.scheme not in WEBHOOK_SCHEMES or not parts.hostname or " " in text:
+        raise SpecError(f"{where}: {text!r} is not a webhook URL (http:// or https://) or a mailto: address")
+    return Target(WEBHOOK, text)
+
+
+def unsafe_header(text: str) -> bool:
+    """Control characters would break an HTTP request line or a mail header."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def parse_targets(values: Any, where: str) -> tuple[str, ...]:
+    """Targets as their canonical text (what the job record keeps), at most MAX_TARGETS, no duplicates."""
+    if not isinstance(values, list | tuple) or len(values) > MAX_TARGETS:
+        raise SpecError(f"{where}: must be a list of at most {MAX_TARGETS} targets")
+    return tuple(dict.fromkeys(str(parse_target(value, f"{where}[{i}]")) for i, value in enumerate(values)))
+
+
+@dataclass(frozen=True)
+class SmtpSpec:
+    """The operator's mail server. The password is read from `password_file` when a mail is sent: the spec (and
+    its snapshot) never holds it."""
+
+    host: str
+    sender: str
+    port: int = 587
+    security: str = "starttls"
+    username: str | None = None
+    password_file: Path | None = None
+    timeout: float = 30.0
+
+    def password(self) -> str | None:
+        if self.password_file is None:
+            return None
+        return self.password_file.read_text(encoding="utf-8").strip()
+
+
+@dataclass(frozen=True)
+class NotifySpec:
+    base_url: str | None = None  # the front door as people reach it; links in emails start with it
+    webhook_key_file: Path | None = None  # HMAC-SHA256 key for webhook signatures (a secret kept out of the spec)
+    submission_webhooks: bool = False  # whether a submission may name webhook URLs of its own
+    smtp: SmtpSpec | None = None
+    link: str | None = None  # path of a job's result page in emails, "{id}" standing for the job's id
+
+    def webhook_key(self) -> bytes:
+        if self.webhook_key_file is None:
+            raise SpecError("notify.webhook_key_file: no key to sign webhooks with")
+        return self.webhook_key_file.read_bytes().strip()
+
+
+def parse_notify(table: _Reader, root: Path) -> NotifySpec:
+    table.only("base_url", "webhook_key_file", "submission_webhooks", "smtp", "link")
+    base_url = table.get("base_url", str, default=None)
+    if base_url is not None and not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", base_url):
+        raise SpecError(f"notify.base_url: {base_url!r} must be an http:// or https:// URL")
+    allowed = table.data.get("submission_webhooks", False)
+    if not isinstance(allowed, bool):
+        raise SpecError("notify.submission_webhooks: expected true or false")
+    key_file = _secret_file(table, "webhook_key_file", root)
+    smtp = _parse_smtp(table.table("smtp"), root) if "smtp" in table.data else None
+    link = table.get("link", str, default=None)
+    if link is not None and (not link.startswith("/") or "{" in link.replace("{id}", "") or unsafe_header(link)):
+        raise SpecError(f'notify.link: {link!r} must be a path such as "/reports/{{id}}/"')
+    return NotifySpec(base_url.rstrip("/") if base_url else None, key_file, allowed, smtp, link)
+
+
+def _secret_file(table: _Reader, name: str, root: Path) -> Path | None:
+    value = table.get(name, str, default=None)
+    if value is None:
+        return None
+    path = (root / value).resolve()
+    if not path.is_file():
+        raise SpecError(f"{table.where}.{name}: file {path} does not exist")
+    return path
+
+
+def _parse_smtp(table: _Reader, root: Path) -> SmtpSpec:
+    table.only("host", "port", "security", "username", "password_file", "sender", "timeout")
+    host = table.get("host", str, required=True)
+    sender = table.get("sender", str, required=True)
+    spec = SmtpSpec(
+        host=host,
+        sender=sender,
+        port=table.get("port", int, default=587),
+        security=table.get("security", str, default="starttls"),
+        username=table.get("username", str, default=None),
+        password_file=_secret_file(table, "password_file", root),
+        timeout=table.get("timeout", float, default=30.0),
+    )
+    if not EMAIL_PATTERN.match(sender):
+        raise SpecError(f"notify.smtp.sender: {sender!r} is not an email address")
+    if spec.security not in SMTP_SECURITY:
+        raise SpecError(f"notify.smtp.security: must be one of {', '.join(SMTP_SECURITY)}")
+    if not 1 <= spec.port <= 65535:
+        raise SpecError("notify.smtp.port: must be a TCP port between 1 and 65535")
+    if spec.security == "none" and host not in ("localhost", "127.0.0.1", "::1"):
+        raise SpecError('notify.smtp.security: "none" sends the password and the mail in clear; only for localhost')
+    return spec
+
+
+def check_task_targets(spec: Spec) -> None:
+    """A task's targets need what sends them: SMTP for mail, a signing key for webhooks."""
+    for name, policy in spec.tasks.items():
+        check_targets_configured(spec.notify, policy.notify, f'tasks."{name}".notify')
+
+
+def check_targets_configured(notify: NotifySpec, targets: tuple[str, ...], where: str) -> None:
+    kinds = {parse_target(target, where).kind for target in targets}
+    if EMAIL in kinds and notify.smtp is None:
+        raise SpecError(f"{where}: a mailto: target needs [notify.smtp]")
+    if WEBHOOK in kinds and notify.webhook_key_file is None:
+        raise SpecError(f"{where}: a webhook target needs notify.webhook_key_file (the key that signs it)")

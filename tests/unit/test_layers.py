@@ -32,6 +32,8 @@ LAYERS: dict[str, int] = {
     "kvern.worker": 3,
     "kvern.autoscale": 3,
     "kvern.broker": 3,
+    "kvern.notify": 3,  # announcing finished jobs: webhooks and email, sent by the controller's outbox
+    "kvern.observe": 3,  # the instance-wide metrics the controller publishes for /api/metrics
     "kvern.catalog": 2,
     "kvern.jobs": 2,
     "kvern.spec": 1,

@@ -22,7 +22,7 @@ from celery import _state
 from django.test import Client
 
 import kvern
-from kvern.errors import BacklogFull, JobNotFound, PublishError, StoreUnavailable
+from kvern.errors import BacklogFull, JobNotFound, PublishError, StoreUnavailable, SubmitError
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "reports"
 if str(EXAMPLE_DIR) not in sys.path:
@@ -57,7 +57,14 @@ class FakeKvern:
 
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     delayed: list[tuple[Any, ...]] = field(default_factory=list)
+    submitted: list[tuple[Any, ...]] = field(default_factory=list)  # kvern.submit calls: (user id, notify)
     refuse_with: Exception | None = None
+
+    def submit(self, task: Any, user_id: int, *, notify: list[str]) -> FakeHandle:
+        if self.refuse_with is not None:
+            raise self.refuse_with
+        self.submitted.append((user_id, notify))
+        return FakeHandle(self.add("queued", user_id=user_id))
 
     def delay(self, *args: Any, **kwargs: Any) -> FakeHandle:
         assert not kwargs
@@ -121,6 +128,7 @@ def fake(views: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[F
     fake = FakeKvern()
     monkeypatch.setattr(views.generate_heavy_report, "delay", fake.delay)
     monkeypatch.setattr(kvern, "job", fake.job)
+    monkeypatch.setattr(kvern, "submit", fake.submit)
     yield fake
 
 
@@ -137,8 +145,8 @@ def csrf_token(client: Client) -> str:
     return match.group(1)
 
 
-def post_form(client: Client, user_id: str) -> Any:
-    return client.post("/", {"user_id": user_id, "csrfmiddlewaretoken": csrf_token(client)})
+def post_form(client: Client, user_id: str, email: str = "") -> Any:
+    return client.post("/", {"user_id": user_id, "email": email, "csrfmiddlewaretoken": csrf_token(client)})
 
 
 def test_the_form_renders_with_its_csrf_token_and_the_static_stylesheet(client: Client, fake: FakeKvern) -> None:
@@ -158,6 +166,26 @@ def test_posting_the_form_enqueues_the_report_and_redirects_to_its_page(client: 
     assert fake.delayed == [(42,)]
     assert response.status_code == 303
     assert response["Location"] == f"/reports/{fake.last_id}/"
+
+
+def test_with_an_email_the_report_is_submitted_to_be_mailed_and_the_page_says_so(
+    client: Client, fake: FakeKvern
+) -> None:
+    response = post_form(client, "42", "ada@example.com")
+    assert fake.submitted == [(42, ["mailto:ada@example.com"])] and fake.delayed == []
+    assert response["Location"] == f"/reports/{fake.last_id}/?emailed=1"
+    page = client.get(response["Location"]).content.decode()
+    assert "We will email it to you when it" in page
+
+
+def test_an_email_kvern_refuses_gets_the_form_back_with_the_reason(client: Client, fake: FakeKvern) -> None:
+    fake.refuse_with = SubmitError(400, "invalid_notify", "notify: a mailto: target needs [notify.smtp]")
+    response = post_form(client, "42", "ada@example.com")
+    assert response.status_code == 400
+    assert b"We cannot email this report" in response.content
+    bad = post_form(client, "42", "not an address")
+    assert bad.status_code == 400 and 'id="form-error"' in bad.content.decode()
+    assert fake.submitted == []
 
 
 def test_a_post_without_the_csrf_token_is_refused(client: Client, fake: FakeKvern) -> None:

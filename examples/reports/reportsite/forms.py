@@ -10,3 +10,9 @@ class ReportForm(forms.Form):
         widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "off", "placeholder": "e.g. 42"}),
         error_messages={"invalid": "A user id is a whole number, 0 or more."},
     )
+    email = forms.EmailField(
+        label="Email me when it's ready (optional)",
+        required=False,
+        max_length=254,
+        widget=forms.EmailInput(attrs={"autocomplete": "email", "placeholder": "you@example.com"}),
+    )

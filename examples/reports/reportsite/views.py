@@ -39,12 +39,25 @@ def request_report(request: HttpRequest) -> HttpResponse:
     form = ReportForm(request.POST)
     if not form.is_valid():
         return render(request, "reportsite/request.html", {"form": form}, status=400)
+    user_id, email = form.cleaned_data["user_id"], form.cleaned_data.get("email")
     try:
-        job = generate_heavy_report.delay(form.cleaned_data["user_id"])
+        job = enqueue_report(user_id, email)
     except kvern.Unavailable as exc:  # store or broker away, queue full: nothing was kept, so try again later
-        log.warning("report of user %s not accepted: %s", form.cleaned_data["user_id"], exc)
+        log.warning("report of user %s not accepted: %s", user_id, exc)
         return try_again_later(request)
-    return SeeOther(reverse("report_progress", args=[job.id]))
+    except kvern.SubmitError as exc:  # an address kvern refuses, or no mail server in kvern.toml
+        form.add_error("email", f"We cannot email this report: {exc.message}")
+        return render(request, "reportsite/request.html", {"form": form}, status=400)
+    progress = reverse("report_progress", args=[job.id])
+    return SeeOther(progress + ("?emailed=1" if email else ""))
+
+
+def enqueue_report(user_id: int, email: str | None) -> Any:
+    """The report's job; with an email address, kvern mails it a link to the report once it is ready (the
+    address is the job's own notification target: README "Notifications")."""
+    if not email:
+        return generate_heavy_report.delay(user_id)
+    return kvern.submit(generate_heavy_report, user_id, notify=[f"mailto:{email}"])
 
 
 def try_again_later(request: HttpRequest, *, as_json: bool = False) -> HttpResponse:
@@ -86,7 +99,9 @@ def _report_or_404(job_id: UUID) -> Report:
 def report_progress(request: HttpRequest, job_id: UUID) -> HttpResponse:
     report = _report_or_404(job_id)
     events = None if report.done else report_events_url(report.job_id)
-    return render(request, "reportsite/progress.html", {"report": report, "events_url": events})
+    emailed = request.GET.get("emailed") == "1"
+    context = {"report": report, "events_url": events, "emailed": emailed}
+    return render(request, "reportsite/progress.html", context)
 
 
 @require_GET

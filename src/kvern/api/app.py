@@ -36,6 +36,7 @@ from kvern.api.views import (
     DeadJobView,
     ErrorView,
     HealthView,
+    JobDetailView,
     JobPage,
     JobView,
     error_body,
@@ -54,7 +55,9 @@ from kvern.constants import (
 from kvern.enqueue.core import accept, run_async
 from kvern.errors import BacklogFull, PublishError, StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.deliveries import DeliveryLog
 from kvern.jobs.keys import KeyStoreProtocol, Scope, SqlKeyStore
+from kvern.jobs.metric_samples import MetricSamples
 from kvern.jobs.records import Job
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import JobStore
@@ -87,6 +90,8 @@ class WebHead:
     front_door_port: int | None = None  # the origin's port, which nginx's Host header leaves out
     keys: KeyStoreProtocol | None = None  # None: authentication is off (`[web] auth = "off"`, unit tests)
     state_dir: Path | None = None  # where the app heads' sockets are found; None: no app heads to check
+    deliveries: DeliveryLog | None = None  # the notification log a job's GET shows; None: not kept (unit tests)
+    published_metrics: MetricSamples | None = None  # what the controller publishes; None: counted from the store
     marker: PublishedMarker = field(init=False)
     auth: Authenticator = field(init=False)
     metrics: ApiMetrics = field(init=False)
@@ -94,7 +99,7 @@ class WebHead:
 
     def __post_init__(self) -> None:
         self.marker = PublishedMarker(self.store)
-        self.metrics = ApiMetrics(self.store)
+        self.metrics = ApiMetrics(self.store, self.published_metrics)
         self.inserter = JobInserter(self.store)
         self.auth = Authenticator(self.keys)
 
@@ -105,7 +110,10 @@ class WebHead:
         publisher = JobPublisher(config.broker_urls[ROLE_WEB])
         store = JobStore(config.store_url)
         keys = SqlKeyStore(store.engine) if spec.web.auth == "keys" else None
-        return cls(spec, catalog, store, publisher, config.front_door_port, keys, config.state_path)
+        deliveries, published = DeliveryLog(store.engine), MetricSamples(store.engine)
+        return cls(
+            spec, catalog, store, publisher, config.front_door_port, keys, config.state_path, deliveries, published
+        )
 
     async def submit(
         self, submission: Submission, idempotency_key: str | None, owner: str | None = None
@@ -152,6 +160,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
         OPENAPI_URL,
         lambda: list(_head_of(app).catalog.names()),
         docs_guard,
+        notify=lambda: _head_of(app).spec.notify,
         public_prefix=lambda: _head_of(app).spec.web.api_prefix,
     )
     _install_error_handlers(app)
@@ -278,6 +287,8 @@ SUBMIT_BODY = {
                             "maxLength": MAX_SUBJECT_CHARS,
                             "pattern": SUBJECT_PATTERN,
                         },
+                        # who is told when it finishes: "mailto:..." (webhook URLs if the spec allows them)
+                        "notify": {"type": "array", "items": {"type": "string"}, "maxItems": 10},
                     },
                     "additionalProperties": False,
                 }
@@ -315,12 +326,16 @@ def _install_job_routes(app: FastAPI) -> None:
         finally:
             _head(request).metrics.observe_submission(code, time.perf_counter() - started)
 
-    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobView, responses=ERRORS, operation_id="get_job")
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobDetailView, responses=ERRORS, operation_id="get_job")
     async def get_job(request: Request, job_id: str, caller: Reader) -> Response:
         job = await _visible_job(request, job_id, caller)
         if job is None:
             return unknown_job(job_id)
-        return JSONResponse(job_body(job))
+        body = job_body(job)
+        deliveries = _head(request).deliveries
+        if deliveries is not None:  # each attempt to announce its end (README "Notifications")
+            body["notifications"] = [d.view() for d in await run_in_threadpool(deliveries.of_job, job_id)]
+        return JSONResponse(body)
 
     @app.get(f"{API_PREFIX}/jobs", response_model=JobPage, responses=ERRORS)
     async def list_jobs(
@@ -367,7 +382,7 @@ async def _submit(request: Request, idempotency_key: str | None, caller: Caller)
     if isinstance(body, Response):
         return body
     try:
-        submission = parse_submission(body, head.catalog, head.spec.limits)
+        submission = parse_submission(body, head.catalog, head.spec.limits, head.spec.notify)
     except SubmissionError as exc:
         return json_error(exc.status, exc.code, exc.message)
     try:

@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from kvern.constants import SERVED_API_PREFIX
+from kvern.spec import MAX_TARGET_CHARS, MAX_TARGETS, NotifySpec
 
 # operationIds of the operations that take the id a submission answers with.
 JOB_OPERATIONS = ("get_job", "cancel_job", "show_dead", "replay_dead")
@@ -26,6 +27,7 @@ def install_openapi(
     url: str,
     task_names: Callable[[], list[str]],
     guard: Sequence[params.Depends] = (),
+    notify: Callable[[], NotifySpec] | None = None,
     public_prefix: Callable[[], str] = lambda: SERVED_API_PREFIX,
 ) -> None:
     """Serve the document at `url` behind `guard`; build it once, on first request (the task names are known
@@ -35,6 +37,8 @@ def install_openapi(
         if app.openapi_schema is None:
             built = get_openapi(title=app.title, version=app.version, routes=app.routes)
             _name_tasks(built, task_names())
+            if notify is not None:
+                _describe_notify(built, notify())
             built["paths"] = _under_prefix(built["paths"], public_prefix())
             app.openapi_schema = built
         return app.openapi_schema
@@ -62,3 +66,24 @@ def _name_tasks(document: dict[str, Any], names: list[str]) -> None:
     media = document["paths"][SUBMIT_PATH]["post"]["requestBody"]["content"]["application/json"]
     media["schema"]["properties"]["task"]["examples"] = names
     media["example"] = {"task": names[0], "args": [], "kwargs": {}}
+
+
+# What a submission's `notify` may hold on this instance, no looser than what it accepts (spec.parse_target):
+# mail addresses once [notify.smtp] is set, webhook URLs once notify.submission_webhooks is on.
+MAILTO_PATTERN = r"^mailto:[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$"
+WEBHOOK_PATTERN = r"^https?://[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*(:[0-9]{1,5})?(/[!-~]*)?$"
+
+
+def notify_schema(notify: NotifySpec) -> dict[str, Any]:
+    patterns = [MAILTO_PATTERN] if notify.smtp is not None else []
+    if notify.submission_webhooks and notify.webhook_key_file is not None:
+        patterns.append(WEBHOOK_PATTERN)
+    if not patterns:
+        return {"type": "array", "maxItems": 0, "description": "this instance sends no notifications"}
+    item = {"type": "string", "maxLength": MAX_TARGET_CHARS, "pattern": "|".join(patterns)}
+    return {"type": "array", "maxItems": MAX_TARGETS, "items": item, "description": "told when the job finishes"}
+
+
+def _describe_notify(document: dict[str, Any], notify: NotifySpec) -> None:
+    media = document["paths"][SUBMIT_PATH]["post"]["requestBody"]["content"]["application/json"]
+    media["schema"]["properties"]["notify"] = notify_schema(notify)

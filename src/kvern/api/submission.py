@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 from kvern.catalog import TaskCatalog
-from kvern.enqueue.validation import Submission, parse_subject, validate
+from kvern.enqueue.validation import Submission, parse_notify, parse_subject, validate
 from kvern.errors import SubmitError
-from kvern.spec import LimitsSpec
+from kvern.spec import LimitsSpec, NotifySpec
 
 __all__ = ["Submission", "SubmissionError", "parse_submission"]
 
 SubmissionError = SubmitError  # the name the API's code and tests have always used
 
 
-def parse_submission(body: bytes, catalog: TaskCatalog, limits: LimitsSpec | None = None) -> Submission:
+def parse_submission(
+    body: bytes, catalog: TaskCatalog, limits: LimitsSpec | None = None, notify: NotifySpec | None = None
+) -> Submission:
     payload = _parse_json(body)
     task_name = payload.get("task")
     if not isinstance(task_name, str) or not task_name:
@@ -33,10 +36,13 @@ def parse_submission(body: bytes, catalog: TaskCatalog, limits: LimitsSpec | Non
     if not isinstance(kwargs, dict):
         raise SubmitError(400, "invalid_request", "field 'kwargs' must be a JSON object")
     subject = parse_subject(payload["subject"]) if "subject" in payload else None
-    unknown = set(payload) - {"task", "args", "kwargs", "subject"}
+    unknown = set(payload) - {"task", "args", "kwargs", "subject", "notify"}
     if unknown:
         raise SubmitError(400, "invalid_request", f"unknown field(s): {', '.join(sorted(unknown))}")
-    return validate(task_name, args, kwargs, subject, catalog, limits or LimitsSpec())
+    submission = validate(task_name, args, kwargs, subject, catalog, limits or LimitsSpec())
+    if "notify" in payload:  # README "Notifications"
+        submission = replace(submission, notify=parse_notify(payload["notify"], notify or NotifySpec()))
+    return submission
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:

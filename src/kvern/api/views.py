@@ -46,6 +46,13 @@ class JobView(JobSummaryView):
     result: Any
 
 
+class JobDetailView(JobView):
+    """A job as its own GET shows it: with each attempt to announce its end (README "Notifications"): target,
+    attempt, at, outcome (delivered, failed, gave_up) and detail."""
+
+    notifications: list[dict[str, Any]] = []
+
+
 class JobPage(BaseModel):
     jobs: list[JobSummaryView]
     next: str | None

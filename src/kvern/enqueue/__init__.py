@@ -7,6 +7,7 @@ started (KVERN_STATE_DIR set), the runtime config is loaded on first use (proces
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Task
@@ -36,7 +37,12 @@ class _ThisProcessSubmitter:
 
 
 def submit(
-    task: Task | str, *args: Any, idempotency_key: str | None = None, subject: str | None = None, **kwargs: Any
+    task: Task | str,
+    *args: Any,
+    idempotency_key: str | None = None,
+    subject: str | None = None,
+    notify: Sequence[str] = (),
+    **kwargs: Any,
 ) -> JobHandle:
     """Submit `task(*args, **kwargs)` as a kvern job and return its handle once it is recorded and the broker
     confirmed it. `task` is the task object or its name (full, or the function's name when unambiguous).
@@ -44,15 +50,25 @@ def submit(
     Raises SubmitError (unknown task, arguments that do not bind or exceed the spec's [limits], an idempotency key
     used before with another request) before anything is recorded; Unavailable when the store or the broker is
     away (nothing is kept: retry later, or answer 503). The same idempotency key with the same request returns
-    the job made before."""
-    return current_submitter().submit(task, args, kwargs, idempotency_key=idempotency_key, subject=subject)
+    the job made before. `notify`: webhook URLs or `mailto:` addresses told when it finishes (README
+    "Notifications")."""
+    return current_submitter().submit(
+        task, args, kwargs, idempotency_key=idempotency_key, subject=subject, notify=notify
+    )
 
 
 async def asubmit(
-    task: Task | str, *args: Any, idempotency_key: str | None = None, subject: str | None = None, **kwargs: Any
+    task: Task | str,
+    *args: Any,
+    idempotency_key: str | None = None,
+    subject: str | None = None,
+    notify: Sequence[str] = (),
+    **kwargs: Any,
 ) -> JobHandle:
     """As `submit`, for async code: the blocking work runs in a thread, the event loop goes on."""
-    return await current_submitter().asubmit(task, args, kwargs, idempotency_key=idempotency_key, subject=subject)
+    return await current_submitter().asubmit(
+        task, args, kwargs, idempotency_key=idempotency_key, subject=subject, notify=notify
+    )
 
 
 def install_in_web_head() -> None:

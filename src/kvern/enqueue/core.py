@@ -80,6 +80,7 @@ def new_job(spec: Spec, submission: Submission, idempotency_key: str | None, own
         request_hash=submission.request_hash,
         subject=submission.subject,
         owner=owner,
+        notify=tuple(dict.fromkeys(spec.policy(submission.task).notify + submission.notify)),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from celery import Task
@@ -15,7 +15,7 @@ from kvern.enqueue.core import accept, run_blocking
 from kvern.enqueue.handle import JobHandle
 from kvern.enqueue.inserter import GroupInserter
 from kvern.enqueue.marker import BackgroundMarker
-from kvern.enqueue.validation import validate_call
+from kvern.enqueue.validation import parse_notify, validate_call
 from kvern.errors import SubmitError
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Job, NewJob
@@ -69,12 +69,15 @@ class Submitter:
         *,
         idempotency_key: str | None = None,
         subject: str | None = None,
+        notify: Sequence[str] = (),
     ) -> JobHandle:
         """Validate, record durably, publish with the broker's confirm; the job's handle, or SubmitError (refused,
         nothing recorded) or Unavailable (store or broker away: nothing kept)."""
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         submission = validate_call(task, list(args), kwargs or {}, subject, self.catalog, self.spec.limits)
+        if notify:  # who is told when it finishes, besides the task's own targets
+            submission = replace(submission, notify=parse_notify(list(notify), self.spec.notify))
         accepted = run_blocking(
             accept(self.spec, submission, idempotency_key),
             StorePorts(self.store, self.publisher, self.inserter, self.marker),
@@ -89,10 +92,11 @@ class Submitter:
         *,
         idempotency_key: str | None = None,
         subject: str | None = None,
+        notify: Sequence[str] = (),
     ) -> JobHandle:
         """As `submit`, in a thread: the event loop goes on while the store writes and the broker confirms."""
         return await asyncio.to_thread(
-            self.submit, task, args, kwargs, idempotency_key=idempotency_key, subject=subject
+            self.submit, task, args, kwargs, idempotency_key=idempotency_key, subject=subject, notify=notify
         )
 
     def close(self) -> None:

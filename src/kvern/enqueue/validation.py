@@ -16,8 +16,8 @@ from celery import Task
 
 from kvern.catalog import BindingError, TaskCatalog, check_binding
 from kvern.constants import MAX_SUBJECT_CHARS, SUBJECT_PATTERN
-from kvern.errors import SubmitError
-from kvern.spec import LimitsSpec
+from kvern.errors import SpecError, SubmitError
+from kvern.spec import WEBHOOK, LimitsSpec, NotifySpec, check_targets_configured, parse_target, parse_targets
 
 SUBJECT = re.compile(SUBJECT_PATTERN)
 
@@ -29,6 +29,7 @@ class Submission:
     kwargs: dict[str, Any]
     request_hash: str  # what an idempotency key is checked against
     subject: str | None = None
+    notify: tuple[str, ...] = ()  # the submission's own notification targets (README "Notifications")
 
 
 def validate(
@@ -129,3 +130,21 @@ def check_limits(args: list[Any], kwargs: dict[str, Any], limits: LimitsSpec) ->
             "args_too_large",
             f"args/kwargs are {size} bytes as JSON; at most {limits.args_bytes} (limits.args_bytes)",
         )
+
+
+# -- notification targets of one submission (README "Notifications") ------------------------------------------
+
+
+def parse_notify(value: Any, notify: NotifySpec) -> tuple[str, ...]:
+    """A submission's `notify` list: targets the spec can send to; webhooks only if the spec lets submissions
+    name their own (the controller would POST to any URL a key holder gives)."""
+    try:
+        targets = parse_targets(value, "notify")
+        check_targets_configured(notify, targets, "notify")
+    except SpecError as exc:
+        raise SubmitError(400, "invalid_notify", str(exc)) from None
+    if not notify.submission_webhooks and any(parse_target(t, "notify").kind == WEBHOOK for t in targets):
+        raise SubmitError(
+            400, "invalid_notify", "notify: webhooks are set per task in the spec (notify.submission_webhooks is off)"
+        )
+    return targets

@@ -22,6 +22,7 @@ class NewJob:
     request_hash: str | None = None
     subject: str | None = None  # whom the job is about ("user:42")
     owner: str | None = None  # the id of the API key that submitted it; None: the team's own code or the CLI
+    notify: tuple[str, ...] = ()  # targets told when it finishes (the task's and the submission's)
 
 
 @dataclass(frozen=True)
@@ -157,4 +158,6 @@ def new_job_row(new: NewJob) -> dict[str, Any]:
         "published_at": None,
         "started_at": None,
         "finished_at": None,
+        "notify": json.dumps(list(new.notify)) if new.notify else None,
+        "notify_due": now if new.notify else None,
     }

@@ -60,10 +60,15 @@ jobs = Table(
     Column("published_at", Float),
     Column("started_at", Float),
     Column("finished_at", Float),
+    # Where the job's end is announced (JSON list of targets, see spec.Target); NULL: nowhere.
+    Column("notify", Text),
+    # While an announcement is owed: when the controller looks at the job next (NULL once every target is done).
+    Column("notify_due", Float),
     Index("ix_kvern_jobs_status_created", "status", "created_at"),
     Index("ix_kvern_jobs_unpublished", "published_at", "created_at"),
     Index("ix_kvern_jobs_status_finished", "status", "finished_at"),  # retention finds what to erase
     Index("ix_kvern_jobs_owner_created", "owner", "created_at"),  # a key lists its own jobs
+    Index("ix_kvern_jobs_notify_due", "notify_due"),  # the notification outbox finds what is owed
 )
 
 api_keys = Table(
@@ -112,4 +117,39 @@ scaling_events = Table(
     Column("to_processes", Integer, nullable=False),
     Column("reason", Text, nullable=False),
     Index("ix_kvern_scaling_events_pool_at", "pool", "at"),
+)
+
+# Each attempt to announce a finished job to one target (jobs/deliveries.py): the log the job's GET shows, and
+# what the outbox reads to know which targets are done.
+deliveries = Table(
+    "kvern_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("kvern_jobs.id"), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),  # delivered | failed | gave_up
+    Column("detail", Text, nullable=False),  # "HTTP 200", "250 OK", the error
+    Index("ix_kvern_deliveries_job", "job_id", "id"),
+)
+
+# Instance-wide Prometheus samples the controller publishes (api/metrics.py renders them on every web head):
+# one row per (name, labels), so a scrape reads a few hundred rows, never the jobs table.
+metric_samples = Table(
+    "kvern_metric_samples",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("labels", String(500), primary_key=True),  # canonical JSON of the label set
+    Column("value", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Where the controller's job metrics have read up to (finished_at of the last job counted): survives restarts.
+metric_cursors = Table(
+    "kvern_metric_cursors",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("job_id", String(36), nullable=False),
 )

@@ -586,6 +586,7 @@ class JobStore:
         conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.id.in_(ids)).with_for_update())
         conn.execute(schema.artifacts.delete().where(schema.artifacts.c.job_id.in_(ids)))
         conn.execute(schema.attempts.delete().where(schema.attempts.c.job_id.in_(ids)))
+        conn.execute(schema.deliveries.delete().where(schema.deliveries.c.job_id.in_(ids)))  # notification log
         return int(conn.execute(schema.jobs.delete().where(schema.jobs.c.id.in_(ids))).rowcount)
 
     # -- reading ----------------------------------------------------------------------------------------
