@@ -20,6 +20,7 @@ from kvern.api.dashboard.overview import (
     activity_series,
     latency_series,
     percentile,
+    queue_rates,
     task_latencies,
 )
 from kvern.catalog import load_user_app
@@ -163,6 +164,21 @@ def test_activity_is_counted_per_bucket_as_a_rate() -> None:
     assert series["submitted"][-1] == 1 / BUCKET_S and series["submitted"][-3] == 1 / BUCKET_S
     assert series["succeeded"][-1] == 1 / BUCKET_S and series["dead"][-1] == 1 / BUCKET_S
     assert sum(series["failed"]) == 0 and len(series["started"]) == 3600 // BUCKET_S
+
+
+def test_queue_rates_count_the_last_minute_per_queue_of_the_tasks() -> None:
+    now = 10_000.0
+    times = [
+        JobTimes("add", "succeeded", now - 30, now - 20, now - 10),  # in and out within the minute
+        JobTimes("add", "queued", now - 10, None, None),  # in only
+        JobTimes("mail", "running", now - 120, now - 5, None),  # out only: submitted before the minute
+        JobTimes("add", "succeeded", now - 300, now - 290, now - 280),  # neither
+    ]
+    queue_of = {"add": "math", "mail": "outbox"}.__getitem__
+    assert queue_rates(times, queue_of, now) == {
+        "math": {"in": round(2 / 60, 2), "out": round(1 / 60, 2)},
+        "outbox": {"in": 0.0, "out": round(1 / 60, 2)},
+    }
 
 
 def test_queue_wait_and_run_time_percentiles_per_task() -> None:

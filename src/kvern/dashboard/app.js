@@ -110,7 +110,7 @@
     renderActivity(snapshot.activity);
     renderLatency(snapshot.latency);
     renderPools(snapshot.pools);
-    renderTable("queues", snapshot.queues.map((q) => [q.name, known(q.ready), known(q.unacked), known(q.consumers)]));
+    renderTable("queues", snapshot.queues.map((q) => [q.name, known(q.ready), known(q.unacked), known(q.consumers), known(q.in_per_s), known(q.out_per_s)]));
     renderTable("tasks", snapshot.tasks.map((t) => [t.task, String(t.started), seconds(t.wait_p50), seconds(t.wait_p95), seconds(t.run_p50), seconds(t.run_p95)]));
     document.body.dataset.updated = String(snapshot.at);
   }

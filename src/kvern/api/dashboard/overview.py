@@ -41,6 +41,7 @@ FINISHED_SERIES = {status.value: status.value for status in (JobStatus.SUCCEEDED
 DECISIONS_SHOWN = 8
 LATENCY_BUCKET_S = 60  # queue wait and run time percentiles per minute
 TASKS_CHARTED = 6
+RATE_WINDOW_S = 60  # a queue's in/out rates: over the last minute
 
 
 def activity_series(times: Iterable[JobTimes], now: float) -> dict[str, Any]:
@@ -61,6 +62,18 @@ def activity_series(times: Iterable[JobTimes], now: float) -> dict[str, Any]:
             count(FINISHED_SERIES[job.status], job.finished_at)
     rates = {name: [round(n / BUCKET_S, 2) for n in values] for name, values in counts.items()}
     return {"bucket_s": BUCKET_S, "end": end, "series": rates}
+
+
+def queue_rates(times: Iterable[JobTimes], queue_of: Callable[[str], str], now: float) -> dict[str, dict[str, float]]:
+    """Per queue, jobs per second that went in (submitted) and came out (started) over the last minute; a job's
+    queue is its task's, as the spec routes it."""
+    counted: dict[str, dict[str, int]] = {}
+    since = now - RATE_WINDOW_S
+    for job in times:
+        rates = counted.setdefault(queue_of(job.task), {"in": 0, "out": 0})
+        rates["in"] += job.created_at >= since
+        rates["out"] += job.started_at is not None and job.started_at >= since
+    return {queue: {k: round(n / RATE_WINDOW_S, 2) for k, n in rates.items()} for queue, rates in counted.items()}
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -170,9 +183,9 @@ class InstanceProbe:
             )
         return pools
 
-    def queues(self) -> list[dict[str, Any]]:
+    def queues(self, rates: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
         """Ready from the broker; unacked as the messages workers hold: the queue's running jobs (AMQP tells
-        only ready messages and consumers, and the management plugin is off)."""
+        only ready messages and consumers, and the management plugin is off); in/out rates from the store."""
         depths: dict[str, Any] = {}
         if self.config is not None:
             try:
@@ -188,6 +201,8 @@ class InstanceProbe:
                     "ready": depth["ready"] if depth else None,
                     "consumers": depth["consumers"] if depth else None,
                     "unacked": self.store.count_working([name]),
+                    "in_per_s": rates.get(name, {}).get("in", 0.0),
+                    "out_per_s": rates.get(name, {}).get("out", 0.0),
                 }
             )
         return rows
@@ -209,10 +224,11 @@ class InstanceProbe:
 def snapshot(probe: InstanceProbe, now: float) -> dict[str, Any]:
     """Everything the overview shows but the broker's health (which is asked asynchronously)."""
     processes = probe.processes()
-    queues = probe.queues()  # the broker's answer is the slow part: the store's counts are read right after it
-    jobs = probe.store.counts_by_status()
     since = now - WINDOW_S
     times = recent_job_times(probe.store.engine, since) if isinstance(probe.store, JobStore) else []
+    rates = queue_rates(times, probe.spec.queue_for, now)
+    queues = probe.queues(rates)  # the broker's answer is the slow part: the store's counts are read right after
+    jobs = probe.store.counts_by_status()
     return {
         "at": now,
         "jobs": jobs,
