@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, inspect, or_, select, true, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
@@ -27,6 +28,7 @@ from kvern.jobs import schema
 # Re-exported (the `as` form tells mypy so): callers import it from here, where it was first defined.
 from kvern.jobs.base import ArtifactsTooLarge
 from kvern.jobs.base import IdempotencyConflict as IdempotencyConflict  # noqa: PLC0414
+from kvern.jobs.batch import Answer, WorkerOp
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
 
@@ -34,14 +36,24 @@ SQLITE_BUSY_TIMEOUT_MS = 15_000
 READ_ONLY_OPTION = "kvern_read_only"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the settings each backend needs for many processes writing at once."""
+def make_engine(url: str, *, persistent: bool = False) -> Engine:
+    """An engine with the settings each backend needs for many processes writing at once.
+
+    `persistent`: one connection kept open and reused by one thread (a node's store writer): no connect,
+    PRAGMAs or pre-ping per transaction. A connection the database dropped is replaced on its next use.
+    """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith("sqlite"):
+        if persistent:
+            return fresh_pool_after_fork(create_engine(url, pool_size=1, max_overflow=0, pool_recycle=300))
         pooled = create_engine(url, pool_size=4, max_overflow=8, pool_pre_ping=True, pool_recycle=300)
         return fresh_pool_after_fork(pooled)
-    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    if persistent:  # created in the thread that uses it; check_same_thread only trips the pool's own close
+        engine = create_engine(url, poolclass=StaticPool, connect_args={**connect_args, "check_same_thread": False})
+    else:
+        engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
@@ -134,9 +146,10 @@ def add_missing_indexes(conn: Connection) -> None:
 class JobStore:
     """The job store kvern runs: SQLAlchemy Core over SQLite or PostgreSQL (implements JobStoreProtocol)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, persistent: bool = False) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, persistent=persistent)
+        self._batch = threading.local()  # the connection of a write_batch under way in this thread
 
     def create_schema(self) -> None:
         with self._begin() as conn:
@@ -148,10 +161,23 @@ class JobStore:
         self.engine.dispose()
 
     def _begin(self) -> AbstractContextManager[Connection]:
-        return begin(self.engine)
+        batch: Connection | None = getattr(self._batch, "conn", None)
+        return nullcontext(batch) if batch is not None else begin(self.engine)
 
     def _read(self) -> AbstractContextManager[Connection]:
-        return read(self.engine)
+        batch: Connection | None = getattr(self._batch, "conn", None)
+        return nullcontext(batch) if batch is not None else read(self.engine)
+
+    def write_batch(self, ops: Sequence[WorkerOp]) -> list[Answer]:
+        """Every op's own statements, fenced as ever, in one transaction: one commit (one fsync) for all.
+
+        SQLite: one BEGIN IMMEDIATE for the batch. An op's error rolls the whole batch back."""
+        with self._begin() as conn:
+            self._batch.conn = conn
+            try:
+                return [op.apply(self) for op in ops]
+            finally:
+                self._batch.conn = None
 
     def ping(self) -> None:
         with self._read() as conn:
