@@ -322,6 +322,7 @@ def measure(
                 cpu[name].append(window.cores(classifiers[name]))
             for name, drain in drains.items():  # workers only: their CPU is in the rounds above
                 results[name].append(drain())
+                log(f"{name}: {results[name][-1].per_s:,.0f}/s")
             log(f"round {index + 1}/{ROUNDS}: " + ", ".join(f"{k} {v[-1].per_s:,.0f}/s" for k, v in results.items()))
     finally:
         for store in stores.values():

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     app.worker_main(
         [
             "worker",
-            f"--hostname=bare-{variant}@%h",
+            f"--hostname=bare-{variant}-{queue}@%h",  # unique per queue: a drain worker runs beside the others
             f"--queues={queue}",
             f"--concurrency={concurrency}",
             "--pool=prefork",
