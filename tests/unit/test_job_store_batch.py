@@ -78,6 +78,30 @@ def test_a_batch_keeps_the_fence_between_its_own_ops(job_store: JobStoreProtocol
     assert [a.outcome for a in job_store.history(job.id)] == ["superseded", "succeeded"]
 
 
+def test_a_batch_mixing_plain_and_special_jobs_answers_each_as_alone(job_store: JobStoreProtocol) -> None:
+    # given plain queued jobs, a job whose cancel was asked, one whose budget is spent, and an unknown id
+    plain = [submitted(job_store) for _ in range(3)]
+    asked = submitted(job_store)
+    job_store.claim_attempt(asked.id, "w0")
+    job_store.cancel(asked.id)
+    spent = submitted(job_store, max_attempts=1)
+    job_store.claim_attempt(spent.id, "w0")
+
+    # when one batch claims them all, then one records successes of the plain ones and of the asked one
+    claims = job_store.write_batch([ClaimAttempt(j.id, "n") for j in (*plain, asked, spent)] + [ClaimAttempt("x", "n")])
+    ends = job_store.write_batch([RecordSuccess(j.id, 1, j.id) for j in plain] + [RecordSuccess(asked.id, 1, "late")])
+
+    # then each got the answer its own call gives
+    assert claims[:3] == [Claim(True, 1, True)] * 3
+    assert claims[3:5] == [Claim(False, 1, True)] * 2
+    assert claims[5] == Claim(True, 1, False)
+    assert ends == [True, True, True, False]
+    assert [get(job_store, j.id).result for j in plain] == [j.id for j in plain]
+    assert get(job_store, asked.id).status is JobStatus.CANCELLED
+    assert get(job_store, spent.id).status is JobStatus.DEAD
+    assert [a.outcome for a in job_store.history(plain[0].id)] == ["succeeded"]
+
+
 def test_an_empty_batch_does_nothing(job_store: JobStoreProtocol) -> None:
     assert job_store.write_batch([]) == []
 
@@ -132,10 +156,28 @@ def test_a_batch_is_one_commit(sql_job_store: JobStore) -> None:
     assert {get(sql_job_store, j.id).status for j in jobs} == {JobStatus.SUCCEEDED}
 
 
+def test_a_batch_of_plain_claims_and_successes_takes_a_few_statements(sql_job_store: JobStore) -> None:
+    # given twenty queued jobs
+    jobs = [submitted(sql_job_store) for _ in range(20)]
+    statements: list[str] = []
+    sa_event.listen(sql_job_store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    # when one batch claims them all and another records their successes
+    sql_job_store.write_batch([ClaimAttempt(j.id, "node") for j in jobs])
+    claimed = len(statements)
+    sql_job_store.write_batch([RecordSuccess(j.id, 1, None) for j in jobs])
+
+    # then each batch took a handful of statements, not some per job
+    assert claimed <= 6 and len(statements) - claimed <= 6, statements
+    assert {get(sql_job_store, j.id).status for j in jobs} == {JobStatus.SUCCEEDED}
+    assert [a.outcome for a in sql_job_store.history(jobs[-1].id)] == ["succeeded"]
+
+
 class Exploding:
     """An op that fails the way a broken connection does, after the ops before it ran."""
 
     kind = "explode"
+    job_id = "none"
 
     def apply(self, store: JobStoreProtocol) -> bool:
         raise StoreUnavailable("job store unavailable: connection lost")
