@@ -7,12 +7,17 @@
   `test`), in a schema created for the run (`kvern_bench_<hex>`, the URL's search_path) and dropped afterwards.
   Its own instance (and private broker node) is up during the whole run, idle while the others are measured.
 - bare Celery, same broker node (kvern's private one, its own vhost), same task, one worker process of
-  concurrency 4: `default` (Celery's defaults: early ack, prefetch 4 per slot, no confirms) and `late`
-  (acks_late + prefetch 1). Jobs are sent with `apply_async` from one Python process; bare Celery records no
-  outcome, so each task's finish time is appended to a file by a `task_postrun` handler (bench.workloads).
+  concurrency 4, logging at INFO as kvern's workers do: `default` (Celery's defaults: early ack, prefetch 4 per
+  slot, no confirms), `late` (acks_late + prefetch 1) and `same` (kvern's guarantees: acks_late, reject on a
+  lost worker process, prefetch 1, a quorum queue declared as kvern's, publisher confirms). Jobs are sent with
+  `apply_async` from one Python process; bare Celery records no outcome, so each task's finish time is appended
+  to a file by a `task_postrun` handler (bench.workloads).
+- drain: the queue is filled in advance and only the workers are measured, from the first outcome to the last:
+  kvern (its pool's worker and the controller stopped while the jobs are submitted, then the worker started)
+  and bare Celery defaults (a worker started on a queue already holding the jobs).
 
-Rounds alternate kvern / kvern on PostgreSQL / default / late / late on a quorum queue; medians and ratios of
-medians.
+Rounds alternate kvern / kvern on PostgreSQL / default / late / same / kvern drain / default drain; medians
+and ratios of medians.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy
+from kombu.connection import Connection
 from kombu.entity import Queue
 
 from bench.bare_worker import QUORUM_VARIANTS
@@ -44,16 +50,22 @@ from bench.workloads import DONE_FILE_ENV
 from bench.workloads import app as bench_app
 from bench.workloads import noop as noop_task
 from kvern.broker.topology import work_queue
-from kvern.constants import ROLE_ADMIN
+from kvern.constants import PROGRAM_CONTROLLER, ROLE_ADMIN
+from kvern.jobs import schema
 from kvern.jobs.store import JobStore
+from kvern.processes import pool_program_name
 from kvern.runtime.instance import owned_pids
+from kvern.runtime.supervisor import Supervisor
 
 JOBS = 2000
 ROUNDS = 3
 CONNECTIONS = 64
 DRAIN_TIMEOUT_S = 120.0
 POLL_S = 0.02
-BARE_VARIANTS = {"default": "bare-default", "late": "bare-late", "late-quorum": "bare-late-quorum"}
+BARE_VARIANTS = {"default": "bare-default", "late": "bare-late", "same": "bare-same"}
+CONFIRMING_VARIANTS = frozenset({"same"})  # its sender waits for the broker's confirm of each publish
+BARE_DRAIN_VARIANT, BARE_DRAIN_QUEUE = "default", "bare-drain"
+NOOP_POOL = "noop"
 TIMESTAMP = struct.Struct("d")
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -81,21 +93,60 @@ class RoundResult:
 
 def kvern_round(running: RunningInstance, store: JobStore) -> RoundResult:
     started = time.time()
+    accepted = kvern_submit(running)
+    submitted = time.time()
+    last = wait_outcomes(store, started, accepted)
+    return RoundResult(accepted, submitted - started, last - started)
+
+
+def kvern_submit(running: RunningInstance) -> int:
+    """JOBS no-op jobs POSTed through the front door; how many were accepted."""
     results = asyncio.run(
         submit_many(port_of(running.url), job_body(NOOP_TASK, headers=running.auth_headers), JOBS, CONNECTIONS, 30)
     )
-    submitted = time.time()
     accepted = sum(1 for r in results if r.status == 202)
     if accepted < JOBS:
         log(f"kvern accepted {accepted} of {JOBS} submissions")
+    return accepted
+
+
+def wait_outcomes(store: JobStore, started: float, accepted: int) -> float:
+    """The last finished_at, once every job created since `started` has its outcome."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while True:
         done, last = outcome_summary(store, started - 0.001)
         if done >= accepted and last is not None:
-            return RoundResult(accepted, submitted - started, last - started)
+            return last
         if time.monotonic() > deadline:
             raise RuntimeError(f"kvern recorded {done} of {accepted} outcomes in {DRAIN_TIMEOUT_S:g}s")
         time.sleep(POLL_S)
+
+
+def first_outcome(store: JobStore, started: float) -> float:
+    jobs = schema.jobs
+    query = sqlalchemy.select(sqlalchemy.func.min(jobs.c.finished_at)).where(jobs.c.created_at >= started - 0.001)
+    with store.engine.connect() as conn:
+        return float(conn.execute(query).scalar_one())
+
+
+def kvern_drain_round(running: RunningInstance, store: JobStore) -> RoundResult:
+    """The pool's worker is stopped (and the controller, which would start it) while the jobs are submitted;
+    then the worker alone drains the queue: measured from the first outcome to the last."""
+    supervisor = Supervisor(running.state_dir)
+    names = {p.name: p.full_name for p in supervisor.processes()}
+    worker, controller = names[pool_program_name(NOOP_POOL, 0)], names[PROGRAM_CONTROLLER]
+    supervisor.stop(controller)
+    supervisor.stop(worker)
+    try:
+        started = time.time()
+        accepted = kvern_submit(running)
+        submitted = time.time()
+        supervisor.start(worker)
+        last = wait_outcomes(store, started, accepted)
+    finally:
+        supervisor.start(worker)
+        supervisor.start(controller)
+    return RoundResult(accepted, submitted - started, last - first_outcome(store, started))
 
 
 @contextlib.contextmanager
@@ -152,11 +203,8 @@ def bare_queue(variant: str) -> str | Queue:
 
 def bare_round(variant: str, done_file: Path) -> RoundResult:
     done_file.write_bytes(b"")
-    queue = bare_queue(variant)
     started = time.time()
-    with bench_app.producer_or_acquire() as producer:
-        for _ in range(JOBS):
-            noop_task.apply_async(queue=queue, producer=producer)
+    publish_noops(variant, bare_queue(variant), JOBS)
     submitted = time.time()
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while len(finished := _finish_times(done_file)) < JOBS:
@@ -164,6 +212,39 @@ def bare_round(variant: str, done_file: Path) -> RoundResult:
             raise RuntimeError(f"bare Celery ({variant}) ran {len(finished)} of {JOBS} tasks")
         time.sleep(POLL_S)
     return RoundResult(JOBS, submitted - started, max(finished) - started)
+
+
+def publish_noops(variant: str, queue: str | Queue, jobs: int) -> None:
+    options = {"confirm_publish": True} if variant in CONFIRMING_VARIANTS else {}
+    with (
+        Connection(bench_app.conf.broker_url, transport_options=options) as connection,
+        connection.Producer() as producer,
+    ):
+        for _ in range(jobs):
+            noop_task.apply_async(queue=queue, producer=producer)
+
+
+def bare_drain_round(group: ProcessGroup, broker_url: str, folder: Path) -> RoundResult:
+    """A bare worker (defaults) started on a queue that already holds the jobs: first outcome to the last."""
+    done_file = folder / "drain.done"
+    done_file.write_bytes(b"")
+    with Connection(broker_url) as connection:
+        bench_app.amqp.queues[BARE_DRAIN_QUEUE].bind(connection.default_channel).declare()
+    started = time.time()
+    publish_noops(BARE_DRAIN_VARIANT, BARE_DRAIN_QUEUE, JOBS)
+    submitted = time.time()
+    env = {**os.environ, "BENCH_BROKER_URL": broker_url, DONE_FILE_ENV: str(done_file)}
+    command = [sys.executable, "-m", "bench.bare_worker", BARE_DRAIN_VARIANT, BARE_DRAIN_QUEUE, str(NOOP_CONCURRENCY)]
+    worker = group.add(spawn("bare celery drain", command, folder / "drain.log", env=env, cwd=REPO))
+    try:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while len(finished := _finish_times(done_file)) < JOBS:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bare Celery (drain) ran {len(finished)} of {JOBS} tasks")
+            time.sleep(POLL_S)
+    finally:
+        worker.stop()
+    return RoundResult(JOBS, submitted - started, max(finished) - min(finished))
 
 
 def wait_consuming(broker_url: str, done_files: dict[str, Path]) -> None:
@@ -205,11 +286,18 @@ def round_classifier(active: Path, idle: Path, bare_pids: dict[int, str]) -> Cla
 
 
 def measure(
-    instances: dict[str, RunningInstance], done_files: dict[str, Path], bare_pids: dict[int, str]
+    instances: dict[str, RunningInstance],
+    done_files: dict[str, Path],
+    bare_pids: dict[int, str],
+    bare_drain: Callable[[], RoundResult],
 ) -> dict[str, Any]:
     """`instances`: "kvern" (whose broker the bare workers use too) and "kvern-pg"."""
     stores = {name: JobStore(running.config.store_url) for name, running in instances.items()}
-    results: dict[str, list[RoundResult]] = {name: [] for name in (*instances, *BARE_VARIANTS)}
+    drains: dict[str, Callable[[], RoundResult]] = {
+        "kvern-drain": functools.partial(kvern_drain_round, instances["kvern"], stores["kvern"]),
+        "default-drain": bare_drain,
+    }
+    results: dict[str, list[RoundResult]] = {name: [] for name in (*instances, *BARE_VARIANTS, *drains)}
     cpu: dict[str, list[dict[str, float]]] = {name: [] for name in results}
     sqlite_dir, pg_dir = instances["kvern"].state_dir, instances["kvern-pg"].state_dir
     try:
@@ -232,26 +320,39 @@ def measure(
                 with CpuWindow() as window:
                     results[name].append(one_round())
                 cpu[name].append(window.cores(classifiers[name]))
+            for name, drain in drains.items():  # workers only: their CPU is in the rounds above
+                results[name].append(drain())
+                log(f"{name}: {results[name][-1].per_s:,.0f}/s")
             log(f"round {index + 1}/{ROUNDS}: " + ", ".join(f"{k} {v[-1].per_s:,.0f}/s" for k, v in results.items()))
     finally:
         for store in stores.values():
             store.close()
-    return {name: _figures(rounds) | {"cpu_cores": median_cores(cpu[name])} for name, rounds in results.items()}
+    return {
+        name: _figures(rounds) | ({"cpu_cores": median_cores(cpu[name])} if cpu[name] else {})
+        for name, rounds in results.items()
+    }
 
 
 def tables(f: dict[str, Any]) -> list[Table]:
-    k, pg, d, late, lq = f["kvern"], f["kvern_postgresql"], f["bare_default"], f["bare_late"], f["bare_late_quorum"]
+    k, pg, d, late, same = f["kvern"], f["kvern_postgresql"], f["bare_default"], f["bare_late"], f["bare_same"]
+    kd, dd = f["kvern_drain"], f["bare_default_drain"]
     rows = [
         ["kvern (HTTP submit, record, confirm, acks late, prefetch 1)", k["jobs_per_s"], k["submit_per_s"]],
         ["kvern, PostgreSQL job store", pg["jobs_per_s"], pg["submit_per_s"]],
         ["bare Celery, defaults (early ack, prefetch 4x)", d["jobs_per_s"], d["submit_per_s"]],
         ["bare Celery, acks_late + prefetch 1", late["jobs_per_s"], late["submit_per_s"]],
-        ["diagnostic: bare Celery, acks_late + prefetch 1, kvern's quorum queue", lq["jobs_per_s"], lq["submit_per_s"]],
+        [
+            "bare Celery, kvern's guarantees (acks_late, prefetch 1, quorum queue, confirms)",
+            same["jobs_per_s"],
+            same["submit_per_s"],
+        ],
+        ["drain: kvern (queue filled in advance, worker only)", kd["jobs_per_s"], kd["submit_per_s"]],
+        ["drain: bare Celery defaults (queue filled in advance, worker only)", dd["jobs_per_s"], dd["submit_per_s"]],
     ]
     main = Table(
-        f"B3 end-to-end: {JOBS} no-op jobs, first submit to last outcome (median of {ROUNDS} alternating rounds; "
-        f"1 worker process x {NOOP_CONCURRENCY})",
-        ["system", "jobs/s end to end", "submitted/s"],
+        f"B3 end-to-end: {JOBS} no-op jobs, first submit to last outcome; drain: first outcome to last (median of "
+        f"{ROUNDS} alternating rounds; 1 worker process x {NOOP_CONCURRENCY}, both logging at INFO)",
+        ["system", "jobs/s", "submitted/s"],
         rows,
     )
     ratios = Table(
@@ -266,6 +367,7 @@ def tables(f: dict[str, Any]) -> list[Table]:
             "kvern, PostgreSQL": pg["cpu_cores"],
             "bare defaults": d["cpu_cores"],
             "bare acks_late+prefetch1": late["cpu_cores"],
+            "bare, kvern's guarantees": same["cpu_cores"],
         },
     )
     return [main, ratios, cpu]
@@ -282,32 +384,44 @@ def run(work: Path) -> dict[str, Any]:
         broker_url = running.config.broker_urls[ROLE_ADMIN]  # bare Celery declares its own queues: configure
         done_files, bare_pids = start_bare_workers(group, broker_url, work)
         wait_consuming(broker_url, done_files)
-        measured = measure({"kvern": running, "kvern-pg": running_pg}, done_files, bare_pids)
-    k, pg = measured["kvern"]["jobs_per_s"], measured["kvern-pg"]["jobs_per_s"]
+        bare_drain = functools.partial(bare_drain_round, group, broker_url, work)
+        measured = measure({"kvern": running, "kvern-pg": running_pg}, done_files, bare_pids, bare_drain)
+    per_s = {name: figures["jobs_per_s"] for name, figures in measured.items()}
+    k, pg, default, late, same = (per_s[n] for n in ("kvern", "kvern-pg", "default", "late", "same"))
     figures: dict[str, Any] = {
         "jobs": JOBS,
         "worker_concurrency": NOOP_CONCURRENCY,
+        "kvern_jobs_per_s": k,
+        "kvern_pg_jobs_per_s": pg,
+        "celery_default_jobs_per_s": default,
+        "celery_same_guarantees_jobs_per_s": same,
+        "kvern_drain_jobs_per_s": per_s["kvern-drain"],
+        "celery_default_drain_jobs_per_s": per_s["default-drain"],
         "kvern": measured["kvern"],
         "kvern_postgresql": measured["kvern-pg"],
         "bare_default": measured["default"],
         "bare_late": measured["late"],
-        "bare_late_quorum": measured["late-quorum"],
+        "bare_same": measured["same"],
+        "kvern_drain": measured["kvern-drain"],
+        "bare_default_drain": measured["default-drain"],
     }
     figures["ratios"] = {
-        "kvern / bare Celery defaults": ratio(k, measured["default"]["jobs_per_s"]),
-        "kvern / bare Celery acks_late+prefetch1": ratio(k, measured["late"]["jobs_per_s"]),
-        "kvern / bare Celery acks_late+prefetch1 on a quorum queue": ratio(k, measured["late-quorum"]["jobs_per_s"]),
-        "kvern (PostgreSQL store) / bare Celery defaults": ratio(pg, measured["default"]["jobs_per_s"]),
-        "kvern (PostgreSQL store) / bare Celery acks_late+prefetch1": ratio(pg, measured["late"]["jobs_per_s"]),
+        "kvern / bare Celery with kvern's guarantees": ratio(k, same),
+        "kvern / bare Celery defaults": ratio(k, default),
+        "kvern / bare Celery acks_late+prefetch1": ratio(k, late),
+        "kvern (PostgreSQL store) / bare Celery with kvern's guarantees": ratio(pg, same),
+        "kvern (PostgreSQL store) / bare Celery defaults": ratio(pg, default),
+        "drain: kvern / bare Celery defaults": ratio(per_s["kvern-drain"], per_s["default-drain"]),
         "kvern: PostgreSQL / SQLite job store": ratio(pg, k),
-        "bare Celery: quorum / classic queue (acks_late+prefetch1)": ratio(
-            measured["late-quorum"]["jobs_per_s"], measured["late"]["jobs_per_s"]
-        ),
     }
     figures["targets"] = {
-        "kvern >= 1.0x bare Celery defaults": figures["ratios"]["kvern / bare Celery defaults"] >= 1.0,
-        "kvern well above acks_late+prefetch1 (>= 1.5x)": figures["ratios"]["kvern / bare Celery acks_late+prefetch1"]
-        >= 1.5,
+        "kvern >= 1.0x bare Celery with the same guarantees": figures["ratios"][
+            "kvern / bare Celery with kvern's guarantees"
+        ]
+        >= 1.0,
+        "kvern >= 0.7x bare Celery defaults": figures["ratios"]["kvern / bare Celery defaults"] >= 0.7,
+        "drain: kvern >= 0.8x bare Celery defaults' drain": figures["ratios"]["drain: kvern / bare Celery defaults"]
+        >= 0.8,
     }
     write_results("B3", figures, tables(figures))
     return figures

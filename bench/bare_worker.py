@@ -1,10 +1,12 @@
 """`python -m bench.bare_worker VARIANT QUEUE CONCURRENCY`: a bare Celery worker for B3 (no kvern in it).
 
 VARIANT is `default` (Celery's defaults: early acks, prefetch multiplier 4), `late` (task_acks_late=True,
-worker_prefetch_multiplier=1), or `late-quorum` (the same, on a queue declared exactly like kvern's work
-queues: quorum, reject-publish, DLX; a diagnostic, to tell the queue type's cost from kvern's own).
+worker_prefetch_multiplier=1), or `same` (kvern's guarantees without kvern: acks late, reject on a lost worker
+process, prefetch 1, on a queue declared exactly like kvern's work queues: quorum, reject-publish, DLX; its
+sender publishes with confirms).
 The broker URL comes from $BENCH_BROKER_URL (not argv: it holds a password).
-The worker runs the same no-op task as kvern's pool, with the same process flags kvern gives its workers.
+The worker runs the same no-op task as kvern's pool, with the same process flags and log level kvern gives its
+workers (INFO: a line per received and per finished task).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from bench.workloads import app
 from kvern.broker.topology import work_queue
 
 LATE: dict[str, object] = {"task_acks_late": True, "worker_prefetch_multiplier": 1}
-VARIANTS: dict[str, dict[str, object]] = {"default": {}, "late": LATE, "late-quorum": LATE}
-QUORUM_VARIANTS = frozenset({"late-quorum"})
+SAME: dict[str, object] = {**LATE, "task_reject_on_worker_lost": True}
+VARIANTS: dict[str, dict[str, object]] = {"default": {}, "late": LATE, "same": SAME}
+QUORUM_VARIANTS = frozenset({"same"})
 
 
 def main(argv: list[str]) -> None:
@@ -28,11 +31,11 @@ def main(argv: list[str]) -> None:
     app.worker_main(
         [
             "worker",
-            f"--hostname=bare-{variant}@%h",
+            f"--hostname=bare-{variant}-{queue}@%h",  # unique per queue: a drain worker runs beside the others
             f"--queues={queue}",
             f"--concurrency={concurrency}",
             "--pool=prefork",
-            "--loglevel=WARNING",
+            "--loglevel=INFO",  # as kvern's workers log
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",

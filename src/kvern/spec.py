@@ -59,6 +59,9 @@ max_tasks_per_child = 0     # replace a task process after this many tasks (0: n
 max_memory_per_child = 0    # replace a task process once its resident memory passes this many MB (0: never)
 max_backlog = 100000        # length limit of each of its queues (a quorum queue lets in the message that
                             # crosses it); past it, POST /api/v1/jobs answers 503
+flush_ms = 2                # a worker's store writer waits at most this long to batch more jobs' writes
+flush_items = 64            # and commits at most this many in one transaction
+prefetch = 1                # messages each task slot holds ahead (short tasks: more; claimed at dispatch)
 
 [limits]                    # optional; bounds of a submission's args and kwargs, checked before it is recorded
 args_bytes = 262144         # their size as compact JSON (UTF-8), at most the 1 MiB body limit
@@ -191,6 +194,11 @@ class PoolSpec:
     max_tasks_per_child: int = 0
     max_memory_per_child: int = 0  # MB
     max_backlog: int = DEFAULT_MAX_BACKLOG  # messages per queue; beyond it a publish is refused (503)
+    # The node's store writer (worker/writer.py): a batch waits at most flush_ms for more ops, holds at most
+    # flush_items. 2 ms costs a lone job little latency; every waiting child flushes it at once anyway.
+    flush_ms: float = 2.0
+    flush_items: int = 64
+    prefetch: int = 1  # messages each task slot holds ahead; above 1 for short tasks (claimed at dispatch)
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,9 @@ class LimitsSpec:
 
 
 MAX_WEB_LIMIT = 1_000_000
+MAX_FLUSH_MS = 1000  # a store writer's batch that waits longer holds every child of its node
+MAX_FLUSH_ITEMS = 5000
+MAX_PREFETCH = 1000
 
 # Past these, a payload breaks the layers behind the API (serializer and pickle recursion, the body limit).
 MAX_ARGS_DEPTH = 100
@@ -585,6 +596,16 @@ def _check_pool_bounds(pool: PoolSpec, where: str) -> None:
         raise SpecError(f"{where}: max_tasks_per_child and max_memory_per_child must be >= 0 (0: no limit)")
     if pool.max_backlog < 1:
         raise SpecError(f"{where}.max_backlog: must be 1 or more")
+    _check_writer_settings(pool, where)
+
+
+def _check_writer_settings(pool: PoolSpec, where: str) -> None:
+    if not 0 <= pool.flush_ms <= MAX_FLUSH_MS:
+        raise SpecError(f"{where}.flush_ms: must be between 0 and {MAX_FLUSH_MS} (milliseconds a batch waits)")
+    if not 1 <= pool.flush_items <= MAX_FLUSH_ITEMS:
+        raise SpecError(f"{where}.flush_items: must be between 1 and {MAX_FLUSH_ITEMS} (ops in one transaction)")
+    if not 1 <= pool.prefetch <= MAX_PREFETCH:
+        raise SpecError(f"{where}.prefetch: must be between 1 and {MAX_PREFETCH} (messages per task slot)")
 
 
 def _parse_limits(table: _Reader) -> LimitsSpec:

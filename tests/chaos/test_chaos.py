@@ -189,6 +189,8 @@ class Stream:
     conn_errors: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    pause_s: float = RATE_S  # between one submitter's submissions
+    task_s: float | None = None  # how long each job sleeps; None: 0.2 .. 1.0 s, by tag
 
     def submit(self, client: httpx.Client, tag: str, task: str, args: list[Any]) -> None:
         deadline = time.monotonic() + 90
@@ -218,15 +220,17 @@ class Stream:
             n = 0
             while not self.stopping.is_set():
                 tag = f"{self.prefix}-{worker}-{n}"
-                seconds = 0.2 + (hash(tag) % 9) / 10  # 0.2 .. 1.0 s
+                seconds = self.task_s if self.task_s is not None else 0.2 + (hash(tag) % 9) / 10
                 self.submit(client, tag, "tasks.work", [tag, seconds])
                 n += 1
-                time.sleep(RATE_S)
+                time.sleep(self.pause_s)
 
 
-def run_scenario(chaos: Chaos, name: str, inject: Callable[[Chaos, Stream], None]) -> dict[str, Any]:
-    stream = Stream(chaos.url, f"{name}-{uuid.uuid4().hex[:6]}", chaos.instance.state_dir)
-    threads = [threading.Thread(target=stream.run, args=(i,)) for i in range(SUBMITTERS)]
+def run_scenario(
+    chaos: Chaos, name: str, inject: Callable[[Chaos, Stream], None], submitters: int = SUBMITTERS, **load: Any
+) -> dict[str, Any]:
+    stream = Stream(chaos.url, f"{name}-{uuid.uuid4().hex[:6]}", chaos.instance.state_dir, **load)
+    threads = [threading.Thread(target=stream.run, args=(i,)) for i in range(submitters)]
     for thread in threads:
         thread.start()
     try:
@@ -358,6 +362,21 @@ def kill_worker_main(chaos: Chaos, _stream: Stream) -> None:
     os.kill(main, signal.SIGKILL)
 
 
+def kill_node_mid_batch(chaos: Chaos, stream: Stream) -> None:
+    """SIGKILL a worker main process, which holds the node's store writer, while short jobs stream through it:
+    its writer is committing one batch after another, with claims and outcomes of several jobs in each."""
+    wait_for(lambda: _succeeded(chaos, stream) >= 20, 30, "short jobs did not flow through the workers")
+    main = next(iter(chaos.worker_mains()))
+    os.kill(main, signal.SIGKILL)
+    wait_for(lambda: main not in chaos.worker_mains(), 10, f"worker main {main} still runs")
+
+
+def _succeeded(chaos: Chaos, stream: Stream) -> int:
+    with stream.lock:
+        ids = list(stream.accepted.values())
+    return sum(1 for j in ids if (job := chaos.store.get(j)) is not None and job.status == JobStatus.SUCCEEDED)
+
+
 # Each fault checks that it took effect: a fault that silently does nothing would leave its scenario green.
 
 
@@ -422,6 +441,12 @@ def test_sigkill_of_worker_children_mid_task(chaos: Chaos) -> None:
 
 def test_sigkill_of_a_worker_main_process_mid_task(chaos: Chaos) -> None:
     assert_clean(run_scenario(chaos, "kill worker main", kill_worker_main), hits_jobs=True)
+
+
+def test_sigkill_of_a_node_and_its_store_writer_mid_batch_under_load(chaos: Chaos) -> None:
+    # short jobs from more submitters, with no pause: batches of several jobs' writes are always in flight
+    row = run_scenario(chaos, "kill node mid-batch", kill_node_mid_batch, submitters=4, pause_s=0.0, task_s=0.0)
+    assert_clean(row, hits_jobs=True)
 
 
 def test_rabbitmq_restart(chaos: Chaos) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from kvern.jobs.batch import Answer, WorkerOp
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect
 from kvern.jobs.states import JobStatus
 
@@ -108,6 +109,11 @@ class JobStoreProtocol(Protocol):
     ) -> bool:
         """Fenced: the attempt failed and another follows after `delay_s`; the job stays running. False when
         refused, or when a cancel was asked meanwhile: the job is then cancelled and no retry follows."""
+        ...
+
+    def write_batch(self, ops: Sequence[WorkerOp]) -> list[Answer]:
+        """Apply a node's worker writes in order in one transaction (one commit), each answering as its own
+        method would (jobs/batch.py); every write keeps its fence. StoreUnavailable: none of them landed."""
         ...
 
     def mark_dead(self, job_id: str, error: str) -> bool:

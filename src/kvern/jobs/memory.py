@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from kvern.jobs.base import ArtifactsTooLarge, IdempotencyConflict
+from kvern.jobs.batch import Answer, WorkerOp
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
 
@@ -244,6 +245,10 @@ class MemoryJobStore:
             # A write that lost the fence must not overwrite an outcome the attempt already has.
             if row["attempt"] == attempt and (won or row["outcome"] in (None, "lost")):
                 row.update(finished_at=now, outcome=outcome, error=error, traceback=traceback)
+
+    def write_batch(self, ops: Sequence[WorkerOp]) -> list[Answer]:
+        with self._lock:  # one step for every other caller, as one transaction is
+            return [op.apply(self) for op in ops]
 
     def mark_dead(self, job_id: str, error: str) -> bool:
         with self._lock:

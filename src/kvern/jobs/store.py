@@ -10,16 +10,32 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, inspect, or_, select, true, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
@@ -27,6 +43,7 @@ from kvern.jobs import schema
 # Re-exported (the `as` form tells mypy so): callers import it from here, where it was first defined.
 from kvern.jobs.base import ArtifactsTooLarge
 from kvern.jobs.base import IdempotencyConflict as IdempotencyConflict  # noqa: PLC0414
+from kvern.jobs.batch import Answer, ClaimAttempt, RecordSuccess, WorkerOp
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
 
@@ -34,14 +51,24 @@ SQLITE_BUSY_TIMEOUT_MS = 15_000
 READ_ONLY_OPTION = "kvern_read_only"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the settings each backend needs for many processes writing at once."""
+def make_engine(url: str, *, persistent: bool = False) -> Engine:
+    """An engine with the settings each backend needs for many processes writing at once.
+
+    `persistent`: one connection kept open and reused by one thread (a node's store writer): no connect,
+    PRAGMAs or pre-ping per transaction. A connection the database dropped is replaced on its next use.
+    """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith("sqlite"):
+        if persistent:
+            return fresh_pool_after_fork(create_engine(url, pool_size=1, max_overflow=0, pool_recycle=300))
         pooled = create_engine(url, pool_size=4, max_overflow=8, pool_pre_ping=True, pool_recycle=300)
         return fresh_pool_after_fork(pooled)
-    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    if persistent:  # created in the thread that uses it; check_same_thread only trips the pool's own close
+        engine = create_engine(url, poolclass=StaticPool, connect_args={**connect_args, "check_same_thread": False})
+    else:
+        engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
@@ -134,9 +161,10 @@ def add_missing_indexes(conn: Connection) -> None:
 class JobStore:
     """The job store kvern runs: SQLAlchemy Core over SQLite or PostgreSQL (implements JobStoreProtocol)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, persistent: bool = False) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, persistent=persistent)
+        self._batch = threading.local()  # the connection of a write_batch under way in this thread
 
     def create_schema(self) -> None:
         with self._begin() as conn:
@@ -148,10 +176,122 @@ class JobStore:
         self.engine.dispose()
 
     def _begin(self) -> AbstractContextManager[Connection]:
-        return begin(self.engine)
+        batch: Connection | None = getattr(self._batch, "conn", None)
+        return nullcontext(batch) if batch is not None else begin(self.engine)
 
     def _read(self) -> AbstractContextManager[Connection]:
-        return read(self.engine)
+        batch: Connection | None = getattr(self._batch, "conn", None)
+        return nullcontext(batch) if batch is not None else read(self.engine)
+
+    def write_batch(self, ops: Sequence[WorkerOp]) -> list[Answer]:
+        """The batch's ops in one transaction: one commit (one fsync) for all. SQLite: one BEGIN IMMEDIATE.
+
+        The common cases go set-based first, fenced in the statements themselves: claims of jobs that may simply
+        start their next attempt (one UPDATE ... RETURNING for all), and successes of attempts that still own
+        their job (one executemany), each for a job no other op of the batch names. Every other op, and those
+        the fence refused there, then runs its own method, in order. An op's error rolls the whole batch back."""
+        answers: list[Answer | None] = [None] * len(ops)
+        with self._begin() as conn:
+            self._batch.conn = conn
+            try:
+                self._claim_together(conn, ops, answers)
+                self._succeed_together(conn, ops, answers)
+                return [
+                    answer if answer is not None else op.apply(self) for op, answer in zip(ops, answers, strict=True)
+                ]
+            finally:
+                self._batch.conn = None
+
+    @staticmethod
+    def _alone(ops: Sequence[WorkerOp], kind: type) -> dict[str, int]:
+        """job id -> index of the ops of `kind` whose job no other op of the batch names: ops on different jobs
+        touch different rows, so taking these first leaves every answer as the given order makes it."""
+        seen = Counter(op.job_id for op in ops)
+        return {op.job_id: index for index, op in enumerate(ops) if isinstance(op, kind) and seen[op.job_id] == 1}
+
+    def _claim_together(self, conn: Connection, ops: Sequence[WorkerOp], answers: list[Answer | None]) -> None:
+        """Start the next attempt of every job that is active, not asked to stop, and within its budget."""
+        first = self._alone(ops, ClaimAttempt)
+        if not first:
+            return
+        now, jobs, at = time.time(), schema.jobs, schema.attempts
+        started = conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id.in_(list(first)),
+                jobs.c.status.in_([s.value for s in ACTIVE]),
+                jobs.c.cancel_requested.is_(None),
+                jobs.c.attempts < jobs.c.max_attempts,
+            )
+            .values(
+                status=JobStatus.RUNNING.value,
+                attempts=jobs.c.attempts + 1,
+                retry_at=None,
+                started_at=func.coalesce(jobs.c.started_at, now),
+                published_at=func.coalesce(jobs.c.published_at, now),
+            )
+            .returning(jobs.c.id, jobs.c.attempts, jobs.c.max_attempts)
+        ).all()
+        if not started:
+            return
+        ids = [row.id for row in started]
+        # An earlier attempt still open was lost with its worker process.
+        conn.execute(
+            update(at).where(at.c.job_id.in_(ids), at.c.finished_at.is_(None)).values(finished_at=now, outcome="lost")
+        )
+        workers = {row.id: cast(ClaimAttempt, ops[first[row.id]]).worker for row in started}
+        conn.execute(
+            insert(at),
+            [{"job_id": r.id, "attempt": r.attempts, "worker": workers[r.id], "started_at": now} for r in started],
+        )
+        for row in started:
+            answers[first[row.id]] = Claim(run=True, attempt=row.attempts, tracked=True, max_attempts=row.max_attempts)
+
+    def _succeed_together(self, conn: Connection, ops: Sequence[WorkerOp], answers: list[Answer | None]) -> None:
+        """Record the successes whose attempt still owns its running job, with no cancel asked."""
+        first = self._alone(ops, RecordSuccess)
+        if not first:
+            return
+        now, jobs, at = time.time(), schema.jobs, schema.attempts
+        wins = [cast(RecordSuccess, ops[index]) for index in first.values()]
+        conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id == bindparam("b_id"),
+                jobs.c.attempts == bindparam("b_attempt"),
+                jobs.c.status == JobStatus.RUNNING.value,
+                jobs.c.cancel_requested.is_(None),
+            )
+            .values(
+                status=JobStatus.SUCCEEDED.value,
+                progress=100,
+                result=bindparam("b_result"),
+                error=None,
+                outcome_attempt=bindparam("b_attempt"),
+                finished_at=now,
+            ),
+            [{"b_id": op.job_id, "b_attempt": op.attempt, "b_result": json.dumps(op.result)} for op in wins],
+        )
+        # Which landed: this transaction's finish time is on exactly those rows (an executemany returns no rows).
+        landed = {
+            (row.id, row.outcome_attempt)
+            for row in conn.execute(
+                select(jobs.c.id, jobs.c.outcome_attempt).where(
+                    jobs.c.id.in_(list(first)), jobs.c.status == JobStatus.SUCCEEDED.value, jobs.c.finished_at == now
+                )
+            )
+        }
+        won = [op for op in wins if (op.job_id, op.attempt) in landed]
+        if not won:
+            return
+        conn.execute(
+            update(at)
+            .where(at.c.job_id == bindparam("b_id"), at.c.attempt == bindparam("b_attempt"))
+            .values(finished_at=now, outcome=JobStatus.SUCCEEDED.value, error=None, traceback=None),
+            [{"b_id": op.job_id, "b_attempt": op.attempt} for op in won],
+        )
+        for op in won:
+            answers[first[op.job_id]] = True
 
     def ping(self) -> None:
         with self._read() as conn:

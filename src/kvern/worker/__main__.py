@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import socket
 import sys
@@ -10,12 +11,15 @@ from kvern.catalog import load_user_app
 from kvern.constants import ROLE_WORKER
 from kvern.jobs.store import JobStore
 from kvern.runtime_config import RuntimeConfig
+from kvern.spec import PoolSpec
 from kvern.worker.app import UndeclaringConsumer, safe_settings
 from kvern.worker.context import limit_artifacts
 from kvern.worker.execution import guard_task, watch_hard_time_limits
 from kvern.worker.log_privacy import hide_payloads_in_logs
 from kvern.worker.memory import share_memory_with_children
 from kvern.worker.wakeup import wake_on_signals
+from kvern.worker.writer import NodeWriter, socket_path_for
+from kvern.worker.writer_client import WriterClient
 
 
 def main(argv: list[str]) -> None:
@@ -28,11 +32,14 @@ def main(argv: list[str]) -> None:
     app, catalog = load_user_app(spec)
     app.conf.update(safe_settings(spec, config.broker_urls[ROLE_WORKER], pool.queues))
     app.conf.worker_consumer = f"{UndeclaringConsumer.__module__}:{UndeclaringConsumer.__name__}"
+    app.conf.worker_prefetch_multiplier = pool.prefetch  # claimed when a child starts it, not when prefetched
     store = JobStore(config.store_url)
     limit_artifacts(spec.limits.artifact_bytes)
     node = f"{pool_name}-{index}@{config.instance}.{socket.gethostname()}"
+    writer = start_writer(config, pool, f"{pool_name}-{index}")
+    attempts = WriterClient(writer.path, artifacts=store)  # the children write through the node's writer
     for name, task in catalog.tasks.items():
-        guard_task(task, store, spec.policy(name), node)
+        guard_task(task, attempts, spec.policy(name), node)
     recycling = []
     if pool.max_tasks_per_child:
         recycling.append(f"--max-tasks-per-child={pool.max_tasks_per_child}")
@@ -55,6 +62,15 @@ def main(argv: list[str]) -> None:
             "--without-heartbeat",
         ]
     )
+
+
+def start_writer(config: RuntimeConfig, pool: PoolSpec, name: str) -> NodeWriter:
+    """The node's store writer, listening before Celery forks the children that use it."""
+    store = JobStore(config.store_url, persistent=True)
+    writer = NodeWriter(store, socket_path_for(config.state_path, name), pool.flush_ms, pool.flush_items)
+    writer.start()
+    atexit.register(writer.close)
+    return writer
 
 
 if __name__ == "__main__":

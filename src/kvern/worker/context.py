@@ -13,8 +13,8 @@ import time
 import unicodedata
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from kvern.jobs.base import JobStoreProtocol
 from kvern.spec import LimitsSpec
 
 PROGRESS_MIN_INTERVAL_S = 0.2
@@ -47,9 +47,21 @@ def limit_artifacts(max_bytes: int) -> None:
     _artifact_limits.max_bytes = max_bytes
 
 
+class TaskStore(Protocol):
+    """What a running task's calls need of the store (a JobStore, or the node's writer: worker/writer_client.py)."""
+
+    def record_progress(self, job_id: str, attempt: int, pct: int, message: str | None = None) -> bool: ...
+
+    def is_cancelled(self, job_id: str) -> bool: ...
+
+    def save_artifact(
+        self, job_id: str, attempt: int, name: str, content_type: str, data: bytes, max_total: int | None = None
+    ) -> None: ...
+
+
 @dataclass
 class JobContext:
-    store: JobStoreProtocol
+    store: TaskStore
     info: JobInfo
     last_progress: int = -1
     last_progress_at: float = field(default=0.0)

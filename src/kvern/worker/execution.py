@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from celery import Task
 from celery.exceptions import Ignore, Retry, TimeLimitExceeded
@@ -32,7 +32,7 @@ from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
 from kvern.spec import TaskPolicy
-from kvern.worker.context import JobContext, JobInfo, _current
+from kvern.worker.context import JobContext, JobInfo, TaskStore, _current
 
 log = logging.getLogger("kvern.worker")
 
@@ -81,7 +81,23 @@ def format_traceback(exc: BaseException) -> str:
     return text
 
 
-def guard_task(task: Task, store: JobStoreProtocol, policy: TaskPolicy, worker_name: str) -> None:
+class AttemptStore(TaskStore, Protocol):
+    """What an attempt's wrapper needs of the store: a JobStore, or the node's writer (worker/writer_client.py)."""
+
+    def claim_attempt(self, job_id: str, worker: str) -> Claim: ...
+
+    def record_success(self, job_id: str, attempt: int, result: Any) -> bool: ...
+
+    def record_failure(
+        self, job_id: str, attempt: int, error: str, status: JobStatus, traceback: str | None = None
+    ) -> bool: ...
+
+    def record_retry(
+        self, job_id: str, attempt: int, error: str, traceback: str | None = None, delay_s: float = 0.0
+    ) -> bool: ...
+
+
+def guard_task(task: Task, store: AttemptStore, policy: TaskPolicy, worker_name: str) -> None:
     """Replace `task.run` by the fenced version (before the worker builds its tracers)."""
     if hasattr(task, ORIGINAL_RUN_ATTR):
         return
@@ -114,7 +130,7 @@ def guard_task(task: Task, store: JobStoreProtocol, policy: TaskPolicy, worker_n
 
 class _AttemptRunner:
     def __init__(
-        self, task: Task, user_run: Callable[..., Any], store: JobStoreProtocol, policy: TaskPolicy, worker: str
+        self, task: Task, user_run: Callable[..., Any], store: AttemptStore, policy: TaskPolicy, worker: str
     ) -> None:
         self.task = task
         self.user_run = user_run

@@ -1,0 +1,117 @@
+"""A task process's side of the node's store writer (worker/writer.py): the store its attempts write through.
+
+Each call sends one op and waits for the answer, which comes once the batch holding it committed: a claim is
+fenced before the task runs, and an outcome is durable before the task returns (so before the message is acked).
+A writer that cannot be reached, or whose store is away, raises StoreUnavailable: the attempt runner waits and
+asks again, then postpones the delivery, as it does for a store of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from kvern.errors import StoreUnavailable
+from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.batch import (
+    Answer,
+    CheckCancelled,
+    ClaimAttempt,
+    RecordFailure,
+    RecordProgress,
+    RecordRetry,
+    RecordSuccess,
+    WorkerOp,
+    answer_from_wire,
+    op_to_wire,
+)
+from kvern.jobs.records import Claim
+from kvern.jobs.states import JobStatus
+from kvern.worker.writer import ERROR_UNAVAILABLE, recv_frame, send_frame
+
+ANSWER_TIMEOUT_S = 60.0  # past the store's own busy timeout: a writer this slow is treated as away
+
+
+class WriterClient:
+    """The attempt store of a task process: claims and outcomes through the node's writer. Artifacts go to the
+    store directly (`artifacts`, connected only when a task saves one): a blob sent through the writer would be
+    copied twice more and held in its heap."""
+
+    def __init__(self, path: Path, artifacts: JobStoreProtocol) -> None:
+        self.path = path
+        self.artifacts = artifacts
+        self._conn: socket.socket | None = None
+        self._pid = 0
+
+    def _connection(self) -> socket.socket:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(ANSWER_TIMEOUT_S)
+        try:
+            conn.connect(str(self.path))
+        except OSError:
+            conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()  # a forked process opens its own
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        self._conn = None
+
+    def call(self, op: WorkerOp) -> Answer:
+        try:
+            conn = self._connection()
+            send_frame(conn, op_to_wire(op))
+            reply: Any = recv_frame(conn)
+        except (OSError, ValueError) as exc:
+            self._drop()
+            raise StoreUnavailable(f"job-store writer unavailable: {exc}") from exc
+        except BaseException:
+            self._drop()  # interrupted mid-call (a soft time limit): the answer must not be read by the next call
+            raise
+        if reply is None:
+            self._drop()
+            raise StoreUnavailable("job-store writer unavailable: it closed the connection")
+        if "error" in reply:
+            if reply["error"] == ERROR_UNAVAILABLE:
+                raise StoreUnavailable(reply.get("message", "job store unavailable"))
+            raise RuntimeError(f"job-store writer: {reply.get('message')}")
+        return answer_from_wire(op, reply["answer"])
+
+    # -- what an attempt asks (the store methods of the same names) --------------------------------------------
+
+    def claim_attempt(self, job_id: str, worker: str) -> Claim:
+        claim = self.call(ClaimAttempt(job_id, worker))
+        assert isinstance(claim, Claim)
+        return claim
+
+    def record_success(self, job_id: str, attempt: int, result: Any) -> bool:
+        return bool(self.call(RecordSuccess(job_id, attempt, result)))
+
+    def record_failure(
+        self, job_id: str, attempt: int, error: str, status: JobStatus, traceback: str | None = None
+    ) -> bool:
+        return bool(self.call(RecordFailure(job_id, attempt, error, status, traceback)))
+
+    def record_retry(
+        self, job_id: str, attempt: int, error: str, traceback: str | None = None, delay_s: float = 0.0
+    ) -> bool:
+        return bool(self.call(RecordRetry(job_id, attempt, error, traceback, delay_s)))
+
+    def record_progress(self, job_id: str, attempt: int, pct: int, message: str | None = None) -> bool:
+        return bool(self.call(RecordProgress(job_id, attempt, pct, message)))
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return bool(self.call(CheckCancelled(job_id)))
+
+    def save_artifact(
+        self, job_id: str, attempt: int, name: str, content_type: str, data: bytes, max_total: int | None = None
+    ) -> None:
+        self.artifacts.save_artifact(job_id, attempt, name, content_type, data, max_total)

@@ -1,0 +1,114 @@
+"""A pool's `prefetch`: its worker holds more messages than it runs, and a prefetched job spends no attempt (it
+is claimed when a task process starts it), even when the worker dies holding it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kvern.broker.admin import queue_depths
+from kvern.constants import ROLE_ADMIN
+from kvern.jobs.states import JobStatus
+from kvern.jobs.store import JobStore
+from kvern.runtime.supervisor import Supervisor
+from tests.integration.conftest import Running, wait_for_outcome, write_project
+
+TASKS = """
+import time
+
+from celery import Celery
+
+app = Celery("prefetch")
+
+
+@app.task
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+"""
+
+SPEC = """
+[app]
+tasks = "tasks"
+static = "static"
+
+[web]
+heads = 1
+
+[[pools]]
+name = "short"
+queues = ["short"]
+concurrency = 1
+min = 1
+max = 1
+prefetch = 4
+
+[tasks."tasks.nap"]
+queue = "short"
+retries = 2
+time_limit = 60
+"""
+
+JOBS = 5
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} (after {timeout}s)"
+        time.sleep(0.1)
+
+
+def test_prefetched_jobs_spend_no_attempt_even_when_their_worker_dies(
+    start_instance: Callable[..., Running], tmp_path: Path
+) -> None:
+    # given a pool of one task slot that prefetches 4 messages, and 5 jobs of 3 s each
+    tasks = tmp_path / "tasks_source.py"
+    tasks.write_text(TASKS)
+    running = start_instance(write_project(tmp_path / "project", SPEC, tasks_source=tasks))
+    store = JobStore(running.config.store_url)
+    broker = running.config.broker_urls[ROLE_ADMIN]
+    try:
+        with running.client() as client:
+            ids = [
+                client.post("/api/v1/jobs", json={"task": "tasks.nap", "args": [3]}).json()["id"] for _ in range(JOBS)
+            ]
+
+            # when the worker has taken its 4 messages: one runs, three wait in its prefetch
+            def taken() -> bool:
+                depth = queue_depths(broker, ("short",))["short"]
+                return depth is not None and depth["ready"] == JOBS - 4
+
+            wait_until(taken, 60, "the worker did not prefetch 4 messages")
+            wait_until(lambda: any(_status(store, j) is JobStatus.RUNNING for j in ids), 30, "no job started")
+            statuses = [_status(store, j) for j in ids]
+            attempts = [_attempts(store, j) for j in ids]
+
+            # then only the running job has claimed an attempt
+            assert statuses.count(JobStatus.RUNNING) == 1, statuses
+            assert sorted(attempts) == [0, 0, 0, 0, 1], attempts
+
+            # and when the worker dies holding them, every job succeeds, and the prefetched ones on their first
+            # attempt (the one that was running may have needed a second)
+            prefetched = [j for j, n in zip(ids, attempts, strict=True) if n == 0]
+            worker = next(p for p in Supervisor(running.instance.state_dir).processes() if p.group == "pool-short")
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGKILL)
+            outcomes = [wait_for_outcome(client, j, timeout=120) for j in ids]
+    finally:
+        store.close()
+    assert [o["status"] for o in outcomes] == ["succeeded"] * JOBS
+    assert [o["attempts"] for o in outcomes if o["id"] in prefetched] == [1, 1, 1, 1]
+
+
+def _status(store: JobStore, job_id: str) -> JobStatus | None:
+    job = store.get(job_id)
+    return job.status if job else None
+
+
+def _attempts(store: JobStore, job_id: str) -> int:
+    job = store.get(job_id)
+    return job.attempts if job else -1
