@@ -170,4 +170,7 @@ async def test_the_openapi_document_lists_the_bulk_submit(client: httpx.AsyncCli
     operation = document["paths"][URL]["post"]
     assert operation["operationId"] == "submit_jobs"
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
-    assert "idempotency_key" in schema["properties"]["jobs"]["items"]["properties"]
+    assert "idempotency_key" in schema["properties"]["jobs"]["items"]["description"]
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BatchView"
+    }
