@@ -138,6 +138,9 @@ async def test_idempotency_keys_per_job(client: httpx.AsyncClient, web_head: Web
     assert conflict[0]["status"] == 409 and conflict[0]["error"]["code"] == "idempotency_conflict"
     bad_key = (await client.post(URL, json={"jobs": [add(1, idempotency_key="")]})).json()["jobs"]
     assert bad_key[0]["error"]["code"] == "invalid_idempotency_key"
+    store = web_head.store
+    assert isinstance(store, CountingStore)
+    assert store.record_transactions == 2 + 2 + 1  # one per keyed job, one for the keyless ones when there are any
 
 
 @pytest.mark.parametrize(

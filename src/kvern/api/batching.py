@@ -71,7 +71,8 @@ class BatchPorts:
         answers: list[tuple[Job, bool] | BaseException | None] = [None] * len(news)
         plain = [index for index, new in enumerate(news) if new.idempotency_key is None]
         try:
-            for index, job in zip(plain, self.store.create_jobs([news[i] for i in plain]), strict=True):
+            jobs = self.store.create_jobs([news[i] for i in plain]) if plain else []
+            for index, job in zip(plain, jobs, strict=True):
                 answers[index] = (job, True)
         except Exception as exc:  # nothing of that transaction was recorded: each of its jobs gets the error
             for index in plain:
