@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from kvern.api.app import WebHead, create_app
-from kvern.catalog import load_user_app
+from kvern.catalog import check_binding, load_user_app
+from kvern.enqueue import validation
 from kvern.errors import PublishError
 from kvern.jobs.records import Job, NewJob
 from kvern.jobs.store import JobStore
@@ -177,3 +178,21 @@ async def test_the_openapi_document_lists_the_bulk_submit(client: httpx.AsyncCli
     assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/BatchView"
     }
+
+
+async def test_a_batch_of_alike_jobs_binds_their_arguments_once_per_shape(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bindings: list[tuple[int, tuple[str, ...]]] = []
+
+    def counted(task: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
+        bindings.append((len(args), tuple(kwargs)))
+        check_binding(task, args, kwargs)
+
+    monkeypatch.setattr(validation, "check_binding", counted)
+    validation.binding_problem.cache_clear()
+    jobs = [add(n) for n in range(20)] + [add(n, kwargs={"y": n}) for n in range(20)] + [add(1, kwargs={"z": 1})] * 2
+    answers = (await client.post(URL, json={"jobs": jobs})).json()["jobs"]
+    assert [a["status"] for a in answers] == [202] * 40 + [422, 422]
+    assert answers[-1]["error"]["message"].startswith("arguments do not fit api_tasks.add(x: int, y: int = 0)")
+    assert sorted(bindings) == [(1, ()), (1, ("y",)), (1, ("z",))]
