@@ -206,3 +206,24 @@ def test_the_confirming_publisher_confirms_concurrent_publishes_together(
     assert sorted(_take(queue).headers["id"] for _ in jobs) == sorted(job.id for job in jobs)
     assert sum(batches) == len(jobs)
     assert len(batches) < len(jobs)
+
+
+def test_the_web_heads_publisher_confirms_a_batch_together_and_fails_only_the_unroutable_job(queue: str) -> None:
+    # given: 20 jobs for a queue the broker has and one for a queue it does not
+    store = MemoryJobStore()
+    jobs = [_recorded(store, queue) for _ in range(20)]
+    missing = _recorded(store, f"kvern-test-missing-{uuid.uuid4().hex}")
+
+    async def publish() -> list[BaseException | None]:
+        publisher = JobPublisher(AIO_PIKA_URL)
+        try:
+            return await publisher.publish_many([*jobs[:10], missing, *jobs[10:]])
+        finally:
+            await publisher.close()
+
+    # when: they are published as one batch
+    outcomes = asyncio.run(publish())
+    # then: each job has its own outcome, and exactly the confirmed ones are on the queue
+    assert outcomes[:10] == [None] * 10 and outcomes[11:] == [None] * 10
+    assert isinstance(outcomes[10], PublishError)
+    assert sorted(_take(queue).headers["id"] for _ in jobs) == sorted(job.id for job in jobs)

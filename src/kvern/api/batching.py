@@ -83,7 +83,7 @@ class BatchPorts:
         return [answer for answer in answers if answer is not None]
 
     async def publish(self, jobs: list[Job]) -> list[BaseException | None]:
-        return await asyncio.gather(*(self.publisher.publish(job) for job in jobs), return_exceptions=True)
+        return await self.publisher.publish_many(jobs)
 
     async def withdraw(self, job_ids: list[str]) -> list[bool | BaseException]:
         return await run_in_threadpool(lambda: [_or_error(partial(self.store.withdraw, i)) for i in job_ids])

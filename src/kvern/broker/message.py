@@ -83,6 +83,11 @@ class JobPublisherProtocol(Protocol):
         time) or BacklogFull (the queue refused it)."""
         ...
 
+    async def publish_many(self, jobs: Sequence[Job]) -> list[BaseException | None]:
+        """Publish the jobs' messages together and wait for their confirms together; each job's outcome: None
+        once confirmed, else the PublishError or BacklogFull its submission gets."""
+        ...
+
     async def ping(self) -> bool:
         """True when the broker can be reached now."""
         ...
