@@ -68,6 +68,7 @@ args_bytes = 262144         # their size as compact JSON (UTF-8), at most the 1 
 args_depth = 32             # how deep lists and objects nest (args itself is depth 1), at most 100
 args_items = 10000          # elements of all their lists and objects together
 artifact_bytes = 52428800   # the files one attempt of a job saves (kvern.save_artifact), together
+batch_jobs = 500            # jobs in one bulk submit (POST /api/v1/jobs:batch; the whole body: at most 1 MiB)
 
 [tasks."tasks.generate_heavy_report"]
 queue = "reports"           # default: the first queue of the first pool
@@ -211,6 +212,7 @@ class LimitsSpec:
     args_depth: int = 32  # nesting of lists and objects; args and kwargs themselves are depth 1
     args_items: int = 10_000  # elements of every list and object together
     artifact_bytes: int = 50 * 1024 * 1024  # what one attempt's artifacts hold together; save_artifact refuses more
+    batch_jobs: int = 500  # jobs in one bulk submit (POST /api/v1/jobs:batch)
 
 
 MAX_WEB_LIMIT = 1_000_000
@@ -222,6 +224,7 @@ MAX_PREFETCH = 1000
 MAX_ARGS_DEPTH = 100
 MAX_ARGS_ITEMS = 1_000_000
 MAX_ARTIFACT_BYTES = 1_000_000_000  # PostgreSQL's bytea and SQLite's blob stop at about 1 GB
+MAX_BATCH_JOBS = 10_000  # a bulk submit's jobs are validated, recorded and confirmed by one request
 
 
 DURATION_PATTERN = re.compile(r"^(\d{1,9})([smhd])$")
@@ -615,6 +618,7 @@ def _parse_limits(table: _Reader) -> LimitsSpec:
         "args_depth": (limits.args_depth, MAX_ARGS_DEPTH),
         "args_items": (limits.args_items, MAX_ARGS_ITEMS),
         "artifact_bytes": (limits.artifact_bytes, MAX_ARTIFACT_BYTES),
+        "batch_jobs": (limits.batch_jobs, MAX_BATCH_JOBS),
     }
     for name, (value, most) in bounds.items():
         if not 1 <= value <= most:

@@ -12,6 +12,7 @@ import json
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.message import Message
 
+from kvern.broker import confirming
 from kvern.broker.confirming import ConfirmingPublisher
 from kvern.broker.message import (
     BlockingPublisherProtocol,
@@ -177,3 +179,51 @@ def test_the_confirming_publisher_refuses_to_call_an_unroutable_job_sent() -> No
             publisher.publish(job)
     finally:
         publisher.close()
+
+
+def test_the_confirming_publisher_confirms_concurrent_publishes_together(
+    queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: threads that publish at the same time through one publisher, and a count of its confirm waits
+    batches: list[int] = []
+    publish_all = confirming.publish_all_confirmed
+
+    def counted(link: Any, messages: list[Any], timeout: float) -> list[BaseException | None]:
+        batches.append(len(messages))
+        return publish_all(link, messages, timeout)
+
+    monkeypatch.setattr(confirming, "publish_all_confirmed", counted)
+    store = MemoryJobStore()
+    jobs = [_recorded(store, queue) for _ in range(64)]
+    publisher = ConfirmingPublisher(SYSTEM_BROKER)
+    try:
+        # when: all of them publish
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(publisher.publish, jobs))
+    finally:
+        publisher.close()
+    # then: every message is on the queue once, and threads that came while a batch waited shared the next wait
+    assert sorted(_take(queue).headers["id"] for _ in jobs) == sorted(job.id for job in jobs)
+    assert sum(batches) == len(jobs)
+    assert len(batches) < len(jobs)
+
+
+def test_the_web_heads_publisher_confirms_a_batch_together_and_fails_only_the_unroutable_job(queue: str) -> None:
+    # given: 20 jobs for a queue the broker has and one for a queue it does not
+    store = MemoryJobStore()
+    jobs = [_recorded(store, queue) for _ in range(20)]
+    missing = _recorded(store, f"kvern-test-missing-{uuid.uuid4().hex}")
+
+    async def publish() -> list[BaseException | None]:
+        publisher = JobPublisher(AIO_PIKA_URL)
+        try:
+            return await publisher.publish_many([*jobs[:10], missing, *jobs[10:]])
+        finally:
+            await publisher.close()
+
+    # when: they are published as one batch
+    outcomes = asyncio.run(publish())
+    # then: each job has its own outcome, and exactly the confirmed ones are on the queue
+    assert outcomes[:10] == [None] * 10 and outcomes[11:] == [None] * 10
+    assert isinstance(outcomes[10], PublishError)
+    assert sorted(_take(queue).headers["id"] for _ in jobs) == sorted(job.id for job in jobs)

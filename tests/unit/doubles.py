@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvern.autoscale.policy import Decision, PoolSignals
@@ -28,6 +28,10 @@ class StubPublisher:
         if self.failure is not None:
             raise self.failure
         self.published.append((job.id, job.task, job.queue))
+
+    async def publish_many(self, jobs: Sequence[Job]) -> list[BaseException | None]:
+        outcomes = await asyncio.gather(*(self.publish(job) for job in jobs), return_exceptions=True)
+        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
 
     async def ping(self) -> bool:
         return self.failure is None

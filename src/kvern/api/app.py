@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from kvern.api.auth import Authenticator, Caller, needs, needs_scope_or_local, scoped_idempotency_key
-from kvern.api.batching import JobInserter
+from kvern.api.batching import BatchPorts, JobInserter
 from kvern.api.browsers import OriginGuard
+from kvern.api.bulk import submit_batch
 from kvern.api.dashboard import router as dashboard_router
 from kvern.api.docs import install_docs
 from kvern.api.downloads import artifact_response
@@ -31,8 +32,9 @@ from kvern.api.metrics import ApiMetrics
 from kvern.api.openapi import install_openapi, job_links
 from kvern.api.public_prefix import PublicPrefix
 from kvern.api.published import PublishedMarker
-from kvern.api.submission import Submission, SubmissionError, parse_submission
+from kvern.api.submission import Submission, SubmissionError, parse_batch, parse_submission
 from kvern.api.views import (
+    BatchView,
     DeadJobView,
     ErrorView,
     HealthView,
@@ -165,6 +167,7 @@ def create_app(head: WebHead | None = None) -> FastAPI:
     )
     _install_error_handlers(app)
     _install_job_routes(app)
+    _install_batch_route(app)
     _install_cancel_route(app)
     _install_erase_route(app)
     _install_dead_letter_routes(app)
@@ -269,33 +272,25 @@ def _head_of(app: FastAPI) -> WebHead:
     return app.state.head  # type: ignore[no-any-return]
 
 
-SUBMIT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["task"],
-                    "properties": {
-                        "task": {"type": "string", "minLength": 1},
-                        "args": {"type": "array", "items": {}},
-                        "kwargs": {"type": "object"},
-                        "subject": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": MAX_SUBJECT_CHARS,
-                            "pattern": SUBJECT_PATTERN,
-                        },
-                        # who is told when it finishes: "mailto:..." (webhook URLs if the spec allows them)
-                        "notify": {"type": "array", "items": {"type": "string"}, "maxItems": 10},
-                    },
-                    "additionalProperties": False,
-                }
-            }
+SUBMIT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["task"],
+    "properties": {
+        "task": {"type": "string", "minLength": 1},
+        "args": {"type": "array", "items": {}},
+        "kwargs": {"type": "object"},
+        # who is told when it finishes: "mailto:..." (webhook URLs if the spec allows them)
+        "notify": {"type": "array", "items": {"type": "string"}, "maxItems": 10},
+        "subject": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_SUBJECT_CHARS,
+            "pattern": SUBJECT_PATTERN,
         },
-    }
+    },
+    "additionalProperties": False,
 }
+SUBMIT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": SUBMIT_SCHEMA}}}}
 
 
 def _install_job_routes(app: FastAPI) -> None:
@@ -404,6 +399,50 @@ async def _read_body(request: Request) -> bytes | Response:
             return json_error(413, "body_too_large", f"request body is over {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _batch_body() -> dict[str, Any]:
+    # The jobs' items are not constrained in the schema: a job that breaks the single submit's rules is answered
+    # in its own slot of the 200, not by refusing the request, so no item is "invalid" for the request itself.
+    item = {
+        "description": "a job, as the body of POST /api/v1/jobs (task, args, kwargs, subject), plus an optional "
+        "idempotency_key (1 to 200 characters); answered in its own slot",
+        "example": {"task": "tasks.generate_heavy_report", "args": [42], "idempotency_key": "report-42"},
+    }
+    jobs = {"type": "array", "minItems": 1, "items": item, "description": "1 to [limits] batch_jobs (500) jobs"}
+    schema = {"type": "object", "required": ["jobs"], "properties": {"jobs": jobs}, "additionalProperties": False}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _install_batch_route(app: FastAPI) -> None:
+    """Bulk submit (api/bulk.py): one answer per job, in order; 200 once the batch is understood."""
+
+    @app.post(
+        f"{API_PREFIX}/jobs:batch",
+        response_model=BatchView,
+        responses=ERRORS,
+        openapi_extra=_batch_body(),
+        operation_id="submit_jobs",
+    )
+    async def submit_jobs(request: Request, caller: Submitter) -> Response:
+        head = _head(request)
+        started = time.perf_counter()
+        if IDEMPOTENCY_HEADER.lower() in request.headers:
+            message = f"a bulk submit takes each job's idempotency_key, not an {IDEMPOTENCY_HEADER} header"
+            return json_error(400, "invalid_idempotency_key", message)
+        body = await _read_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            items = parse_batch(body, head.catalog, head.spec.limits, head.spec.notify)
+        except SubmissionError as exc:
+            return json_error(exc.status, exc.code, exc.message)
+        ports = BatchPorts(head.store, head.publisher, head.marker)
+        answers = await submit_batch(head.spec, ports, items, caller.owner)
+        seconds = time.perf_counter() - started
+        for answer in answers:
+            head.metrics.observe_submission(answer["status"], seconds)
+        return JSONResponse({"jobs": answers})
 
 
 CANCEL_ASKED: dict[int | str, dict[str, Any]] = {

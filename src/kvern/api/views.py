@@ -82,5 +82,17 @@ class ErrorView(BaseModel):
     error: ErrorBody
 
 
+class BatchItemView(BaseModel):
+    """One job of a bulk submit: 202 accepted, 200 made before (idempotency key), else its error."""
+
+    status: int
+    job: JobView | None = None
+    error: ErrorBody | None = None
+
+
+class BatchView(BaseModel):
+    jobs: list[BatchItemView]  # in the order the jobs were sent
+
+
 def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}

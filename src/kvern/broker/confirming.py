@@ -1,8 +1,11 @@
 """A blocking publisher for one job at a time, shared by the threads of a process (a gunicorn gthread worker).
 
-Each message waits for the broker's confirm. Connections are kept open and lent to one thread at a time (the
-AMQP client is not thread-safe); a few are made when threads publish at once. A connection that fails is
-dropped; the next publish opens a new one, so a broker restart costs the publishes in flight, not the process.
+Each call returns once the broker confirmed its message. The messages that threads hand in while one batch is
+waiting for its confirms go out together in the next (grouping.py): published back to back on one channel in
+confirm mode, then one wait for all their confirms (RabbitMQ acks several at once), instead of one publish and
+one round trip per thread. Connections are kept open and lent to one thread at a time (the AMQP client is not
+thread-safe). A connection that fails is dropped; the next publish opens a new one, so a broker restart costs
+the publishes in flight, not the process.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from amqp.exceptions import AMQPError, ChannelError, MessageNacked
 from kombu.connection import Connection
 from kombu.exceptions import KombuError
 from kombu.messaging import Producer
 
+from kvern.broker.grouping import GroupCall
 from kvern.broker.message import TaskMessage, job_message
 from kvern.constants import PUBLISH_CONFIRM_TIMEOUT_S
 from kvern.errors import BacklogFull, PublishError
@@ -29,6 +34,7 @@ log = logging.getLogger("kvern.broker")
 CONNECT_TIMEOUT_S = 2.0
 MAX_IDLE_S = 30.0  # a kept connection idle longer is replaced (the broker may have closed it; no heartbeats)
 MAX_CONNECTIONS = 4  # enough for a handful of threads publishing at once; more wait for one to be free
+MAX_BATCH = 256  # messages published before one wait for their confirms
 BROKER_ERRORS = (AMQPError, KombuError, OSError)  # OSError: refused, reset, and the confirm's socket timeout
 
 
@@ -52,10 +58,25 @@ def publish_confirmed(producer: Producer, message: TaskMessage, confirm_timeout:
 
 @dataclass
 class _Link:
+    """A connection and its channel in confirm mode; what the broker said of the messages published on it."""
+
     connection: Connection
-    producer: Producer
+    channel: Any  # kombu's py-amqp channel
     reused: bool = False
     last_used: float = 0.0
+    published: int = 0  # delivery tags given out on the channel so far
+    waiting: set[int] = field(default_factory=set)  # tags not yet acked or nacked
+    nacked: set[int] = field(default_factory=set)
+    returned: dict[str, str] = field(default_factory=dict)  # correlation id: why the broker could not route it
+
+    def settle(self, tag: int, multiple: bool, nacked: bool) -> None:
+        done = {t for t in self.waiting if t <= tag} if multiple else {tag}
+        self.waiting -= done
+        if nacked:
+            self.nacked |= done
+
+    def on_return(self, exc: Any, _exchange: str, _routing_key: str, message: Any) -> None:
+        self.returned[message.properties.get("correlation_id", "")] = str(exc)
 
 
 class _StaleConnection(PublishError):
@@ -71,16 +92,18 @@ class ConfirmingPublisher:
         self._free = threading.BoundedSemaphore(max_connections)
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._group: GroupCall[TaskMessage, None] = GroupCall(self._publish_reusing, MAX_BATCH)
 
     def publish(self, job: Job) -> None:
         """Return once the broker confirmed the job's message; raise PublishError, or BacklogFull when the
         queue refused it. A kept connection found dead is replaced once before giving up."""
         message = job_message(job)
+        self._forget_parent_state()
         try:
-            self._publish_once(message, reuse=True)
+            self._group.call(message)
         except _StaleConnection as exc:
             log.info("broker connection lost (%s); publishing on a new one", exc)
-            self._publish_once(message, reuse=False)
+            _raise_first(self._publish_batch([message], reuse=False))
 
     def close(self) -> None:
         with self._lock:
@@ -89,28 +112,38 @@ class ConfirmingPublisher:
             with contextlib.suppress(Exception):
                 link.connection.release()
 
-    def _publish_once(self, message: TaskMessage, reuse: bool) -> None:
+    def _publish_reusing(self, messages: list[TaskMessage]) -> list[BaseException | None]:
+        return self._publish_batch(messages, reuse=True)
+
+    def _publish_batch(self, messages: list[TaskMessage], reuse: bool) -> list[BaseException | None]:
+        """Each message's outcome: None once confirmed, else the error its caller gets."""
         if not self._free.acquire(timeout=PUBLISH_CONFIRM_TIMEOUT_S):
             raise PublishError("every broker connection of this process stayed busy")
         try:
             link = self._kept_link() if reuse else None
             link = link or self._connect()
             try:
-                publish_confirmed(link.producer, message, PUBLISH_CONFIRM_TIMEOUT_S)
+                outcomes = publish_all_confirmed(link, messages, PUBLISH_CONFIRM_TIMEOUT_S)
             except BaseException as exc:  # whatever broke, the connection's state is unknown: never lend it again
                 _drop(link.connection)
-                error = _publish_error(exc, message, link.reused)
+                error = _publish_error(exc, messages[0], link.reused)
                 if error is exc:
                     raise
                 raise error from exc
             self._keep(link)
+            return outcomes
         finally:
             self._free.release()
 
+    def _forget_parent_state(self) -> None:
+        """In a forked child: the parent's sockets are not ours to use or close, its batch not ours to wait for."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._idle, self._pid = [], os.getpid()
+                self._group = GroupCall(self._publish_reusing, MAX_BATCH)
+
     def _kept_link(self) -> _Link | None:
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours to use or close
-                self._idle, self._pid = [], os.getpid()
             while self._idle:
                 link = self._idle.pop()
                 if time.monotonic() - link.last_used < MAX_IDLE_S:
@@ -124,15 +157,65 @@ class ConfirmingPublisher:
             self._idle.append(link)
 
     def _connect(self) -> _Link:
-        connection = Connection(
-            self.broker_url, connect_timeout=CONNECT_TIMEOUT_S, transport_options={"confirm_publish": True}
-        )
+        connection = Connection(self.broker_url, connect_timeout=CONNECT_TIMEOUT_S)
         try:
             connection.ensure_connection(max_retries=0)  # fail at once: the caller answers 503, it does not wait
-            return _Link(connection, Producer(connection.channel()))
+            channel = connection.channel()
+            channel.confirm_select()
         except BROKER_ERRORS as exc:
             _drop(connection)
             raise PublishError(f"broker unavailable: {exc}") from exc
+        link = _Link(connection, channel)
+        channel.events["basic_ack"].add(lambda tag, multiple: link.settle(tag, multiple, nacked=False))
+        channel.events["basic_nack"].add(lambda tag, multiple: link.settle(tag, multiple, nacked=True))
+        channel.events["basic_return"].add(link.on_return)
+        return link
+
+
+def publish_all_confirmed(link: _Link, messages: list[TaskMessage], timeout: float) -> list[BaseException | None]:
+    """Publish every message back to back, then wait once until the broker settled them all."""
+    link.nacked.clear()
+    link.returned.clear()
+    tags = []
+    for message in messages:
+        link.channel.basic_publish(
+            _amqp_message(link.channel, message), exchange="", routing_key=message.queue, mandatory=True
+        )
+        link.published += 1
+        link.waiting.add(link.published)
+        tags.append(link.published)
+    deadline = time.monotonic() + timeout
+    while link.waiting:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no confirm in time")
+        link.connection.drain_events(timeout=remaining)
+    return [_outcome(link, tag, message) for tag, message in zip(tags, messages, strict=True)]
+
+
+def _amqp_message(channel: Any, message: TaskMessage) -> Any:
+    return channel.prepare_message(
+        message.body,
+        priority=message.priority,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        headers=message.headers,
+        properties={"delivery_mode": message.delivery_mode, "correlation_id": message.correlation_id},
+    )
+
+
+def _outcome(link: _Link, tag: int, message: TaskMessage) -> BaseException | None:
+    if tag in link.nacked:
+        return BacklogFull(f"queue {message.queue!r} refused the job (full)")
+    if message.correlation_id in link.returned:  # a returned message is still acked: it reached no queue
+        return PublishError(f"broker unavailable: {link.returned[message.correlation_id]}")
+    return None
+
+
+def _raise_first(outcomes: list[BaseException | None]) -> None:
+    for outcome in outcomes:
+        if outcome is not None:
+            raise outcome
 
 
 def _drop(connection: Connection) -> None:

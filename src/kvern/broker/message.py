@@ -10,6 +10,7 @@ needs the message does not load one. tests/integration/test_publishers.py is the
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 from collections.abc import Sequence
@@ -43,11 +44,19 @@ class TaskMessage:
 
 def task_message(job_id: str, task: str, queue: str, args: list[Any], kwargs: dict[str, Any]) -> TaskMessage:
     """The message, in Celery's protocol 2 and JSON-encoded, that asks a worker of `queue` to run the job."""
-    headers: dict[str, Any] = {
+    headers = {**_fixed_headers(), "task": task, "id": job_id, "root_id": job_id}
+    body = json.dumps([args, kwargs, EMBED])
+    return TaskMessage(queue=queue, body=body.encode(), headers=headers, correlation_id=job_id)
+
+
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+@functools.cache
+def _fixed_headers() -> dict[str, Any]:
+    """The headers every job's message shares, built once per process (the host name is a system call)."""
+    return {
         "lang": "py",
-        "task": task,
-        "id": job_id,
-        "root_id": job_id,
         "parent_id": None,
         "group": None,
         "retries": 0,
@@ -60,8 +69,6 @@ def task_message(job_id: str, task: str, queue: str, args: list[Any], kwargs: di
         "ignore_result": True,
         KVERN_JOB_HEADER: True,
     }
-    body = json.dumps([args, kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    return TaskMessage(queue=queue, body=body.encode(), headers=headers, correlation_id=job_id)
 
 
 def job_message(job: Job) -> TaskMessage:
@@ -74,6 +81,11 @@ class JobPublisherProtocol(Protocol):
     async def publish(self, job: Job) -> None:
         """Return once the broker confirmed the job's message; raise PublishError (broker away, no confirm in
         time) or BacklogFull (the queue refused it)."""
+        ...
+
+    async def publish_many(self, jobs: Sequence[Job]) -> list[BaseException | None]:
+        """Publish the jobs' messages together and wait for their confirms together; each job's outcome: None
+        once confirmed, else the PublishError or BacklogFull its submission gets."""
         ...
 
     async def ping(self) -> bool:

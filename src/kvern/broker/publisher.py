@@ -8,6 +8,7 @@ broker/message.py, as for the blocking publisher.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
@@ -35,6 +36,30 @@ def aio_pika_message(message: TaskMessage) -> aio_pika.Message:
     )
 
 
+BROKER_ERRORS = (AMQPError, AioPublishError, OSError, ConnectionError, RuntimeError)
+
+
+async def _send(channel: aio_pika.abc.AbstractChannel, job: Job) -> None:
+    message = job_message(job)
+    try:
+        confirmation = await channel.default_exchange.publish(
+            aio_pika_message(message), routing_key=message.queue, mandatory=True
+        )
+    except DeliveryError as exc:
+        raise BacklogFull(f"queue {message.queue!r} refused the job (full)") from exc
+    except BROKER_ERRORS as exc:
+        raise PublishError(f"broker unavailable: {exc}") from exc
+    if not isinstance(confirmation, Basic.Ack):
+        raise BacklogFull(f"queue {message.queue!r} refused the job")
+
+
+def _outcome(send: asyncio.Future[None]) -> BaseException | None:
+    if not send.done():  # no confirm within the deadline: never counted as sent
+        send.cancel()
+        return PublishError("the broker did not confirm the job in time")
+    return send.exception()
+
+
 class JobPublisher:
     """The web heads' publisher (a JobPublisherProtocol) over one robust aio-pika connection."""
 
@@ -56,22 +81,35 @@ class JobPublisher:
 
     async def publish(self, job: Job) -> None:
         """Return once the broker confirmed the message; raise `PublishError` / `BacklogFull` otherwise."""
-        message = job_message(job)
-        queue = message.queue
         try:
             async with asyncio.timeout(PUBLISH_CONFIRM_TIMEOUT_S):
-                channel = await self._ready_channel()
-                confirmation = await channel.default_exchange.publish(
-                    aio_pika_message(message), routing_key=queue, mandatory=True
-                )
-        except DeliveryError as exc:
-            raise BacklogFull(f"queue {queue!r} refused the job (full)") from exc
+                await _send(await self._ready_channel(), job)
         except TimeoutError as exc:
             raise PublishError("the broker did not confirm the job in time") from exc
-        except (AMQPError, AioPublishError, OSError, ConnectionError, RuntimeError) as exc:
+        except BROKER_ERRORS as exc:  # from connecting; _send turns its own into PublishError / BacklogFull
             raise PublishError(f"broker unavailable: {exc}") from exc
-        if not isinstance(confirmation, Basic.Ack):
-            raise BacklogFull(f"queue {queue!r} refused the job")
+
+    async def publish_many(self, jobs: Sequence[Job]) -> list[BaseException | None]:
+        """Publish every job's message at once on the channel and wait for their confirms together, under one
+        deadline; each job's outcome: None once confirmed, else the PublishError / BacklogFull it gets."""
+        if not jobs:
+            return []
+        deadline = asyncio.get_running_loop().time() + PUBLISH_CONFIRM_TIMEOUT_S
+        try:
+            async with asyncio.timeout_at(deadline):
+                channel = await self._ready_channel()
+        except TimeoutError:
+            return [PublishError("the broker did not confirm the job in time")] * len(jobs)
+        except BROKER_ERRORS as exc:
+            return [PublishError(f"broker unavailable: {exc}")] * len(jobs)
+        sends = [asyncio.ensure_future(_send(channel, job)) for job in jobs]
+        try:
+            await asyncio.wait(sends, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        except asyncio.CancelledError:  # the request went away: its publishes end with it
+            for send in sends:
+                send.cancel()
+            raise
+        return [_outcome(send) for send in sends]
 
     async def ping(self) -> bool:
         try:

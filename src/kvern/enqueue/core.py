@@ -5,6 +5,9 @@ The rules are written once, as a generator of `Step`s (each one thing to do with
 a driver performs them, blocking (`run_blocking`: `kvern.submit`, `.delay()`) or awaiting (`run_async`: the
 job API's web heads, with their group commit and aio-pika publisher). A port that raises has its error thrown
 back into the rules at the step that asked for it, so the rules alone decide what a failure means.
+
+`run_async_batch` drives the rules of many jobs in lockstep (a bulk submit): each round hands every step that
+asks the same port to it at once, so a batch costs one record round trip and one wait for the confirms.
 """
 
 from __future__ import annotations
@@ -56,6 +59,15 @@ class BlockingPorts(Protocol):
     def mark_published(self, job_id: str) -> None:
         """Note the confirm (now or soon after)."""
         ...
+
+
+class AsyncBatchPorts(Protocol):
+    """As AsyncPorts, a list of arguments at a time: one answer per argument, an exception for one that failed."""
+
+    def record(self, news: list[NewJob]) -> Awaitable[list[tuple[Job, bool] | BaseException]]: ...
+    def publish(self, jobs: list[Job]) -> Awaitable[list[BaseException | None]]: ...
+    def withdraw(self, job_ids: list[str]) -> Awaitable[list[bool | BaseException]]: ...
+    def mark_published(self, job_ids: list[str]) -> Awaitable[list[BaseException | None]]: ...
 
 
 class AsyncPorts(Protocol):
@@ -140,3 +152,31 @@ async def run_async(rules: Rules, ports: AsyncPorts) -> Accepted:
         except Exception as exc:
             failure = exc
     return step
+
+
+async def run_async_batch(many: list[Rules], ports: AsyncBatchPorts) -> list[Accepted | Exception]:
+    """Drive each job's rules to its end; what each accepted, or the exception its rules raised."""
+    outcomes: list[Accepted | Exception | None] = [None] * len(many)
+    answers: list[tuple[Any, BaseException | None]] = [(None, None)] * len(many)
+    live = list(range(len(many)))
+    while live:
+        asked: dict[Port, list[tuple[int, Any]]] = {}
+        for index in live:
+            try:
+                step = _next_step(many[index], *answers[index])
+            except Exception as exc:  # the rules refused this job (their own decision on a port's failure)
+                outcomes[index] = exc
+                continue
+            if isinstance(step, Accepted):
+                outcomes[index] = step
+            else:
+                asked.setdefault(step.port, []).append((index, step.argument))
+        live = []
+        for port, calls in asked.items():
+            results = await getattr(ports, port)([argument for _, argument in calls])
+            for (index, _), result in zip(calls, results, strict=True):
+                answers[index] = (None, result) if isinstance(result, BaseException) else (result, None)
+                live.append(index)
+    done = [outcome for outcome in outcomes if outcome is not None]
+    assert len(done) == len(many)  # every job's rules ran to their end
+    return done
