@@ -16,6 +16,7 @@ import httpx
 
 from bench.common import REPO, REPORTS_STATIC
 from bench.procs import ProcessGroup, process_group, spawn
+from bench.specs import SHOP_APP_THREADS
 from kvern.runtime import app_head, nginx, upstreams
 from kvern.runtime.instance import free_port
 from kvern.spec import WebSpec
@@ -104,7 +105,7 @@ def _gunicorn_command(socket: Path, app: str) -> list[str]:
         "--workers",
         str(app_head.WSGI_WORKERS),
         "--threads",
-        str(app_head.WSGI_THREADS),
+        str(SHOP_APP_THREADS),
         "--graceful-timeout",
         "20",
         "--keep-alive",

@@ -33,6 +33,9 @@ queue = "noop"
 """
 
 
+SHOP_APP_THREADS = 8  # B6: gunicorn threads per head, the same for kvern's app heads and bare gunicorn
+
+
 def shop_spec(app: str) -> str:
     """B6: the team's app on 2 web heads; a pool for the view's jobs that `--only web` leaves unstarted."""
     return f"""
@@ -43,6 +46,7 @@ tasks = "tasks"
 [web]
 heads = 2
 app = "{app}"
+app_threads = {SHOP_APP_THREADS}
 rate = 0          # one address sends all the load: the front door's capacity, not its per-address limits
 connections = 0
 key_rate = 0

@@ -32,6 +32,7 @@ connections = 256           # requests in progress at once per client address (0
 key_rate = 200              # /api/ requests per second per API key, from any address (0: no limit)
 key_burst = 400             # requests above key_rate let through at once
 app_max_body_mb = 10        # largest request body the app is sent, in MiB (uploads); over it: 413
+app_threads = 8             # per web head, requests a WSGI app serves at once (views waiting on I/O)
 
 [web.tls]                   # optional: HTTPS with this certificate (PEM, full chain) and key
 cert = "/etc/letsencrypt/live/example.com/fullchain.pem"
@@ -180,6 +181,7 @@ class WebSpec:
     key_rate: int = 200  # /api/ requests per second
     key_burst: int = 400
     app_max_body_mb: int = 10  # request bodies the team's app takes (uploads); the job API's stay at 1 MiB
+    app_threads: int = 8  # a WSGI app head's threads (gunicorn gthread): views in progress at once per head
 
 
 @dataclass(frozen=True)
@@ -442,6 +444,8 @@ def _parse_web(web: _Reader, root: Path) -> WebSpec:
     _check_web_limits(spec)
     if not 1 <= spec.app_max_body_mb <= MAX_APP_BODY_MB:
         raise SpecError(f"web.app_max_body_mb: must be between 1 and {MAX_APP_BODY_MB} (MiB)")
+    if not 1 <= spec.app_threads <= MAX_APP_THREADS:
+        raise SpecError(f"web.app_threads: must be between 1 and {MAX_APP_THREADS}")
     names = tuple(spec.server_name)
     for name in names:
         if not isinstance(name, str) or len(name) > 253 or not SERVER_NAME_PATTERN.match(name):
@@ -451,6 +455,7 @@ def _parse_web(web: _Reader, root: Path) -> WebSpec:
 
 AUTH_MODES = ("keys", "off")
 MAX_APP_BODY_MB = 4096
+MAX_APP_THREADS = 256
 
 
 def _check_auth(web: WebSpec) -> None:

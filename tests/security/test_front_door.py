@@ -168,10 +168,10 @@ def test_connections_over_the_limit_get_429(tmp_path: Path) -> None:
 def test_limits_have_safe_defaults_and_bounds() -> None:
     web = parse_web("").web
     assert (web.rate, web.burst, web.connections) == (200, 400, 256)
-    assert (web.key_rate, web.key_burst, web.app_max_body_mb) == (200, 400, 10)
+    assert (web.key_rate, web.key_burst, web.app_max_body_mb, web.app_threads) == (200, 400, 10, 8)
     assert parse_web("rate = 0\nconnections = 0").web.rate == 0
     fields = ("rate = -1", "burst = -5", "connections = 2000000", "key_rate = -1", "app_max_body_mb = 0")
-    for field in (*fields, "app_max_body_mb = 5000"):
+    for field in (*fields, "app_max_body_mb = 5000", "app_threads = 0", "app_threads = 1000"):
         with pytest.raises(SpecError, match=rf"web\.{field.split()[0]}"):
             parse_web(field)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from kvern.constants import APP_GROUP, MAX_WEB_HEADS, WEB_COLORS, WEB_GROUP
 from kvern.errors import RuntimeStateError, SpecError
 from kvern.jobs.store import JobStore
 from kvern.processes import ProcessInfo, ProcessState, app_program_name, app_slot, slot_index, web_slot
+from kvern.runtime import app_head
 from kvern.runtime.app_head import ASGI, WSGI, detect_interface, load_web_app
 from kvern.runtime.nginx import remove_front_dir, socket_dir, web_socket
 from kvern.runtime.programs import build_programs
@@ -199,3 +202,12 @@ async def test_health_is_200_while_an_app_head_answers(head_with_app: WebHead) -
         response = await health(head_with_app)
     assert response.status_code == 200
     assert response.json()["app_heads"] == {"answering": 1, "expected": 2}
+
+
+def test_a_wsgi_head_runs_as_many_threads_as_the_spec_says() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        return []
+
+    server = app_head.GunicornServer(app, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), threads=24)
+    os.close(int(server.cfg.bind[0].removeprefix("fd://")))  # the server adopted the socket; it never runs here
+    assert server.cfg.threads == 24 and server.cfg.worker_class_str == "gthread"

@@ -40,7 +40,6 @@ from kvern.worker.check import ERROR_MARKER
 WSGI, ASGI = "wsgi", "asgi"
 # One process per head (kvern runs several heads), threads inside it for views that wait on I/O.
 WSGI_WORKERS = 1
-WSGI_THREADS = 8
 WORKER_TIMEOUT_S = 60  # gunicorn replaces a worker whose main loop stops for this long (gthread: not a slow view)
 # nginx keeps idle connections to the heads open for up to 60 s (its upstream keepalive_timeout): the heads keep
 # them longer, so nginx never reuses one that the head is closing at the same moment.
@@ -98,13 +97,13 @@ def _where(exc: BaseException, root: Path) -> str:
 class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
     """gunicorn run from Python, on a socket already bound, with kvern's settings only (no argv, no config file)."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(self, app: Any, sock: socket.socket, threads: int) -> None:
         self.application = app
         self.options: dict[str, Any] = {
             "bind": [f"fd://{sock.detach()}"],  # gunicorn adopts the bound socket and closes our descriptor
             "workers": WSGI_WORKERS,
             "worker_class": "gthread",
-            "threads": WSGI_THREADS,
+            "threads": threads,
             "graceful_timeout": HEAD_GRACEFUL_SHUTDOWN_S,
             "timeout": WORKER_TIMEOUT_S,
             "keepalive": KEEPALIVE_S,
@@ -125,9 +124,9 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
         return self.application
 
 
-def serve(app: Any, interface: str, sock: socket.socket) -> None:
+def serve(app: Any, interface: str, sock: socket.socket, threads: int) -> None:
     if interface == WSGI:
-        GunicornServer(app, sock).run()
+        GunicornServer(app, sock, threads).run()
         return
     config = uvicorn.Config(
         app,
@@ -149,10 +148,11 @@ def main(argv: list[str]) -> None:
     # First, so the tasks the app imports are already routed: their .delay() records and publishes with confirm.
     # Connections are made on first use, in each process (gunicorn's worker makes its own after the fork).
     install_in_web_head()
-    app, interface = load_web_app(RuntimeConfig.from_environment().spec())
+    spec = RuntimeConfig.from_environment().spec()
+    app, interface = load_web_app(spec)
     sock = bind_socket(path)
     try:
-        serve(app, interface, sock)
+        serve(app, interface, sock, spec.web.app_threads)
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
