@@ -1,8 +1,9 @@
 """B6, the team's app on kvern's web heads: requests/s and p99 of an app page and of an app view that calls
 `.delay()`, through nginx at 64 connections, side by side with the same app under bare gunicorn.
 
-- kvern: `bench/shop_app.py` as `[web] app` on 2 web heads (each: gunicorn, 1 gthread worker x 8 threads); the
-  instance runs its web tier only (`--only web`), so no worker competes and the jobs stay queued. The view's
+- kvern: `bench/shop_app.py` as `[web] app` on 2 web heads (each: gunicorn, 1 gthread worker x
+  `SHOP_APP_THREADS` threads, bare gunicorn the same); the instance runs its web tier only (`--only web`), so
+  no worker competes and the jobs stay queued. The view's
   `.delay()` goes through kvern's durable path: a job record (SQLite) and a publish confirmed by the broker.
 - bare: the same app under 2 bare gunicorn processes with the same worker settings, behind nginx rendered
   from kvern's template for an app; its `.delay()` is Celery's own publish (no record, no confirm) to the same

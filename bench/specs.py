@@ -33,7 +33,7 @@ queue = "noop"
 """
 
 
-SHOP_APP_THREADS = 8  # B6: gunicorn threads per head, the same for kvern's app heads and bare gunicorn
+SHOP_APP_THREADS = 32  # B6: gunicorn threads per head, the same for kvern's app heads and bare gunicorn
 
 
 def shop_spec(app: str) -> str:
