@@ -37,8 +37,13 @@ NFT = shutil.which("nft") or "/usr/sbin/nft"
 _STOP_WAIT_S = 10.0
 
 
-def run(command: Sequence[str], *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(command), capture_output=True, text=True, check=check, timeout=timeout)
+def run(
+    command: Sequence[str], *, check: bool = True, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(list(command), capture_output=True, text=True, check=False, timeout=timeout, env=env)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({done.returncode}): {done.stdout}{done.stderr}")
+    return done
 
 
 def namespaces_supported() -> str | None:
@@ -81,8 +86,10 @@ class Host:
     def command(self, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv]
 
-    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return run(self.command(argv), check=check, timeout=timeout)
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run(self.command(argv), check=check, timeout=timeout, env=env)
 
     def popen(self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start a long-running program in this host; its output goes to `log`. Stopped at teardown."""

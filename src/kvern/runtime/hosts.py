@@ -1,0 +1,146 @@
+"""`kvern up --host NAME`: start the part of a several-machine instance that the spec's `[hosts]` gives NAME.
+
+Each host runs its own state dir and Supervisor, as a one-machine instance does; what differs is what it
+starts and where its secrets come from (the shared secrets file, runtime/shared_secrets.py). Broker hosts
+run one node of kvern's RabbitMQ cluster (runtime/cluster.py). The other roles still run through `--only`
+on one broker URL; here they are refused with that advice until their hosts are built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from kvern.constants import PROGRAM_BROKER, ROLE_ADMIN, VHOST
+from kvern.errors import AlreadyRunning, SpecError, StartError
+from kvern.processes import ACTIVE_STATES
+from kvern.runtime.cluster import amqp_urls, cluster_node, ensure_member
+from kvern.runtime.instance import (
+    BROKER_READY_TIMEOUT_S,
+    ROLES,
+    Instance,
+    broker_user,
+    private_umask,
+    role_permissions,
+)
+from kvern.runtime.leftovers import stop_leftovers
+from kvern.runtime.programs import build_programs
+from kvern.runtime.progress import Progress, Reporter, silent
+from kvern.runtime.rabbitmq import PrivateNode, build_definitions
+from kvern.runtime.shared_secrets import SharedSecrets
+from kvern.runtime.supervisor import render_supervisord_conf
+from kvern.runtime_config import RuntimeConfig, snapshot_spec
+from kvern.spec import HostSpec, Spec, Tiers, check_config_path
+
+SUPPORTED_ROLES = frozenset({"broker"})
+HOST_KEY = "host"  # RuntimeConfig.extra: which host of the spec this state dir runs
+
+
+def host_of(spec: Spec, name: str) -> HostSpec:
+    for host in spec.hosts:
+        if host.name == name:
+            return host
+    known = ", ".join(host.name for host in spec.hosts) or "none: the spec has no [hosts]"
+    raise SpecError(f"--host: {name!r} is not a host of the spec (hosts: {known})")
+
+
+@dataclass
+class HostInstance:
+    """One host's part of the instance: `instance` gives the spec and this host's state dir."""
+
+    instance: Instance
+    host: HostSpec
+    secrets: SharedSecrets
+
+    @classmethod
+    def load(cls, instance: Instance, name: str, secrets_path: Path) -> HostInstance:
+        host = host_of(instance.spec, name)
+        unsupported = host.roles - SUPPORTED_ROLES
+        if unsupported:
+            raise StartError(
+                f"--host {name}: roles {', '.join(sorted(unsupported))} do not run per host yet; "
+                "start them with --only on one broker URL (README: Several machines)"
+            )
+        return cls(instance, host, SharedSecrets.load(secrets_path, ROLES))
+
+    @property
+    def spec(self) -> Spec:
+        return self.instance.spec
+
+    @property
+    def state_dir(self) -> Path:
+        return self.instance.state_dir
+
+    def up(self, report: Reporter = silent) -> RuntimeConfig:
+        if self.instance.is_running():
+            raise AlreadyRunning(f"kvern is already running with state dir {self.state_dir}")
+        with private_umask():
+            return self._up(Progress(report), report)
+
+    def _up(self, progress: Progress, report: Reporter) -> RuntimeConfig:
+        check_config_path(self.state_dir, "state dir", StartError)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)
+        stop_leftovers(self.state_dir, self.instance.stop_wait_s, report)
+        config = self._runtime(snapshot_spec(self.spec, self.state_dir))
+        config.save()
+        node = self.node()
+        node.prepare(self._definitions())
+        programs = [p for p in build_programs(self.spec, config, node) if p.name == PROGRAM_BROKER]
+        supervisor = self.instance.supervisor
+        supervisor.start_daemon(render_supervisord_conf(self.state_dir, f"kvern-{config.instance}", programs))
+        try:
+            self._start_broker(node, progress)
+        except BaseException:
+            self.instance.down()
+            raise
+        return config
+
+    def node(self) -> PrivateNode:
+        timeout_ms = int((self.spec.longest_time_limit + 60) * 1000)
+        return cluster_node(self.state_dir / "rabbitmq", self.host, timeout_ms, self.secrets.erlang_cookie)
+
+    def _start_broker(self, node: PrivateNode, progress: Progress) -> None:
+        admin = broker_user(ROLE_ADMIN)
+        node.wait_login(
+            admin, self.secrets.broker_passwords[ROLE_ADMIN], VHOST, BROKER_READY_TIMEOUT_S, self._broker_alive
+        )
+        if node.bootstrap_user_exists():
+            node.remove_default_users(keep=self._users())
+        progress.mark("broker", f"node {node.node_name} up")
+        progress.mark("cluster", ensure_member(node, self.spec, self.host))
+
+    def _broker_alive(self) -> bool:
+        return self.instance.supervisor.process(PROGRAM_BROKER).state in ACTIVE_STATES
+
+    def _users(self) -> dict[str, tuple[str, tuple[str, str, str]]]:
+        permissions = role_permissions(self.spec.all_queues, self.spec.store_url or "")
+        return {broker_user(role): (self.secrets.broker_passwords[role], permissions[role]) for role in ROLES}
+
+    def _definitions(self) -> dict[str, Any]:
+        return build_definitions(VHOST, self._users(), tags={broker_user(ROLE_ADMIN): ("administrator",)})
+
+    def _runtime(self, snapshot: Path) -> RuntimeConfig:
+        vhost = quote(VHOST, safe="")
+        urls = {
+            role: amqp_urls(self.spec, broker_user(role), self.secrets.broker_passwords[role], vhost, first=self.host)
+            for role in ROLES
+        }
+        digest = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:6]
+        return RuntimeConfig(
+            spec_path=str(self.spec.path),
+            spec_snapshot=str(snapshot),
+            state_dir=str(self.state_dir),
+            instance=f"{self.spec.name}-{self.host.name}-{digest}",
+            front_door_port=0,
+            store_url=self.spec.store_url or "",
+            broker_urls=urls,
+            management_url=None,
+            management_auth=None,
+            private_broker=False,  # not the one-machine private node: its ports and name come from the host
+            only=Tiers(web=False),
+            extra={HOST_KEY: self.host.name},
+        )
