@@ -9,10 +9,10 @@ import pytest
 
 from kvern.errors import SpecError, StartError
 from kvern.runtime.cluster import amqp_urls, broker_hosts, node_name
-from kvern.runtime.hosts import HostInstance, host_of
+from kvern.runtime.hosts import HostInstance, host_of, tiers_of
 from kvern.runtime.instance import ROLES, Instance
 from kvern.runtime.shared_secrets import SharedSecrets
-from kvern.spec import load_spec
+from kvern.spec import Tiers, load_spec
 
 BASE = """
 [app]
@@ -133,13 +133,22 @@ def test_secrets_file_others_can_read_or_lacking_a_role_is_refused(tmp_path: Pat
         SharedSecrets.load(tmp_path / "absent.json", ROLES)
 
 
-def test_host_with_roles_not_built_per_host_yet_is_refused(tmp_path: Path) -> None:
+def test_each_host_runs_its_tiers_and_the_controller_runs_on_one(tmp_path: Path) -> None:
     spec = load_spec(_spec_file(tmp_path, BASE + LAYOUT))
+    assert tiers_of(spec, host_of(spec, "front")) == Tiers(web=True, pools=False)
+    assert tiers_of(spec, host_of(spec, "w1")) == Tiers(web=False, pools=False, pool="bulk")
+    assert [host.name for host in spec.hosts if host.runs("controller")] == ["w1"]
+
+
+def test_host_with_a_layout_not_built_per_host_yet_is_refused(tmp_path: Path) -> None:
+    # The front door without the web heads: remote web heads are not built yet.
+    spec = load_spec(_spec_file(tmp_path, BASE + LAYOUT.replace('roles = ["front", "web"]', 'roles = ["front"]')))
     secrets = tmp_path / "secrets.json"
     SharedSecrets.generate(ROLES).save(secrets)
     instance = Instance(spec, tmp_path / "state")
     assert HostInstance.load(instance, "b1", secrets).host.name == "b1"
-    with pytest.raises(StartError, match="--only"):
-        HostInstance.load(instance, "w1", secrets)
+    assert HostInstance.load(instance, "w1", secrets).host.name == "w1"
+    with pytest.raises(StartError, match="remote web heads"):
+        HostInstance.load(instance, "front", secrets)
     with pytest.raises(SpecError, match="not a host of the spec"):
         HostInstance.load(instance, "nope", secrets)

@@ -8,6 +8,7 @@ broker/message.py, as for the blocking publisher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
@@ -36,10 +37,17 @@ def aio_pika_message(message: TaskMessage) -> aio_pika.Message:
 
 
 class JobPublisher:
-    """The web heads' publisher (a JobPublisherProtocol) over one robust aio-pika connection."""
+    """The web heads' publisher (a JobPublisherProtocol) over one robust aio-pika connection.
+
+    `broker_url` may list several nodes of one cluster, `;`-separated as kombu takes them: aio-pika's robust
+    connection only ever reconnects to its own URL, so when a publish fails on the connection, it is dropped
+    and the next one goes to the next node of the list (a dead node is then skipped within one publish).
+    """
 
     def __init__(self, broker_url: str) -> None:
         self.broker_url = broker_url
+        self._urls = [url for url in broker_url.split(";") if url]
+        self._next = 0  # which node of the list the next connection tries first
         self._connection: AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
@@ -49,7 +57,7 @@ class JobPublisher:
             return self._channel
         async with self._lock:
             if self._connection is None:
-                self._connection = await aio_pika.connect_robust(self.broker_url, timeout=CONNECT_TIMEOUT_S)
+                self._connection = await self._connect()
             if self._channel is None or self._channel.is_closed:
                 self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             return self._channel
@@ -58,6 +66,7 @@ class JobPublisher:
         """Return once the broker confirmed the message; raise `PublishError` / `BacklogFull` otherwise."""
         message = job_message(job)
         queue = message.queue
+        used = self._connection
         try:
             async with asyncio.timeout(PUBLISH_CONFIRM_TIMEOUT_S):
                 channel = await self._ready_channel()
@@ -69,9 +78,35 @@ class JobPublisher:
         except TimeoutError as exc:
             raise PublishError("the broker did not confirm the job in time") from exc
         except (AMQPError, AioPublishError, OSError, ConnectionError, RuntimeError) as exc:
+            await self._fail_over(used)
             raise PublishError(f"broker unavailable: {exc}") from exc
         if not isinstance(confirmation, Basic.Ack):
             raise BacklogFull(f"queue {queue!r} refused the job")
+
+    async def _connect(self) -> AbstractRobustConnection:
+        """The first node of the list, from `_next` on, that accepts a connection."""
+        error: BaseException | None = None
+        for attempt in range(len(self._urls)):
+            url = self._urls[(self._next + attempt) % len(self._urls)]
+            try:
+                connection = await aio_pika.connect_robust(url, timeout=CONNECT_TIMEOUT_S)
+            except (AMQPError, OSError, ConnectionError, TimeoutError) as exc:
+                error = exc
+                continue
+            self._next = (self._next + attempt) % len(self._urls)
+            return connection
+        assert error is not None
+        raise error
+
+    async def _fail_over(self, used: AbstractRobustConnection | None) -> None:
+        """With several nodes: forget the connection `used` (unless another publish replaced it already), so the
+        next publish starts at the next node."""
+        if len(self._urls) < 2 or self._connection is None or self._connection is not used:
+            return
+        connection, self._connection, self._channel = self._connection, None, None
+        self._next = (self._next + 1) % len(self._urls)
+        with contextlib.suppress(Exception):
+            await connection.close()
 
     async def ping(self) -> bool:
         try:

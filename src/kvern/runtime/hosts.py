@@ -9,7 +9,7 @@ on one broker URL; here they are refused with that advice until their hosts are 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,7 +35,7 @@ from kvern.runtime.supervisor import render_supervisord_conf
 from kvern.runtime_config import RuntimeConfig, snapshot_spec
 from kvern.spec import HostSpec, Spec, Tiers, check_config_path
 
-SUPPORTED_ROLES = frozenset({"broker"})
+BROKER_ONLY = frozenset({"broker"})
 HOST_KEY = "host"  # RuntimeConfig.extra: which host of the spec this state dir runs
 
 
@@ -58,12 +58,7 @@ class HostInstance:
     @classmethod
     def load(cls, instance: Instance, name: str, secrets_path: Path) -> HostInstance:
         host = host_of(instance.spec, name)
-        unsupported = host.roles - SUPPORTED_ROLES
-        if unsupported:
-            raise StartError(
-                f"--host {name}: roles {', '.join(sorted(unsupported))} do not run per host yet; "
-                "start them with --only on one broker URL (README: Several machines)"
-            )
+        _check_supported(instance.spec, host)
         return cls(instance, host, SharedSecrets.load(secrets_path, ROLES))
 
     @property
@@ -77,8 +72,18 @@ class HostInstance:
     def up(self, report: Reporter = silent) -> RuntimeConfig:
         if self.instance.is_running():
             raise AlreadyRunning(f"kvern is already running with state dir {self.state_dir}")
+        if self.host.roles != BROKER_ONLY:
+            return self._up_application(report)
         with private_umask():
             return self._up(Progress(report), report)
+
+    def _up_application(self, report: Reporter) -> RuntimeConfig:
+        """Front door and web heads, worker pools, the controller: the one-machine `up` on the cluster's URLs."""
+        spec, host = self.spec, self.host
+        vhost = quote(VHOST, safe="")
+        urls = {role: amqp_urls(spec, broker_user(role), self.secrets.broker_passwords[role], vhost) for role in ROLES}
+        instance = replace(self.instance, cluster_urls=urls, run_controller=host.runs("controller"))
+        return instance.up(tiers_of(spec, host), report)
 
     def _up(self, progress: Progress, report: Reporter) -> RuntimeConfig:
         check_config_path(self.state_dir, "state dir", StartError)
@@ -144,3 +149,28 @@ class HostInstance:
             only=Tiers(web=False),
             extra={HOST_KEY: self.host.name},
         )
+
+
+def tiers_of(spec: Spec, host: HostSpec) -> Tiers:
+    """What the one-machine `up` runs on this host: the web tier, and all of its pools or one of them."""
+    web = host.runs("web")
+    if not host.runs("workers"):
+        return Tiers(web=web, pools=False)
+    if len(host.pools) == 1:
+        return Tiers(web=web, pools=False, pool=host.pools[0])
+    return Tiers(web=web)
+
+
+def _check_supported(spec: Spec, host: HostSpec) -> None:
+    """Refuse, with the way round, what is not built per host yet."""
+    problems = []
+    if host.runs("broker") and host.roles != BROKER_ONLY:
+        problems.append("a broker host runs nothing else")
+    if host.runs("front") != host.runs("web"):
+        problems.append("the front door and the web heads run on the same hosts (remote web heads are not built)")
+    if host.runs("workers") and 1 < len(host.pools) < len(spec.pools):
+        problems.append("a worker host runs one pool or all of them")
+    if not any(h.runs("broker") for h in spec.hosts):
+        problems.append("hosts on an external broker: use --only")
+    if problems:
+        raise StartError(f"--host {host.name}: not supported yet: {'; '.join(problems)} (README: Several machines)")
