@@ -42,10 +42,12 @@ import os
 import time
 from pathlib import Path
 
-from celery import shared_task
+from celery import Celery
+
+app = Celery("mhload")
 
 
-@shared_task
+@app.task
 def work(tag: str, effects: str) -> str:
     time.sleep(0.05)
     Path(effects, f"{tag}.{os.getpid()}.{time.time_ns()}").touch()
