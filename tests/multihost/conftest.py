@@ -14,6 +14,7 @@ from types import FrameType
 import pytest
 
 from tests.multihost.netns import Network, namespaces_supported
+from tests.multihost.stack import Stack, running_stack
 
 pytestmark = pytest.mark.multihost
 
@@ -38,4 +39,16 @@ def network(namespaces: None) -> Iterator[Network]:
         yield net
     finally:
         net.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, namespaces: None) -> Iterator[Stack]:
+    """Three broker hosts, an application host and a worker host, shared by the scenarios; each scenario
+    leaves it whole (a host it kills is started again)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with running_stack(tmp_path_factory.mktemp("stack")) as running:
+            yield running
+    finally:
         signal.signal(signal.SIGTERM, previous)

@@ -85,12 +85,19 @@ class Project:
             raise errors[0]
 
     def down_all(self) -> None:
-        """Application hosts first, brokers last (workers ack on the way out)."""
-        ordered = sorted(self.hosts.values(), key=lambda h: self.specs[h.name].runs("broker"))
-        for host in ordered:
-            if self.state(host).exists():
-                with contextlib.suppress(Exception):
-                    host.run([*KVERN, "--state", str(self.state(host)), "down"], check=False, timeout=180)
+        """Application hosts first, then the brokers together (workers ack on the way out)."""
+        application = [h for h in self.hosts.values() if not self.specs[h.name].runs("broker")]
+        for group in (application, self.brokers()):
+            threads = [threading.Thread(target=self._down, args=(host,)) for host in group]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+    def _down(self, host: Host) -> None:
+        if self.state(host).exists():
+            with contextlib.suppress(Exception):  # the network's teardown stops what is left, by pid
+                host.run([*KVERN, "--state", str(self.state(host)), "down"], check=False, timeout=180)
 
     def password(self, role: str) -> str:
         return SharedSecrets.load(self.secrets, ROLES).broker_passwords[role]

@@ -5,7 +5,7 @@ space (so each runs its own epmd, its own RabbitMQ node on 5672...). The bridge 
 machine's namespace with the subnet's .1, so the test process reaches every host directly; no route leaves
 the bridge, so no traffic goes anywhere but loopback and these namespaces.
 
-Everything is named after a tag made from the test process's pid (`kvmh<pid hex>`), which keeps concurrent runs
+Everything is named after a tag made from the test process's pid (`kvmh<pid hex>n<digit>`), which keeps concurrent runs
 apart and lets a later run recognise (and remove) what a killed run left behind: a tag whose pid is gone.
 Nothing the harness did not create is ever touched: processes are stopped by pid, and only the pids inside
 the harness's own namespaces.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import os
 import random
 import re
@@ -35,6 +36,7 @@ NETNS_DIR = Path("/run/netns")
 SUBNET_BASE = ipaddress.IPv4Network("10.213.0.0/16")
 NFT = shutil.which("nft") or "/usr/sbin/nft"
 _STOP_WAIT_S = 10.0
+_NUMBERS = itertools.count()  # several networks of one process (a session's and a test's) get their own tags
 
 
 def run(
@@ -175,7 +177,7 @@ class Network:
     @classmethod
     def create(cls) -> Network:
         remove_stale()
-        network = cls(tag=f"{PREFIX}{os.getpid():x}", subnet=_free_subnet())
+        network = cls(tag=f"{PREFIX}{os.getpid():x}n{next(_NUMBERS) % 10}", subnet=_free_subnet())
         try:
             run(["ip", "link", "add", network.bridge, "type", "bridge"])
             run(["ip", "addr", "add", f"{network.gateway}/{network.subnet.prefixlen}", "dev", network.bridge])
@@ -237,7 +239,7 @@ def remove_stale() -> None:
     names = run(["ip", "netns", "list"], check=False).stdout.split()
     names += [line.split(":")[1].strip().split("@")[0] for line in run(["ip", "-o", "link"]).stdout.splitlines()]
     for name in names:
-        match = re.match(rf"^({PREFIX}([0-9a-f]+))(-|v|br)", name)
+        match = re.match(rf"^({PREFIX}([0-9a-f]+)n[0-9])(-|v|br)", name)
         if match and not Path(f"/proc/{int(match.group(2), 16)}").exists():
             stale.add(match.group(1))
     for tag in stale:

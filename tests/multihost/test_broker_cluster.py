@@ -1,8 +1,7 @@
 """kvern's RabbitMQ cluster on three namespace hosts, each started with `kvern up --host bN`.
 
-One cluster serves the whole module (booting three nodes costs most of its time); the tests run in order:
-the cluster forms, the node leading the quorum queue is killed under a steady stream of confirmed publishes,
-its host comes back and rejoins.
+The cluster is the shared stack's (tests/multihost/stack.py): it forms; the node leading a quorum queue is
+killed under a steady stream of confirmed publishes; its host comes back and rejoins.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,37 +17,19 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 
 from kvern.constants import VHOST
-from tests.multihost.kvern_hosts import Project, broker_tables, project_on
-from tests.multihost.netns import Host, Network
+from tests.multihost.kvern_hosts import Project
+from tests.multihost.stack import Stack
 
 QUEUE = "mh.cluster"
-TASKS = "from celery import shared_task\n\n\n@shared_task\ndef noop() -> None:\n    pass\n"
 
 
-def _spec(brokers: list[Host]) -> str:
-    return (
-        '[app]\nname = "mh"\ntasks = "tasks"\n\n'
-        '[store]\nurl = "postgresql://postgres@127.0.0.1:5432/test"\n\n'
-        '[[pools]]\nname = "main"\nqueues = ["main"]\n\n'
-        '[hosts.w1]\naddress = "10.255.255.254"\nroles = ["workers", "controller"]\n\n'
-        f"{broker_tables(brokers)}"
-    )
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, namespaces: None) -> Iterator[Project]:
-    network = Network.create()
-    try:
-        brokers = [network.add_host(name) for name in ("b1", "b2", "b3")]
-        with project_on(network, tmp_path_factory.mktemp("cluster"), _spec(brokers), TASKS) as project:
-            project.up_together(brokers)
-            yield project
-    finally:
-        network.close()
+@pytest.fixture
+def cluster(stack: Stack) -> Project:
+    return stack.project
 
 
 def test_three_broker_hosts_form_one_cluster(cluster: Project) -> None:
-    expected = {f"kvern@{h.address}" for h in cluster.hosts.values()}
+    expected = {f"kvern@{h.address}" for h in cluster.brokers()}
     deadline = time.monotonic() + 60
     while cluster.running_nodes(cluster.hosts["b3"]) != expected:
         assert time.monotonic() < deadline, cluster.running_nodes(cluster.hosts["b3"])
@@ -57,7 +37,7 @@ def test_three_broker_hosts_form_one_cluster(cluster: Project) -> None:
     assert cluster.running_nodes(cluster.hosts["b1"]) == expected
     # The per-role users of the secrets file are on every node: the web role logs in at b3 as at b1.
     password = cluster.password("web")
-    for host in cluster.hosts.values():
+    for host in cluster.brokers():
         with Connection(f"amqp://kvern-web:{password}@{host.address}:5672/{VHOST}") as conn:
             conn.connect()
 
@@ -139,7 +119,7 @@ def test_killing_the_leader_host_loses_no_confirmed_message(cluster: Project) ->
     # The dead host comes back: its node rejoins the cluster with its Raft replica.
     output = cluster.up(leader)
     assert "rejoined its cluster" in output
-    expected = {f"kvern@{h.address}" for h in cluster.hosts.values()}
+    expected = {f"kvern@{h.address}" for h in cluster.brokers()}
     assert cluster.running_nodes(leader) == expected
     members = json.loads(
         cluster.ctl(leader, "-q", "list_queues", "-p", VHOST, "name", "members", "--formatter", "json")

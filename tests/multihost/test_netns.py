@@ -86,7 +86,7 @@ def test_a_killed_runs_namespaces_are_removed_by_the_next_run(namespaces: None) 
     # Given what a run killed outright would leave: a namespace and a bridge tagged with a pid now gone
     child = subprocess.Popen(["true"])
     child.wait()
-    tag = f"{PREFIX}{child.pid:x}"
+    tag = f"{PREFIX}{child.pid:x}n0"
     run(["ip", "netns", "add", f"{tag}-a"])
     run(["ip", "link", "add", f"{tag}br", "type", "bridge"])
     try:
