@@ -3,6 +3,8 @@
 Submitters post jobs to a1's front door the whole time a fault happens; each job's task leaves one file per
 completed run, so lost jobs and duplicate runs are counted from what ran, not only from what the store says.
 1. The broker host leading the work queue dies (SIGKILL of all its processes), then comes back.
+2. The broker host leading the work queue is cut off from the other two (nftables) for PARTITION_S, then
+   the partition heals.
 3. A worker host dies (SIGKILL of all its processes) while it runs jobs, then comes back.
 """
 
@@ -18,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.multihost.netns import Host
+from tests.multihost.netns import Host, nft_available
 from tests.multihost.stack import WORK_QUEUE, Stack
 
 SUBMITTERS = 4
 PAUSE_S = 0.05  # between one submitter's requests
 LOAD_S = 20.0
 FAULT_AT_S = 6.0
+PARTITION_S = 10.0
 SETTLE_S = 90.0  # for every accepted job to finish after the load
 TERMINAL = {"succeeded", "failed", "dead", "cancelled"}
 ROWS: list[dict[str, Any]] = []
@@ -44,6 +48,7 @@ class Load:
     accepted_at: list[float] = field(default_factory=list)
     given_up: list[str] = field(default_factory=list)
     answers_5xx: int = 0
+    why_5xx: dict[str, int] = field(default_factory=dict)  # the first 80 characters of each 5xx body, counted
     no_answer: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -75,6 +80,8 @@ class Load:
             assert response.status_code >= 500, f"{tag}: {response.status_code} {response.text}"
             with self.lock:
                 self.answers_5xx += 1
+                why = response.text[:80]
+                self.why_5xx[why] = self.why_5xx.get(why, 0) + 1
             time.sleep(0.2)
         with self.lock:
             self.given_up.append(tag)
@@ -139,7 +146,7 @@ def _count(stack: Stack, scenario: str, load: Load, fault_at: float) -> dict[str
         "202 again after (s)": round(recovery, 2),
     }
     ROWS.append(row)
-    print(f"\nmultihost fault row: {row}")
+    print(f"\nmultihost fault row: {row}\n5xx bodies: {load.why_5xx}")
     assert load.accepted, "no job was accepted"
     assert not load.given_up, f"submissions never accepted: {load.given_up[:5]}"
     assert not stuck, f"accepted jobs that never ended: {stuck[:5]}"
@@ -148,6 +155,7 @@ def _count(stack: Stack, scenario: str, load: Load, fault_at: float) -> dict[str
     return row
 
 
+@pytest.mark.unreliable
 def test_killing_the_broker_host_leading_the_queue_under_load(stack: Stack) -> None:
     project = stack.project
     leader = project.leader(WORK_QUEUE)
@@ -157,6 +165,32 @@ def test_killing_the_broker_host_leading_the_queue_under_load(stack: Stack) -> N
     assert "rejoined its cluster" in project.up(leader)
     members = project.queue_info(WORK_QUEUE, "members", among=[leader])
     assert isinstance(members, list) and len(members) == 3
+
+
+@pytest.mark.unreliable
+@pytest.mark.skipif(not nft_available(), reason="nftables is not installed (make system-deps installs it)")
+def test_partitioning_the_leader_broker_host_from_the_others_under_load(stack: Stack) -> None:
+    project = stack.project
+    leader = project.leader(WORK_QUEUE)
+    others = [host for host in project.brokers() if host is not leader]
+
+    def cut_off() -> None:
+        leader.partition(others)  # clients still reach it; its peers do not
+        threading.Timer(PARTITION_S, leader.heal).start()
+
+    try:
+        load, cut_at = _under_load(stack, cut_off)
+    finally:
+        leader.heal()
+    # No 202 without a quorum's confirm: every accepted job ran, none was lost, after the partition healed.
+    _count(
+        stack, f"2: broker host leading {WORK_QUEUE!r} cut off from the other two for {PARTITION_S:.0f} s", load, cut_at
+    )
+    expected = {f"kvern@{h.address}" for h in project.brokers()}
+    deadline = time.monotonic() + 120
+    while project.running_nodes(leader) != expected:  # the cluster is whole again
+        assert time.monotonic() < deadline, project.running_nodes(leader)
+        time.sleep(2)
 
 
 def test_killing_a_worker_host_under_load(stack: Stack) -> None:

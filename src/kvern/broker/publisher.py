@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import AMQPError, DeliveryError
 from aio_pika.exceptions import PublishError as AioPublishError
 from pamqp.commands import Basic
@@ -39,16 +39,17 @@ def aio_pika_message(message: TaskMessage) -> aio_pika.Message:
 class JobPublisher:
     """The web heads' publisher (a JobPublisherProtocol) over one robust aio-pika connection.
 
-    `broker_url` may list several nodes of one cluster, `;`-separated as kombu takes them: aio-pika's robust
-    connection only ever reconnects to its own URL, so when a publish fails on the connection, it is dropped
-    and the next one goes to the next node of the list (a dead node is then skipped within one publish).
+    `broker_url` may list several nodes of one cluster, `;`-separated as kombu takes them. aio-pika's robust
+    connection only ever reconnects to its own URL (a publish on it waits for a dead node until it times out),
+    so with a list the connection is a plain one: when a publish fails or times out, it is dropped and the
+    next one goes to the next node of the list (a node that refuses is skipped within one publish).
     """
 
     def __init__(self, broker_url: str) -> None:
         self.broker_url = broker_url
         self._urls = [url for url in broker_url.split(";") if url]
         self._next = 0  # which node of the list the next connection tries first
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
 
@@ -70,12 +71,14 @@ class JobPublisher:
         try:
             async with asyncio.timeout(PUBLISH_CONFIRM_TIMEOUT_S):
                 channel = await self._ready_channel()
+                used = self._connection  # the one this publish goes through, made by it or before
                 confirmation = await channel.default_exchange.publish(
                     aio_pika_message(message), routing_key=queue, mandatory=True
                 )
         except DeliveryError as exc:
             raise BacklogFull(f"queue {queue!r} refused the job (full)") from exc
         except TimeoutError as exc:
+            await self._fail_over(used)
             raise PublishError("the broker did not confirm the job in time") from exc
         except (AMQPError, AioPublishError, OSError, ConnectionError, RuntimeError) as exc:
             await self._fail_over(used)
@@ -83,13 +86,15 @@ class JobPublisher:
         if not isinstance(confirmation, Basic.Ack):
             raise BacklogFull(f"queue {queue!r} refused the job")
 
-    async def _connect(self) -> AbstractRobustConnection:
-        """The first node of the list, from `_next` on, that accepts a connection."""
+    async def _connect(self) -> AbstractConnection:
+        """One node: a robust connection. Several: the first node of the list, from `_next` on, that accepts."""
+        if len(self._urls) == 1:
+            return await aio_pika.connect_robust(self._urls[0], timeout=CONNECT_TIMEOUT_S)
         error: BaseException | None = None
         for attempt in range(len(self._urls)):
             url = self._urls[(self._next + attempt) % len(self._urls)]
             try:
-                connection = await aio_pika.connect_robust(url, timeout=CONNECT_TIMEOUT_S)
+                connection = await aio_pika.connect(url, timeout=CONNECT_TIMEOUT_S)
             except (AMQPError, OSError, ConnectionError, TimeoutError) as exc:
                 error = exc
                 continue
@@ -98,15 +103,15 @@ class JobPublisher:
         assert error is not None
         raise error
 
-    async def _fail_over(self, used: AbstractRobustConnection | None) -> None:
+    async def _fail_over(self, used: AbstractConnection | None) -> None:
         """With several nodes: forget the connection `used` (unless another publish replaced it already), so the
         next publish starts at the next node."""
         if len(self._urls) < 2 or self._connection is None or self._connection is not used:
             return
         connection, self._connection, self._channel = self._connection, None, None
         self._next = (self._next + 1) % len(self._urls)
-        with contextlib.suppress(Exception):
-            await connection.close()
+        with contextlib.suppress(Exception):  # a dead node may never answer the close
+            await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT_S)
 
     async def ping(self) -> bool:
         try:
