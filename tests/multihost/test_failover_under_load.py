@@ -155,7 +155,6 @@ def _count(stack: Stack, scenario: str, load: Load, fault_at: float) -> dict[str
     return row
 
 
-@pytest.mark.unreliable
 def test_killing_the_broker_host_leading_the_queue_under_load(stack: Stack) -> None:
     project = stack.project
     leader = project.leader(WORK_QUEUE)

@@ -52,6 +52,7 @@ class JobPublisher:
         self._connection: AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def _ready_channel(self) -> aio_pika.abc.AbstractChannel:
         if self._channel is not None and not self._channel.is_closed:
@@ -68,6 +69,7 @@ class JobPublisher:
         message = job_message(job)
         queue = message.queue
         used = self._connection
+        channel = None
         try:
             async with asyncio.timeout(PUBLISH_CONFIRM_TIMEOUT_S):
                 channel = await self._ready_channel()
@@ -76,6 +78,11 @@ class JobPublisher:
                     aio_pika_message(message), routing_key=queue, mandatory=True
                 )
         except DeliveryError as exc:
+            # A quorum queue also refuses while its leader moves, and a channel that saw it may go on refusing:
+            # the next publish takes a fresh channel (cheap; a full queue refuses it again).
+            if channel is not None and self._channel is channel:
+                self._channel = None
+                self._retire(channel)
             raise BacklogFull(f"queue {queue!r} refused the job (full)") from exc
         except TimeoutError as exc:
             await self._fail_over(used)
@@ -85,6 +92,19 @@ class JobPublisher:
             raise PublishError(f"broker unavailable: {exc}") from exc
         if not isinstance(confirmation, Basic.Ack):
             raise BacklogFull(f"queue {queue!r} refused the job")
+
+    def _retire(self, closable: aio_pika.abc.AbstractChannel | AbstractConnection) -> None:
+        """Close a channel or connection no publish takes any more, once the publishes still on it have had
+        their time (a dead node may never answer the close: bounded too)."""
+
+        async def close_later() -> None:
+            await asyncio.sleep(PUBLISH_CONFIRM_TIMEOUT_S)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(closable.close(), CONNECT_TIMEOUT_S)
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retiring.add(task)  # held until done: the loop keeps only a weak reference to a task
+        task.add_done_callback(self._retiring.discard)
 
     async def _connect(self) -> AbstractConnection:
         """One node: a robust connection. Several: the first node of the list, from `_next` on, that accepts."""
@@ -110,8 +130,7 @@ class JobPublisher:
             return
         connection, self._connection, self._channel = self._connection, None, None
         self._next = (self._next + 1) % len(self._urls)
-        with contextlib.suppress(Exception):  # a dead node may never answer the close
-            await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT_S)
+        self._retire(connection)  # not at once: closing it would cancel the publishes still waiting on it
 
     async def ping(self) -> bool:
         try:
@@ -122,5 +141,7 @@ class JobPublisher:
         return True
 
     async def close(self) -> None:
+        for task in list(self._retiring):  # the connection's close closes their channels
+            task.cancel()
         if self._connection is not None:
             await self._connection.close()
