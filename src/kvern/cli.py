@@ -36,7 +36,9 @@ from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
 from kvern.report import collect_status, render_status
 from kvern.runtime import service as systemd_unit
+from kvern.runtime.hosts import HostInstance
 from kvern.runtime.instance import (
+    ROLES,
     Instance,
     auth_off_warning,
     consumer_timeout_warning,
@@ -45,6 +47,7 @@ from kvern.runtime.instance import (
     root_warning,
 )
 from kvern.runtime.reload import reload_instance
+from kvern.runtime.shared_secrets import ENV_SECRETS, SharedSecrets
 from kvern.runtime.stopping import reload_on_hangup, stop_on_signals
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime.web_scaling import scale_web
@@ -139,12 +142,23 @@ def main(ctx: click.Context, spec: Path, state: Path | None) -> None:
 @main.command()
 @click.option("-d", "detach", is_flag=True, help="Return once every part is healthy.")
 @click.option("--only", default="all", help="Run a subset: web, pools, or one pool's name.")
+@click.option("--host", default=None, help="Run what the spec's [hosts] gives this machine.")
+@click.option(
+    "--secrets",
+    envvar=ENV_SECRETS,
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"With --host: the shared secrets file (kvern secrets init; or ${ENV_SECRETS}).",
+)
 @click.pass_context
 @handle_errors
-def up(ctx: click.Context, detach: bool, only: str) -> None:
+def up(ctx: click.Context, detach: bool, only: str, host: str | None, secrets: Path | None) -> None:
     """Start the platform (foreground: Ctrl-C stops everything)."""
     hangup = reload_on_hangup()  # a SIGHUP while starting is kept for after: it must not end the process
     instance = spec_file_instance(ctx)  # `up` starts from the spec file as it is now (and snapshots it)
+    if host is not None:
+        _up_host(instance, host, secrets, detach)
+        return
     unsafe = unsafe_character(str(instance.state_dir)) if ctx.obj["state"] else None
     if unsafe is not None:  # the state dir is written into every config file
         raise click.BadParameter(
@@ -178,6 +192,22 @@ def _lost_supervisor(instance: Instance) -> None:
     click.echo("kvern: supervisord is gone: the instance stopped unexpectedly; stopping what is left", err=True)
     instance.down(report=_progress)
     sys.exit(c.RET_FAILURE)
+
+
+def _up_host(instance: Instance, name: str, secrets: Path | None, detach: bool) -> None:
+    """One host's part of a several-machine instance (runtime/hosts.py)."""
+    if secrets is None:
+        raise click.BadParameter(f"--host needs the shared secrets file (or ${ENV_SECRETS})", param_hint="--secrets")
+    HostInstance.load(instance, name, secrets).up(report=_progress)
+    click.echo(f"kvern host {name} is up")
+    if detach:
+        return
+    stop = stop_on_signals()
+    while not stop.wait(0.2):
+        pass
+    click.echo("stopping...")
+    instance.down(report=_progress)
+    click.echo("kvern is down")
 
 
 def _progress(line: str) -> None:
@@ -536,6 +566,20 @@ def _status_of(store: JobStoreProtocol, job_id: str) -> str:
 
 
 # -- kvern service: the systemd unit that starts the instance on boot ---------------------------------------
+
+
+@main.group()
+def secrets() -> None:
+    """The secrets a several-machine instance's hosts share."""
+
+
+@secrets.command("init")
+@click.argument("path", type=click.Path(path_type=Path))
+@handle_errors
+def secrets_init(path: Path) -> None:
+    """Make the shared secrets file (0600): copy it to every host, give it to `kvern up --host ... --secrets`."""
+    SharedSecrets.generate(ROLES).save(path)
+    click.echo(f"wrote {path}: copy it to each host (it stays 0600), never into the spec or version control")
 
 
 @main.group()

@@ -71,6 +71,12 @@ args_items = 10000          # elements of all their lists and objects together
 artifact_bytes = 52428800   # the files one attempt of a job saves (kvern.save_artifact), together
 batch_jobs = 500            # jobs in one bulk submit (POST /api/v1/jobs:batch; the whole body: at most 1 MiB)
 
+[hosts.front]               # optional: one table per machine; `kvern up --host front` starts its part
+address = "10.0.0.5"        # the address the other hosts reach it at (its own listeners bind here)
+roles = ["front", "web"]    # any of: front (nginx), web (web heads), broker (a RabbitMQ cluster node),
+                            # workers (pools), controller (exactly one host); see README "Several machines"
+pools = ["reports"]         # with "workers": the pools this host runs (default: all of them)
+
 [tasks."tasks.generate_heavy_report"]
 queue = "reports"           # default: the first queue of the first pool
 retries = 3                 # retries after the first attempt, with exponential backoff and jitter
@@ -292,6 +298,7 @@ class Spec:
     text: str = field(default="", repr=False, compare=False)  # the TOML it was parsed from (for the snapshot)
     user: str | None = None  # [app] user: the account the instance's programs run as when kvern runs as root
     notify: NotifySpec = field(default_factory=lambda: NotifySpec())  # noqa: PLW0108 (defined below)
+    hosts: tuple[HostSpec, ...] = ()  # [hosts]: which machine runs what; empty: one machine runs everything
 
     @property
     def root(self) -> Path:
@@ -378,7 +385,7 @@ def load_spec(path: Path, origin: Path | None = None) -> Spec:
 
 def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
     reader = _Reader(raw, "")
-    reader.only("app", "web", "broker", "store", "pools", "tasks", "limits", "notify")
+    reader.only("app", "web", "broker", "store", "pools", "tasks", "limits", "notify", "hosts")
     app = reader.table("app")
     app.only("name", "tasks", "static", "user")
     tasks_module = app.get("tasks", str, required=True)
@@ -403,7 +410,7 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> Spec:
         notify=parse_notify(reader.table("notify"), path.parent),
     )
     check_task_targets(spec)
-    return spec
+    return replace(spec, hosts=parse_hosts(reader.table("hosts"), spec))
 
 
 def _parse_user(app: _Reader) -> str | None:
@@ -921,3 +928,69 @@ def check_targets_configured(notify: NotifySpec, targets: tuple[str, ...], where
         raise SpecError(f"{where}: a mailto: target needs [notify.smtp]")
     if WEBHOOK in kinds and notify.webhook_key_file is None:
         raise SpecError(f"{where}: a webhook target needs notify.webhook_key_file (the key that signs it)")
+
+
+# -- [hosts]: several machines ----------------------------------------------------------------------------------
+
+HOST_ROLES = ("front", "web", "broker", "workers", "controller")
+HOST_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One machine of a several-machine instance: where the others reach it, and what it runs."""
+
+    name: str
+    address: str  # an IPv4 address: RabbitMQ node names and listeners use it, so no DNS is needed
+    roles: frozenset[str]
+    pools: tuple[str, ...] = ()  # with the workers role: the pools it runs (all of the spec's when empty)
+
+    def runs(self, role: str) -> bool:
+        return role in self.roles
+
+
+def parse_hosts(table: _Reader, spec: Spec) -> tuple[HostSpec, ...]:
+    """`[hosts.NAME]` tables. Secrets never live here: they come from the shared secrets file."""
+    hosts = tuple(_parse_host(name, table.table(name), spec) for name in list(table.data))
+    if not hosts:
+        return ()
+    addresses = [host.address for host in hosts]
+    if len(set(addresses)) != len(addresses):
+        raise SpecError("hosts: two hosts share an address")
+    brokers = [host for host in hosts if host.runs("broker")]
+    if brokers and spec.broker_url:
+        raise SpecError("hosts: broker hosts and [broker] url exclude each other (kvern provisions its brokers)")
+    if len(brokers) == 2:  # a quorum of 2 is 2: losing either node stops every queue
+        raise SpecError("hosts: 2 broker hosts cannot lose one; use 1, or 3 or more (an odd number)")
+    if not brokers and not spec.broker_url:
+        raise SpecError("hosts: no host has the broker role and there is no [broker] url")
+    if not (spec.store_url or "").startswith("postgresql"):
+        raise SpecError("hosts: the hosts share one job store: [store] url must be a PostgreSQL URL")
+    controllers = [host.name for host in hosts if host.runs("controller")]
+    if len(controllers) != 1:
+        raise SpecError(f"hosts: exactly one host runs the controller (found: {controllers or 'none'})")
+    return hosts
+
+
+def _parse_host(name: str, host: _Reader, spec: Spec) -> HostSpec:
+    if not HOST_NAME_PATTERN.match(name):
+        raise SpecError(f"{host.where}: a host name is lower-case letters, digits and '-', starting with a letter")
+    host.only("address", "roles", "pools")
+    address = host.get("address", str, required=True)
+    try:
+        parsed = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise SpecError(f"{host.where}.address: not an IPv4 address: {address!r}") from None
+    if parsed.is_unspecified or parsed.is_loopback:
+        raise SpecError(f"{host.where}.address: the address other hosts reach it at, not {address}")
+    roles = host.get("roles", list, required=True)
+    unknown = [role for role in roles if role not in HOST_ROLES]
+    if unknown or not roles:
+        raise SpecError(f"{host.where}.roles: expected some of {', '.join(HOST_ROLES)} (got {roles!r})")
+    pools = tuple(host.get("pools", list, default=[]))
+    known = {pool.name for pool in spec.pools}
+    if any(pool not in known for pool in pools):
+        raise SpecError(f"{host.where}.pools: not pools of the spec: {sorted(set(pools) - known)}")
+    if pools and "workers" not in roles:
+        raise SpecError(f"{host.where}.pools: only a host with the workers role runs pools")
+    return HostSpec(name=name, address=address, roles=frozenset(roles), pools=pools)

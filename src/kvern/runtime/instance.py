@@ -103,6 +103,10 @@ def default_state_dir(spec_path: Path) -> Path:
 class Instance:
     spec: Spec
     state_dir: Path
+    # A host of a several-machine instance (runtime/hosts.py): each role's failover list of cluster nodes, and
+    # whether this host runs the instance's one controller.
+    cluster_urls: dict[str, str] | None = None
+    run_controller: bool = True
 
     @property
     def supervisor(self) -> Supervisor:
@@ -209,7 +213,8 @@ class Instance:
         for pool, minimum in pools:
             for index in range(minimum):
                 supervisor.start(pool_slot(pool, index), wait=False)
-        supervisor.start(PROGRAM_CONTROLLER, wait=False)
+        if self.run_controller:
+            supervisor.start(PROGRAM_CONTROLLER, wait=False)
         self.wait_healthy(config, run_web, pools, progress)
 
     def _wait_broker(self, config: RuntimeConfig, node: PrivateNode) -> None:
@@ -245,6 +250,10 @@ class Instance:
             "store_url": self.spec.store_url or f"sqlite:///{self.state_dir / SQLITE_FILE}",
             "only": only,
         }
+        if self.cluster_urls is not None:
+            return RuntimeConfig(
+                **common, broker_urls=self.cluster_urls, management_url=None, management_auth=None, private_broker=False
+            )
         if self.spec.broker_url:
             # The user's URL serves every role: kvern cannot create users on a broker it does not own.
             urls = dict.fromkeys(ROLES, self.spec.broker_url)

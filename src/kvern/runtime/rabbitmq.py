@@ -32,7 +32,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,14 @@ class PrivateNode:
     # Absolute limits, not fractions of RAM/disk: several nodes may share one machine.
     memory_high_watermark_mib: int = 1024
     disk_free_limit_mib: int = 512
+    # A cluster node (runtime/cluster.py) listens on its host's address, is named after it (no DNS needed) and
+    # takes the cluster's shared cookie; a private node keeps to loopback and makes its own cookie.
+    address: str = LOOPBACK
+    cookie: str | None = field(default=None, repr=False)
+
+    @property
+    def clustered(self) -> bool:
+        return self.address != LOOPBACK
 
     def __post_init__(self) -> None:
         # Absolute, so the node name (a hash of it) does not depend on the caller's working directory.
@@ -108,6 +116,8 @@ class PrivateNode:
     @property
     def node_name(self) -> str:
         """Unique per state dir, so two instances (and the system broker's `rabbit@...`) never clash in epmd."""
+        if self.clustered:  # one node per host: its address names it, and peers reach it there
+            return f"kvern@{self.address}"
         digest = hashlib.sha1(str(self.state_dir).encode(), usedforsecurity=False).hexdigest()[:8]
         return f"kvern-{digest}@localhost"
 
@@ -152,6 +162,9 @@ class PrivateNode:
 
     def _ensure_cookie(self) -> str:
         """The node's Erlang cookie: made once and kept, since the node and rabbitmqctl must agree on it."""
+        if self.cookie is not None:  # the cluster's: every node and every rabbitmqctl of it must share it
+            atomic_write(self.cookie_file, self.cookie, mode=0o400)
+            return self.cookie
         with contextlib.suppress(FileNotFoundError):
             cookie = self.cookie_file.read_text().strip()
             if cookie:
@@ -166,7 +179,7 @@ class PrivateNode:
         ports = self.ports
         lines = [
             "# Written by kvern (runtime/rabbitmq.py); regenerated on every start.",
-            f"listeners.tcp.default = {LOOPBACK}:{ports.amqp}",
+            f"listeners.tcp.default = {self.address}:{ports.amqp}",
             "listeners.ssl = none",
         ]
         if ports.management is not None:
@@ -180,6 +193,8 @@ class PrivateNode:
             # A fresh node's first user: not guest/guest; provision() deletes it.
             f"default_user = {BOOTSTRAP_USER}",
             f"default_pass = {bootstrap_password}",
+            # A node cut off from the majority stops serving rather than diverging; it resumes on healing.
+            *(["cluster_partition_handling = pause_minority"] if self.clustered else []),
             "log.console = false",
             "log.file.level = info",
             "log.file.rotation.size = 10485760",
@@ -206,8 +221,8 @@ class PrivateNode:
             "LANG": "C.UTF-8",  # the CLI tools complain without a UTF-8 locale
             "LC_ALL": "C.UTF-8",
             "RABBITMQ_NODENAME": self.node_name,
-            "RABBITMQ_USE_LONGNAME": "false",
-            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
+            "RABBITMQ_USE_LONGNAME": "true" if self.clustered else "false",
+            "RABBITMQ_NODE_IP_ADDRESS": self.address,
             "RABBITMQ_NODE_PORT": str(self.ports.amqp),
             "RABBITMQ_DIST_PORT": str(self.ports.dist),
             "RABBITMQ_CONF_ENV_FILE": str(state / "rabbitmq-env.conf"),
@@ -220,15 +235,22 @@ class PrivateNode:
             "RABBITMQ_MOTD_FILE": str(state / "motd"),
             # exec the VM instead of trapping signals in a shell; -noinput (in command()) keeps the shell off.
             "RABBITMQ_ALLOW_INPUT": "true",
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"{_LOOPBACK_DIST_ARGS} {_SHORT_SPIN_ARGS}",
-            "RABBITMQ_CTL_ERL_ARGS": _LOOPBACK_DIST_ARGS,
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"{self._dist_args} {_SHORT_SPIN_ARGS}",
+            "RABBITMQ_CTL_ERL_ARGS": self._dist_args,
             "ERL_CRASH_DUMP": str(state / "erl_crash.dump"),  # not the working directory
-            "ERL_EPMD_ADDRESS": LOOPBACK,  # only used if this node has to start epmd itself
+            "ERL_EPMD_ADDRESS": self.address,  # only used if this node has to start epmd itself
             "ERL_FLAGS": "",
             "ERL_AFLAGS": "",
             "ERL_ZFLAGS": "",
             "ERL_LIBS": "",
         }
+
+    @property
+    def _dist_args(self) -> str:
+        """Pin the distribution listeners (the node's and rabbitmqctl's) to the node's address."""
+        if not self.clustered:
+            return _LOOPBACK_DIST_ARGS
+        return f"-kernel inet_dist_use_interface {{{self.address.replace('.', ',')}}}"
 
     # -- administration ------------------------------------------------------------------------------------
 
@@ -267,7 +289,7 @@ class PrivateNode:
         booting node on a small machine would feel. Pass the `process` you started to fail fast if it exits.
         """
         deadline = time.monotonic() + timeout
-        while not _port_open(LOOPBACK, self.ports.amqp):
+        while not _port_open(self.address, self.ports.amqp):
             if process is not None and process.poll() is not None:
                 raise BrokerAdminError(
                     f"RabbitMQ node {self.node_name} exited with code {process.returncode} while starting"
@@ -275,7 +297,7 @@ class PrivateNode:
                 )
             if time.monotonic() >= deadline:
                 raise BrokerAdminError(
-                    f"RabbitMQ node {self.node_name} not listening on {LOOPBACK}:{self.ports.amqp} "
+                    f"RabbitMQ node {self.node_name} not listening on {self.address}:{self.ports.amqp} "
                     f"after {timeout:g}s{self._diagnostics()}"
                 )
             time.sleep(_PORT_POLL_S)
@@ -310,7 +332,7 @@ class PrivateNode:
         """Whether the node's first user still logs in (over AMQP: far cheaper than a rabbitmqctl run)."""
         cookie = self.cookie_file.read_text().strip()
         password = hmac.new(cookie.encode(), BOOTSTRAP_USER.encode(), hashlib.sha256).hexdigest()
-        return _amqp_login(self.ports.amqp, BOOTSTRAP_USER, password, "/") in ("ok", "no access")
+        return _amqp_login(self.address, self.ports.amqp, BOOTSTRAP_USER, password, "/") in ("ok", "no access")
 
     def wait_login(
         self, user: str, password: str, vhost: str, timeout: float, process_alive: Callable[[], bool]
@@ -320,7 +342,7 @@ class PrivateNode:
         Polled every 50 ms instead of `rabbitmqctl await_startup`, whose own start costs a second of CPU.
         """
         deadline = time.monotonic() + timeout
-        while _amqp_login(self.ports.amqp, user, password, vhost) != "ok":
+        while _amqp_login(self.address, self.ports.amqp, user, password, vhost) != "ok":
             if not process_alive():
                 raise BrokerAdminError(f"RabbitMQ node {self.node_name} exited while starting{self._diagnostics()}")
             if time.monotonic() >= deadline:
@@ -373,10 +395,10 @@ def build_definitions(
     }
 
 
-def _amqp_login(port: int, user: str, password: str, vhost: str) -> str:
+def _amqp_login(address: str, port: int, user: str, password: str, vhost: str) -> str:
     """ "ok", "refused" (the broker answered: bad credentials or no access) or "down" (no answer yet)."""
     connection = amqp.Connection(
-        f"{LOOPBACK}:{port}", userid=user, password=password, virtual_host=vhost, connect_timeout=1
+        f"{address}:{port}", userid=user, password=password, virtual_host=vhost, connect_timeout=1
     )
     try:
         connection.connect()
