@@ -889,3 +889,28 @@ def test_create_schema_adds_the_columns_an_older_store_lacks(sql_job_store: JobS
     # and running it again adds nothing more
     with sql_job_store.engine.begin() as conn:
         assert store_module.add_missing_columns(conn) == []
+
+
+def test_hosts_starting_at_once_on_one_postgresql_store_all_make_or_find_the_schema(postgres_store_url: str) -> None:
+    stores = [JobStore(postgres_store_url) for _ in range(6)]
+    start = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def create(store: JobStore) -> None:
+        start.wait()
+        try:
+            store.create_schema()
+        except BaseException as exc:  # each host's error is the finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert stores[0].counts_by_status() is not None  # the tables are there, made once
+    finally:
+        for store in stores:
+            store.close()

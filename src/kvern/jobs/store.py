@@ -31,6 +31,7 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -49,6 +50,7 @@ from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 READ_ONLY_OPTION = "kvern_read_only"
+SCHEMA_LOCK_KEY = 0x6B7665726E  # "kvern": the advisory lock held while the schema is made (PostgreSQL)
 
 
 def make_engine(url: str, *, persistent: bool = False) -> Engine:
@@ -168,6 +170,10 @@ class JobStore:
 
     def create_schema(self) -> None:
         with self._begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Several hosts may start at once on one store: CREATE TABLE/TYPE are not safe side by side there
+                # (a duplicate type error), so the first takes the lock and the others find the tables made.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             schema.metadata.create_all(conn)
             add_missing_columns(conn)
             add_missing_indexes(conn)
