@@ -135,6 +135,29 @@ def test_the_spec_s_interface_wins_over_detection(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("source", "interface", "message"),
+    [
+        ("async def application(scope, receive, send):\n    pass\n", "wsgi", r'"wsgi", but .* is an ASGI application'),
+        ("class A:\n    async def __call__(self, s, r, w): ...\napplication = A()\n", "wsgi", r"an ASGI application"),
+        ("def application(environ, start_response):\n    return []\n", "asgi", r"as a WSGI application does"),
+        ("def application(scope, receive, send):\n    pass\n", "wsgi", r"as an ASGI application does"),
+    ],
+)
+def test_an_interface_the_app_plainly_is_not_is_refused(
+    tmp_path: Path, source: str, interface: str, message: str
+) -> None:
+    spec = site_project(tmp_path, source, extra=f'interface = "{interface}"\n')
+    with pytest.raises(SpecError, match=message) as raised:
+        load_web_app(load_spec(spec))
+    assert str(raised.value).startswith("web.interface: ")
+
+
+def test_an_interface_the_signature_cannot_tell_stands(tmp_path: Path) -> None:
+    spec = site_project(tmp_path, "def application(*args):\n    pass\n", extra='interface = "asgi"\n')
+    assert load_web_app(load_spec(spec))[1] == ASGI
+
+
+@pytest.mark.parametrize(
     ("source", "app", "message"),
     [
         ("import not_installed_anywhere\n", "{module}:application", r"ModuleNotFoundError: No module named"),

@@ -64,7 +64,36 @@ def load_web_app(spec: Spec) -> tuple[Any, str]:
             raise SpecError(f"web.app: {spec.web.app!r}: {module_name!r} has no attribute {attribute!r}") from None
     if not callable(app):
         raise SpecError(f"web.app: {spec.web.app!r} is a {type(app).__name__}, not a WSGI or ASGI application")
+    if spec.web.interface is not None:
+        _check_interface(app, spec.web.interface, spec.web.app)
     return app, spec.web.interface or detect_interface(app)
+
+
+# What each interface calls the app with: WSGI (environ, start_response), ASGI (scope, receive, send).
+INTERFACE_ARGUMENTS = {WSGI: 2, ASGI: 3}
+
+
+def _check_interface(app: Any, interface: str, name: str) -> None:
+    """Refuse a `web.interface` the app plainly is not (every request would be a 500): an ASGI coroutine
+    function named "wsgi", or a callable that takes the other interface's number of arguments. Where the
+    signature cannot tell, the spec's word stands."""
+    call = app if inspect.isroutine(app) else getattr(app, "__call__", None)  # noqa: B004
+    if interface == WSGI and inspect.iscoroutinefunction(call):
+        raise SpecError(f'web.interface: "wsgi", but {name!r} is an ASGI application (an async callable)')
+    try:
+        parameters = inspect.signature(call).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        return
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = len([p for p in positional if p.default is p.empty])
+    if not required <= INTERFACE_ARGUMENTS[interface] <= len(positional):
+        other = "an ASGI" if interface == WSGI else "a WSGI"
+        raise SpecError(
+            f"web.interface: {interface!r}, but {name!r} takes {len(positional)} argument(s), as {other}"
+            " application does"
+        )
 
 
 def detect_interface(app: Any) -> str:
