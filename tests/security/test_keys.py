@@ -97,6 +97,10 @@ def test_a_key_over_its_rate_gets_429_while_other_keys_from_the_same_address_go_
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "too_many_requests"
         assert client.get(JOBS, headers=other).status_code == 200
+        # However the scheme is spelled (the API takes any case), the token counts against its own key.
+        token = busy["Authorization"].removeprefix("Bearer ")
+        for spelled in (f"bearer {token}", f"BEARER {token}", f"Bearer  {token}"):
+            assert client.get(JOBS, headers={"Authorization": spelled}).status_code == 429, spelled
         # A made-up token fills a bucket of its own: it never throttles the real key it imitates.
         forged = {"Authorization": busy["Authorization"][:-5] + "AAAAA"}
         assert [client.get(JOBS, headers=forged).status_code for _ in range(3)] == [401, 401, 401]

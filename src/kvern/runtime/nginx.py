@@ -239,10 +239,11 @@ REFUSED = """        error_page 400 494 /_kvern/bad_request;
 
 # A request's API key as nginx can see it: the whole token, never checked here (the web heads verify it). A
 # bucket per token rather than per key id: key ids are not secret, so an id-keyed bucket would let anyone who
-# knows one throttle its owner; a made-up token only fills a bucket of its own, and the per-address one.
+# knows one throttle its owner; a made-up token only fills a bucket of its own, and the per-address one. `~*`: the
+# scheme in any case, as the API takes it (else `bearer <token>` would be counted nowhere).
 KEY_TOKEN_MAP = """    map $http_authorization $kvern_limit_token {
         default "";
-        "~^Bearer[ \\t]+(?<token>kvern_[0-9a-f]{12}_[A-Za-z0-9_-]{43})$" $token;
+        "~*^Bearer[ \\t]+(?<token>kvern_[0-9a-f]{12}_[A-Za-z0-9_-]{43})$" $token;
     }"""
 
 
