@@ -261,6 +261,12 @@ def test_the_readme_verification_snippet_accepts_kvern_signatures_only() -> None
     assert not namespace["verify"](b"another key", header, body)
 
 
+def test_the_signing_key_is_the_key_files_content_without_its_final_newline(tmp_path: Path) -> None:
+    key_file = tmp_path / "webhook.key"
+    key_file.write_bytes(b"c2VjcmV0LWtleQ==\n")  # as `base64 > file` writes it
+    assert NotifySpec(webhook_key_file=key_file).webhook_key() == b"c2VjcmV0LWtleQ=="
+
+
 def test_two_controllers_on_one_store_announce_a_job_once(store: JobStore, receiver: Receiver, key_file: Path) -> None:
     finished_job(store, (receiver.url,))
     first, second = outbox(store, key_file), outbox(store, key_file)
