@@ -105,6 +105,8 @@ async def test_an_admin_key_signs_in_with_an_httponly_strict_cookie(
     page = await client.get(f"{BASE}/")
     assert 'id="chart-activity"' in page.text
     assert (await client.post(f"{BASE}/login", content=f"key={admin.token}")).status_code == 415  # JSON only
+    broken = await client.post(f"{BASE}/login", content=b"notjson", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "malformed_json"
 
 
 async def test_every_asset_the_pages_name_is_served_by_the_head(client: httpx.AsyncClient, web_head: WebHead) -> None:

@@ -200,6 +200,8 @@ def _install_protocol_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(error.get("type") == "json_invalid" for error in exc.errors()):  # a body FastAPI itself parses
+            return json_error(400, "malformed_json", "request body is not valid JSON")
         problems = [_validation_problem(error) for error in exc.errors()]
         if any(IDEMPOTENCY_HEADER in problem for problem in problems):
             return json_error(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1 to 200 characters")
