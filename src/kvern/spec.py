@@ -742,7 +742,8 @@ class _Reader:
         self.where = where
 
     def _path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
+        name = f'"{key}"' if "." in key else key  # as TOML spells it: tasks."tasks.report", not tasks.tasks.report
+        return f"{self.where}.{name}" if self.where else name
 
     def keys(self) -> list[str]:
         return list(self.data)

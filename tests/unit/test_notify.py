@@ -211,7 +211,7 @@ def test_task_targets_need_smtp_and_a_signing_key(tmp_path: Path) -> None:
 )
 def test_a_bad_target_is_refused_naming_the_field(tmp_path: Path, target: Any) -> None:
     raw = BASE | {"tasks": {"tasks.report": {"notify": [target]}}}
-    with pytest.raises(SpecError, match=r"tasks\.tasks\.report\.notify\[0\]"):
+    with pytest.raises(SpecError, match=r"tasks\.\"tasks\.report\"\.notify\[0\]"):
         parse_spec(raw, tmp_path / "kvern.toml")
 
 

@@ -262,7 +262,7 @@ def test_limits_default_to_safe_bounds_and_can_be_set(tmp_path: Path) -> None:
         ),
         pytest.param(
             MINIMAL_SPEC + '\n[tasks."tasks.x"]\nretry = 2\n',
-            ("tasks.tasks.x.retry", "unknown field"),
+            ('tasks."tasks.x".retry', "unknown field"),
             id="unknown-task-field",
         ),
         pytest.param(
@@ -288,22 +288,22 @@ def test_limits_default_to_safe_bounds_and_can_be_set(tmp_path: Path) -> None:
         pytest.param("web = 3\n" + MINIMAL_SPEC, ("web", "must be a table"), id="wrong-type-table"),
         pytest.param(
             MINIMAL_SPEC + '\n[tasks."tasks.x"]\nqueue = "elsewhere"\n',
-            ("tasks.tasks.x.queue", "no pool consumes queue 'elsewhere'"),
+            ('tasks."tasks.x".queue', "no pool consumes queue 'elsewhere'"),
             id="task-queue-not-consumed",
         ),
         pytest.param(
             MINIMAL_SPEC + '\n[tasks."tasks.x"]\nsoft_time_limit = 100\ntime_limit = 50\n',
-            ("tasks.tasks.x.soft_time_limit",),
+            ('tasks."tasks.x".soft_time_limit',),
             id="soft-limit-above-hard-limit",
         ),
         pytest.param(
             MINIMAL_SPEC + '\n[tasks."tasks.x"]\nbackoff = 10\nbackoff_max = 5\n',
-            ("tasks.tasks.x.backoff",),
+            ('tasks."tasks.x".backoff',),
             id="backoff-above-backoff-max",
         ),
         pytest.param(
             MINIMAL_SPEC + '\n[tasks."tasks.x"]\nretries = -1\n',
-            ("tasks.tasks.x.retries",),
+            ('tasks."tasks.x".retries',),
             id="negative-retries",
         ),
         pytest.param(
