@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kombu
 import pytest
 from celery import Celery
 
@@ -423,3 +424,23 @@ def test_deferred_acks_without_an_event_loop_are_refused_rather_than_sent_from_t
         task.start_strategy(app, NoLoop())
     app.close()
     assert task.Request == "celery.worker.request:Request"
+
+
+def test_deferred_acks_with_a_kombu_whose_call_soon_is_not_thread_safe_are_refused(
+    store: JobStore, writer: NodeWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = Celery("kvern-writer-test", set_as_current=False)
+
+    def work() -> None:
+        return None
+
+    task = app.task(name="tasks.work")(work)
+    guard_task(task, WriterClient(writer.path, artifacts=store), TaskPolicy(queue="default"), WORKER, commits=writer)
+    monkeypatch.setattr(kombu, "VERSION", kombu.VERSION._replace(minor=6))
+
+    class Loop:
+        hub = FakeLoop()
+
+    with pytest.raises(RuntimeError, match=r"kombu >= 5\.7"):
+        task.start_strategy(app, Loop())
+    app.close()

@@ -15,9 +15,18 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import kombu
 from celery.worker.request import Request
 
 log = logging.getLogger("kvern.worker.deferred_ack")
+
+THREAD_SAFE_CALL_SOON = (5, 7)  # the kombu release whose Hub.call_soon kvern's deferred acks were verified with
+
+
+def call_soon_is_thread_safe() -> bool:
+    """Whether this kombu's `Hub.call_soon` may be called from the writer's thread (it locks and wakes the
+    poller); with an older one the ack could sit until the loop's next poll timeout, or race."""
+    return (kombu.VERSION.major, kombu.VERSION.minor) >= THREAD_SAFE_CALL_SOON
 
 
 class CommitWaiter(Protocol):

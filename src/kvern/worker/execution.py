@@ -34,7 +34,7 @@ from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
 from kvern.spec import TaskPolicy
 from kvern.worker.context import JobContext, JobInfo, TaskStore, _current
-from kvern.worker.deferred_ack import CommitWaiter, deferred_ack_request
+from kvern.worker.deferred_ack import CommitWaiter, call_soon_is_thread_safe, deferred_ack_request
 
 log = logging.getLogger("kvern.worker")
 
@@ -243,6 +243,8 @@ def checked_strategy(
         base, commits = acks_after
         if consumer.hub is None:  # no event loop to ack on: a deferred ack could not be sent safely
             raise RuntimeError("kvern: a pool with prefetch above 1 needs Celery's event loop (prefork, AMQP)")
+        if not call_soon_is_thread_safe():
+            raise RuntimeError("kvern: a pool with prefetch above 1 needs kombu >= 5.7 (a thread-safe Hub.call_soon)")
         task.Request = deferred_ack_request(base, commits, consumer.hub)
     handle = default_strategy(task, app, consumer, **options)
 
