@@ -6,6 +6,9 @@
 - kvern, PostgreSQL job store: the same spec with `[store] url` on the local PostgreSQL (127.0.0.1:5432, database
   `test`), in a schema created for the run (`kvern_bench_<hex>`, the URL's search_path) and dropped afterwards.
   Its own instance (and private broker node) is up during the whole run, idle while the others are measured.
+- kvern, prefetch 8: the SQLite spec with the pool's `prefetch = 8`: a task process hands its outcome to the
+  node's writer and returns, and the message is acked once that outcome committed (worker/deferred_ack.py).
+  Its own instance too, idle while the others are measured.
 - bare Celery, same broker node (kvern's private one, its own vhost), same task, one worker process of
   concurrency 4, logging at INFO as kvern's workers do: `default` (Celery's defaults: early ack, prefetch 4 per
   slot, no confirms), `late` (acks_late + prefetch 1) and `same` (kvern's guarantees: acks_late, reject on a
@@ -16,8 +19,8 @@
   kvern (its pool's worker and the controller stopped while the jobs are submitted, then the worker started)
   and bare Celery defaults (a worker started on a queue already holding the jobs).
 
-Rounds alternate kvern / kvern on PostgreSQL / default / late / same / kvern drain / default drain; medians
-and ratios of medians.
+Rounds alternate kvern / kvern on PostgreSQL / kvern prefetch 8 / default / late / same / kvern drain / default
+drain; medians and ratios of medians.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from bench.cpu import Classifier, CpuWindow, Process, classifier, cpu_table, med
 from bench.httpclient import port_of
 from bench.jobs import job_body, outcome_summary, submit_many
 from bench.procs import ProcessGroup, RunningInstance, kvern_instance, process_group, spawn, temp_dir, write_project
-from bench.specs import NOOP_CONCURRENCY, NOOP_TASK, noop_spec
+from bench.specs import NOOP_CONCURRENCY, NOOP_PREFETCH, NOOP_TASK, noop_spec
 from bench.workloads import DONE_FILE_ENV
 from bench.workloads import app as bench_app
 from bench.workloads import noop as noop_task
@@ -270,10 +273,10 @@ def _figures(rounds: list[RoundResult]) -> dict[str, Any]:
     }
 
 
-def round_classifier(active: Path, idle: Path, bare_pids: dict[int, str]) -> Classifier:
-    """bench.cpu's classifier for the `active` instance; the `idle` one and the PostgreSQL server apart."""
+def round_classifier(active: Path, idle: list[Path], bare_pids: dict[int, str]) -> Classifier:
+    """bench.cpu's classifier for the `active` instance; the `idle` ones and the PostgreSQL server apart."""
     base = classifier([active], bare_pids)
-    idle_pids = set(owned_pids(idle))
+    idle_pids = {pid for state_dir in idle for pid in owned_pids(state_dir)}
 
     def classify(process: Process) -> str:
         if process.pid in idle_pids or process.ppid in idle_pids:
@@ -291,7 +294,7 @@ def measure(
     bare_pids: dict[int, str],
     bare_drain: Callable[[], RoundResult],
 ) -> dict[str, Any]:
-    """`instances`: "kvern" (whose broker the bare workers use too) and "kvern-pg"."""
+    """`instances`: "kvern" (whose broker the bare workers use too), "kvern-pg" and "kvern-prefetch"."""
     stores = {name: JobStore(running.config.store_url) for name, running in instances.items()}
     drains: dict[str, Callable[[], RoundResult]] = {
         "kvern-drain": functools.partial(kvern_drain_round, instances["kvern"], stores["kvern"]),
@@ -299,7 +302,11 @@ def measure(
     }
     results: dict[str, list[RoundResult]] = {name: [] for name in (*instances, *BARE_VARIANTS, *drains)}
     cpu: dict[str, list[dict[str, float]]] = {name: [] for name in results}
-    sqlite_dir, pg_dir = instances["kvern"].state_dir, instances["kvern-pg"].state_dir
+    dirs = {name: running.state_dir for name, running in instances.items()}
+
+    def others(name: str) -> list[Path]:
+        return [d for n, d in dirs.items() if n != name]
+
     try:
         for name, running in instances.items():
             warmup = asyncio.run(
@@ -308,8 +315,8 @@ def measure(
             log(f"warm-up: {name} accepted {sum(r.status == 202 for r in warmup)} of 50")
         time.sleep(2)
         classifiers = {
-            "kvern-pg": round_classifier(pg_dir, sqlite_dir, bare_pids),
-            **{name: round_classifier(sqlite_dir, pg_dir, bare_pids) for name in ("kvern", *BARE_VARIANTS)},
+            **{name: round_classifier(dirs[name], others(name), bare_pids) for name in instances},
+            **{name: round_classifier(dirs["kvern"], others("kvern"), bare_pids) for name in BARE_VARIANTS},
         }
         for index in range(ROUNDS):
             rounds: list[tuple[str, Callable[[], RoundResult]]] = [
@@ -335,9 +342,10 @@ def measure(
 
 def tables(f: dict[str, Any]) -> list[Table]:
     k, pg, d, late, same = f["kvern"], f["kvern_postgresql"], f["bare_default"], f["bare_late"], f["bare_same"]
-    kd, dd = f["kvern_drain"], f["bare_default_drain"]
+    kd, dd, kp = f["kvern_drain"], f["bare_default_drain"], f["kvern_prefetch"]
     rows = [
         ["kvern (HTTP submit, record, confirm, acks late, prefetch 1)", k["jobs_per_s"], k["submit_per_s"]],
+        [f"kvern, prefetch {NOOP_PREFETCH} (ack after the outcome's commit)", kp["jobs_per_s"], kp["submit_per_s"]],
         ["kvern, PostgreSQL job store", pg["jobs_per_s"], pg["submit_per_s"]],
         ["bare Celery, defaults (early ack, prefetch 4x)", d["jobs_per_s"], d["submit_per_s"]],
         ["bare Celery, acks_late + prefetch 1", late["jobs_per_s"], late["submit_per_s"]],
@@ -365,6 +373,7 @@ def tables(f: dict[str, Any]) -> list[Table]:
         {
             "kvern": k["cpu_cores"],
             "kvern, PostgreSQL": pg["cpu_cores"],
+            f"kvern, prefetch {NOOP_PREFETCH}": kp["cpu_cores"],
             "bare defaults": d["cpu_cores"],
             "bare acks_late+prefetch1": late["cpu_cores"],
             "bare, kvern's guarantees": same["cpu_cores"],
@@ -380,12 +389,15 @@ def run(work: Path) -> dict[str, Any]:
         pg_spec = write_project(work / "kvern-pg", postgres_spec(store_url), reports=False)
         running = stack.enter_context(kvern_instance(spec, work / "kvern" / ".kvern"))
         running_pg = stack.enter_context(kvern_instance(pg_spec, work / "kvern-pg" / ".kvern"))
+        prefetch_spec = write_project(work / "kvern-prefetch", noop_spec(prefetch=NOOP_PREFETCH), reports=False)
+        running_prefetch = stack.enter_context(kvern_instance(prefetch_spec, work / "kvern-prefetch" / ".kvern"))
         group = stack.enter_context(process_group())
         broker_url = running.config.broker_urls[ROLE_ADMIN]  # bare Celery declares its own queues: configure
         done_files, bare_pids = start_bare_workers(group, broker_url, work)
         wait_consuming(broker_url, done_files)
         bare_drain = functools.partial(bare_drain_round, group, broker_url, work)
-        measured = measure({"kvern": running, "kvern-pg": running_pg}, done_files, bare_pids, bare_drain)
+        instances = {"kvern": running, "kvern-pg": running_pg, "kvern-prefetch": running_prefetch}
+        measured = measure(instances, done_files, bare_pids, bare_drain)
     per_s = {name: figures["jobs_per_s"] for name, figures in measured.items()}
     k, pg, default, late, same = (per_s[n] for n in ("kvern", "kvern-pg", "default", "late", "same"))
     figures: dict[str, Any] = {
@@ -393,6 +405,8 @@ def run(work: Path) -> dict[str, Any]:
         "worker_concurrency": NOOP_CONCURRENCY,
         "kvern_jobs_per_s": k,
         "kvern_pg_jobs_per_s": pg,
+        "kvern_prefetch_jobs_per_s": per_s["kvern-prefetch"],
+        "kvern_prefetch": measured["kvern-prefetch"],
         "celery_default_jobs_per_s": default,
         "celery_same_guarantees_jobs_per_s": same,
         "kvern_drain_jobs_per_s": per_s["kvern-drain"],
@@ -409,6 +423,8 @@ def run(work: Path) -> dict[str, Any]:
         "kvern / bare Celery with kvern's guarantees": ratio(k, same),
         "kvern / bare Celery defaults": ratio(k, default),
         "kvern / bare Celery acks_late+prefetch1": ratio(k, late),
+        f"kvern, prefetch {NOOP_PREFETCH} / bare Celery with kvern's guarantees": ratio(per_s["kvern-prefetch"], same),
+        f"kvern, prefetch {NOOP_PREFETCH} / bare Celery defaults": ratio(per_s["kvern-prefetch"], default),
         "kvern (PostgreSQL store) / bare Celery with kvern's guarantees": ratio(pg, same),
         "kvern (PostgreSQL store) / bare Celery defaults": ratio(pg, default),
         "drain: kvern / bare Celery defaults": ratio(per_s["kvern-drain"], per_s["default-drain"]),

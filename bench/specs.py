@@ -5,9 +5,10 @@ from __future__ import annotations
 NOOP_TASK = "bench.noop"
 SLEEP_TASK = "bench.sleep"
 NOOP_CONCURRENCY = 4
+NOOP_PREFETCH = 8  # B3's "kvern, prefetch 8" row: acks after the writer's commit (worker/deferred_ack.py)
 
 
-def noop_spec(concurrency: int = NOOP_CONCURRENCY) -> str:
+def noop_spec(concurrency: int = NOOP_CONCURRENCY, prefetch: int = 1) -> str:
     """B2/B3: one pool of exactly one worker process running no-op jobs."""
     return f"""
 [app]
@@ -27,6 +28,7 @@ concurrency = {concurrency}
 min = 1
 max = 1
 idle_after = 30
+prefetch = {prefetch}
 
 [tasks."{NOOP_TASK}"]
 queue = "noop"

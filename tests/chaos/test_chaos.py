@@ -49,6 +49,7 @@ from tests.integration.conftest import auth_headers
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 POOL = "chaos"
+DEFERRED_POOL = "deferred"  # prefetch 8: a task process returns before its outcome commits, the ack waits for it
 RATE_S = 0.15  # one submission every RATE_S seconds per submitter
 SUBMITTERS = 2
 LOAD_S = 7.0  # how long the stream runs in each scenario
@@ -74,6 +75,16 @@ EFFECTS = Path(__file__).resolve().parent / "effects"
 
 @app.task
 def work(tag, seconds):
+    return _work(tag, seconds)
+
+
+@app.task
+def work_deferred(tag, seconds):
+    """The same, on the pool whose acks wait for the writer's commit."""
+    return _work(tag, seconds)
+
+
+def _work(tag, seconds):
     busy = EFFECTS / "busy" / str(os.getpid())
     busy.write_text(tag)
     try:
@@ -105,7 +116,22 @@ concurrency = 2
 min = 2
 max = 2
 
+[[pools]]
+name = "deferred"
+queues = ["deferred"]
+concurrency = 2
+min = 1
+max = 1
+prefetch = 8
+
 [tasks."tasks.work"]
+retries = 3
+backoff = 1.0
+backoff_max = 2.0
+time_limit = 30
+
+[tasks."tasks.work_deferred"]
+queue = "deferred"
 retries = 3
 backoff = 1.0
 backoff_max = 2.0
@@ -141,11 +167,11 @@ class Chaos:
         assert url.hostname is not None and url.port is not None, url
         return url.hostname, url.port
 
-    def worker_mains(self) -> dict[int, str]:
+    def worker_mains(self, pool: str = POOL) -> dict[int, str]:
         return {
             p.pid: p.name
             for p in self.supervisor.processes()
-            if p.group == f"pool-{POOL}" and p.state == "RUNNING" and p.pid is not None
+            if p.group == f"pool-{pool}" and p.state == "RUNNING" and p.pid is not None
         }
 
 
@@ -191,6 +217,7 @@ class Stream:
     lock: threading.Lock = field(default_factory=threading.Lock)
     pause_s: float = RATE_S  # between one submitter's submissions
     task_s: float | None = None  # how long each job sleeps; None: 0.2 .. 1.0 s, by tag
+    task: str = "tasks.work"  # tasks.work_deferred: on the pool with prefetch above 1 (acks after commit)
 
     def submit(self, client: httpx.Client, tag: str, task: str, args: list[Any]) -> None:
         deadline = time.monotonic() + 90
@@ -221,7 +248,7 @@ class Stream:
             while not self.stopping.is_set():
                 tag = f"{self.prefix}-{worker}-{n}"
                 seconds = self.task_s if self.task_s is not None else 0.2 + (hash(tag) % 9) / 10
-                self.submit(client, tag, "tasks.work", [tag, seconds])
+                self.submit(client, tag, self.task, [tag, seconds])
                 n += 1
                 time.sleep(self.pause_s)
 
@@ -298,7 +325,8 @@ def wait_whole(chaos: Chaos, timeout: float = 90) -> None:
         states = [p.state for p in chaos.supervisor.processes() if p.state != "STOPPED"]
         with contextlib.suppress(httpx.HTTPError):
             healthy = httpx.get(f"{chaos.url}/api/health", timeout=2).status_code == 200
-            if healthy and all(state == "RUNNING" for state in states) and len(chaos.worker_mains()) == 2:
+            mains = len(chaos.worker_mains()), len(chaos.worker_mains(DEFERRED_POOL))
+            if healthy and all(state == "RUNNING" for state in states) and mains == (2, 1):
                 return
         time.sleep(0.5)
     raise AssertionError("the instance did not recover")
@@ -362,13 +390,18 @@ def kill_worker_main(chaos: Chaos, _stream: Stream) -> None:
     os.kill(main, signal.SIGKILL)
 
 
-def kill_node_mid_batch(chaos: Chaos, stream: Stream) -> None:
-    """SIGKILL a worker main process, which holds the node's store writer, while short jobs stream through it:
-    its writer is committing one batch after another, with claims and outcomes of several jobs in each."""
-    wait_for(lambda: _succeeded(chaos, stream) >= 20, 30, "short jobs did not flow through the workers")
-    main = next(iter(chaos.worker_mains()))
-    os.kill(main, signal.SIGKILL)
-    wait_for(lambda: main not in chaos.worker_mains(), 10, f"worker main {main} still runs")
+def kill_node_mid_batch(pool: str) -> Callable[[Chaos, Stream], None]:
+    """SIGKILL a worker main process of `pool`, which holds the node's store writer, while short jobs stream
+    through it: its writer is committing one batch after another, with claims and outcomes of several jobs in
+    each."""
+
+    def inject(chaos: Chaos, stream: Stream) -> None:
+        wait_for(lambda: _succeeded(chaos, stream) >= 20, 30, "short jobs did not flow through the workers")
+        main = next(iter(chaos.worker_mains(pool)))
+        os.kill(main, signal.SIGKILL)
+        wait_for(lambda: main not in chaos.worker_mains(pool), 10, f"worker main {main} still runs")
+
+    return inject
 
 
 def _succeeded(chaos: Chaos, stream: Stream) -> int:
@@ -443,9 +476,21 @@ def test_sigkill_of_a_worker_main_process_mid_task(chaos: Chaos) -> None:
     assert_clean(run_scenario(chaos, "kill worker main", kill_worker_main), hits_jobs=True)
 
 
-def test_sigkill_of_a_node_and_its_store_writer_mid_batch_under_load(chaos: Chaos) -> None:
-    # short jobs from more submitters, with no pause: batches of several jobs' writes are always in flight
-    row = run_scenario(chaos, "kill node mid-batch", kill_node_mid_batch, submitters=4, pause_s=0.0, task_s=0.0)
+@pytest.mark.parametrize(
+    ("pool", "task"), [(POOL, "tasks.work"), (DEFERRED_POOL, "tasks.work_deferred")], ids=["prefetch-1", "prefetch-8"]
+)
+def test_sigkill_of_a_node_and_its_store_writer_mid_batch_under_load(chaos: Chaos, pool: str, task: str) -> None:
+    # short jobs from more submitters, with no pause: batches of several jobs' writes are always in flight; on
+    # the prefetch-8 pool, outcomes handed over but not yet committed and messages not yet acked are too
+    row = run_scenario(
+        chaos,
+        f"kill node mid-batch ({pool})",
+        kill_node_mid_batch(pool),
+        submitters=4,
+        pause_s=0.0,
+        task_s=0.0,
+        task=task,
+    )
     assert_clean(row, hits_jobs=True)
 
 

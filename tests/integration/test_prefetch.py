@@ -1,5 +1,6 @@
 """A pool's `prefetch`: its worker holds more messages than it runs, and a prefetched job spends no attempt (it
-is claimed when a task process starts it), even when the worker dies holding it."""
+is claimed when a task process starts it), even when the worker dies holding it. Above prefetch 1 a message is
+acked once its outcome committed, not when its task returned (worker/deferred_ack.py)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,32 @@ def test_prefetched_jobs_spend_no_attempt_even_when_their_worker_dies(
         store.close()
     assert [o["status"] for o in outcomes] == ["succeeded"] * JOBS
     assert [o["attempts"] for o in outcomes if o["id"] in prefetched] == [1, 1, 1, 1]
+
+
+SHORT_JOBS = 40  # ten times what the worker may hold unacked (1 slot x prefetch 4)
+
+
+def test_deferred_acks_are_sent_so_a_stream_longer_than_the_prefetch_window_drains(
+    start_instance: Callable[..., Running], tmp_path: Path
+) -> None:
+    # given a pool that may hold 4 unacked messages, whose task process returns before its outcome commits
+    tasks = tmp_path / "tasks_source.py"
+    tasks.write_text(TASKS)
+    running = start_instance(write_project(tmp_path / "project", SPEC, tasks_source=tasks))
+    broker = running.config.broker_urls[ROLE_ADMIN]
+
+    # when ten times that many short jobs are submitted
+    with running.client() as client:
+        ids = [
+            client.post("/api/v1/jobs", json={"task": "tasks.nap", "args": [0]}).json()["id"] for _ in range(SHORT_JOBS)
+        ]
+        outcomes = [wait_for_outcome(client, j, timeout=120) for j in ids]
+
+    # then every one succeeded on its first attempt (an ack never sent would stall the worker after 4), and
+    # nothing is left in the queue
+    assert [(o["status"], o["attempts"]) for o in outcomes] == [("succeeded", 1)] * SHORT_JOBS
+    depth = queue_depths(broker, ("short",))["short"]
+    assert depth is not None and depth["ready"] == 0
 
 
 def _status(store: JobStore, job_id: str) -> JobStatus | None:

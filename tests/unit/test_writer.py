@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kombu
 import pytest
 from celery import Celery
 
@@ -21,6 +22,7 @@ from kvern.jobs.records import Claim, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.spec import TaskPolicy
+from kvern.worker.deferred_ack import deferred_ack_request
 from kvern.worker.execution import guard_task
 from kvern.worker.writer import NodeWriter, socket_path_for
 from kvern.worker.writer_client import WriterClient
@@ -220,3 +222,225 @@ def test_a_guarded_task_runs_and_records_through_the_writer(store: JobStore, wri
     assert job is not None and (job.status, job.result) == (JobStatus.SUCCEEDED, 42)
     assert seen == {"cancelled": False, "progress": 50}
     assert writer.ops == 4  # claim, progress, cancel check, success
+
+
+# -- deferred outcomes and acks (a pool with prefetch above 1) -----------------------------------------------------
+
+
+class Gated:
+    """A store whose batches wait for `gate`: what a test needs to look between an outcome's hand-over and its
+    commit."""
+
+    def __init__(self, inner: JobStoreProtocol) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def write_batch(self, ops: list[WorkerOp]) -> list[Answer]:
+        assert self.gate.wait(timeout=30), "the test never opened the gate"
+        return self.inner.write_batch(ops)
+
+
+def test_a_deferred_outcome_is_handed_over_at_once_and_its_ack_waits_for_its_commit(
+    store: JobStore, tmp_path: Path
+) -> None:
+    # given a claimed job, and a writer whose next batch waits for the test
+    gated = Gated(store)
+    writer = running_writer(gated, tmp_path / "d.sock")
+    try:
+        client = WriterClient(writer.path, artifacts=store, defer_outcomes=True)
+        job_id = submit(store)
+        claim = client.claim_attempt(job_id, WORKER)
+        gated.gate.clear()
+
+        # when the child hands its success over, and the node asks to ack once it committed
+        assert client.record_success(job_id, claim.attempt, "done") is True
+        seen_at_ack: list[JobStatus | None] = []
+        acked = threading.Event()
+
+        def ack() -> None:
+            job = store.get(job_id)
+            seen_at_ack.append(job.status if job else None)
+            acked.set()
+
+        writer.after_commit(ack)
+
+        # then the child was answered while nothing is committed, and the ack waits
+        running = store.get(job_id)
+        assert running is not None and running.status is JobStatus.RUNNING
+        assert not acked.wait(timeout=0.3)
+
+        # and once the batch commits, the ack comes, with the outcome already recorded
+        gated.gate.set()
+        assert acked.wait(timeout=10)
+    finally:
+        writer.close()
+    assert seen_at_ack == [JobStatus.SUCCEEDED]
+
+
+def test_an_ack_comes_with_no_further_op_to_carry_it(store: JobStore, writer: NodeWriter) -> None:
+    # given a node whose last op was answered (its batch committed), then nothing more
+    client = WriterClient(writer.path, artifacts=store)
+    client.claim_attempt(submit(store), WORKER)
+    acked = threading.Event()
+
+    # when an ack is asked for, it comes without another batch
+    writer.after_commit(acked.set)
+    assert acked.wait(timeout=5)
+    assert writer.batches == 1
+
+
+def test_a_deferred_outcome_whose_store_is_away_is_committed_once_it_is_back(store: JobStore, tmp_path: Path) -> None:
+    # given a claimed job, and a store that goes away before its outcome is handed over
+    away = AwayStore(store)
+    away.away = False
+    writer = running_writer(away, tmp_path / "a.sock")
+    try:
+        client = WriterClient(writer.path, artifacts=store, defer_outcomes=True)
+        job_id = submit(store)
+        claim = client.claim_attempt(job_id, WORKER)
+        away.away = True
+
+        # when the child hands over a failure
+        client.record_failure(job_id, claim.attempt, "boom", JobStatus.FAILED, "trace")
+        acked = threading.Event()
+        writer.after_commit(acked.set)
+
+        # then no ack while the store is away (the node dying now leaves the message to be delivered again)
+        assert not acked.wait(timeout=0.5)
+        away.away = False
+
+        # and once it is back, the writer commits the held outcome and the ack follows
+        assert acked.wait(timeout=10)
+    finally:
+        writer.close()
+    job = store.get(job_id)
+    assert job is not None and (job.status, job.error) == (JobStatus.FAILED, "boom")
+
+
+def test_deferred_outcomes_of_many_children_share_batches_with_their_next_claims(
+    store: JobStore, tmp_path: Path
+) -> None:
+    # given four children that each run five jobs in a row, handing outcomes over without waiting
+    writer = running_writer(JobStore(store.url, persistent=True), tmp_path / "m.sock", flush_ms=5.0)
+    jobs = [[submit(store) for _ in range(5)] for _ in range(4)]
+    start = threading.Barrier(len(jobs))
+
+    def child(mine: list[str]) -> None:
+        client = WriterClient(writer.path, artifacts=store, defer_outcomes=True)
+        start.wait()
+        for job_id in mine:
+            claim = client.claim_attempt(job_id, WORKER)
+            client.record_success(job_id, claim.attempt, job_id)
+
+    try:
+        threads = [threading.Thread(target=child, args=(mine,)) for mine in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        acked = threading.Event()
+        writer.after_commit(acked.set)
+        assert acked.wait(timeout=10)
+    finally:
+        writer.close()
+
+    # then every outcome is recorded, in fewer commits than writes
+    for job_id in (j for mine in jobs for j in mine):
+        job = store.get(job_id)
+        assert job is not None and (job.status, job.result) == (JobStatus.SUCCEEDED, job_id)
+    assert writer.ops == 40
+    assert writer.batches < 40
+
+
+class FakeRequest:
+    """Celery's Request as far as its ack goes."""
+
+    acknowledged = False
+
+    def __init__(self) -> None:
+        self.acks: list[Any] = []
+        self._connection_errors = (OSError,)
+
+    def _on_ack(self, logger: Any, errors: Any) -> None:
+        self.acks.append(errors)
+
+
+class FakeLoop:
+    def __init__(self) -> None:
+        self.scheduled: list[Any] = []
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        self.scheduled.append(callback)
+
+
+class ManualCommits:
+    def __init__(self) -> None:
+        self.waiting: list[Any] = []
+
+    def after_commit(self, callback: Any) -> None:
+        self.waiting.append(callback)
+
+    def commit(self) -> None:
+        for callback in self.waiting:
+            callback()
+        self.waiting.clear()
+
+
+def test_a_deferred_ack_request_acks_on_the_event_loop_after_the_commit_and_once() -> None:
+    commits, loop = ManualCommits(), FakeLoop()
+    request = deferred_ack_request(FakeRequest, commits, loop)()
+
+    # when Celery acks (twice: a late failure path asks again)
+    request.acknowledge()
+    request.acknowledge()
+
+    # then nothing is acked before the commit, and Celery sees it as acked already
+    assert request.acknowledged and request.acks == [] and loop.scheduled == []
+    commits.commit()
+    # and the commit only schedules the ack on the loop, which then sends it once
+    assert request.acks == [] and len(loop.scheduled) == 1
+    loop.scheduled[0]()
+    assert request.acks == [(OSError,)]
+
+
+def test_deferred_acks_without_an_event_loop_are_refused_rather_than_sent_from_the_writer_thread(
+    store: JobStore, writer: NodeWriter
+) -> None:
+    # given a task guarded for deferred acks, and a consumer with no event loop (no hub to ack on)
+    app = Celery("kvern-writer-test", set_as_current=False)
+
+    def work() -> None:
+        return None
+
+    task = app.task(name="tasks.work")(work)
+    guard_task(task, WriterClient(writer.path, artifacts=store), TaskPolicy(queue="default"), WORKER, commits=writer)
+
+    class NoLoop:
+        hub = None
+
+    # when the worker builds the task's strategy, it refuses
+    with pytest.raises(RuntimeError, match="event loop"):
+        task.start_strategy(app, NoLoop())
+    app.close()
+    assert task.Request == "celery.worker.request:Request"
+
+
+def test_deferred_acks_with_a_kombu_whose_call_soon_is_not_thread_safe_are_refused(
+    store: JobStore, writer: NodeWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = Celery("kvern-writer-test", set_as_current=False)
+
+    def work() -> None:
+        return None
+
+    task = app.task(name="tasks.work")(work)
+    guard_task(task, WriterClient(writer.path, artifacts=store), TaskPolicy(queue="default"), WORKER, commits=writer)
+    monkeypatch.setattr(kombu, "VERSION", kombu.VERSION._replace(minor=6))
+
+    class Loop:
+        hub = FakeLoop()
+
+    with pytest.raises(RuntimeError, match=r"kombu >= 5\.7"):
+        task.start_strategy(app, Loop())
+    app.close()

@@ -37,9 +37,12 @@ def main(argv: list[str]) -> None:
     limit_artifacts(spec.limits.artifact_bytes)
     node = f"{pool_name}-{index}@{config.instance}.{socket.gethostname()}"
     writer = start_writer(config, pool, f"{pool_name}-{index}")
-    attempts = WriterClient(writer.path, artifacts=store)  # the children write through the node's writer
+    # The children write through the node's writer. Above prefetch 1, they hand outcomes over without waiting
+    # for the commit, and each message is acked once its outcome committed (worker/deferred_ack.py).
+    deferred = pool.prefetch > 1
+    attempts = WriterClient(writer.path, artifacts=store, defer_outcomes=deferred)
     for name, task in catalog.tasks.items():
-        guard_task(task, attempts, spec.policy(name), node)
+        guard_task(task, attempts, spec.policy(name), node, commits=writer if deferred else None)
     recycling = []
     if pool.max_tasks_per_child:
         recycling.append(f"--max-tasks-per-child={pool.max_tasks_per_child}")

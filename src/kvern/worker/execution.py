@@ -25,6 +25,7 @@ from celery.signals import task_failure
 from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
 from kombu.message import Message
+from kombu.utils.imports import symbol_by_name
 
 from kvern.constants import KVERN_JOB_HEADER, ORIGINAL_RUN_ATTR
 from kvern.errors import PermanentError, StoreUnavailable
@@ -33,6 +34,7 @@ from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
 from kvern.spec import TaskPolicy
 from kvern.worker.context import JobContext, JobInfo, TaskStore, _current
+from kvern.worker.deferred_ack import CommitWaiter, call_soon_is_thread_safe, deferred_ack_request
 
 log = logging.getLogger("kvern.worker")
 
@@ -97,8 +99,12 @@ class AttemptStore(TaskStore, Protocol):
     ) -> bool: ...
 
 
-def guard_task(task: Task, store: AttemptStore, policy: TaskPolicy, worker_name: str) -> None:
-    """Replace `task.run` by the fenced version (before the worker builds its tracers)."""
+def guard_task(
+    task: Task, store: AttemptStore, policy: TaskPolicy, worker_name: str, commits: CommitWaiter | None = None
+) -> None:
+    """Replace `task.run` by the fenced version (before the worker builds its tracers). With `commits` (the
+    node's writer, when its task processes hand outcomes over without waiting), a message is acked only once
+    the writer committed what its process handed over."""
     if hasattr(task, ORIGINAL_RUN_ATTR):
         return
     user_run = task.run
@@ -110,7 +116,11 @@ def guard_task(task: Task, store: AttemptStore, policy: TaskPolicy, worker_name:
 
     setattr(task, ORIGINAL_RUN_ATTR, user_run)
     task.run = run
-    task.Strategy = checked_strategy
+    if commits is None:
+        task.Strategy = checked_strategy
+    else:
+        base = symbol_by_name(task.Request)
+        task.Strategy = functools.partial(checked_strategy, acks_after=(base, commits))
     # The task was bound to its app (which copies these from the app's config) before kvern's settings were
     # applied: without this, messages are acked before the task runs, and a crash loses the job.
     task.acks_late = True
@@ -216,14 +226,26 @@ class _AttemptRunner:
         return self.task.retry(exc=exc, countdown=STORE_RETRY_S, throw=False)
 
 
-def checked_strategy(task: Task, app: Any, consumer: Any, **options: Any) -> Callable[..., Any]:
+def checked_strategy(
+    task: Task, app: Any, consumer: Any, acks_after: tuple[type, CommitWaiter] | None = None, **options: Any
+) -> Callable[..., Any]:
     """Celery's own strategy, behind a check that the worker can hand the delivery to a pool process.
 
     Prefork pickles each request (its decoded arguments included) to a child in the worker's main process:
     arguments nested too deep raise RecursionError there, which kills the worker, and the redelivery the next
     one. Pickling the arguments first costs microseconds for an ordinary job; a delivery that fails it is
     rejected without requeueing, so its queue dead-letters it and the dead-letter watcher marks the job dead.
+
+    `acks_after` (the task's request class and the node's writer): its requests ack once the writer committed,
+    on the consumer's event loop (built again with each consumer start, after a reconnection too).
     """
+    if acks_after is not None:
+        base, commits = acks_after
+        if consumer.hub is None:  # no event loop to ack on: a deferred ack could not be sent safely
+            raise RuntimeError("kvern: a pool with prefetch above 1 needs Celery's event loop (prefork, AMQP)")
+        if not call_soon_is_thread_safe():
+            raise RuntimeError("kvern: a pool with prefetch above 1 needs kombu >= 5.7 (a thread-safe Hub.call_soon)")
+        task.Request = deferred_ack_request(base, commits, consumer.hub)
     handle = default_strategy(task, app, consumer, **options)
 
     def on_message(message: Message, *args: Any, **kwargs: Any) -> Any:

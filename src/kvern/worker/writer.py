@@ -7,6 +7,10 @@ child is waiting) and commits it in one transaction on its one persistent connec
 answers each child. A child returns from its task only after its outcome's batch committed, and Celery acks the
 message (acks_late) only after the child returned: a crash of the node before the commit means the message is
 delivered again, and the fence makes the outcome recorded exactly once.
+
+A pool with `prefetch` above 1 defers instead (worker/deferred_ack.py): a child sends its outcome marked `defer`,
+is answered as soon as the writer holds it, and returns; the message's ack waits (`after_commit`) until every op
+the writer held when the child returned has committed. A crash before that commit still means redelivery.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ MAX_FRAME = 64 * 1024 * 1024  # a traceback or result is bounded well below this
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux
 ERROR_UNAVAILABLE = "unavailable"  # the store could not be reached: the child waits and asks again
 ERROR_FAILED = "failed"  # the op itself failed: the child raises
+DEFER_KEY = "defer"  # a request field: answer once held, commit later (the ack waits for the commit instead)
+RETRY_FIRST_S = 0.1  # a held outcome whose store is away is committed again after this long, then longer
+RETRY_MAX_S = 5.0
 
 
 def send_frame(conn: socket.socket, message: Any) -> None:
@@ -82,6 +89,8 @@ def socket_path_for(state_dir: Path, name: str) -> Path:
 class Pending:
     op: WorkerOp
     reply: Callable[[Any], None]
+    seq: int = 0  # the order the writer received it in: batches commit in this order
+    deferred: bool = False  # its sender was answered on receipt; nothing waits for its answer
 
 
 class NodeWriter:
@@ -97,6 +106,11 @@ class NodeWriter:
         self._clients_lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._owner = os.getpid()  # a forked child inherits the atexit hook: only the node closes the socket
+        self._received = 0  # seq of the last op received, and of the last one whose batch ended (committed, or
+        self._committed = 0  # answered with its error); deferred outcomes end only when committed
+        self._received_lock = threading.Lock()
+        self._acks_lock = threading.Lock()
+        self._after_commit: list[tuple[int, Callable[[], None]]] = []  # (seq to reach, callback), seq ascending
         self.batches = 0  # committed batches, and the ops in them: what a test or a benchmark reads
         self.ops = 0
 
@@ -163,7 +177,39 @@ class NodeWriter:
             except (ValueError, TypeError, KeyError) as exc:
                 reply({"error": ERROR_FAILED, "message": f"bad writer request: {exc}"})
                 continue
-            self._pending.put(Pending(op, reply))
+            deferred = bool(message.get(DEFER_KEY))
+            self._hold(op, _ignore if deferred else reply, deferred)
+            if deferred:
+                reply({"held": True})  # after _hold: the child's return now implies its outcome is received
+
+    def _hold(self, op: WorkerOp, reply: Callable[[Any], None], deferred: bool) -> None:
+        with self._received_lock:  # seq order is queue order
+            self._received += 1
+            self._pending.put(Pending(op, reply, self._received, deferred))
+
+    # -- deferred acks ------------------------------------------------------------------------------------
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every op received so far has committed: at once (in this thread) if it has,
+        else in the writer's thread. What a deferred ack waits for: its child's outcome was received before the
+        child returned."""
+        with self._acks_lock:
+            through = self._received
+            if self._committed < through:
+                self._after_commit.append((through, callback))
+                return
+        callback()
+
+    def _ended_through(self, seq: int) -> None:
+        with self._acks_lock:
+            self._committed = max(self._committed, seq)
+            due = [cb for through, cb in self._after_commit if through <= self._committed]
+            self._after_commit = [(t, cb) for t, cb in self._after_commit if t > self._committed]
+        for callback in due:
+            try:
+                callback()
+            except Exception:  # one ack's failure must not keep the others waiting
+                log.exception("job-store writer: an after-commit callback failed")
 
     # -- batching -----------------------------------------------------------------------------------------
 
@@ -171,45 +217,64 @@ class NodeWriter:
         while True:
             batch = self._gather(self._pending.get())
             try:
-                self._commit(batch)
+                self._commit_patiently(batch)
             except Exception:  # the writer must outlive any one batch; its children were answered or will ask again
                 log.exception("job-store writer: a batch of %d failed", len(batch))
+            self._ended_through(batch[-1].seq)
+
+    def _commit_patiently(self, batch: list[Pending]) -> None:
+        """Commit the batch; deferred outcomes whose store is away are committed again until it is back (their
+        acks wait meanwhile: a node that dies first leaves their messages to be delivered again)."""
+        delay = RETRY_FIRST_S
+        held = self._commit(batch)
+        while held:
+            log.warning("job-store writer: %d held outcomes wait for the job store", len(held))
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+            held = self._commit(held)
 
     def _gather(self, first: Pending) -> list[Pending]:
         """What is waiting now, then more until the batch is full, flush_ms passed, or every child waits."""
         batch = [first]
+        waiting = 0 if first.deferred else 1  # children blocked on an answer; a deferred sender runs on
         deadline = time.monotonic() + self.flush_s
         while len(batch) < self.flush_items:
             try:
-                batch.append(self._pending.get_nowait())
-                continue
+                item = self._pending.get_nowait()
             except queue.Empty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or len(batch) >= self._clients:
-                break
-            try:
-                batch.append(self._pending.get(timeout=remaining))
-            except queue.Empty:
-                break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or waiting >= self._clients:
+                    break
+                try:
+                    item = self._pending.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            batch.append(item)
+            waiting += 0 if item.deferred else 1
         return batch
 
-    def _commit(self, batch: list[Pending]) -> None:
+    def _commit(self, batch: list[Pending]) -> list[Pending]:
+        """Commit and answer; what it returns are the deferred ops not committed because the store is away."""
         try:
             answers = self.store.write_batch([item.op for item in batch])
         except StoreUnavailable as exc:
             for item in batch:
                 item.reply({"error": ERROR_UNAVAILABLE, "message": str(exc)})
-            return
+            return [item for item in batch if item.deferred]
         except Exception as exc:
             if len(batch) > 1:  # one op's error rolled back the batch: commit the others without it
-                for item in batch:
-                    self._commit([item])
-                return
+                return [held for item in batch for held in self._commit([item])]
             log.warning("job-store writer: %s failed: %r", type(batch[0].op).__name__, exc)
             batch[0].reply({"error": ERROR_FAILED, "message": repr(exc)})
-            return
+            return []
         self.batches += 1
         self.ops += len(batch)
         for item, answer in zip(batch, answers, strict=True):
+            if item.deferred and answer is False:
+                log.warning("job %s: its outcome was not recorded, another attempt owns the job", item.op.job_id)
             item.reply({"answer": answer_to_wire(answer)})
+        return []
+
+
+def _ignore(_message: Any) -> None:
+    """The reply to a deferred op after its commit: its sender was answered on receipt."""

@@ -4,6 +4,10 @@ Each call sends one op and waits for the answer, which comes once the batch hold
 fenced before the task runs, and an outcome is durable before the task returns (so before the message is acked).
 A writer that cannot be reached, or whose store is away, raises StoreUnavailable: the attempt runner waits and
 asks again, then postpones the delivery, as it does for a store of its own.
+
+With `defer_outcomes` (a pool with `prefetch` above 1) a success or failure is answered as soon as the writer
+holds it: the task returns without waiting for the commit, and the message's ack waits for it instead
+(worker/deferred_ack.py). A retry still waits: its answer decides whether the retry is sent.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from kvern.jobs.batch import (
 )
 from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
-from kvern.worker.writer import ERROR_UNAVAILABLE, recv_frame, send_frame
+from kvern.worker.writer import DEFER_KEY, ERROR_UNAVAILABLE, recv_frame, send_frame
 
 ANSWER_TIMEOUT_S = 60.0  # past the store's own busy timeout: a writer this slow is treated as away
 
@@ -40,9 +44,10 @@ class WriterClient:
     store directly (`artifacts`, connected only when a task saves one): a blob sent through the writer would be
     copied twice more and held in its heap."""
 
-    def __init__(self, path: Path, artifacts: JobStoreProtocol) -> None:
+    def __init__(self, path: Path, artifacts: JobStoreProtocol, defer_outcomes: bool = False) -> None:
         self.path = path
         self.artifacts = artifacts
+        self.defer_outcomes = defer_outcomes
         self._conn: socket.socket | None = None
         self._pid = 0
 
@@ -66,9 +71,24 @@ class WriterClient:
         self._conn = None
 
     def call(self, op: WorkerOp) -> Answer:
+        """The op's answer, once the batch holding it committed."""
+        reply = self._exchange(op_to_wire(op))
+        return answer_from_wire(op, reply["answer"])
+
+    def hold(self, op: WorkerOp) -> None:
+        """Hand an outcome to the writer, back as soon as it holds it (the commit comes later)."""
+        self._exchange({**op_to_wire(op), DEFER_KEY: True})
+
+    def _outcome(self, op: RecordSuccess | RecordFailure) -> bool:
+        if not self.defer_outcomes:
+            return bool(self.call(op))
+        self.hold(op)
+        return True  # not known yet: the writer logs an outcome that another attempt fenced out
+
+    def _exchange(self, message: dict[str, Any]) -> Any:
         try:
             conn = self._connection()
-            send_frame(conn, op_to_wire(op))
+            send_frame(conn, message)
             reply: Any = recv_frame(conn)
         except (OSError, ValueError) as exc:
             self._drop()
@@ -83,7 +103,7 @@ class WriterClient:
             if reply["error"] == ERROR_UNAVAILABLE:
                 raise StoreUnavailable(reply.get("message", "job store unavailable"))
             raise RuntimeError(f"job-store writer: {reply.get('message')}")
-        return answer_from_wire(op, reply["answer"])
+        return reply
 
     # -- what an attempt asks (the store methods of the same names) --------------------------------------------
 
@@ -93,12 +113,12 @@ class WriterClient:
         return claim
 
     def record_success(self, job_id: str, attempt: int, result: Any) -> bool:
-        return bool(self.call(RecordSuccess(job_id, attempt, result)))
+        return self._outcome(RecordSuccess(job_id, attempt, result))
 
     def record_failure(
         self, job_id: str, attempt: int, error: str, status: JobStatus, traceback: str | None = None
     ) -> bool:
-        return bool(self.call(RecordFailure(job_id, attempt, error, status, traceback)))
+        return self._outcome(RecordFailure(job_id, attempt, error, status, traceback))
 
     def record_retry(
         self, job_id: str, attempt: int, error: str, traceback: str | None = None, delay_s: float = 0.0
