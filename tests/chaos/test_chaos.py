@@ -481,14 +481,16 @@ def test_sigkill_of_a_worker_main_process_mid_task(chaos: Chaos) -> None:
 )
 def test_sigkill_of_a_node_and_its_store_writer_mid_batch_under_load(chaos: Chaos, pool: str, task: str) -> None:
     # short jobs from more submitters, with no pause: batches of several jobs' writes are always in flight; on
-    # the prefetch-8 pool, outcomes handed over but not yet committed and messages not yet acked are too
+    # the prefetch-8 pool, outcomes handed over but not yet committed and messages not yet acked are too. 50 ms
+    # each, not 0: the task processes are then busy most of the time, so the kill surely finds jobs running (with
+    # instant jobs it sometimes found none, and the scenario proved nothing about them)
     row = run_scenario(
         chaos,
         f"kill node mid-batch ({pool})",
         kill_node_mid_batch(pool),
         submitters=4,
         pause_s=0.0,
-        task_s=0.0,
+        task_s=0.05,
         task=task,
     )
     assert_clean(row, hits_jobs=True)
