@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from kvern.api.app import WebHead
 from kvern.autoscale.policy import Decision, PoolSignals
+from kvern.catalog import load_user_app
+from kvern.jobs.keys import SqlKeyStore
 from kvern.jobs.records import Job
+from kvern.jobs.store import JobStore
 from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessInfo, ProcessState, pool_group, pool_slot
-from kvern.spec import PoolSpec
+from kvern.spec import PoolSpec, load_spec
 
 
 class StubPublisher:
@@ -131,3 +137,23 @@ class StubRunner:
             for name, state in self.states.items()
             if name.startswith(pool_group(pool) + ":") and state in (ProcessState.RUNNING, ProcessState.STARTING)
         )
+
+
+ADD_TASK = """
+@app.task
+def add(x: int, y: int = 0) -> int:
+    return x + y
+"""
+
+
+def keyed_web_head(folder: Path, tasks_module: str, more_tasks: str = "") -> WebHead:
+    """A web head with API keys on, over a SQLite store in `folder` and a tasks module named `tasks_module`
+    (`add`, and `more_tasks`' source), publishing to a StubPublisher."""
+    source = f"from celery import Celery\napp = Celery({tasks_module!r})\n{ADD_TASK}{textwrap.dedent(more_tasks)}"
+    (folder / f"{tasks_module}.py").write_text(source)
+    (folder / "kvern.toml").write_text(f'[app]\ntasks = "{tasks_module}"\n[[pools]]\nname = "main"\n')
+    spec = load_spec(folder / "kvern.toml")
+    _, catalog = load_user_app(spec)
+    store = JobStore(f"sqlite:///{folder / 'jobs.sqlite3'}")
+    store.create_schema()
+    return WebHead(spec, catalog, store, StubPublisher(), keys=SqlKeyStore(store.engine))

@@ -3,7 +3,6 @@ and idempotency keys per key, admin sees all (stub publisher, real SQLite store,
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,35 +10,15 @@ import httpx
 import pytest
 
 from kvern.api.app import WebHead, create_app
-from kvern.catalog import load_user_app
-from kvern.jobs.keys import Scope, SqlKeyStore
-from kvern.jobs.store import JobStore
-from kvern.spec import load_spec
-from tests.unit.doubles import StubPublisher
+from kvern.jobs.keys import Scope
+from tests.unit.doubles import keyed_web_head
 
 JOBS = "/api/v1/jobs"
 
 
 @pytest.fixture
 def web_head(tmp_path: Path) -> WebHead:
-    (tmp_path / "auth_tasks.py").write_text(
-        textwrap.dedent(
-            """
-            from celery import Celery
-            app = Celery("auth")
-
-            @app.task
-            def add(x: int, y: int = 0) -> int:
-                return x + y
-            """
-        )
-    )
-    (tmp_path / "kvern.toml").write_text('[app]\ntasks = "auth_tasks"\n[[pools]]\nname = "main"\n')
-    spec = load_spec(tmp_path / "kvern.toml")
-    _, catalog = load_user_app(spec)
-    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
-    store.create_schema()
-    return WebHead(spec, catalog, store, StubPublisher(), keys=SqlKeyStore(store.engine))
+    return keyed_web_head(tmp_path, "auth_tasks")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,42 +22,24 @@ from kvern.api.dashboard.overview import (
     queue_rates,
     task_latencies,
 )
-from kvern.catalog import load_user_app
 from kvern.jobs.activity import JobTimes
-from kvern.jobs.keys import Scope, SqlKeyStore
+from kvern.jobs.keys import Scope
 from kvern.jobs.records import NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
-from kvern.spec import load_spec
-from tests.unit.doubles import StubPublisher
+from tests.unit.doubles import StubPublisher, keyed_web_head
 
 BASE = "http://web-head/_kvern"
+MUL_TASK = """
+@app.task
+def mul(x: int, y: int = 1) -> int:
+    return x * y
+"""
 
 
 @pytest.fixture
 def web_head(tmp_path: Path) -> WebHead:
-    (tmp_path / "dash_tasks.py").write_text(
-        textwrap.dedent(
-            """
-            from celery import Celery
-            app = Celery("dash")
-
-            @app.task
-            def add(x: int, y: int = 0) -> int:
-                return x + y
-
-            @app.task
-            def mul(x: int, y: int = 1) -> int:
-                return x * y
-            """
-        )
-    )
-    (tmp_path / "kvern.toml").write_text('[app]\ntasks = "dash_tasks"\n[[pools]]\nname = "main"\n')
-    spec = load_spec(tmp_path / "kvern.toml")
-    _, catalog = load_user_app(spec)
-    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
-    store.create_schema()
-    return WebHead(spec, catalog, store, StubPublisher(), keys=SqlKeyStore(store.engine))
+    return keyed_web_head(tmp_path, "dash_tasks", MUL_TASK)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ same access rules as GET of the job (keys, ownership, watch grants). Real SQLite
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,14 +13,12 @@ import pytest
 from kvern.api.app import WebHead, create_app
 from kvern.api.events import JobWatch, job_events, mark_reader
 from kvern.api.watch_grants import grant_allows, make_grant
-from kvern.catalog import load_user_app
-from kvern.jobs.keys import Scope, SqlKeyStore
+from kvern.jobs.keys import Scope
 from kvern.jobs.records import NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.jobs.watching import job_mark
-from kvern.spec import load_spec
-from tests.unit.doubles import StubPublisher
+from tests.unit.doubles import keyed_web_head
 
 SECRET = b"s" * 32
 FAST_POLL_S = 0.02
@@ -29,24 +26,7 @@ FAST_POLL_S = 0.02
 
 @pytest.fixture
 def web_head(tmp_path: Path) -> WebHead:
-    (tmp_path / "ev_tasks.py").write_text(
-        textwrap.dedent(
-            """
-            from celery import Celery
-            app = Celery("ev")
-
-            @app.task
-            def add(x: int, y: int = 0) -> int:
-                return x + y
-            """
-        )
-    )
-    (tmp_path / "kvern.toml").write_text('[app]\ntasks = "ev_tasks"\n[[pools]]\nname = "main"\n')
-    spec = load_spec(tmp_path / "kvern.toml")
-    _, catalog = load_user_app(spec)
-    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
-    store.create_schema()
-    return WebHead(spec, catalog, store, StubPublisher(), keys=SqlKeyStore(store.engine))
+    return keyed_web_head(tmp_path, "ev_tasks")
 
 
 @pytest.fixture
