@@ -391,15 +391,20 @@ def kill_worker_main(chaos: Chaos, _stream: Stream) -> None:
 
 
 def kill_node_mid_batch(pool: str) -> Callable[[Chaos, Stream], None]:
-    """SIGKILL a worker main process of `pool`, which holds the node's store writer, while short jobs stream
-    through it: its writer is committing one batch after another, with claims and outcomes of several jobs in
-    each."""
+    """SIGKILL the worker main processes of `pool`, each holding its node's store writer, while short jobs
+    stream through them: the writers are committing one batch after another, with claims and outcomes of several
+    jobs in each."""
 
     def inject(chaos: Chaos, stream: Stream) -> None:
         wait_for(lambda: _succeeded(chaos, stream) >= 20, 30, "short jobs did not flow through the workers")
-        main = next(iter(chaos.worker_mains(pool)))
-        os.kill(main, signal.SIGKILL)
-        wait_for(lambda: main not in chaos.worker_mains(pool), 10, f"worker main {main} still runs")
+        # Every node of the pool at once, at a moment a job of its queue runs: one node of two may have been
+        # idle at the kill, and then the fault hit no job at all
+        queue = pool  # each pool of this spec consumes the queue of its own name
+        wait_for(lambda: chaos.store.count_working([queue]) > 0, 30, f"no job of pool {pool} was running")
+        mains = list(chaos.worker_mains(pool))
+        for main in mains:
+            os.kill(main, signal.SIGKILL)
+        wait_for(lambda: not set(mains) & set(chaos.worker_mains(pool)), 10, f"worker mains {mains} still run")
 
     return inject
 

@@ -70,7 +70,9 @@ def python_for(account: Account, folder: Path) -> Path:
     if not SYSTEM_PYTHON.exists():
         pytest.skip(f"{SYSTEM_PYTHON} (the system's Python of this version) is not installed")
     venv = folder / "venv"
-    subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    # umask 022 whatever this process's is now: the account must be able to enter the venv and run its python
+    command = [str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(venv)]
+    subprocess.run(command, check=True, timeout=60, umask=0o022)
     python = venv / "bin" / "python"
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
