@@ -7,7 +7,6 @@ stopped CI job cleans up too. A run killed outright (SIGKILL) leaves its namespa
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 from types import FrameType
@@ -18,20 +17,6 @@ from tests.multihost.netns import Network, namespaces_supported
 from tests.multihost.stack import Stack, running_stack
 
 pytestmark = pytest.mark.multihost
-
-
-# Scenarios that do not pass every time yet (README: Several machines says why): `make test` skips them; set
-# this to 1 to run them.
-ENV_UNRELIABLE = "KVERN_MULTIHOST_UNRELIABLE"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if os.environ.get(ENV_UNRELIABLE) == "1":
-        return
-    skip = pytest.mark.skip(reason=f"not reliable yet (README: Several machines); {ENV_UNRELIABLE}=1 runs it")
-    for item in items:
-        if item.get_closest_marker("unreliable") is not None:
-            item.add_marker(skip)
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvern.constants import VHOST
-from kvern.runtime.cluster import cluster_node
+from kvern.runtime.cluster import RABBITMQ_QUEUES, cluster_node
 from kvern.runtime.instance import ROLES
 from kvern.runtime.rabbitmq import RABBITMQCTL, PrivateNode
 from kvern.runtime.shared_secrets import SharedSecrets
@@ -129,8 +129,27 @@ class Project:
 
     def leader(self, queue: str) -> Host:
         """The host whose node leads `queue`'s Raft group."""
-        leader = self.queue_info(queue, "leader")
-        return next(h for h in self.brokers() if leader == f"kvern@{h.address}")
+        return self.raft_leader(queue)[0]
+
+    def raft_leader(self, queue: str) -> tuple[Host, int]:
+        """The host leading `queue`'s Raft group and its term, from the members' own Raft state, asked of the
+        first live broker. Not `list_queues`' leader column: that is the queue record's, which went on naming
+        the old leader after an election held while it was cut off (the partition scenario then cut off a
+        follower)."""
+        for host in self.brokers():
+            try:
+                status = host.run(
+                    [str(RABBITMQ_QUEUES), "-q", "quorum_status", "--vhost", VHOST, queue, "--formatter", "json"],
+                    env=self.node(host).environment(),
+                    timeout=60,
+                ).stdout
+            except AssertionError:
+                continue
+            leaders = [(int(m["Term"]), str(m["Node Name"])) for m in json.loads(status) if m["Raft State"] == "leader"]
+            if leaders:
+                term, name = max(leaders)
+                return next(h for h in self.brokers() if name == f"kvern@{h.address}"), term
+        raise AssertionError(f"no live broker node knows a leader of {queue!r}")
 
 
 @contextlib.contextmanager
