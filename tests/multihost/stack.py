@@ -92,10 +92,8 @@ def running_stack(folder: Path) -> Iterator[Stack]:
         relay = PostgresRelay(network.gateway).start()
         with project_on(network, folder, spec_text(network, schema), TASKS) as project:
             project.up_together(project.brokers())
-            # One after the other: two hosts creating the store's tables at once race (jobs/store.py's
-            # create_schema is not safe to run concurrently on PostgreSQL).
-            project.up(network.hosts["a1"])
-            project.up(network.hosts["w2"])
+            # Together too: the job store's tables are made under an advisory lock (jobs/store.py).
+            project.up_together([network.hosts["a1"], network.hosts["w2"]])
             store = JobStore(f"{POSTGRES}?options=-csearch_path%3D{schema}")
             try:
                 yield Stack(project, store, effects)

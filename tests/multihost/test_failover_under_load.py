@@ -27,9 +27,11 @@ from tests.multihost.stack import WORK_QUEUE, Stack
 
 SUBMITTERS = 4
 PAUSE_S = 0.05  # between one submitter's requests
-LOAD_S = 20.0
-FAULT_AT_S = 6.0
+FAULT_AT_S = 4.0  # of steady load before the fault
+AFTER_FAULT_S = 8.0  # of load after it: a killed node's or host's outage is about a second
 PARTITION_S = 10.0
+WORKER_JOB_S = 0.5  # scenario 3's jobs: long enough that the worker host dies in the middle of some
+WORKER_PAUSE_S = 0.15  # and fewer of them: the surviving host's 8 slots (16 jobs/s) keep about up
 SETTLE_S = 90.0  # for every accepted job to finish after the load
 TERMINAL = {"succeeded", "failed", "dead", "cancelled"}
 ROWS: list[dict[str, Any]] = []
@@ -43,6 +45,7 @@ class Load:
     headers: dict[str, str]
     effects: Path
     seconds: float = 0.05  # each job's run time
+    pause: float = PAUSE_S  # between one submitter's requests
     prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # tags (and keys) unique per scenario
     accepted: dict[str, str] = field(default_factory=dict)  # tag -> job id
     accepted_at: list[float] = field(default_factory=list)
@@ -59,7 +62,7 @@ class Load:
             while not self.stop.is_set():
                 self.submit(client, f"{self.prefix}-s{submitter}-{n}")
                 n += 1
-                time.sleep(PAUSE_S)
+                time.sleep(self.pause)
 
     def submit(self, client: httpx.Client, tag: str) -> None:
         body = {"task": "tasks.work", "args": [tag, str(self.effects), self.seconds]}
@@ -110,9 +113,16 @@ def _settle(stack: Stack, load: Load) -> tuple[list[str], dict[str, int]]:
     return list(pending), runs
 
 
-def _under_load(stack: Stack, fault: Callable[[], None], seconds: float = 0.05) -> tuple[Load, float]:
-    """Run the submitters for LOAD_S with `fault` at FAULT_AT_S; returns the load and when the fault happened."""
-    load = Load(stack.url, stack.headers(), stack.effects, seconds)
+def _under_load(
+    stack: Stack,
+    fault: Callable[[], None],
+    *,
+    after_s: float = AFTER_FAULT_S,
+    seconds: float = 0.05,
+    pause: float = PAUSE_S,
+) -> tuple[Load, float]:
+    """Run the submitters with `fault` at FAULT_AT_S and `after_s` more; returns the load and the fault's time."""
+    load = Load(stack.url, stack.headers(), stack.effects, seconds, pause)
     threads = [threading.Thread(target=load.run, args=(i,)) for i in range(SUBMITTERS)]
     for thread in threads:
         thread.start()
@@ -120,7 +130,7 @@ def _under_load(stack: Stack, fault: Callable[[], None], seconds: float = 0.05) 
         time.sleep(FAULT_AT_S)
         fault_at = time.monotonic()
         fault()
-        time.sleep(LOAD_S - FAULT_AT_S)
+        time.sleep(after_s)
     finally:
         load.stop.set()
         for thread in threads:
@@ -177,7 +187,7 @@ def test_partitioning_the_leader_broker_host_from_the_others_under_load(stack: S
         threading.Timer(PARTITION_S, leader.heal).start()
 
     try:
-        load, cut_at = _under_load(stack, cut_off)
+        load, cut_at = _under_load(stack, cut_off, after_s=PARTITION_S + 10)  # 202s again 3 to 4 s after healing
     finally:
         leader.heal()
     # No 202 without a quorum's confirm: every accepted job ran, none was lost, after the partition healed.
@@ -204,8 +214,7 @@ def test_killing_a_worker_host_under_load(stack: Stack) -> None:
         worker_pids.extend(worker.pids())
         _kill(worker)
 
-    # Jobs long enough (0.5 s) that the worker host is in the middle of some when it dies.
-    load, killed_at = _under_load(stack, die, seconds=0.5)
+    load, killed_at = _under_load(stack, die, seconds=WORKER_JOB_S, pause=WORKER_PAUSE_S)
     row = _count(stack, "3: SIGKILL of a worker host", load, killed_at)
     ran_there = [p for p in stack.effects.iterdir() if p.name.startswith(load.prefix) and _pid(p) in worker_pids]
     print(f"jobs of this scenario completed on the killed worker host before it died: {len(ran_there)}")
