@@ -1,4 +1,4 @@
-"""`python -m bench [B1 B2 B3 B4 B5 B6 B7]`: run the scenarios (all by default), print tables, write bench/results/.
+"""`python -m bench [B1 B2 B3 B4 B5 B6 B7 B8]`: run the scenarios (all by default), print tables, write bench/results/.
 
 Each scenario measures kvern and its comparison side by side in the same run; see BENCHMARKS.md.
 """
@@ -25,6 +25,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "B5": ("bench.b5_elasticity", "spike to a new worker; job at zero to started"),
     "B6": ("bench.b6_app_heads", "the team's app on the web heads: a page and a .delay() view vs bare gunicorn"),
     "B7": ("bench.b7_start_stop", "kvern up -d and kvern down, idle workers"),
+    "B8": ("bench.b8_several_machines", "several machines (namespaces, root): cluster CPU per job, fault recovery"),
 }
 
 
