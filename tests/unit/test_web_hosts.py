@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from kvern.runtime.head_endpoints import (
     HOST_KEY,
     Endpoint,
     HeadEndpoints,
+    RemoteHead,
     heads_address,
     parse_argument,
     remote_heads,
@@ -31,8 +33,8 @@ from kvern.runtime.programs import build_programs
 from kvern.runtime.reload import Reload
 from kvern.runtime.reload_plan import plan_reload
 from kvern.runtime.shared_secrets import SharedSecrets
-from kvern.runtime.upstreams import app_socket, render_upstream, upstream_path, write_upstream
-from kvern.runtime.web_heads import LiveHeads, publish_live
+from kvern.runtime.upstreams import app_socket, remote_api_heads, render_upstream, upstream_path, write_upstream
+from kvern.runtime.web_heads import LiveHeads, publish_live, remote_heads_listening
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec, load_spec
 from tests.unit.test_spec_snapshot import started
@@ -264,3 +266,17 @@ def test_runtime_config_without_a_heads_address_keeps_sockets(tmp_path: Path) ->
     assert heads.front_door and heads.api(0) == Endpoint(unix=web_socket(config.state_path, 0))
     assert HeadEndpoints.of(RuntimeConfig.load(config.state_path)) == heads
     assert HeadEndpoints.of_state_dir(tmp_path / "never-started").front_door
+
+
+def test_health_counts_the_web_hosts_heads_that_accept_a_connection(tmp_path: Path) -> None:
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: a connection is refused, as by a dead host
+        up, down = (Endpoint(address="127.0.0.1", port=s.getsockname()[1]) for s in (listening, closed))
+        remote = [RemoteHead(up, down, 1), RemoteHead(down, up, 1)]
+        upstream_path(tmp_path).parent.mkdir(parents=True)
+        upstream_path(tmp_path).write_text(render_upstream(tmp_path, [0], app=True, remote=remote))
+        assert remote_api_heads(tmp_path) == [up, down]  # the app upstream's servers are not the API's
+        assert asyncio.run(remote_heads_listening(tmp_path)) == (1, 2)
+    assert asyncio.run(remote_heads_listening(tmp_path / "no-front-door")) == (0, 0)

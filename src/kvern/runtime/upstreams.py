@@ -9,6 +9,7 @@ reload switching colors: runtime/web_heads.py; a reload adding or removing a web
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -27,7 +28,15 @@ from kvern.runtime.nginx import config_path
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec, check_config_path
 
-__all__ = ["API_UPSTREAM", "APP_UPSTREAM", "app_socket", "render_upstream", "upstream_path", "write_upstream"]
+__all__ = [
+    "API_UPSTREAM",
+    "APP_UPSTREAM",
+    "app_socket",
+    "remote_api_heads",
+    "render_upstream",
+    "upstream_path",
+    "write_upstream",
+]
 
 API_UPSTREAM = "kvern_web_heads"
 APP_UPSTREAM = "kvern_app_heads"
@@ -36,6 +45,7 @@ UPSTREAM_FILE = "upstream.conf"
 # (nginx's passive health check: a refused or timed-out connection counts, the request going to the next head).
 FAIL_OPTIONS = "max_fails=3 fail_timeout=10s"
 KEEPALIVE_CONNECTIONS = 64  # idle connections each nginx worker keeps open to the heads of one upstream
+TCP_SERVER = re.compile(r'^    server "([0-9.]+):([0-9]+)" ', re.MULTILINE)
 
 
 def upstream_path(state_dir: Path) -> Path:
@@ -85,3 +95,14 @@ def write_upstream(state_dir: Path, slots: Iterable[int], app: bool, spec: Spec 
     path = upstream_path(state_dir)
     path.parent.mkdir(exist_ok=True)
     atomic_write(path, render_upstream(state_dir, slots, app, remote, weight))
+
+
+def remote_api_heads(state_dir: Path) -> list[Endpoint]:
+    """The job API heads of other hosts that nginx sends requests to now, as upstream.conf names them (it is
+    rewritten at each change, so it is current where the running spec snapshot of a head may not be)."""
+    try:
+        text = upstream_path(state_dir).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    api = text.partition(f"upstream {APP_UPSTREAM} ")[0]
+    return [Endpoint(address=address, port=int(port)) for address, port in TCP_SERVER.findall(api)]

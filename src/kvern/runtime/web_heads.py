@@ -28,11 +28,12 @@ from kvern.files import atomic_write
 from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessRunner, ProcessState, app_slot, web_slot
 from kvern.runtime.head_endpoints import Endpoint, HeadEndpoints
 from kvern.runtime.leftovers import alive, parent_of
-from kvern.runtime.upstreams import write_upstream
+from kvern.runtime.upstreams import remote_api_heads, write_upstream
 
 HEAD_READY_TIMEOUT_S = 30.0
 READY_POLL_S = 0.1
 PROBE_TIMEOUT_S = 2.0
+REMOTE_CONNECT_TIMEOUT_S = 0.5  # a web host's head that takes longer to accept a connection counts as down
 NGINX_RELOAD_TIMEOUT_S = 10.0  # a HUP that starts no new workers: nginx refused the new config
 NGINX_DRAIN_TIMEOUT_S = 30.0  # nginx's proxy_read_timeout: no request to a head is held longer
 HEAD_STOP_TIMEOUT_S = 40.0
@@ -131,6 +132,27 @@ async def _answer_async(endpoint: Endpoint, host: str) -> bool:
             await client.get("/", headers={"Host": host})
     except httpx.HTTPError:
         return False
+    return True
+
+
+async def remote_heads_listening(state_dir: Path) -> tuple[int, int]:
+    """(listening, expected) of the other hosts' job API heads in nginx's upstreams, by a TCP connect to each at
+    once (a health check costs at most `REMOTE_CONNECT_TIMEOUT_S`); (0, 0) where there are none."""
+    heads = remote_api_heads(state_dir)
+    answers = await asyncio.gather(*(_listening_async(head) for head in heads))
+    return sum(answers), len(answers)
+
+
+async def _listening_async(endpoint: Endpoint) -> bool:
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(endpoint.address, endpoint.port), REMOTE_CONNECT_TIMEOUT_S
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
     return True
 
 
