@@ -15,6 +15,7 @@ import pytest
 
 from kvern.constants import MAX_WEB_HEADS, WEB_GROUP
 from kvern.errors import ReloadRefused, SpecError, StartError
+from kvern.runtime import web_head
 from kvern.runtime.head_endpoints import (
     HEADS_ADDRESS_KEY,
     HOST_KEY,
@@ -280,3 +281,11 @@ def test_health_counts_the_web_hosts_heads_that_accept_a_connection(tmp_path: Pa
         assert remote_api_heads(tmp_path) == [up, down]  # the app upstream's servers are not the API's
         assert asyncio.run(remote_heads_listening(tmp_path)) == (1, 2)
     assert asyncio.run(remote_heads_listening(tmp_path / "no-front-door")) == (0, 0)
+
+
+def test_a_job_api_head_keeps_idle_connections_longer_than_nginx_does() -> None:
+    # nginx reuses an idle upstream connection for up to keepalive_timeout (60 s, its default, which
+    # upstream.conf keeps): a head closing it first could meet a POST nginx may not send again.
+    nginx_upstream_keepalive_s = 60
+    assert "keepalive_timeout" not in render_upstream(Path("/tmp/kvern-state"), [0], app=False)
+    assert web_head.server_config("kvern.api.asgi:app").timeout_keep_alive > nginx_upstream_keepalive_s

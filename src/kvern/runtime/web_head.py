@@ -73,17 +73,21 @@ def asgi_app(endpoint: Endpoint) -> Any:
     return AsgiPeers(app, allowed_peers(spec, endpoint.address))
 
 
-def main(argv: list[str]) -> None:
-    endpoint = parse_argument(argv[0])
-    sock = bind_endpoint(endpoint)
-    config = uvicorn.Config(
-        asgi_app(endpoint),
+def server_config(app: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         timeout_keep_alive=HEAD_KEEPALIVE_S,
         proxy_headers=False,  # nginx passes the client's address as X-Real-IP; nothing reads X-Forwarded-For
     )
+
+
+def main(argv: list[str]) -> None:
+    endpoint = parse_argument(argv[0])
+    sock = bind_endpoint(endpoint)
+    config = server_config(asgi_app(endpoint))
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
