@@ -33,6 +33,8 @@ key_rate = 200              # /api/ requests per second per API key, from any ad
 key_burst = 400             # requests above key_rate let through at once
 app_max_body_mb = 10        # largest request body the app is sent, in MiB (uploads); over it: 413
 app_threads = 8             # per web head, requests a WSGI app serves at once (views waiting on I/O)
+head_port = 8100            # a web host without the front role: its job API head i listens on the host's
+                            # address at head_port + i, its app head i at head_port + 16 + i
 
 [web.tls]                   # optional: HTTPS with this certificate (PEM, full chain) and key
 cert = "/etc/letsencrypt/live/example.com/fullchain.pem"
@@ -76,6 +78,7 @@ address = "10.0.0.5"        # the address the other hosts reach it at (its own l
 roles = ["front", "web"]    # any of: front (nginx), web (web heads), broker (a RabbitMQ cluster node),
                             # workers (pools), controller (exactly one host); see README "Several machines"
 pools = ["reports"]         # with "workers": the pools this host runs (default: all of them)
+weight = 1                  # with "web": the share of requests each of its web heads gets from the front door
 
 [tasks."tasks.generate_heavy_report"]
 queue = "reports"           # default: the first queue of the first pool
@@ -188,6 +191,7 @@ class WebSpec:
     key_burst: int = 400
     app_max_body_mb: int = 10  # request bodies the team's app takes (uploads); the job API's stay at 1 MiB
     app_threads: int = 8  # a WSGI app head's threads (gunicorn gthread): views in progress at once per head
+    head_port: int = 8100  # on a web host without the front door: the first TCP port of its heads
 
 
 @dataclass(frozen=True)
@@ -453,6 +457,8 @@ def _parse_web(web: _Reader, root: Path) -> WebSpec:
         raise SpecError(f"web.app_max_body_mb: must be between 1 and {MAX_APP_BODY_MB} (MiB)")
     if not 1 <= spec.app_threads <= MAX_APP_THREADS:
         raise SpecError(f"web.app_threads: must be between 1 and {MAX_APP_THREADS}")
+    if not 1024 <= spec.head_port <= 65535 - 2 * MAX_WEB_HEADS:
+        raise SpecError(f"web.head_port: must be between 1024 and {65535 - 2 * MAX_WEB_HEADS}")
     names = tuple(spec.server_name)
     for name in names:
         if not isinstance(name, str) or len(name) > 253 or not SERVER_NAME_PATTERN.match(name):
@@ -934,6 +940,7 @@ def check_targets_configured(notify: NotifySpec, targets: tuple[str, ...], where
 # -- [hosts]: several machines ----------------------------------------------------------------------------------
 
 HOST_ROLES = ("front", "web", "broker", "workers", "controller")
+MAX_HOST_WEIGHT = 100  # nginx takes up to 1000 per server; a host's heads share far less unevenly than that
 HOST_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 
@@ -945,6 +952,7 @@ class HostSpec:
     address: str  # an IPv4 address: RabbitMQ node names and listeners use it, so no DNS is needed
     roles: frozenset[str]
     pools: tuple[str, ...] = ()  # with the workers role: the pools it runs (all of the spec's when empty)
+    weight: int = 1  # with the web role: nginx's weight of each of its heads at the front door
 
     def runs(self, role: str) -> bool:
         return role in self.roles
@@ -976,7 +984,7 @@ def parse_hosts(table: _Reader, spec: Spec) -> tuple[HostSpec, ...]:
 def _parse_host(name: str, host: _Reader, spec: Spec) -> HostSpec:
     if not HOST_NAME_PATTERN.match(name):
         raise SpecError(f"{host.where}: a host name is lower-case letters, digits and '-', starting with a letter")
-    host.only("address", "roles", "pools")
+    host.only("address", "roles", "pools", "weight")
     address = host.get("address", str, required=True)
     try:
         parsed = ipaddress.IPv4Address(address)
@@ -994,4 +1002,9 @@ def _parse_host(name: str, host: _Reader, spec: Spec) -> HostSpec:
         raise SpecError(f"{host.where}.pools: not pools of the spec: {sorted(set(pools) - known)}")
     if pools and "workers" not in roles:
         raise SpecError(f"{host.where}.pools: only a host with the workers role runs pools")
-    return HostSpec(name=name, address=address, roles=frozenset(roles), pools=pools)
+    weight = host.get("weight", int, default=1)
+    if not 1 <= weight <= MAX_HOST_WEIGHT:
+        raise SpecError(f"{host.where}.weight: must be a whole number between 1 and {MAX_HOST_WEIGHT} (got {weight})")
+    if "weight" in host.data and "web" not in roles:
+        raise SpecError(f"{host.where}.weight: only a host with the web role gets requests to weigh")
+    return HostSpec(name=name, address=address, roles=frozenset(roles), pools=pools, weight=weight)

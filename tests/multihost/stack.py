@@ -1,9 +1,9 @@
 """The several-machine instance the multihost scenarios share (booting it is most of their time).
 
-Hosts: b1..b3 (one RabbitMQ cluster), a1 (front door, web heads, a worker pool, the controller) and w2 (a
-second worker host for the same pool). They share the machine's PostgreSQL through a relay on the bridge, in
-a schema of their own. Each job's task leaves one file per completed run in `effects`, so duplicates are
-counted from what ran.
+Hosts: b1..b3 (one RabbitMQ cluster), a1 (front door, web heads, a worker pool, the controller), w2 (a
+second worker host for the same pool) and h2 (a web host: its heads on TCP behind a1's front door). They share
+the machine's PostgreSQL through a relay on the bridge, in a schema of their own. Each job's task leaves one
+file per completed run in `effects`, so duplicates are counted from what ran.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ def work(tag: str, effects: str, seconds: float = 0.05) -> str:
 """
 
 
+def web_host_table(host: Host) -> str:
+    return f'[hosts.{host.name}]\naddress = "{host.address}"\nroles = ["web"]\n\n'
+
+
 def spec_text(network: Network, schema: str, brokers: tuple[str, ...] = BROKERS) -> str:
     a1, w2 = network.hosts["a1"], network.hosts["w2"]
     store = f"postgresql://postgres@{network.gateway}:5432/test?options=-csearch_path%3D{schema}"
@@ -54,6 +58,7 @@ def spec_text(network: Network, schema: str, brokers: tuple[str, ...] = BROKERS)
         f'[[pools]]\nname = "main"\nqueues = ["{WORK_QUEUE}"]\nconcurrency = 4\nmin = 1\nmax = 2\n\n'
         f'[hosts.a1]\naddress = "{a1.address}"\nroles = ["front", "web", "workers", "controller"]\n\n'
         f'[hosts.w2]\naddress = "{w2.address}"\nroles = ["workers"]\n\n'
+        f"{web_host_table(network.hosts['h2'])}"
         f"{broker_tables([network.hosts[name] for name in brokers])}"
     )
 
@@ -88,13 +93,13 @@ def running_stack(folder: Path, brokers: tuple[str, ...] = BROKERS) -> Iterator[
     network = Network.create()
     relay: PostgresRelay | None = None
     try:
-        for name in (*brokers, "a1", "w2"):
+        for name in (*brokers, "a1", "w2", "h2"):
             network.add_host(name)
         relay = PostgresRelay(network.gateway).start()
         with project_on(network, folder, spec_text(network, schema, brokers), TASKS) as project:
             project.up_together(project.brokers())
             # Together too: the job store's tables are made under an advisory lock (jobs/store.py).
-            project.up_together([network.hosts["a1"], network.hosts["w2"]])
+            project.up_together([network.hosts[name] for name in ("a1", "w2", "h2")])
             store = JobStore(f"{POSTGRES}?options=-csearch_path%3D{schema}")
             try:
                 yield Stack(project, store, effects)

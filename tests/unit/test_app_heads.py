@@ -56,8 +56,8 @@ def test_upstreams_name_the_live_heads_and_the_app_heads_beside_them(tmp_path: P
     api, app = text.split("upstream kvern_app_heads")
     assert api.startswith("upstream kvern_web_heads {\n    least_conn;")
     for slot in (MAX_WEB_HEADS, MAX_WEB_HEADS + 1):
-        assert f'server "unix:{web_socket(tmp_path, slot)}" weight=10 max_fails=3 fail_timeout=10s;' in api
-        assert f'server "unix:{app_socket(tmp_path, slot)}" weight=10 max_fails=3 fail_timeout=10s;' in app
+        assert f'server "unix:{web_socket(tmp_path, slot)}" weight=1 max_fails=3 fail_timeout=10s;' in api
+        assert f'server "unix:{app_socket(tmp_path, slot)}" weight=1 max_fails=3 fail_timeout=10s;' in app
     assert "least_conn;" in app and "keepalive 64;" in app and "web-" not in app
     assert "kvern_app_heads" not in render_upstream(tmp_path, [0], app=False)
 

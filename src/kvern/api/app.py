@@ -64,7 +64,7 @@ from kvern.jobs.records import Job
 from kvern.jobs.states import REPLAYABLE, JobStatus
 from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body, job_summary, job_url, public_path
-from kvern.runtime.web_heads import app_heads_answering
+from kvern.runtime.web_heads import app_heads_answering, remote_heads_listening
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec
 
@@ -564,6 +564,11 @@ def _install_health_routes(app: FastAPI) -> None:
             answering, expected = await app_heads_answering(head.state_dir, request.headers.get("host", "localhost"))
             body["app_heads"] = {"answering": answering, "expected": expected}
             healthy = healthy and answering > 0
+        if head.spec.hosts and head.state_dir is not None:
+            # Told, not judged: this host's own heads keep the front door serving while a web host is down.
+            listening, expected = await remote_heads_listening(head.state_dir)
+            if expected:
+                body["web_hosts"] = {"listening": listening, "expected": expected}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get(

@@ -67,10 +67,16 @@ class AppHeadsHealthView(BaseModel):
     expected: int  # app heads nginx sends requests to
 
 
+class WebHostsHealthView(BaseModel):
+    listening: int  # job API heads of web hosts that accepted a TCP connection just now
+    expected: int  # job API heads of web hosts nginx sends requests to
+
+
 class HealthView(BaseModel):
     broker: bool
     store: bool
     app_heads: AppHeadsHealthView | None = None  # with `[web] app` only
+    web_hosts: WebHostsHealthView | None = None  # on a front host balancing web hosts' heads ([hosts]) only
 
 
 class ErrorBody(BaseModel):

@@ -6,6 +6,7 @@ not hold up the head's other requests, and kept-alive connections from nginx wai
 instead of taking a thread. An ASGI app (FastAPI, Starlette, Django's ASGI handler) runs under uvicorn, as the
 job API's heads do. Either way the socket is bound here, owner and group only (runtime/web_head.py's
 `bind_socket`), and handed to the server already bound: neither server's own bind would keep it that narrow.
+On a web host without the front door it listens on TCP at the host's own address (`tcp:ADDRESS:PORT`).
 On SIGTERM both stop taking connections and finish the requests in flight (`HEAD_GRACEFUL_SHUTDOWN_S`).
 Before the app is imported, the tasks' `.delay()` and `.apply_async()` are routed through kvern's durable
 submission (`kvern.enqueue.install_in_web_head`): a view that calls them gets a kvern job, recorded and confirmed.
@@ -28,11 +29,14 @@ from typing import Any
 
 import uvicorn
 from gunicorn.app.base import BaseApplication
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from kvern.constants import HEAD_GRACEFUL_SHUTDOWN_S, RET_SPEC
 from kvern.enqueue import install_in_web_head
 from kvern.errors import SpecError
-from kvern.runtime.web_head import bind_socket
+from kvern.runtime.head_endpoints import parse_argument
+from kvern.runtime.head_peers import AsgiPeers, WsgiPeers, allowed_peers
+from kvern.runtime.web_head import HEAD_KEEPALIVE_S, bind_endpoint, remove_socket
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec, load_spec
 from kvern.worker.check import ERROR_MARKER
@@ -41,9 +45,7 @@ WSGI, ASGI = "wsgi", "asgi"
 # One process per head (kvern runs several heads), threads inside it for views that wait on I/O.
 WSGI_WORKERS = 1
 WORKER_TIMEOUT_S = 60  # gunicorn replaces a worker whose main loop stops for this long (gthread: not a slow view)
-# nginx keeps idle connections to the heads open for up to 60 s (its upstream keepalive_timeout): the heads keep
-# them longer, so nginx never reuses one that the head is closing at the same moment.
-KEEPALIVE_S = 75
+KEEPALIVE_S = HEAD_KEEPALIVE_S  # longer than nginx keeps an idle connection to a head (runtime/web_head.py)
 
 
 def load_web_app(spec: Spec) -> tuple[Any, str]:
@@ -140,7 +142,9 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
             "errorlog": "-",
             "loglevel": "warning",
             "umask": 0o077,  # gunicorn's own files (the worker's heartbeat file) are the owner's only
-            "forwarded_allow_ips": "*",  # only nginx can reach the socket: its X-Forwarded-Proto is to be trusted
+            # Only nginx can reach the head (the socket's mode, or on TCP the peer check): its X-Forwarded-Proto
+            # is to be trusted.
+            "forwarded_allow_ips": "*",
             "control_socket_disable": True,  # gunicorn >= 25 would open one under $HOME
         }
         super().__init__()
@@ -153,18 +157,23 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
         return self.application
 
 
-def serve(app: Any, interface: str, sock: socket.socket, threads: int) -> None:
+def serve(app: Any, interface: str, sock: socket.socket, threads: int, peers: frozenset[str] | None = None) -> None:
+    """Serve `app` on `sock`; with `peers` (a head on TCP), only to connections from those addresses."""
     if interface == WSGI:
-        GunicornServer(app, sock, threads).run()
+        GunicornServer(app if peers is None else WsgiPeers(app, peers), sock, threads).run()
         return
+    # As for gunicorn: the client nginx names in X-Forwarded-For is the client. On TCP the peer check comes first:
+    # it must see the connection's own address, not the one X-Forwarded-For names.
+    proxied = {"proxy_headers": True, "forwarded_allow_ips": "*"}
+    if peers is not None:
+        app, proxied = AsgiPeers(ProxyHeadersMiddleware(app, trusted_hosts="*"), peers), {"proxy_headers": False}
     config = uvicorn.Config(
         app,
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=HEAD_GRACEFUL_SHUTDOWN_S,
         timeout_keep_alive=KEEPALIVE_S,
-        proxy_headers=True,
-        forwarded_allow_ips="*",  # as for gunicorn: the client nginx names in X-Forwarded-For is the client
+        **proxied,  # type: ignore[arg-type]
     )
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -173,18 +182,18 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--check"]:
         check(Path(argv[1]))
         return
-    path = Path(argv[0])
+    endpoint = parse_argument(argv[0])
     # First, so the tasks the app imports are already routed: their .delay() records and publishes with confirm.
     # Connections are made on first use, in each process (gunicorn's worker makes its own after the fork).
     install_in_web_head()
     spec = RuntimeConfig.from_environment().spec()
     app, interface = load_web_app(spec)
-    sock = bind_socket(path)
+    sock = bind_endpoint(endpoint)
     try:
-        serve(app, interface, sock, spec.web.app_threads)
+        peers = None if endpoint.unix is not None else allowed_peers(spec, endpoint.address)
+        serve(app, interface, sock, spec.web.app_threads, peers)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        remove_socket(endpoint)
 
 
 def check(spec_path: Path) -> None:

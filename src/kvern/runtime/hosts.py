@@ -2,8 +2,9 @@
 
 Each host runs its own state dir and Supervisor, as a one-machine instance does; what differs is what it
 starts and where its secrets come from (the shared secrets file, runtime/shared_secrets.py). Broker hosts
-run one node of kvern's RabbitMQ cluster (runtime/cluster.py). The other roles still run through `--only`
-on one broker URL; here they are refused with that advice until their hosts are built.
+run one node of kvern's RabbitMQ cluster (runtime/cluster.py). A web host without the front door runs its
+heads on TCP at its own address, for the front host's nginx (runtime/head_endpoints.py). Layouts not built
+per host yet are refused with the way round.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kvern.constants import PROGRAM_BROKER, ROLE_ADMIN, VHOST
 from kvern.errors import AlreadyRunning, SpecError, StartError
 from kvern.processes import ACTIVE_STATES
 from kvern.runtime.cluster import amqp_urls, cluster_node, ensure_member
+from kvern.runtime.head_endpoints import HEADS_ADDRESS_KEY, HOST_KEY, heads_address
 from kvern.runtime.instance import (
     BROKER_READY_TIMEOUT_S,
     ROLES,
@@ -36,7 +38,6 @@ from kvern.runtime_config import RuntimeConfig, snapshot_spec
 from kvern.spec import HostSpec, Spec, Tiers, check_config_path
 
 BROKER_ONLY = frozenset({"broker"})
-HOST_KEY = "host"  # RuntimeConfig.extra: which host of the spec this state dir runs
 
 
 def host_of(spec: Spec, name: str) -> HostSpec:
@@ -82,7 +83,13 @@ class HostInstance:
         spec, host = self.spec, self.host
         vhost = quote(VHOST, safe="")
         urls = {role: amqp_urls(spec, broker_user(role), self.secrets.broker_passwords[role], vhost) for role in ROLES}
-        instance = replace(self.instance, cluster_urls=urls, run_controller=host.runs("controller"))
+        extra = {HOST_KEY: host.name}
+        address = heads_address(host, spec.web)
+        if address is not None:
+            extra[HEADS_ADDRESS_KEY] = address
+        instance = replace(
+            self.instance, cluster_urls=urls, run_controller=host.runs("controller"), runtime_extra=extra
+        )
         return instance.up(tiers_of(spec, host), report)
 
     def _up(self, progress: Progress, report: Reporter) -> RuntimeConfig:
@@ -166,8 +173,8 @@ def _check_supported(spec: Spec, host: HostSpec) -> None:
     problems = []
     if host.runs("broker") and host.roles != BROKER_ONLY:
         problems.append("a broker host runs nothing else")
-    if host.runs("front") != host.runs("web"):
-        problems.append("the front door and the web heads run on the same hosts (remote web heads are not built)")
+    if host.runs("front") and not host.runs("web"):
+        problems.append("a front host runs web heads too (a front door with remote web heads only is not built)")
     if host.runs("workers") and 1 < len(host.pools) < len(spec.pools):
         problems.append("a worker host runs one pool or all of them")
     if not any(h.runs("broker") for h in spec.hosts):

@@ -13,7 +13,7 @@ import sys
 import time
 import xmlrpc.client
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -39,13 +39,13 @@ from kvern.errors import AlreadyRunning, RuntimeStateError, SpecError, StartErro
 from kvern.jobs.store import JobStore
 from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessState, pool_slot
 from kvern.runtime import nginx, run_as
+from kvern.runtime.head_endpoints import HeadEndpoints
 from kvern.runtime.leftovers import stop_leftovers
 from kvern.runtime.local_key import renew_local_key
 from kvern.runtime.programs import build_programs
 from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.rabbitmq import BrokerPorts, PrivateNode, build_definitions
 from kvern.runtime.supervisor import Supervisor, render_supervisord_conf
-from kvern.runtime.upstreams import app_socket
 from kvern.runtime.web_heads import LiveHeads, publish_live
 from kvern.runtime_config import RuntimeConfig, snapshot_spec
 from kvern.spec import Spec, Tiers, check_config_path
@@ -107,6 +107,7 @@ class Instance:
     # whether this host runs the instance's one controller.
     cluster_urls: dict[str, str] | None = None
     run_controller: bool = True
+    runtime_extra: dict[str, str] = field(default_factory=dict)  # which host, where its heads listen
 
     @property
     def supervisor(self) -> Supervisor:
@@ -169,6 +170,7 @@ class Instance:
         run_web, pools = only.web, only.pools_of(self.spec)
         if run_web:
             publish_live(self.state_dir, self.first_heads)  # the upstreams nginx.conf includes
+        if run_web and HeadEndpoints.of(config).front_door:
             nginx.write_config(self.state_dir, config.front_door_port, self.spec.static_dir, self.spec.web)
         programs = run_as.programs_as(build_programs(self.spec, config, node), account)
         if account is not None:
@@ -252,7 +254,12 @@ class Instance:
         }
         if self.cluster_urls is not None:
             return RuntimeConfig(
-                **common, broker_urls=self.cluster_urls, management_url=None, management_auth=None, private_broker=False
+                **common,
+                broker_urls=self.cluster_urls,
+                management_url=None,
+                management_auth=None,
+                private_broker=False,
+                extra=dict(self.runtime_extra),
             )
         if self.spec.broker_url:
             # The user's URL serves every role: kvern cannot create users on a broker it does not own.
@@ -502,8 +509,10 @@ class _Waiting:
         self.instance, self.config, self.run_web, self.progress = instance, config, run_web, progress
         self.pools = {pool: {pool_slot(pool, i) for i in range(minimum)} for pool, minimum in pools}
         heads = instance.first_heads if run_web else LiveHeads(0, 0, app=False)
-        self.heads = [nginx.web_socket(instance.state_dir, slot) for slot in heads.slots]
-        self.app_heads = [app_socket(instance.state_dir, slot) for slot in heads.slots] if heads.app else []
+        endpoints = HeadEndpoints.of(config)
+        self.heads = [endpoints.api(slot) for slot in heads.slots]
+        self.app_heads = [endpoints.app(slot) for slot in heads.slots] if heads.app else []
+        self.front_door = endpoints.front_door  # a web host without it: the heads listening is all
         self.nginx_started = False
 
     def step(self) -> bool:
@@ -514,13 +523,18 @@ class _Waiting:
         pools_up = all(f"pool {pool}" in self.progress.done for pool in self.pools)
         if not self.run_web:
             return pools_up
-        if not self.nginx_started and all(_socket_listening(path) for path in self.heads + self.app_heads):
+        heads_up = "web heads" in self.progress.done
+        if not heads_up and all(head.listening() for head in self.heads + self.app_heads):
             # nginx only once the heads listen: connection errors before that would count against max_fails.
-            self.progress.mark("web heads", f"up, {len(self.heads)} listening")
+            where = "" if self.front_door else f" on {self.heads[0].address}"
+            self.progress.mark("web heads", f"up, {len(self.heads)} listening{where}")
             if self.app_heads:
                 self.progress.mark("app heads", f"up, {len(self.app_heads)} listening ({self.instance.spec.web.app})")
-            self.instance.supervisor.start(PROGRAM_NGINX, wait=False)
-            self.nginx_started = True
+            if self.front_door:
+                self.instance.supervisor.start(PROGRAM_NGINX, wait=False)
+                self.nginx_started = True
+        if not self.front_door:  # a web host: the front host's nginx reaches its heads
+            return pools_up and "web heads" in self.progress.done
         if self.nginx_started and "front door" not in self.progress.done and self._front_door_healthy():
             self.progress.mark("front door", f"healthy at {front_door_url(self.config)}")
         return pools_up and "front door" in self.progress.done
@@ -530,18 +544,10 @@ class _Waiting:
 
     def left(self) -> str:
         pools = [f"pool {pool}" for pool in self.pools if f"pool {pool}" not in self.progress.done]
-        parts = ("web heads", "app heads", "front door") if self.app_heads else ("web heads", "front door")
+        parts: tuple[str, ...] = ("web heads", "app heads") if self.app_heads else ("web heads",)
+        parts += ("front door",) if self.front_door else ()
         web = [] if not self.run_web else [p for p in parts if p not in self.progress.done]
         return ", ".join(pools + web) or "nothing"
-
-
-def _socket_listening(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def _reuse_password(previous: RuntimeConfig | None, role: str) -> str:

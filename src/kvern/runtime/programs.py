@@ -17,10 +17,10 @@ from kvern.constants import (
     WEB_SLOTS,
 )
 from kvern.processes import app_program_name, pool_group, pool_program_name, web_program_name
-from kvern.runtime.nginx import config_path, nginx_command, web_socket
+from kvern.runtime.head_endpoints import HeadEndpoints
+from kvern.runtime.nginx import config_path, nginx_command
 from kvern.runtime.rabbitmq import PrivateNode
 from kvern.runtime.supervisor import ProgramConfig
-from kvern.runtime.upstreams import app_socket
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import PoolSpec, Spec
 
@@ -38,11 +38,13 @@ def build_programs(spec: Spec, config: RuntimeConfig, broker: PrivateNode | None
         programs.append(_broker_program(broker, env))
     for pool in config.only.pools_of(spec):
         programs += _pool_programs(pool, spec, env)
+    heads = HeadEndpoints.of(config)
     if config.only.web:
         # Every slot of both colors (runtime/web_heads.py): scaling and reloads start and stop them.
-        programs += [_web_program(state, slot, env, spec.root) for slot in range(WEB_SLOTS)]
+        programs += [_web_program(heads, slot, env, spec.root) for slot in range(WEB_SLOTS)]
         if spec.web.app is not None:
-            programs += [_app_program(state, slot, env, spec.root) for slot in range(WEB_SLOTS)]
+            programs += [_app_program(heads, slot, env, spec.root) for slot in range(WEB_SLOTS)]
+    if config.only.web and heads.front_door:
         programs.append(
             ProgramConfig(
                 PROGRAM_NGINX,
@@ -79,12 +81,11 @@ def _broker_program(broker: PrivateNode, env: dict[str, str]) -> ProgramConfig:
     )
 
 
-def _web_program(state: Path, index: int, env: dict[str, str], root: Path) -> ProgramConfig:
-    sock = web_socket(state, index)
+def _web_program(heads: HeadEndpoints, index: int, env: dict[str, str], root: Path) -> ProgramConfig:
     return ProgramConfig(
         web_program_name(index),
-        # uvicorn behind a socket of mode 0660 (uvicorn's own --uds makes it 0666)
-        [sys.executable, "-m", "kvern.runtime.web_head", str(sock)],
+        # uvicorn behind a socket of mode 0660 (uvicorn's own --uds makes it 0666), or on the host's address
+        [sys.executable, "-m", "kvern.runtime.web_head", heads.api(index).argument()],
         group=WEB_GROUP,
         environment=env,
         directory=root,
@@ -93,10 +94,10 @@ def _web_program(state: Path, index: int, env: dict[str, str], root: Path) -> Pr
     )
 
 
-def _app_program(state: Path, slot: int, env: dict[str, str], root: Path) -> ProgramConfig:
+def _app_program(heads: HeadEndpoints, slot: int, env: dict[str, str], root: Path) -> ProgramConfig:
     return ProgramConfig(
         app_program_name(slot),
-        [sys.executable, "-m", "kvern.runtime.app_head", str(app_socket(state, slot))],
+        [sys.executable, "-m", "kvern.runtime.app_head", heads.app(slot).argument()],
         group=APP_GROUP,
         environment=env,
         directory=root,  # the team's app is importable from the spec's folder, and may open files relative to it

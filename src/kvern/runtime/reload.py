@@ -13,6 +13,11 @@ reload before anything is touched. Then, in order:
 
 If nginx refuses the new config or the fresh heads fail, the previous snapshot and config are put back: the old heads
 never stopped serving. One reload runs at a time per instance (a lock file in the state dir).
+
+A reload that changes `[hosts]` alone (a web host added or removed, a weight) writes the snapshot and, on a host
+with the front door, rewrites nginx's upstreams and reloads nginx gracefully (`nginx -t` first): nothing else is
+restarted. A web host without the front door takes no other reload: its heads' ports are fixed by the spec, so a
+second color cannot start beside the first; `kvern down` and `kvern up --host` it, the front door routes around it.
 """
 
 from __future__ import annotations
@@ -32,16 +37,22 @@ from kvern.constants import PROGRAM_CONTROLLER, RELOAD_LOCK_FILE, ROLE_ADMIN
 from kvern.errors import KvernError, NotRunning, ReloadRefused, StartError
 from kvern.files import atomic_write
 from kvern.runtime import nginx
+from kvern.runtime.head_endpoints import HeadEndpoints
 from kvern.runtime.instance import check_user_app
 from kvern.runtime.pool_rollout import PoolRollout
 from kvern.runtime.progress import Progress, Reporter, silent
 from kvern.runtime.reload_plan import ReloadPlan, plan_reload
 from kvern.runtime.supervisor import Supervisor
+from kvern.runtime.upstreams import write_upstream
 from kvern.runtime.web_heads import load_live, reload_nginx, replace_heads
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import Spec
 
 STOP_MARGIN_S = 30.0
+WEB_HOST_RELOAD = (
+    "a web host without the front door reloads nothing but [hosts]: its heads' ports are fixed, so new heads "
+    "cannot start beside the old ones; run `kvern down` and `kvern up --host` on it (the front door routes around it)"
+)
 
 
 @dataclass
@@ -60,7 +71,10 @@ class Reload:
             config = RuntimeConfig.load(self.state_dir)
             running = config.spec()
             plan = self.check(config, running)
-            self._apply(config, running, plan, supervisor)
+            if plan.upstreams_only:
+                self._upstreams(config, running, supervisor, Progress(self.report))
+            else:
+                self._apply(config, running, plan, supervisor)
         return plan
 
     def check(self, config: RuntimeConfig, running: Spec) -> ReloadPlan:
@@ -69,6 +83,8 @@ class Reload:
         if plan.refused:
             raise ReloadRefused([str(refusal) for refusal in plan.refusals])
         config.only.check(self.edited)
+        if config.only.web and not HeadEndpoints.of(config).front_door and not plan.upstreams_only:
+            raise ReloadRefused([WEB_HOST_RELOAD])
         check_user_app(self.edited)
         for change in plan.changes:
             self.report(f"change {change}")
@@ -112,6 +128,26 @@ class Reload:
             raise
         progress.mark("web heads", f"replaced, {heads} serving the new code")
 
+    def _upstreams(self, config: RuntimeConfig, running: Spec, supervisor: Supervisor, progress: Progress) -> None:
+        """`[hosts]` changed alone: the snapshot, and on the front host nginx's upstreams (checked, then HUP)."""
+        snapshot = Path(config.spec_snapshot)
+        atomic_write(snapshot, self.edited.text)
+        progress.mark("spec snapshot", "written")
+        if not (config.only.web and HeadEndpoints.of(config).front_door):
+            return
+        live = load_live(self.state_dir)
+        try:
+            write_upstream(self.state_dir, live.slots, live.app, self.edited)
+            write_front_door(config, self.edited)  # `nginx -t` over the new upstreams
+            reload_nginx(supervisor)
+        except BaseException:
+            atomic_write(snapshot, running.text)
+            with contextlib.suppress(KvernError, OSError, xmlrpc.client.Fault):
+                write_upstream(self.state_dir, live.slots, live.app, running)
+                reload_nginx(supervisor)
+            raise
+        progress.mark("front door", f"upstreams reloaded: {_upstream_summary(self.edited, live.count)}")
+
     def _pools(self, config: RuntimeConfig, supervisor: Supervisor, progress: Progress) -> None:
         admin_url = config.broker_urls[ROLE_ADMIN]
 
@@ -124,6 +160,11 @@ class Reload:
             rollout = PoolRollout(supervisor, pool, stop_timeout, consumers)
             rollout.run()
             progress.mark(f"pool {pool.name}", rollout.describe())
+
+
+def _upstream_summary(spec: Spec, local: int) -> str:
+    web_hosts = [h for h in spec.hosts if h.runs("web") and not h.runs("front")]
+    return f"{local} local head(s), {len(web_hosts) * spec.web.heads} on {len(web_hosts)} web host(s)"
 
 
 def heads_after_reload(running: Spec, edited: Spec, serving: int) -> int:

@@ -9,7 +9,11 @@ field, before anything is touched. A refusal is a field fixed while the instance
   user's permissions), `max_backlog` (a queue's arguments cannot change), and a task time limit longer than
   any the instance started with (Supervisor's stop wait and the private broker's consumer timeout);
 - `web.app` added or removed: the app heads' programs exist only when the instance started with an app (a
-  change from one app to another, or of its interface, is live: an app head reads both when it starts).
+  change from one app to another, or of its interface, is live: an app head reads both when it starts);
+- a broker host added, removed or changed in `[hosts]`: every process connected to the cluster it started with.
+
+A change of the other hosts (a web host added or removed, a weight) is live: on the front host it rewrites
+nginx's upstreams and reloads nginx gracefully, and nothing else (`ReloadPlan.upstreams_only`).
 
 Everything else is live: the web tier's fields are nginx's config and the heads' (rewritten, then new heads),
 the pools' sizes and recycling are read by fresh workers and the restarted controller, task policies, limits
@@ -22,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from kvern.spec import PoolSpec, Spec, TaskPolicy, WebSpec
+from kvern.spec import HostSpec, PoolSpec, Spec, TaskPolicy, WebSpec
 
 # Field (as the spec file names it) -> why it cannot change while the instance runs.
 FIXED_FIELDS: Mapping[str, str] = {
@@ -38,6 +42,7 @@ FIXED_POOL_FIELDS: Mapping[str, str] = {
     "queues": "queues and the workers' broker permissions are set up at `up`",
     "max_backlog": "a queue's length limit is one of its arguments, fixed when it is declared",
 }
+BROKER_HOST = "the instance's processes are connected to the broker cluster they started with"
 NEEDS_RESTART = "needs `kvern down` + `kvern up`"
 
 
@@ -73,6 +78,11 @@ class ReloadPlan:
     def refused(self) -> bool:
         return bool(self.refusals)
 
+    @property
+    def upstreams_only(self) -> bool:
+        """Only `[hosts]` changed: the front door's upstreams are all there is to change."""
+        return bool(self.changes) and all(change.field.startswith("hosts.") for change in self.changes)
+
     def pool_changes(self, pool: str) -> tuple[Change, ...]:
         return tuple(change for change in self.changes if change.field.startswith(f"pools.{pool}."))
 
@@ -88,6 +98,7 @@ def plan_reload(running: Spec, edited: Spec) -> ReloadPlan:
         *_tasks(running, edited),
         *_dataclass_fields("limits", running.limits, edited.limits),
         *_dataclass_fields("store", running.retention, edited.retention),
+        *_hosts(running.hosts, edited.hosts),
     ]
     changes = tuple(d for d in differences if isinstance(d, Change) and d.field not in FIXED_FIELDS)
     refusals = [d for d in differences if isinstance(d, Refusal)]
@@ -158,6 +169,24 @@ def _tasks(running: Spec, edited: Spec) -> Iterator[Difference]:
             f"longer than {running.longest_time_limit:g}s, the longest the instance started with: "
             "Supervisor's stop wait and the broker's consumer timeout are set from it",
         )
+
+
+def _hosts(old: tuple[HostSpec, ...], new: tuple[HostSpec, ...]) -> Iterator[Difference]:
+    before, after = {h.name: h for h in old}, {h.name: h for h in new}
+    for name in sorted(before.keys() | after.keys()):
+        was, now = before.get(name), after.get(name)
+        if was == now:
+            continue
+        if any(host is not None and host.runs("broker") for host in (was, now)):
+            yield Refusal(f"hosts.{name}", BROKER_HOST)
+        else:
+            yield Change(f"hosts.{name}", _host_shown(was), _host_shown(now))
+
+
+def _host_shown(host: HostSpec | None) -> str | None:
+    if host is None:
+        return None
+    return f"{host.address} {'+'.join(sorted(host.roles))} weight {host.weight}"
 
 
 def _no_password(url: object) -> object:

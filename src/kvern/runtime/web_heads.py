@@ -26,13 +26,14 @@ from kvern.constants import MAX_WEB_HEADS, PROGRAM_NGINX, WEB_COLORS, WEB_HEADS_
 from kvern.errors import RuntimeStateError, StartError
 from kvern.files import atomic_write
 from kvern.processes import ACTIVE_STATES, STOPPED_STATES, ProcessRunner, ProcessState, app_slot, web_slot
+from kvern.runtime.head_endpoints import Endpoint, HeadEndpoints
 from kvern.runtime.leftovers import alive, parent_of
-from kvern.runtime.nginx import web_socket
-from kvern.runtime.upstreams import app_socket, write_upstream
+from kvern.runtime.upstreams import remote_api_heads, write_upstream
 
 HEAD_READY_TIMEOUT_S = 30.0
 READY_POLL_S = 0.1
 PROBE_TIMEOUT_S = 2.0
+REMOTE_CONNECT_TIMEOUT_S = 0.5  # a web host's head that takes longer to accept a connection counts as down
 NGINX_RELOAD_TIMEOUT_S = 10.0  # a HUP that starts no new workers: nginx refused the new config
 NGINX_DRAIN_TIMEOUT_S = 30.0  # nginx's proxy_read_timeout: no request to a head is held longer
 HEAD_STOP_TIMEOUT_S = 40.0
@@ -78,9 +79,11 @@ def load_live(state_dir: Path) -> LiveHeads:
 
 
 def publish_live(state_dir: Path, live: LiveHeads) -> None:
-    """Record `live` and point nginx's upstreams at it (nginx reads them at its next start or reload)."""
+    """Record `live` and point nginx's upstreams at it (nginx reads them at its next start or reload); on a web
+    host without the front door, the front host's upstreams name its heads by the spec's ports instead."""
     atomic_write(state_dir / WEB_HEADS_FILE, json.dumps(asdict(live)))
-    write_upstream(state_dir, live.slots, live.app)
+    if HeadEndpoints.of_state_dir(state_dir).front_door:
+        write_upstream(state_dir, live.slots, live.app)
 
 
 @contextlib.contextmanager
@@ -96,18 +99,17 @@ def changing_heads(state_dir: Path) -> Iterator[None]:
 
 def api_head_answers(state_dir: Path, slot: int) -> bool:
     """The job API head serves its OpenAPI document (it has loaded the catalog)."""
-    return _answer(web_socket(state_dir, slot), "/api/openapi.json") == 200
+    return _answer(HeadEndpoints.of_state_dir(state_dir).api(slot), "/api/openapi.json") == 200
 
 
 def app_head_answers(state_dir: Path, slot: int, host: str = "localhost") -> bool:
     """The app head gives any HTTP answer: whether the app likes the request is the app's business."""
-    return _answer(app_socket(state_dir, slot), "/", host) is not None
+    return _answer(HeadEndpoints.of_state_dir(state_dir).app(slot), "/", host) is not None
 
 
-def _answer(sock: Path, path: str, host: str = "localhost") -> int | None:
-    transport = httpx.HTTPTransport(uds=str(sock))
+def _answer(endpoint: Endpoint, path: str, host: str = "localhost") -> int | None:
     try:
-        with httpx.Client(transport=transport, base_url=f"http://{host}", timeout=PROBE_TIMEOUT_S) as client:
+        with endpoint.client(host, PROBE_TIMEOUT_S) as client:
             return client.get(path).status_code
     except httpx.HTTPError:
         return None
@@ -119,17 +121,38 @@ async def app_heads_answering(state_dir: Path, host: str) -> tuple[int, int]:
         live = load_live(state_dir)
     except (RuntimeStateError, ValueError, KeyError):
         return 0, 0
-    answers = await asyncio.gather(*(_answer_async(app_socket(state_dir, slot), host) for slot in live.slots))
+    endpoints = HeadEndpoints.of_state_dir(state_dir)
+    answers = await asyncio.gather(*(_answer_async(endpoints.app(slot), host) for slot in live.slots))
     return sum(answers), len(answers)
 
 
-async def _answer_async(sock: Path, host: str) -> bool:
-    transport = httpx.AsyncHTTPTransport(uds=str(sock))
+async def _answer_async(endpoint: Endpoint, host: str) -> bool:
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=PROBE_TIMEOUT_S) as client:
+        async with endpoint.async_client(PROBE_TIMEOUT_S) as client:
             await client.get("/", headers={"Host": host})
     except httpx.HTTPError:
         return False
+    return True
+
+
+async def remote_heads_listening(state_dir: Path) -> tuple[int, int]:
+    """(listening, expected) of the other hosts' job API heads in nginx's upstreams, by a TCP connect to each at
+    once (a health check costs at most `REMOTE_CONNECT_TIMEOUT_S`); (0, 0) where there are none."""
+    heads = remote_api_heads(state_dir)
+    answers = await asyncio.gather(*(_listening_async(head) for head in heads))
+    return sum(answers), len(answers)
+
+
+async def _listening_async(endpoint: Endpoint) -> bool:
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(endpoint.address, endpoint.port), REMOTE_CONNECT_TIMEOUT_S
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
     return True
 
 
@@ -190,6 +213,8 @@ def active_programs(supervisor: ProcessRunner, color: int, app: bool) -> list[st
 def reload_nginx(supervisor: ProcessRunner) -> None:
     """Graceful reload (HUP): new workers take the new upstreams; return once the old ones have exited, having
     finished the requests they held (or after `NGINX_DRAIN_TIMEOUT_S`)."""
+    if all(p.full_name != PROGRAM_NGINX for p in supervisor.processes()):
+        return  # a web host without the front door: the front host's nginx names its heads by the spec's ports
     master = supervisor.process(PROGRAM_NGINX).pid
     if master is None:
         return  # not started yet: it reads upstream.conf when it starts
