@@ -85,3 +85,4 @@ MAX_POOL_PROCESSES: Final = 64
 LEASE_TTL_S: Final = 5.0  # ten autoscaler ticks: a host missing a few renewals (a slow store) keeps its lease
 POOL_LEASE_PREFIX: Final = "pool:"  # + a pool's name: the host that decides the pool's size
 INSTANCE_DUTIES_LEASE: Final = "instance-duties"  # outbox relay, retention, notifications, job metrics
+RUNTIME_HOST_KEY: Final = "host"  # RuntimeConfig.extra of a host of several: the spec's name for it

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kvern.constants import PROGRAM_BROKER, ROLE_ADMIN, VHOST
+from kvern.constants import PROGRAM_BROKER, ROLE_ADMIN, RUNTIME_HOST_KEY, VHOST
 from kvern.errors import AlreadyRunning, SpecError, StartError
 from kvern.processes import ACTIVE_STATES
 from kvern.runtime.cluster import amqp_urls, cluster_node, ensure_member
@@ -36,7 +36,7 @@ from kvern.runtime_config import RuntimeConfig, snapshot_spec
 from kvern.spec import HostSpec, Spec, Tiers, check_config_path
 
 BROKER_ONLY = frozenset({"broker"})
-HOST_KEY = "host"  # RuntimeConfig.extra: which host of the spec this state dir runs
+HOST_KEY = RUNTIME_HOST_KEY  # RuntimeConfig.extra: which host of the spec this state dir runs
 
 
 def host_of(spec: Spec, name: str) -> HostSpec:
@@ -82,7 +82,9 @@ class HostInstance:
         spec, host = self.spec, self.host
         vhost = quote(VHOST, safe="")
         urls = {role: amqp_urls(spec, broker_user(role), self.secrets.broker_passwords[role], vhost) for role in ROLES}
-        instance = replace(self.instance, cluster_urls=urls, run_controller=host.runs("controller"))
+        if host.runs("controller") and host.roles != {"controller"}:
+            report(f"hosts.{host.name}: the controller role is no longer needed: every host runs a controller")
+        instance = replace(self.instance, cluster_urls=urls, host_name=host.name)
         return instance.up(tiers_of(spec, host), report)
 
     def _up(self, progress: Progress, report: Reporter) -> RuntimeConfig:

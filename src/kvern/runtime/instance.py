@@ -32,6 +32,7 @@ from kvern.constants import (
     ROLE_CONTROLLER,
     ROLE_WEB,
     ROLE_WORKER,
+    RUNTIME_HOST_KEY,
     SQLITE_FILE,
     VHOST,
 )
@@ -104,9 +105,10 @@ class Instance:
     spec: Spec
     state_dir: Path
     # A host of a several-machine instance (runtime/hosts.py): each role's failover list of cluster nodes, and
-    # whether this host runs the instance's one controller.
+    # whether this host runs a controller (each application host does; the leases decide who leads what).
     cluster_urls: dict[str, str] | None = None
     run_controller: bool = True
+    host_name: str | None = None  # the spec's name for this host: its controller shares the pools with the others
 
     @property
     def supervisor(self) -> Supervisor:
@@ -251,8 +253,14 @@ class Instance:
             "only": only,
         }
         if self.cluster_urls is not None:
+            host = {RUNTIME_HOST_KEY: self.host_name} if self.host_name else {}
             return RuntimeConfig(
-                **common, broker_urls=self.cluster_urls, management_url=None, management_auth=None, private_broker=False
+                **common,
+                broker_urls=self.cluster_urls,
+                management_url=None,
+                management_auth=None,
+                private_broker=False,
+                extra=host,
             )
         if self.spec.broker_url:
             # The user's URL serves every role: kvern cannot create users on a broker it does not own.
