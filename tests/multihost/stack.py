@@ -1,7 +1,8 @@
 """The several-machine instance the multihost scenarios share (booting it is most of their time).
 
 Hosts: b1..b3 (one RabbitMQ cluster), a1 (front door, web heads, a worker pool, the controller) and w2 (a
-second worker host for the same pool). They share the machine's PostgreSQL through a relay on the bridge, in
+second worker host for the same pool); w3, a third worker host, is declared but only started by the scenario
+that adds a worker host (test_worker_hosts.py). They share the machine's PostgreSQL through a relay on the bridge, in
 a schema of their own. Each job's task leaves one file per completed run in `effects`, so duplicates are
 counted from what ran.
 """
@@ -54,6 +55,7 @@ def spec_text(network: Network, schema: str) -> str:
         f'[[pools]]\nname = "main"\nqueues = ["{WORK_QUEUE}"]\nconcurrency = 4\nmin = 1\nmax = 2\n\n'
         f'[hosts.a1]\naddress = "{a1.address}"\nroles = ["front", "web", "workers", "controller"]\n\n'
         f'[hosts.w2]\naddress = "{w2.address}"\nroles = ["workers"]\n\n'
+        f'[hosts.w3]\naddress = "{network.hosts["w3"].address}"\nroles = ["workers"]\n\n'  # started by scenario 5
         f"{broker_tables([network.hosts[name] for name in BROKERS])}"
     )
 
@@ -87,7 +89,7 @@ def running_stack(folder: Path) -> Iterator[Stack]:
     network = Network.create()
     relay: PostgresRelay | None = None
     try:
-        for name in (*BROKERS, "a1", "w2"):
+        for name in (*BROKERS, "a1", "w2", "w3"):
             network.add_host(name)
         relay = PostgresRelay(network.gateway).start()
         with project_on(network, folder, spec_text(network, schema), TASKS) as project:

@@ -166,7 +166,7 @@ def test_when_the_leader_host_dies_another_takes_the_lease_within_the_ttl_and_sc
         instance.tick(now, *survivors)
         now += TICK
     decision = instance.store.pool_decision("main")
-    assert decision is not None and decision.leader == new_leader
+    assert decision is not None and decision.leader == new_leader and decision.decided_at > died_at
     assert {name: instance.running()[name] for name in survivors} == dict.fromkeys(survivors, 2)
 
 

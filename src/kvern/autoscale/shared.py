@@ -102,12 +102,12 @@ class SharedAutoscaler(Autoscaler):
         total = sum(host.processes for host in hosts)
         signals = replace(self.signals(pool, total, now), hosts=len(hosts))
         decision = scaler.policy.decide(signals, now)
-        if decision is None and recorded is not None:
-            return PoolView(hosts, recorded)
+        if decision is None and recorded is not None and recorded.leader == self.host:
+            return PoolView(hosts, recorded)  # unchanged: no write (a new leader writes its first view at once)
         target, reason = (decision.target, decision.reason) if decision else scaler.policy.desired(signals)
         made = PoolDecision(pool.name, target, reason, self.host, now)
         if self.store.record_pool_decision(made, pool_lease(pool.name), now):
-            if recorded is None or recorded.processes != target:
+            if recorded is None or recorded.processes != target or recorded.leader != self.host:
                 log.info("pool %s: %d -> %d across %d host(s) (%s)", pool.name, total, target, len(hosts), reason)
             return PoolView(hosts, made)
         return PoolView(hosts, self.store.pool_decision(pool.name))
