@@ -89,12 +89,14 @@ def instance(sqlite_store: JobStore, tmp_path: Path) -> Instance:
     return Instance(MemoryJobStore(), ScalingEventLog(sqlite_store.engine), tmp_path)
 
 
-def test_share_is_even_by_host_name_with_the_remainder_to_the_first_and_never_above_max() -> None:
+def test_share_is_even_by_host_name_with_the_remainder_to_the_first_within_min_and_max() -> None:
     hosts = ["w1", "w2", "w3"]
-    assert [share_of(7, hosts, h, per_host_max=4) for h in hosts] == [3, 2, 2]
-    assert [share_of(3, hosts, h, per_host_max=4) for h in hosts] == [1, 1, 1]
-    assert [share_of(2, hosts, h, per_host_max=4) for h in hosts] == [1, 1, 0]
-    assert [share_of(12, hosts, h, per_host_max=2) for h in hosts] == [2, 2, 2]
+    wide = replace(POOL, min=0, max=4)
+    assert [share_of(7, hosts, h, wide) for h in hosts] == [3, 2, 2]
+    assert [share_of(3, hosts, h, wide) for h in hosts] == [1, 1, 1]
+    assert [share_of(2, hosts, h, wide) for h in hosts] == [1, 1, 0]
+    assert [share_of(12, hosts, h, POOL) for h in hosts] == [2, 2, 2]  # max 2 per host
+    assert [share_of(2, hosts, h, POOL) for h in hosts] == [1, 1, 1]  # min 1 per host
 
 
 def test_one_leader_decides_the_pools_total_and_each_host_runs_its_share(instance: Instance) -> None:
@@ -133,6 +135,27 @@ def test_a_host_that_joins_takes_a_share_and_the_total_grows(instance: Instance)
     decision = instance.store.pool_decision("main")
     assert decision is not None and decision.processes == 6
     assert instance.running() == {"w1": 2, "w2": 2, "w3": 2}
+
+
+def test_a_host_joining_an_idle_pool_keeps_its_min_and_nobody_stops_a_process(instance: Instance) -> None:
+    # given two idle hosts at their min (1 each): the pool's total is 2
+    instance.add_host("w1")
+    instance.add_host("w2")
+    for step in range(3):
+        instance.tick(100.0 + step * TICK)
+    decision = instance.store.pool_decision("main")
+    assert decision is not None and decision.processes == 2
+
+    # when a third host joins with its min
+    instance.add_host("w3")
+    for step in range(4):
+        instance.tick(102.0 + step * TICK)
+
+    # then the total follows the bounds of three hosts, and no host stopped a process on the way
+    decision = instance.store.pool_decision("main")
+    assert decision is not None and decision.processes == 3
+    assert instance.running() == {"w1": 1, "w2": 1, "w3": 1}
+    assert not [call for _, runner in instance.hosts.values() for call in runner.calls if call[0] == "stop"]
 
 
 def test_when_the_leader_host_dies_another_takes_the_lease_within_the_ttl_and_scaling_goes_on(

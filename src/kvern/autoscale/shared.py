@@ -6,8 +6,8 @@ in the job store (jobs/coordination.py says why a lease). Each tick, every host
 2. takes or renews the pool's lease; the holder alone asks the pool's policy, on instance-wide signals (the
    broker's queue depth, the store's running jobs) and the processes of all live hosts, and records the pool's
    total in the store, fenced by its lease,
-3. takes its share of that total: split evenly over the live hosts by name, the remainder to the first ones, never
-   above the pool's `max`, and starts or stops only its own processes (warm: a running job always finishes).
+3. takes its share of that total: split evenly over the live hosts by name, the remainder to the first ones, within
+   the pool's `min` and `max`, and starts or stops only its own processes (warm: a running job always finishes).
 
 The pool's `min` and `max` are per host: a pool on 3 hosts runs 3 x min to 3 x max processes. A leader that dies
 stops renewing; another host takes the lease once it expired and goes on from the recorded decision. A host that
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kvern.autoscale.loop import Autoscaler, PoolScaler
 from kvern.autoscale.pins import autoscaler_paused
-from kvern.autoscale.policy import BacklogPolicy, Decision, ScalingPolicy
+from kvern.autoscale.policy import BacklogPolicy, Decision, PoolSignals, ScalingPolicy
 from kvern.constants import LEASE_TTL_S, POOL_LEASE_PREFIX
 from kvern.errors import StoreUnavailable
 from kvern.jobs.base import JobStoreProtocol
@@ -37,10 +37,11 @@ from kvern.spec import PoolSpec
 log = logging.getLogger("kvern.autoscale")
 
 
-def share_of(total: int, hosts: list[str], host: str, per_host_max: int) -> int:
-    """`host`'s part of `total` processes over `hosts` (in name order): even, the remainder to the first ones."""
+def share_of(total: int, hosts: list[str], host: str, pool: PoolSpec) -> int:
+    """`host`'s part of `total` processes over `hosts` (in name order): even, the remainder to the first ones,
+    within the pool's min and max per host (a host that just joined keeps its min under a total decided before)."""
     each, remainder = divmod(total, len(hosts))
-    return min(per_host_max, each + (1 if hosts.index(host) < remainder else 0))
+    return max(pool.min, min(pool.max, each + (1 if hosts.index(host) < remainder else 0)))
 
 
 def pool_lease(pool: str) -> str:
@@ -100,17 +101,31 @@ class SharedAutoscaler(Autoscaler):
         if not leads or autoscaler_paused(self.state_dir) or not hosts:
             return PoolView(hosts, recorded)
         total = sum(host.processes for host in hosts)
-        signals = replace(self.signals(pool, total, now), hosts=len(hosts))
-        decision = scaler.policy.decide(signals, now)
-        if decision is None and recorded is not None and recorded.leader == self.host:
-            return PoolView(hosts, recorded)  # unchanged: no write (a new leader writes its first view at once)
-        target, reason = (decision.target, decision.reason) if decision else scaler.policy.desired(signals)
+        try:
+            signals = replace(self.signals(pool, total, now), hosts=len(hosts))
+        except Exception as exc:  # the broker or the store away: the hosts follow the decision recorded last
+            log.warning("pool %s: no decision this tick: %s", pool.name, exc)
+            return PoolView(hosts, recorded)
+        target, reason = self._target(scaler, signals, recorded, now)
+        if recorded is not None and (recorded.processes, recorded.leader) == (target, self.host):
+            return PoolView(hosts, recorded)  # unchanged: nothing to write
         made = PoolDecision(pool.name, target, reason, self.host, now)
         if self.store.record_pool_decision(made, pool_lease(pool.name), now):
-            if recorded is None or recorded.processes != target or recorded.leader != self.host:
-                log.info("pool %s: %d -> %d across %d host(s) (%s)", pool.name, total, target, len(hosts), reason)
+            log.info("pool %s: %d -> %d across %d host(s) (%s)", pool.name, total, target, len(hosts), reason)
             return PoolView(hosts, made)
         return PoolView(hosts, self.store.pool_decision(pool.name))
+
+    @staticmethod
+    def _target(scaler: PoolScaler, signals: PoolSignals, recorded: PoolDecision | None, now: float) -> tuple[int, str]:
+        """The policy's decision; else the one recorded (a new leader goes on from its predecessor's), kept within
+        the live hosts' min and max: a host that joined or left moves the bounds, not the policy's wish."""
+        decision = scaler.policy.decide(signals, now)
+        if decision is not None:
+            return decision.target, decision.reason
+        if recorded is None:
+            return scaler.policy.desired(signals)
+        low, high = scaler.pool.min * signals.hosts, scaler.pool.max * signals.hosts
+        return max(low, min(high, recorded.processes)), recorded.reason
 
     def _note_leadership(self, pool: str, leads: bool) -> None:
         if leads and pool not in self.leading:
@@ -127,7 +142,7 @@ class SharedAutoscaler(Autoscaler):
         names = [host.host for host in view.hosts] if view else []
         if view is None or view.decision is None or self.host not in names:
             return None
-        share = share_of(view.decision.processes, names, self.host, pool.max)
+        share = share_of(view.decision.processes, names, self.host, pool)
         if share == processes:
             return None, share
         why = f"share {share} of {view.decision.processes} on {len(names)} host(s), led by {view.decision.leader}"
