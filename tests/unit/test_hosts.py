@@ -147,6 +147,12 @@ def test_the_controller_role_is_optional_and_may_be_on_several_hosts(tmp_path: P
     assert [host.name for host in spec.hosts if host.runs("workers")] == ["w1", "w2"]
 
 
+def test_a_host_with_the_controller_role_alone_runs_no_tier_but_its_controller(tmp_path: Path) -> None:
+    layout = LAYOUT + '\n[hosts.c1]\naddress = "10.0.2.9"\nroles = ["controller"]\n'
+    spec = load_spec(_spec_file(tmp_path, BASE + layout))
+    assert tiers_of(spec, host_of(spec, "c1")) == Tiers(web=False, pools=False)
+
+
 def test_host_with_a_layout_not_built_per_host_yet_is_refused(tmp_path: Path) -> None:
     # The front door without the web heads: remote web heads are not built yet.
     spec = load_spec(_spec_file(tmp_path, BASE + LAYOUT.replace('roles = ["front", "web"]', 'roles = ["front"]')))
