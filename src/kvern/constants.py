@@ -79,3 +79,10 @@ POOL_GROUP_PREFIX: Final = "pool-"
 # raise a pool's max without touching Supervisor's config (a new program in a running group needs the group
 # removed and added again, which stops every process in it).
 MAX_POOL_PROCESSES: Final = 64
+
+# Coordination of several hosts through the job store (jobs/coordination.py): each lease is a row that its holder
+# renews every controller tick and that lapses by itself when the holder stops renewing (a dead or cut-off host).
+LEASE_TTL_S: Final = 5.0  # ten autoscaler ticks: a host missing a few renewals (a slow store) keeps its lease
+POOL_LEASE_PREFIX: Final = "pool:"  # + a pool's name: the host that decides the pool's size
+INSTANCE_DUTIES_LEASE: Final = "instance-duties"  # outbox relay, retention, notifications, job metrics
+RUNTIME_HOST_KEY: Final = "host"  # RuntimeConfig.extra of a host of several: the spec's name for it

@@ -1,8 +1,10 @@
-"""`python -m kvern.controller`: one per instance. It runs what keeps the instance whole:
+"""`python -m kvern.controller`: one per instance, or one per host of a several-machine instance. It runs what
+keeps the instance whole:
 
-the outbox relay, the dead-letter watcher and retention (when this instance runs the web tier), the autoscaler
-(when it runs pools), and the recovery of stuck jobs. Each loop survives the broker or the store being away, and
-catches up when they return.
+the outbox relay, the dead-letter watcher and retention (when this instance runs the web tier; on several hosts,
+on whichever holds their lease), the autoscaler (when it runs pools; on several hosts each pool's lease holder
+decides, autoscale/shared.py), and the recovery of stuck jobs. Each loop survives the broker or the store being
+away, and catches up when they return.
 """
 
 from __future__ import annotations
@@ -14,8 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvern.autoscale.loop import Autoscaler
+from kvern.autoscale.shared import SharedAutoscaler
 from kvern.broker.relay import DeadLetterWatcher, recover_stuck_jobs, relay_unpublished
-from kvern.constants import ROLE_ADMIN, ROLE_CONTROLLER
+from kvern.constants import (
+    INSTANCE_DUTIES_LEASE,
+    LEASE_TTL_S,
+    ROLE_ADMIN,
+    ROLE_CONTROLLER,
+    RUNTIME_HOST_KEY,
+)
+from kvern.errors import StoreUnavailable
 from kvern.jobs import retention
 from kvern.jobs.base import JobStoreProtocol
 from kvern.jobs.deliveries import DeliveryLog
@@ -63,27 +73,55 @@ class RetentionLoop:
         return erased
 
 
+@dataclass
+class InstanceDuties:
+    """On a host of a several-machine instance, the instance-wide duties (outbox relay, retention, notifications,
+    job metrics) run on whichever controller holds their lease (jobs/coordination.py): one at a time, and another
+    host takes them over within `LEASE_TTL_S` when that one dies."""
+
+    store: JobStoreProtocol
+    host: str
+    ttl_s: float = LEASE_TTL_S
+    held: bool = False
+
+    def renew(self, now: float | None = None) -> bool:
+        """Take or renew the lease; whether this controller runs the duties until the next renewal."""
+        now = time.time() if now is None else now
+        try:
+            held = self.store.hold_lease(INSTANCE_DUTIES_LEASE, self.host, now, self.ttl_s)
+        except StoreUnavailable as exc:  # its lease lapses meanwhile: another host may take it
+            log.warning("instance duties: lease not renewed: %s", exc)
+            held = False
+        if held != self.held:
+            log.info("instance duties: %s on this host (%s)", "running" if held else "no longer running", self.host)
+        self.held = held
+        return held
+
+    def release(self) -> None:
+        if self.held:
+            self.store.release_lease(INSTANCE_DUTIES_LEASE, self.host)
+            self.held = False
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = RuntimeConfig.from_environment()
     spec = config.spec()
     store = JobStore(config.store_url)
-    run_web, pools = config.only.web, config.only.pools_of(spec)
+    pools = config.only.pools_of(spec)
+    host = config.extra.get(RUNTIME_HOST_KEY)
+    # One machine: the web tier's controller runs the instance-wide duties. Several: whichever holds their lease.
+    duties = InstanceDuties(store, host) if host else None
+    run_duties = config.only.web or duties is not None
     # Its own role: publish through the default exchange, consume the dead letters (runtime.json of an older
     # kvern has no such role: the admin one then).
     broker_url = config.broker_urls.get(ROLE_CONTROLLER) or config.broker_urls[ROLE_ADMIN]
-    watcher = DeadLetterWatcher(store, broker_url) if run_web else None
-    scaler = Autoscaler(
-        pools,
-        store,
-        ScalingEventLog(store.engine),
-        Supervisor(config.state_path),
-        broker_url,  # queue depths: passive declares
-        config.state_path,
-    )
+    # Dead letters on every host that may run the duties: marking a job dead twice is harmless.
+    watcher = DeadLetterWatcher(store, broker_url) if run_duties else None
+    scaler = _autoscaler(config, pools, store, broker_url, host)
     retention_loop = RetentionLoop(store, spec.retention)
     stop = stop_on_signals()
-    rounds = _background_rounds(config, store, run_web, pools, broker_url)
+    rounds = _background_rounds(config, store, run_duties, pools, broker_url, duties)
     if watcher:
         watcher.start()
     for background in rounds:
@@ -92,10 +130,11 @@ def main() -> None:
     while not stop.is_set():
         if pools:
             _guarded("autoscaler", scaler.tick)
-        if run_web and time.monotonic() >= next_outbox:
+        leads = duties.renew() if duties else run_duties
+        if leads and time.monotonic() >= next_outbox:
             _guarded("outbox relay", lambda: relay_unpublished(store, broker_url))
             next_outbox = time.monotonic() + OUTBOX_INTERVAL_S
-        if run_web:  # one tier runs it, not every controller of a shared store
+        if leads:  # one controller runs it, not every controller of a shared store
             _guarded("retention", retention_loop.tick)
         if time.monotonic() >= next_stuck:
             _guarded("stuck jobs", lambda: recover_stuck_jobs(store, spec, broker_url))
@@ -105,6 +144,25 @@ def main() -> None:
         watcher.stop()
     for background in rounds:
         background.stop()
+    _resign(scaler, duties)
+
+
+def _autoscaler(
+    config: RuntimeConfig, pools: tuple[PoolSpec, ...], store: JobStore, broker_url: str, host: str | None
+) -> Autoscaler:
+    """One machine: the autoscaler decides for its pools alone. A host of several: it shares them (shared.py)."""
+    supervisor, events = Supervisor(config.state_path), ScalingEventLog(store.engine)
+    if host is None:  # queue depths: passive declares on `broker_url`
+        return Autoscaler(pools, store, events, supervisor, broker_url, config.state_path)
+    return SharedAutoscaler(pools, store, events, supervisor, broker_url, config.state_path, host=host)
+
+
+def _resign(scaler: Autoscaler, duties: InstanceDuties | None) -> None:
+    """A clean stop hands the leases over at once rather than after their TTL."""
+    if isinstance(scaler, SharedAutoscaler):
+        _guarded("leaving the pools", scaler.resign)
+    if duties is not None:
+        _guarded("instance duties", duties.release)
 
 
 class BackgroundRounds:
@@ -130,21 +188,44 @@ class BackgroundRounds:
 
 
 def _background_rounds(
-    config: RuntimeConfig, store: JobStore, run_web: bool, pools: tuple[PoolSpec, ...], broker_url: str
+    config: RuntimeConfig,
+    store: JobStore,
+    run_duties: bool,
+    pools: tuple[PoolSpec, ...],
+    broker_url: str,
+    duties: InstanceDuties | None = None,
 ) -> list[BackgroundRounds]:
-    """The notification outbox and the job metrics on the web tier's controller (one per instance, like the
-    relay); the pools' metrics on each controller that runs pools."""
+    """The notification outbox and the job metrics with the instance-wide duties (one controller at a time, like
+    the relay); the pools' metrics on each controller that runs pools."""
     spec, samples = config.spec(), MetricSamples(store.engine)
     rounds = []
-    if run_web:
-        base_url = spec.notify.base_url or f"http://127.0.0.1:{config.front_door_port}"
-        outbox = Outbox(store, DeliveryLog(store.engine), spec.notify, base_url, spec.web.api_prefix)
-        rounds.append(BackgroundRounds("notifications", outbox.tick, OUTBOX_INTERVAL_S))
-        rounds.append(BackgroundRounds("job metrics", JobMetrics(samples, store).tick, METRICS_INTERVAL_S))
+    if run_duties:
+        outbox = Outbox(store, DeliveryLog(store.engine), spec.notify, _base_url(config), spec.web.api_prefix)
+        rounds.append(BackgroundRounds("notifications", _while_held(duties, outbox.tick), OUTBOX_INTERVAL_S))
+        job_metrics = JobMetrics(samples, store)
+        rounds.append(BackgroundRounds("job metrics", _while_held(duties, job_metrics.tick), METRICS_INTERVAL_S))
     if pools:
         pool_metrics = PoolMetrics(samples, pools, Supervisor(config.state_path), broker_url, config.state_path)
         rounds.append(BackgroundRounds("pool metrics", pool_metrics.tick, METRICS_INTERVAL_S))
     return rounds
+
+
+def _while_held(duties: InstanceDuties | None, step: Callable[[], object]) -> Callable[[], object]:
+    """`step`, skipped while another host's controller holds the instance-wide duties."""
+    if duties is None:
+        return step
+    return lambda: step() if duties.held else None
+
+
+def _base_url(config: RuntimeConfig) -> str:
+    """Where the links in notifications point: the spec's, else the front door (a front host's, with [hosts])."""
+    spec = config.spec()
+    if spec.notify.base_url:
+        return spec.notify.base_url
+    front = next((host for host in spec.hosts if host.runs("front")), None)
+    if front is not None and spec.web.port:
+        return f"http://{front.address}:{spec.web.port}"
+    return f"http://127.0.0.1:{config.front_door_port}"
 
 
 def _guarded(name: str, step: object) -> None:

@@ -76,7 +76,8 @@ batch_jobs = 500            # jobs in one bulk submit (POST /api/v1/jobs:batch; 
 [hosts.front]               # optional: one table per machine; `kvern up --host front` starts its part
 address = "10.0.0.5"        # the address the other hosts reach it at (its own listeners bind here)
 roles = ["front", "web"]    # any of: front (nginx), web (web heads), broker (a RabbitMQ cluster node),
-                            # workers (pools), controller (exactly one host); see README "Several machines"
+                            # workers (pools), controller (alone: a host running only a controller; every
+                            # host runs one anyway); see README "Several machines"
 pools = ["reports"]         # with "workers": the pools this host runs (default: all of them)
 weight = 1                  # with "web": the share of requests each of its web heads gets from the front door
 
@@ -975,9 +976,9 @@ def parse_hosts(table: _Reader, spec: Spec) -> tuple[HostSpec, ...]:
         raise SpecError("hosts: no host has the broker role and there is no [broker] url")
     if not (spec.store_url or "").startswith("postgresql"):
         raise SpecError("hosts: the hosts share one job store: [store] url must be a PostgreSQL URL")
-    controllers = [host.name for host in hosts if host.runs("controller")]
-    if len(controllers) != 1:
-        raise SpecError(f"hosts: exactly one host runs the controller (found: {controllers or 'none'})")
+    # No controller rule: every application host runs one, and leases in the store decide which of them leads
+    # each pool and the instance-wide duties (autoscale/shared.py). The role stays valid for older specs; alone it
+    # makes a host that runs only a controller.
     return hosts
 
 

@@ -1,7 +1,8 @@
 """The several-machine instance the multihost scenarios share (booting it is most of their time).
 
-Hosts: b1..b3 (one RabbitMQ cluster), a1 (front door, web heads, a worker pool, the controller), w2 (a
-second worker host for the same pool) and h2 (a web host: its heads on TCP behind a1's front door). They share
+Hosts: b1..b3 (one RabbitMQ cluster), a1 (front door, web heads, a worker pool, a controller), w2 (a second
+worker host for the same pool) and h2 (a web host: its heads on TCP behind a1's front door); w3, a third worker
+host, is declared but only started by the scenario that adds a worker host (test_worker_hosts.py). They share
 the machine's PostgreSQL through a relay on the bridge, in a schema of their own. Each job's task leaves one
 file per completed run in `effects`, so duplicates are counted from what ran.
 """
@@ -58,6 +59,7 @@ def spec_text(network: Network, schema: str, brokers: tuple[str, ...] = BROKERS)
         f'[[pools]]\nname = "main"\nqueues = ["{WORK_QUEUE}"]\nconcurrency = 4\nmin = 1\nmax = 2\n\n'
         f'[hosts.a1]\naddress = "{a1.address}"\nroles = ["front", "web", "workers", "controller"]\n\n'
         f'[hosts.w2]\naddress = "{w2.address}"\nroles = ["workers"]\n\n'
+        f'[hosts.w3]\naddress = "{network.hosts["w3"].address}"\nroles = ["workers"]\n\n'  # started by scenario 5
         f"{web_host_table(network.hosts['h2'])}"
         f"{broker_tables([network.hosts[name] for name in brokers])}"
     )
@@ -93,7 +95,7 @@ def running_stack(folder: Path, brokers: tuple[str, ...] = BROKERS) -> Iterator[
     network = Network.create()
     relay: PostgresRelay | None = None
     try:
-        for name in (*brokers, "a1", "w2", "h2"):
+        for name in (*brokers, "a1", "w2", "h2", "w3"):
             network.add_host(name)
         relay = PostgresRelay(network.gateway).start()
         with project_on(network, folder, spec_text(network, schema, brokers), TASKS) as project:

@@ -87,7 +87,6 @@ def test_failover_urls_list_every_broker_with_this_hosts_node_first(tmp_path: Pa
         (('address = "10.0.1.3"', 'address = "b3.local"'), "not an IPv4 address"),
         (('roles = ["front", "web"]', 'roles = ["nginx"]'), "hosts.front.roles"),
         (('pools = ["bulk"]', 'pools = ["nope"]'), "hosts.w1.pools"),
-        (('roles = ["workers", "controller"]', 'roles = ["workers"]'), "exactly one host runs the controller"),
         (("[hosts.b3]", "[hosts.B3]"), "a host name is"),
         (('address = "10.0.1.3"\nroles = ["broker"]', 'address = "10.0.1.3"\nroles = ["web"]'), "2 broker hosts"),
         (('url = "postgresql://postgres@127.0.0.1:5432/test"', 'url = "sqlite:///x.db"'), "one job store"),
@@ -133,11 +132,25 @@ def test_secrets_file_others_can_read_or_lacking_a_role_is_refused(tmp_path: Pat
         SharedSecrets.load(tmp_path / "absent.json", ROLES)
 
 
-def test_each_host_runs_its_tiers_and_the_controller_runs_on_one(tmp_path: Path) -> None:
+def test_each_host_runs_its_tiers(tmp_path: Path) -> None:
     spec = load_spec(_spec_file(tmp_path, BASE + LAYOUT))
     assert tiers_of(spec, host_of(spec, "front")) == Tiers(web=True, pools=False)
     assert tiers_of(spec, host_of(spec, "w1")) == Tiers(web=False, pools=False, pool="bulk")
-    assert [host.name for host in spec.hosts if host.runs("controller")] == ["w1"]
+
+
+@pytest.mark.parametrize("roles", ['["workers"]', '["workers", "controller"]'])
+def test_the_controller_role_is_optional_and_may_be_on_several_hosts(tmp_path: Path, roles: str) -> None:
+    # every application host runs a controller (leases decide who leads), so no host or several may name the role
+    layout = LAYOUT.replace('roles = ["workers", "controller"]', f"roles = {roles}")
+    layout += '\n[hosts.w2]\naddress = "10.0.2.2"\nroles = ["workers", "controller"]\n'
+    spec = load_spec(_spec_file(tmp_path, BASE + layout))
+    assert [host.name for host in spec.hosts if host.runs("workers")] == ["w1", "w2"]
+
+
+def test_a_host_with_the_controller_role_alone_runs_no_tier_but_its_controller(tmp_path: Path) -> None:
+    layout = LAYOUT + '\n[hosts.c1]\naddress = "10.0.2.9"\nroles = ["controller"]\n'
+    spec = load_spec(_spec_file(tmp_path, BASE + layout))
+    assert tiers_of(spec, host_of(spec, "c1")) == Tiers(web=False, pools=False)
 
 
 def test_host_with_a_layout_not_built_per_host_yet_is_refused(tmp_path: Path) -> None:

@@ -13,12 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from kvern.constants import MAX_WEB_HEADS, WEB_GROUP
+from kvern.constants import MAX_WEB_HEADS, RUNTIME_HOST_KEY, WEB_GROUP
 from kvern.errors import ReloadRefused, SpecError, StartError
 from kvern.runtime import web_head
 from kvern.runtime.head_endpoints import (
     HEADS_ADDRESS_KEY,
-    HOST_KEY,
     Endpoint,
     HeadEndpoints,
     RemoteHead,
@@ -146,7 +145,7 @@ def test_the_upstreams_follow_the_running_spec_and_this_hosts_weight(tmp_path: P
     project.mkdir()
     (project / "kvern.toml").write_text(BASE + WEB_HOST)
     config = started(project / "kvern.toml", tmp_path / "state", "web")
-    replace(config, extra={HOST_KEY: "front"}).save()
+    replace(config, extra={RUNTIME_HOST_KEY: "front"}).save()
     publish_live(config.state_path, LiveHeads(color=1, count=1, app=True))
     text = upstream_path(config.state_path).read_text()
     assert f'"unix:{web_socket(config.state_path, MAX_WEB_HEADS)}" weight=2 ' in text
@@ -167,7 +166,7 @@ def test_a_web_host_runs_its_heads_on_tcp_and_no_front_door(tmp_path: Path) -> N
     project.mkdir()
     (project / "kvern.toml").write_text(BASE + WEB_HOST)
     config = started(project / "kvern.toml", tmp_path / "state", "web")
-    config = replace(config, extra={HOST_KEY: "h2", HEADS_ADDRESS_KEY: "10.0.0.11:8100"})
+    config = replace(config, extra={RUNTIME_HOST_KEY: "h2", HEADS_ADDRESS_KEY: "10.0.0.11:8100"})
     programs = build_programs(load_spec(project / "kvern.toml"), config, None)
     webs = [p for p in programs if p.group == WEB_GROUP]
     assert webs[1].command[-1] == "tcp:10.0.0.11:8101"
@@ -213,7 +212,7 @@ def test_a_web_host_refuses_a_reload_other_than_hosts(tmp_path: Path) -> None:
     (project / "kvern.toml").write_text(BASE + WEB_HOST)
     config = replace(
         started(project / "kvern.toml", tmp_path / "state", "web"),
-        extra={HOST_KEY: "h2", HEADS_ADDRESS_KEY: "10.0.0.11:8100"},
+        extra={RUNTIME_HOST_KEY: "h2", HEADS_ADDRESS_KEY: "10.0.0.11:8100"},
     )
     running = config.spec()
     (project / "kvern.toml").write_text((BASE + WEB_HOST).replace("[web]", "[web]\nheads = 3"))

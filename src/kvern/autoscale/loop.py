@@ -82,18 +82,25 @@ class Autoscaler:
                 decision = self._pinned(pool, len(current), pins[pool.name])
                 wanted = max(0, min(pool.max, pins[pool.name]))
             else:
-                try:
-                    signals = self.signals(pool, len(current), now)
-                except StoreUnavailable as exc:
-                    # Without the store the signals are half-known: hold the pool as it is (pins still apply).
-                    log.warning("pool %s: holding at %d processes, %s", pool.name, len(current), exc)
+                planned = self.plan(scaler, len(current), now)
+                if planned is None:
                     continue
-                decision = scaler.policy.decide(signals, now)
-                wanted = scaler.policy.desired(signals)[0]
+                decision, wanted = planned
             desired[pool.name] = {"desired": wanted, "pinned": pins.get(pool.name)}
             if decision is not None and decision.target != len(current):
                 self.apply(pool, current, decision, now, stopping.get(pool.name, set()))
         self._publish(desired)
+
+    def plan(self, scaler: PoolScaler, processes: int, now: float) -> tuple[Decision | None, int] | None:
+        """What the pool's policy decides for this machine's `processes` (None: leave them as they are), and the
+        processes it wants now; None when the pool is held as it is."""
+        try:
+            signals = self.signals(scaler.pool, processes, now)
+        except StoreUnavailable as exc:
+            # Without the store the signals are half-known: hold the pool as it is (pins still apply).
+            log.warning("pool %s: holding at %d processes, %s", scaler.pool.name, processes, exc)
+            return None
+        return scaler.policy.decide(signals, now), scaler.policy.desired(signals)[0]
 
     def _publish(self, desired: dict[str, dict[str, int | None]]) -> None:
         if desired == self._published:

@@ -19,6 +19,7 @@ class PoolSignals:
     running: int  # jobs an attempt is working on (stands for unacknowledged messages)
     oldest_wait_s: float  # how long the oldest queued job has waited (0 when none)
     processes: int  # worker processes currently running
+    hosts: int = 1  # worker hosts serving the pool: its min and max are per host (autoscale/shared.py)
 
     def describe(self) -> str:
         return f"ready={self.ready} running={self.running} oldest_wait={self.oldest_wait_s:.1f}s"
@@ -34,7 +35,8 @@ class ScalingPolicy(Protocol):
     """One pool's scaling rule; the autoscaler holds one per pool and calls only these methods."""
 
     def desired(self, signals: PoolSignals) -> tuple[int, str]:
-        """The processes the signals call for right now, within the pool's min and max, and why.
+        """The processes the signals call for right now, within the pool's min and max (per host: times
+        `signals.hosts`), and why.
 
         No state changes: `kvern status` shows this number even while a cool-down holds the pool."""
         ...
@@ -62,13 +64,14 @@ class BacklogPolicy:
         self.wants_fewer_since: float | None = None
         self.grown_at: float | None = None
 
-    def _bounded(self, processes: int) -> int:
-        return max(self.pool.min, min(self.pool.max, processes))
+    def _bounded(self, processes: int, hosts: int) -> int:
+        return max(self.pool.min * hosts, min(self.pool.max * hosts, processes))
 
     def _by_backlog(self, signals: PoolSignals) -> int:
         work = signals.ready + signals.running
         by_backlog = math.ceil(work / self.pool.target_backlog)
-        return self._bounded(max(by_backlog, 1) if work > 0 else by_backlog)  # never leave work with nobody
+        # never leave work with nobody
+        return self._bounded(max(by_backlog, 1) if work > 0 else by_backlog, signals.hosts)
 
     def _waited_too_long(self, signals: PoolSignals) -> bool:
         return signals.ready > 0 and signals.oldest_wait_s > self.pool.max_wait
@@ -77,8 +80,8 @@ class BacklogPolicy:
         work = signals.ready + signals.running
         desired = self._by_backlog(signals)
         reason = f"backlog {work} / target {self.pool.target_backlog} per process"
-        if self._waited_too_long(signals) and self._bounded(signals.processes + 1) > desired:
-            desired = self._bounded(signals.processes + 1)
+        if self._waited_too_long(signals) and self._bounded(signals.processes + 1, signals.hosts) > desired:
+            desired = self._bounded(signals.processes + 1, signals.hosts)
             reason = f"oldest job waited {signals.oldest_wait_s:.1f}s > max_wait {self.pool.max_wait:g}s"
         return desired, reason
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from kvern.jobs.batch import Answer, WorkerOp
-from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect
+from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, PoolDecision, PoolHost, StuckSuspect
 from kvern.jobs.states import JobStatus
 
 
@@ -209,4 +209,42 @@ class JobStoreProtocol(Protocol):
 
     def oldest_queued_at(self, queues: Sequence[str]) -> float | None:
         """When the longest-waiting queued job of `queues` became queued (created, replayed or requeued)."""
+        ...
+
+    # -- coordination of several hosts (jobs/coordination.py) ---------------------------------------------
+
+    def hold_lease(self, name: str, holder: str, now: float, ttl_s: float) -> bool:
+        """Take the lease `name` for `holder` until `now + ttl_s` when nobody holds it, it expired, or `holder`
+        already holds it (a renewal); True when `holder` holds it afterwards. Of two hosts asking at once for a
+        free lease, one gets it."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up (a clean stop), so another holder need not wait for it to expire; a no-op when
+        `holder` does not hold it."""
+        ...
+
+    def lease_holder(self, name: str, now: float) -> str | None:
+        """Who holds the lease at `now`; None when nobody does or it expired."""
+        ...
+
+    def record_pool_decision(self, decision: PoolDecision, lease: str, now: float) -> bool:
+        """Fenced on `lease`: the pool's decision replaces the one before only while `decision.leader` holds the
+        lease at `now`; False (nothing written) otherwise."""
+        ...
+
+    def pool_decision(self, pool: str) -> PoolDecision | None:
+        """The pool's latest decision, whoever made it."""
+        ...
+
+    def beat_pool_host(self, pool: str, host: str, processes: int, now: float, ttl_s: float) -> None:
+        """`host` serves `pool` with `processes` running, until `now + ttl_s` unless it beats again."""
+        ...
+
+    def leave_pool(self, pool: str, host: str) -> None:
+        """`host` stops serving `pool` (a clean stop): its heartbeat goes at once."""
+        ...
+
+    def live_pool_hosts(self, pool: str, now: float) -> list[PoolHost]:
+        """The hosts whose heartbeat for `pool` has not expired at `now`, by host name."""
         ...

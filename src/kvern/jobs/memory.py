@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kvern.jobs.base import ArtifactsTooLarge, IdempotencyConflict
 from kvern.jobs.batch import Answer, WorkerOp
+from kvern.jobs.memory_coordination import CoordinationInMemory
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
 
@@ -29,10 +30,11 @@ def _duplicate(what: str) -> IntegrityError:
     return IntegrityError(f"memory job store: {what}", None, ValueError(what))
 
 
-class MemoryJobStore:
+class MemoryJobStore(CoordinationInMemory):
     """Implements JobStoreProtocol in memory; nothing survives the process."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.RLock()
         self.jobs: dict[str, Row] = {}  # by id; public so that a test can backdate a row as it would in SQL
         self.attempts: dict[str, list[Row]] = {}  # by job id, in attempt order

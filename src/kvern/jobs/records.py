@@ -161,3 +161,24 @@ def new_job_row(new: NewJob) -> dict[str, Any]:
         "notify": json.dumps(list(new.notify)) if new.notify else None,
         "notify_due": now if new.notify else None,
     }
+
+
+@dataclass(frozen=True)
+class PoolDecision:
+    """What the host leading a pool decided: the processes the pool runs across all its live hosts, and why."""
+
+    pool: str
+    processes: int
+    reason: str
+    leader: str  # the host that decided
+    decided_at: float
+
+
+@dataclass(frozen=True)
+class PoolHost:
+    """One host's heartbeat for a pool: it serves the pool and runs `processes` of it until `expires_at`."""
+
+    pool: str
+    host: str
+    processes: int
+    expires_at: float

@@ -153,3 +153,34 @@ metric_cursors = Table(
     Column("at", Float, nullable=False),
     Column("job_id", String(36), nullable=False),
 )
+
+# Leases (jobs/coordination.py): who does something for the whole instance (decides a pool's size, runs the outbox
+# relay) until `expires_at`, which the holder pushes forward every tick.
+leases = Table(
+    "kvern_leases",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+# The latest decision of each pool's leader: the processes the pool runs across its hosts.
+pool_decisions = Table(
+    "kvern_pool_decisions",
+    metadata,
+    Column("pool", String(64), primary_key=True),
+    Column("processes", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("leader", String(200), nullable=False),
+    Column("decided_at", Float, nullable=False),
+)
+
+# One heartbeat per host and pool: the hosts that share a pool's decision, and what each runs of it.
+pool_hosts = Table(
+    "kvern_pool_hosts",
+    metadata,
+    Column("pool", String(64), primary_key=True),
+    Column("host", String(200), primary_key=True),
+    Column("processes", Integer, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)

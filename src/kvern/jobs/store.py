@@ -45,6 +45,7 @@ from kvern.jobs import schema
 from kvern.jobs.base import ArtifactsTooLarge
 from kvern.jobs.base import IdempotencyConflict as IdempotencyConflict  # noqa: PLC0414
 from kvern.jobs.batch import Answer, ClaimAttempt, RecordSuccess, WorkerOp
+from kvern.jobs.coordination import CoordinationSql
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
 
@@ -160,7 +161,7 @@ def add_missing_indexes(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
-class JobStore:
+class JobStore(CoordinationSql):
     """The job store kvern runs: SQLAlchemy Core over SQLite or PostgreSQL (implements JobStoreProtocol)."""
 
     def __init__(self, url: str, *, persistent: bool = False) -> None:

@@ -22,7 +22,6 @@ from kvern.runtime.nginx import socket_dir, web_socket
 from kvern.runtime_config import RuntimeConfig
 from kvern.spec import HostSpec, Spec, WebSpec
 
-HOST_KEY = "host"  # RuntimeConfig.extra: which host of the spec this state dir runs
 # RuntimeConfig.extra: "address:head_port" when this instance's heads listen on TCP (no front door beside them).
 HEADS_ADDRESS_KEY = "heads_address"
 TCP_PREFIX = "tcp:"  # a head program's argument: "tcp:ADDRESS:PORT" instead of a socket's path

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kvern.constants import PROGRAM_BROKER, ROLE_ADMIN, VHOST
+from kvern.constants import PROGRAM_BROKER, ROLE_ADMIN, RUNTIME_HOST_KEY, VHOST
 from kvern.errors import AlreadyRunning, SpecError, StartError
 from kvern.processes import ACTIVE_STATES
 from kvern.runtime.cluster import amqp_urls, cluster_node, ensure_member
-from kvern.runtime.head_endpoints import HEADS_ADDRESS_KEY, HOST_KEY, heads_address
+from kvern.runtime.head_endpoints import HEADS_ADDRESS_KEY, heads_address
 from kvern.runtime.instance import (
     BROKER_READY_TIMEOUT_S,
     ROLES,
@@ -83,13 +83,13 @@ class HostInstance:
         spec, host = self.spec, self.host
         vhost = quote(VHOST, safe="")
         urls = {role: amqp_urls(spec, broker_user(role), self.secrets.broker_passwords[role], vhost) for role in ROLES}
-        extra = {HOST_KEY: host.name}
+        if host.runs("controller") and host.roles != {"controller"}:
+            report(f"hosts.{host.name}: the controller role is no longer needed: every host runs a controller")
+        extra = {RUNTIME_HOST_KEY: host.name}
         address = heads_address(host, spec.web)
         if address is not None:
             extra[HEADS_ADDRESS_KEY] = address
-        instance = replace(
-            self.instance, cluster_urls=urls, run_controller=host.runs("controller"), runtime_extra=extra
-        )
+        instance = replace(self.instance, cluster_urls=urls, runtime_extra=extra)
         return instance.up(tiers_of(spec, host), report)
 
     def _up(self, progress: Progress, report: Reporter) -> RuntimeConfig:
@@ -154,7 +154,7 @@ class HostInstance:
             management_auth=None,
             private_broker=False,  # not the one-machine private node: its ports and name come from the host
             only=Tiers(web=False),
-            extra={HOST_KEY: self.host.name},
+            extra={RUNTIME_HOST_KEY: self.host.name},
         )
 
 

@@ -104,10 +104,11 @@ class Instance:
     spec: Spec
     state_dir: Path
     # A host of a several-machine instance (runtime/hosts.py): each role's failover list of cluster nodes, and
-    # whether this host runs the instance's one controller.
+    # whether this host runs a controller (each application host does; the leases decide who leads what).
     cluster_urls: dict[str, str] | None = None
     run_controller: bool = True
-    runtime_extra: dict[str, str] = field(default_factory=dict)  # which host, where its heads listen
+    # Which host of the spec this is (its controller shares the pools with the others), where its heads listen.
+    runtime_extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def supervisor(self) -> Supervisor:

@@ -13,10 +13,10 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from kvern.constants import RUNTIME_HOST_KEY
 from kvern.errors import RuntimeStateError, StartError
 from kvern.files import atomic_write
 from kvern.runtime.head_endpoints import (
-    HOST_KEY,
     Endpoint,
     HeadEndpoints,
     RemoteHead,
@@ -86,7 +86,7 @@ def write_upstream(state_dir: Path, slots: Iterable[int], app: bool, spec: Spec 
     host_name = None
     try:
         config = RuntimeConfig.load(state_dir)
-        host_name = config.extra.get(HOST_KEY)
+        host_name = config.extra.get(RUNTIME_HOST_KEY)
         spec = spec or config.spec()
     except RuntimeStateError:
         pass
