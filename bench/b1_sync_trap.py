@@ -149,11 +149,22 @@ def _latency_figures(results: list[Result], ok_status: int) -> dict[str, Any]:
 
 
 def _status_counts(results: list[Result]) -> dict[str, int]:
+    """Requests per status; a refusal with kvern's error body also by its code ("503 broker_unavailable")."""
     counts: dict[str, int] = {}
     for r in results:
         key = "timeout" if r.timed_out else ("conn-error" if r.status < 0 else str(r.status))
+        code = _error_code(r) if r.status >= 400 else None
+        key = f"{key} {code}" if code else key
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def _error_code(result: Result) -> str | None:
+    try:
+        error = result.json().get("error")
+    except (ValueError, AttributeError):  # not kvern's JSON (nginx's page, the baseline's answer)
+        return None
+    return str(error.get("code")) if isinstance(error, dict) else None
 
 
 def figures_of(run: SpikeRun, ok_status: int) -> dict[str, Any]:

@@ -232,7 +232,7 @@ HTTP_ERROR_CODES = {
 }
 
 
-def require_json_body(request: Request) -> None:
+async def require_json_body(request: Request) -> None:
     """A write's body must be declared JSON: a web page can send a cross-origin `text/plain` or form POST
     without asking the browser's CORS preflight, but never an `application/json` one. A write without a body and
     without a Content-Type (cancel, replay) carries nothing to misread."""

@@ -5,6 +5,9 @@ A lone call runs its own item at once; under load (a gunicorn gthread worker's t
 item that arrived during the previous one, instead of each thread paying a round trip of its own. Whoever ran a
 batch hands the next one to the oldest thread still waiting, so no thread works for others longer than one
 batch. `run` answers each item with its result or the exception that item's caller gets.
+
+Used for the threads' publishes (confirming.py: one wait for many confirms) and their inserts
+(enqueue/submitter.py: one transaction, one fsync, for many jobs).
 """
 
 from __future__ import annotations

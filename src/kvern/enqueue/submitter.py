@@ -9,11 +9,11 @@ from typing import Any
 
 from celery import Task
 
+from kvern.broker.grouping import GroupCall
 from kvern.broker.message import OneJobPublisherProtocol
 from kvern.catalog import TaskCatalog
 from kvern.enqueue.core import accept, run_blocking
 from kvern.enqueue.handle import JobHandle
-from kvern.enqueue.inserter import GroupInserter
 from kvern.enqueue.marker import BackgroundMarker
 from kvern.enqueue.validation import parse_notify, validate_call
 from kvern.errors import SubmitError
@@ -22,6 +22,7 @@ from kvern.jobs.records import Job, NewJob
 from kvern.spec import Spec
 
 MAX_IDEMPOTENCY_KEY = 200  # characters, as the job API's Idempotency-Key header
+MAX_INSERT_BATCH = 256  # jobs in one group commit of the threads' inserts
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,13 @@ class StorePorts:
 
     store: JobStoreProtocol
     publisher: OneJobPublisherProtocol
-    inserter: GroupInserter
+    inserter: GroupCall[NewJob, Job]  # store.create_jobs for the jobs that threads record meanwhile
     marker: BackgroundMarker
 
     def record(self, new: NewJob) -> tuple[Job, bool]:
         if new.idempotency_key is None:
-            return self.inserter.create(new), True  # group commit with the threads submitting meanwhile
+            # Group commit: one transaction (one fsync) for the jobs that threads hand in while one is written.
+            return self.inserter.call(new), True
         return self.store.create_job(new)
 
     def publish(self, job: Job) -> None:
@@ -54,12 +56,15 @@ class Submitter:
     catalog: TaskCatalog
     store: JobStoreProtocol
     publisher: OneJobPublisherProtocol
-    inserter: GroupInserter = field(init=False)
+    inserter: GroupCall[NewJob, Job] = field(init=False)
     marker: BackgroundMarker = field(init=False)
 
     def __post_init__(self) -> None:
-        self.inserter = GroupInserter(self.store)
+        self.inserter = GroupCall(self._create_jobs, MAX_INSERT_BATCH)
         self.marker = BackgroundMarker(self.store)
+
+    def _create_jobs(self, news: list[NewJob]) -> list[Job]:
+        return self.store.create_jobs(news)
 
     def submit(
         self,
