@@ -182,6 +182,11 @@ class NodeWriter:
             if deferred:
                 reply({"held": True})  # after _hold: the child's return now implies its outcome is received
 
+    def submit(self, op: WorkerOp, reply: Callable[[Any], None]) -> None:
+        """An op from the node's own process (a claim at dispatch): `reply` gets its answer, as a child would,
+        in the writer's thread once the batch holding it committed (or failed)."""
+        self._hold(op, reply, deferred=False)
+
     def _hold(self, op: WorkerOp, reply: Callable[[Any], None], deferred: bool) -> None:
         with self._received_lock:  # seq order is queue order
             self._received += 1
