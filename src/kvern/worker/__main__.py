@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     # The children write through the node's writer. Above prefetch 1, they hand outcomes over without waiting
     # for the commit, and each message is acked once its outcome committed (worker/deferred_ack.py).
     deferred = pool.prefetch > 1
-    attempts = WriterClient(writer.path, artifacts=store, defer_outcomes=deferred)
+    attempts = WriterClient(writer.path, writer.spool, defer_outcomes=deferred)
     # The main process claims each attempt when it hands the delivery to a child (worker/dispatch.py).
     claims = DispatchClaims(writer, node, claim_window(pool.concurrency, pool.prefetch))
     for name, task in catalog.tasks.items():
