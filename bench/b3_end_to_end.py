@@ -15,12 +15,13 @@
   lost worker process, prefetch 1, a quorum queue declared as kvern's, publisher confirms). Jobs are sent with
   `apply_async` from one Python process; bare Celery records no outcome, so each task's finish time is appended
   to a file by a `task_postrun` handler (bench.workloads).
+- kvern, PostgreSQL job store, prefetch 8: the PostgreSQL spec with `prefetch = 8` (its own schema and instance).
 - drain: the queue is filled in advance and only the workers are measured, from the first outcome to the last:
-  kvern (its pool's worker and the controller stopped while the jobs are submitted, then the worker started)
-  and bare Celery defaults (a worker started on a queue already holding the jobs).
+  kvern, prefetch 1 and prefetch 8 (the pool's worker and the controller stopped while the jobs are submitted,
+  then the worker started) and bare Celery defaults (a worker started on a queue already holding the jobs).
 
-Rounds alternate kvern / kvern on PostgreSQL / kvern prefetch 8 / default / late / same / kvern drain / default
-drain; medians and ratios of medians.
+Rounds alternate kvern / kvern on PostgreSQL / kvern prefetch 8 / kvern on PostgreSQL prefetch 8 / default / late /
+same / kvern drain / kvern prefetch 8 drain / default drain; medians and ratios of medians.
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 POSTGRES_GROUP = "PostgreSQL server (job store)"
 IDLE_INSTANCE_GROUP = "the other kvern instance (idle)"
+HEADLINE_FIGURES = (  # at the top level of bench/results/B3.json: what issue 12's targets read
+    "kvern_jobs_per_s",
+    "kvern_pg_jobs_per_s",
+    "celery_default_jobs_per_s",
+    "celery_same_guarantees_jobs_per_s",
+    "kvern_drain_jobs_per_s",
+    "celery_default_drain_jobs_per_s",
+    "kvern_prefetch_jobs_per_s",
+    "kvern_pg_prefetch_jobs_per_s",
+    "kvern_prefetch_drain_jobs_per_s",
+)
 
 
 @dataclass(frozen=True)
@@ -171,8 +183,8 @@ def postgres_schema() -> Iterator[str]:
         engine.dispose()
 
 
-def postgres_spec(store_url: str) -> str:
-    return noop_spec() + f'\n[store]\nurl = "{store_url}"\n'
+def postgres_spec(store_url: str, prefetch: int = 1) -> str:
+    return noop_spec(prefetch=prefetch) + f'\n[store]\nurl = "{store_url}"\n'
 
 
 # -- bare Celery --------------------------------------------------------------------------------------------
@@ -294,10 +306,14 @@ def measure(
     bare_pids: dict[int, str],
     bare_drain: Callable[[], RoundResult],
 ) -> dict[str, Any]:
-    """`instances`: "kvern" (whose broker the bare workers use too), "kvern-pg" and "kvern-prefetch"."""
+    """`instances`: "kvern" (whose broker the bare workers use too), "kvern-pg", "kvern-prefetch" and
+    "kvern-pg-prefetch"."""
     stores = {name: JobStore(running.config.store_url) for name, running in instances.items()}
     drains: dict[str, Callable[[], RoundResult]] = {
         "kvern-drain": functools.partial(kvern_drain_round, instances["kvern"], stores["kvern"]),
+        "kvern-prefetch-drain": functools.partial(
+            kvern_drain_round, instances["kvern-prefetch"], stores["kvern-prefetch"]
+        ),
         "default-drain": bare_drain,
     }
     results: dict[str, list[RoundResult]] = {name: [] for name in (*instances, *BARE_VARIANTS, *drains)}
@@ -343,10 +359,12 @@ def measure(
 def tables(f: dict[str, Any]) -> list[Table]:
     k, pg, d, late, same = f["kvern"], f["kvern_postgresql"], f["bare_default"], f["bare_late"], f["bare_same"]
     kd, dd, kp = f["kvern_drain"], f["bare_default_drain"], f["kvern_prefetch"]
+    kpd, pgp = f["kvern_prefetch_drain"], f["kvern_postgresql_prefetch"]
     rows = [
         ["kvern (HTTP submit, record, confirm, acks late, prefetch 1)", k["jobs_per_s"], k["submit_per_s"]],
         [f"kvern, prefetch {NOOP_PREFETCH} (ack after the outcome's commit)", kp["jobs_per_s"], kp["submit_per_s"]],
         ["kvern, PostgreSQL job store", pg["jobs_per_s"], pg["submit_per_s"]],
+        [f"kvern, PostgreSQL job store, prefetch {NOOP_PREFETCH}", pgp["jobs_per_s"], pgp["submit_per_s"]],
         ["bare Celery, defaults (early ack, prefetch 4x)", d["jobs_per_s"], d["submit_per_s"]],
         ["bare Celery, acks_late + prefetch 1", late["jobs_per_s"], late["submit_per_s"]],
         [
@@ -355,6 +373,7 @@ def tables(f: dict[str, Any]) -> list[Table]:
             same["submit_per_s"],
         ],
         ["drain: kvern (queue filled in advance, worker only)", kd["jobs_per_s"], kd["submit_per_s"]],
+        [f"drain: kvern, prefetch {NOOP_PREFETCH}", kpd["jobs_per_s"], kpd["submit_per_s"]],
         ["drain: bare Celery defaults (queue filled in advance, worker only)", dd["jobs_per_s"], dd["submit_per_s"]],
     ]
     main = Table(
@@ -374,6 +393,7 @@ def tables(f: dict[str, Any]) -> list[Table]:
             "kvern": k["cpu_cores"],
             "kvern, PostgreSQL": pg["cpu_cores"],
             f"kvern, prefetch {NOOP_PREFETCH}": kp["cpu_cores"],
+            f"kvern, PostgreSQL, prefetch {NOOP_PREFETCH}": pgp["cpu_cores"],
             "bare defaults": d["cpu_cores"],
             "bare acks_late+prefetch1": late["cpu_cores"],
             "bare, kvern's guarantees": same["cpu_cores"],
@@ -391,12 +411,24 @@ def run(work: Path) -> dict[str, Any]:
         running_pg = stack.enter_context(kvern_instance(pg_spec, work / "kvern-pg" / ".kvern"))
         prefetch_spec = write_project(work / "kvern-prefetch", noop_spec(prefetch=NOOP_PREFETCH), reports=False)
         running_prefetch = stack.enter_context(kvern_instance(prefetch_spec, work / "kvern-prefetch" / ".kvern"))
+        pg_prefetch_url = stack.enter_context(postgres_schema())
+        pg_prefetch_spec = write_project(
+            work / "kvern-pg-prefetch", postgres_spec(pg_prefetch_url, NOOP_PREFETCH), reports=False
+        )
+        running_pg_prefetch = stack.enter_context(
+            kvern_instance(pg_prefetch_spec, work / "kvern-pg-prefetch" / ".kvern")
+        )
         group = stack.enter_context(process_group())
         broker_url = running.config.broker_urls[ROLE_ADMIN]  # bare Celery declares its own queues: configure
         done_files, bare_pids = start_bare_workers(group, broker_url, work)
         wait_consuming(broker_url, done_files)
         bare_drain = functools.partial(bare_drain_round, group, broker_url, work)
-        instances = {"kvern": running, "kvern-pg": running_pg, "kvern-prefetch": running_prefetch}
+        instances = {
+            "kvern": running,
+            "kvern-pg": running_pg,
+            "kvern-prefetch": running_prefetch,
+            "kvern-pg-prefetch": running_pg_prefetch,
+        }
         measured = measure(instances, done_files, bare_pids, bare_drain)
     per_s = {name: figures["jobs_per_s"] for name, figures in measured.items()}
     k, pg, default, late, same = (per_s[n] for n in ("kvern", "kvern-pg", "default", "late", "same"))
@@ -407,6 +439,10 @@ def run(work: Path) -> dict[str, Any]:
         "kvern_pg_jobs_per_s": pg,
         "kvern_prefetch_jobs_per_s": per_s["kvern-prefetch"],
         "kvern_prefetch": measured["kvern-prefetch"],
+        "kvern_pg_prefetch_jobs_per_s": per_s["kvern-pg-prefetch"],
+        "kvern_postgresql_prefetch": measured["kvern-pg-prefetch"],
+        "kvern_prefetch_drain_jobs_per_s": per_s["kvern-prefetch-drain"],
+        "kvern_prefetch_drain": measured["kvern-prefetch-drain"],
         "celery_default_jobs_per_s": default,
         "celery_same_guarantees_jobs_per_s": same,
         "kvern_drain_jobs_per_s": per_s["kvern-drain"],
@@ -427,7 +463,16 @@ def run(work: Path) -> dict[str, Any]:
         f"kvern, prefetch {NOOP_PREFETCH} / bare Celery defaults": ratio(per_s["kvern-prefetch"], default),
         "kvern (PostgreSQL store) / bare Celery with kvern's guarantees": ratio(pg, same),
         "kvern (PostgreSQL store) / bare Celery defaults": ratio(pg, default),
+        f"kvern (PostgreSQL store), prefetch {NOOP_PREFETCH} / bare Celery with kvern's guarantees": ratio(
+            per_s["kvern-pg-prefetch"], same
+        ),
+        f"kvern (PostgreSQL store), prefetch {NOOP_PREFETCH} / bare Celery defaults": ratio(
+            per_s["kvern-pg-prefetch"], default
+        ),
         "drain: kvern / bare Celery defaults": ratio(per_s["kvern-drain"], per_s["default-drain"]),
+        f"drain: kvern, prefetch {NOOP_PREFETCH} / bare Celery defaults": ratio(
+            per_s["kvern-prefetch-drain"], per_s["default-drain"]
+        ),
         "kvern: PostgreSQL / SQLite job store": ratio(pg, k),
     }
     figures["targets"] = {
@@ -439,7 +484,7 @@ def run(work: Path) -> dict[str, Any]:
         "drain: kvern >= 0.8x bare Celery defaults' drain": figures["ratios"]["drain: kvern / bare Celery defaults"]
         >= 0.8,
     }
-    write_results("B3", figures, tables(figures))
+    write_results("B3", figures, tables(figures), top_level=HEADLINE_FIGURES)
     return figures
 
 

@@ -87,8 +87,11 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_results(scenario: str, figures: dict[str, Any], tables: Sequence[Table]) -> Path:
-    """Print the tables and write figures (and the tables as markdown) to bench/results/<scenario>.json."""
+def write_results(
+    scenario: str, figures: dict[str, Any], tables: Sequence[Table], top_level: Sequence[str] = ()
+) -> Path:
+    """Print the tables and write figures (and the tables as markdown) to bench/results/<scenario>.json;
+    the figures named in `top_level` are also written at the file's top level (what a target's check reads)."""
     for table in tables:
         print()
         print(table.render())
@@ -98,6 +101,7 @@ def write_results(scenario: str, figures: dict[str, Any], tables: Sequence[Table
         "scenario": scenario,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine_load": os.getloadavg(),
+        **{name: figures[name] for name in top_level},
         "figures": figures,
         "tables": [table.render() for table in tables],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import uuid
@@ -21,6 +22,7 @@ from kvern.jobs.records import Claim, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.spec import TaskPolicy
+from kvern.worker.dispatch import CLAIM_FIELD, DispatchClaims
 from kvern.worker.execution import (
     STORE_RETRY_S,
     TRACEBACK_FRAMES,
@@ -610,3 +612,115 @@ def test_an_outcome_write_waits_out_a_short_store_outage(
     # then the outcome is recorded once the store answers
     job = store.get(job_id)
     assert job is not None and (job.status, job.result) == (JobStatus.SUCCEEDED, 8)
+
+
+# -- attempts claimed at dispatch by the worker's main process (worker/dispatch.py) ---------------------------
+
+
+class _NoWriter:
+    def submit(self, op: Any, reply: Callable[[Any], None]) -> None:
+        raise AssertionError("the task process must not be the one to ask the writer")
+
+
+def _claimed_at_dispatch(store: JobStoreProtocol, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The store's own claims are counted: a delivery that carries its claim must not make one."""
+    claims: list[str] = []
+    own_claim = store.claim_attempt
+
+    def counted(job_id: str, worker: str) -> Claim:
+        claims.append(job_id)
+        return own_claim(job_id, worker)
+
+    monkeypatch.setattr(store, "claim_attempt", counted)
+    return claims
+
+
+def test_a_delivery_claimed_at_dispatch_runs_the_attempt_it_was_handed(
+    celery_app: Celery, store: JobStoreProtocol, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a job whose attempt 1 the main process claimed (through the writer) when it dispatched the delivery
+    seen: list[kvern.JobInfo | None] = []
+
+    def work(n: int) -> int:
+        seen.append(kvern.current_job())
+        return n
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER, claims=DispatchClaims(_NoWriter(), WORKER, 4))
+    job_id = submit(store, task, 5)
+    handed = {"answer": dataclasses.asdict(store.claim_attempt(job_id, WORKER))}
+    claims = _claimed_at_dispatch(store, monkeypatch)
+
+    # when the task process runs it
+    task.push_request(id=job_id, retries=0, is_eager=False, called_directly=False, args=(5,), kwargs={})
+    task.request.update({CLAIM_FIELD: handed})
+    try:
+        task.run(5)
+    finally:
+        task.pop_request()
+
+    # then it ran as that attempt, without claiming another, and its outcome is recorded under it
+    assert claims == []
+    assert seen == [kvern.JobInfo(job_id, 1)]
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.result, job.attempts) == (JobStatus.SUCCEEDED, 5, 1)
+
+
+def test_a_claim_handed_over_from_an_older_attempt_cannot_record_an_outcome(
+    celery_app: Celery, store: JobStoreProtocol
+) -> None:
+    # given a delivery handed attempt 1, while a later delivery of the same job claimed attempt 2 meanwhile
+    def work(n: int) -> int:
+        return n
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER, claims=DispatchClaims(_NoWriter(), WORKER, 4))
+    job_id = submit(store, task, 5)
+    stale = {"answer": dataclasses.asdict(store.claim_attempt(job_id, WORKER))}
+    store.claim_attempt(job_id, "other@host")
+
+    # when the superseded delivery runs
+    task.push_request(id=job_id, retries=0, is_eager=False, called_directly=False, args=(5,), kwargs={})
+    task.request.update({CLAIM_FIELD: stale})
+    try:
+        task.run(5)
+    finally:
+        task.pop_request()
+
+    # then its outcome is fenced out: the job still runs as attempt 2
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.status, job.attempts, job.result) == (JobStatus.RUNNING, 2, None)
+
+
+def test_a_claim_the_store_could_not_commit_sends_the_delivery_round_again(
+    celery_app: Celery, store: JobStoreProtocol, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a delivery whose claim at dispatch found the store away (the writer's error answer)
+    calls: list[int] = []
+
+    def work(n: int) -> None:
+        calls.append(n)
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER, claims=DispatchClaims(_NoWriter(), WORKER, 4))
+    job_id = submit(store, task, 1)
+    resent = _ResentMessages()
+    monkeypatch.setattr(task, "signature_from_request", resent)
+
+    # when the task process gets it
+    task.push_request(id=job_id, retries=0, is_eager=False, called_directly=False, args=(1,), kwargs={})
+    task.request.update({CLAIM_FIELD: {"error": "unavailable", "message": "job store unavailable"}})
+    try:
+        escaped: BaseException | None = None
+        task.run(1)
+    except BaseException as exc:
+        escaped = exc
+    finally:
+        task.pop_request()
+
+    # then the body did not run and the message is re-sent for later
+    assert calls == []
+    assert isinstance(escaped, Retry)
+    assert resent.countdowns == [STORE_RETRY_S]

@@ -16,8 +16,8 @@ from celery import Celery
 
 import kvern
 from kvern.errors import StoreUnavailable
-from kvern.jobs.base import JobStoreProtocol
-from kvern.jobs.batch import Answer, WorkerOp
+from kvern.jobs.base import ArtifactsTooLarge, JobStoreProtocol
+from kvern.jobs.batch import Answer, SaveSpooledArtifact, WorkerOp
 from kvern.jobs.records import Claim, NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
@@ -77,7 +77,7 @@ def test_children_claim_and_record_through_the_writer_in_shared_batches(store: J
     start = threading.Barrier(len(jobs))
 
     def child(job_id: str) -> None:
-        client = WriterClient(writer.path, artifacts=store)
+        client = WriterClient(writer.path, writer.spool)
         start.wait()
         claim = client.claim_attempt(job_id, WORKER)
         answers[job_id] = (claim, client.record_success(job_id, claim.attempt, {"job": job_id}))
@@ -102,7 +102,7 @@ def test_a_batch_waits_no_longer_than_its_flush_items(store: JobStore, tmp_path:
     # given a writer that commits one op per batch
     writer = running_writer(JobStore(store.url, persistent=True), tmp_path / "one.sock", flush_items=1)
     try:
-        client = WriterClient(writer.path, artifacts=store)
+        client = WriterClient(writer.path, writer.spool)
         job_id = submit(store)
 
         # when a child claims and records
@@ -124,7 +124,7 @@ def test_a_store_away_is_store_unavailable_for_the_child_and_nothing_lands(store
     away = AwayStore(store)
     writer = running_writer(away, tmp_path / "away.sock")
     try:
-        client = WriterClient(writer.path, artifacts=store)
+        client = WriterClient(writer.path, writer.spool)
         job_id = submit(store)
 
         # when a child claims, the claim is refused as the store's own would be
@@ -141,7 +141,7 @@ def test_a_store_away_is_store_unavailable_for_the_child_and_nothing_lands(store
 
 
 def test_no_writer_is_store_unavailable(store: JobStore, tmp_path: Path) -> None:
-    client = WriterClient(tmp_path / "nobody.sock", artifacts=store)
+    client = WriterClient(tmp_path / "nobody.sock", tmp_path)
     with pytest.raises(StoreUnavailable, match="writer unavailable"):
         client.claim_attempt(submit(store), WORKER)
 
@@ -166,7 +166,7 @@ def test_one_failing_op_does_not_fail_the_others_of_its_batch(store: JobStore, t
     start = threading.Barrier(2)
 
     def child(job_id: str) -> None:
-        client = WriterClient(writer.path, artifacts=store)
+        client = WriterClient(writer.path, writer.spool)
         start.wait()
         try:
             results[job_id] = client.claim_attempt(job_id, WORKER)
@@ -210,7 +210,7 @@ def test_a_guarded_task_runs_and_records_through_the_writer(store: JobStore, wri
         return n * 2
 
     task = app.task(name="tasks.work")(work)
-    guard_task(task, WriterClient(writer.path, artifacts=store), TaskPolicy(queue="default"), WORKER)
+    guard_task(task, WriterClient(writer.path, writer.spool), TaskPolicy(queue="default"), WORKER)
     job_id = submit(store)
 
     # when the job is delivered
@@ -248,7 +248,7 @@ def test_a_deferred_outcome_is_handed_over_at_once_and_its_ack_waits_for_its_com
     gated = Gated(store)
     writer = running_writer(gated, tmp_path / "d.sock")
     try:
-        client = WriterClient(writer.path, artifacts=store, defer_outcomes=True)
+        client = WriterClient(writer.path, writer.spool, defer_outcomes=True)
         job_id = submit(store)
         claim = client.claim_attempt(job_id, WORKER)
         gated.gate.clear()
@@ -280,7 +280,7 @@ def test_a_deferred_outcome_is_handed_over_at_once_and_its_ack_waits_for_its_com
 
 def test_an_ack_comes_with_no_further_op_to_carry_it(store: JobStore, writer: NodeWriter) -> None:
     # given a node whose last op was answered (its batch committed), then nothing more
-    client = WriterClient(writer.path, artifacts=store)
+    client = WriterClient(writer.path, writer.spool)
     client.claim_attempt(submit(store), WORKER)
     acked = threading.Event()
 
@@ -296,7 +296,7 @@ def test_a_deferred_outcome_whose_store_is_away_is_committed_once_it_is_back(sto
     away.away = False
     writer = running_writer(away, tmp_path / "a.sock")
     try:
-        client = WriterClient(writer.path, artifacts=store, defer_outcomes=True)
+        client = WriterClient(writer.path, writer.spool, defer_outcomes=True)
         job_id = submit(store)
         claim = client.claim_attempt(job_id, WORKER)
         away.away = True
@@ -327,7 +327,7 @@ def test_deferred_outcomes_of_many_children_share_batches_with_their_next_claims
     start = threading.Barrier(len(jobs))
 
     def child(mine: list[str]) -> None:
-        client = WriterClient(writer.path, artifacts=store, defer_outcomes=True)
+        client = WriterClient(writer.path, writer.spool, defer_outcomes=True)
         start.wait()
         for job_id in mine:
             claim = client.claim_attempt(job_id, WORKER)
@@ -414,7 +414,7 @@ def test_deferred_acks_without_an_event_loop_are_refused_rather_than_sent_from_t
         return None
 
     task = app.task(name="tasks.work")(work)
-    guard_task(task, WriterClient(writer.path, artifacts=store), TaskPolicy(queue="default"), WORKER, commits=writer)
+    guard_task(task, WriterClient(writer.path, writer.spool), TaskPolicy(queue="default"), WORKER, commits=writer)
 
     class NoLoop:
         hub = None
@@ -435,7 +435,7 @@ def test_deferred_acks_with_a_kombu_whose_call_soon_is_not_thread_safe_are_refus
         return None
 
     task = app.task(name="tasks.work")(work)
-    guard_task(task, WriterClient(writer.path, artifacts=store), TaskPolicy(queue="default"), WORKER, commits=writer)
+    guard_task(task, WriterClient(writer.path, writer.spool), TaskPolicy(queue="default"), WORKER, commits=writer)
     monkeypatch.setattr(kombu, "VERSION", kombu.VERSION._replace(minor=6))
 
     class Loop:
@@ -444,3 +444,54 @@ def test_deferred_acks_with_a_kombu_whose_call_soon_is_not_thread_safe_are_refus
     with pytest.raises(RuntimeError, match=r"kombu >= 5\.7"):
         task.start_strategy(app, Loop())
     app.close()
+
+
+# -- artifacts, spooled to the writer ----------------------------------------------------------------------------
+
+
+def _claimed(store: JobStore, client: WriterClient) -> tuple[str, int]:
+    job_id = submit(store)
+    return job_id, client.claim_attempt(job_id, WORKER).attempt
+
+
+def test_an_artifact_reaches_the_store_through_the_writer_and_its_spool_file_is_removed(
+    store: JobStore, writer: NodeWriter
+) -> None:
+    client = WriterClient(writer.path, writer.spool)
+    job_id, attempt = _claimed(store, client)
+
+    client.save_artifact(job_id, attempt, "report.pdf", "application/pdf", b"%PDF-1.7 tiny", max_total=1024)
+
+    assert writer.ops == 2  # claim, artifact: the task process opened no store connection of its own
+    assert client.record_success(job_id, attempt, None)
+    assert store.artifact(job_id, "report.pdf") == ("application/pdf", b"%PDF-1.7 tiny")
+    assert list(writer.spool.iterdir()) == []
+    assert stat.S_IMODE(writer.spool.stat().st_mode) == 0o700
+
+
+def test_an_artifact_over_the_cap_raises_artifacts_too_large_in_the_task_process(
+    store: JobStore, writer: NodeWriter
+) -> None:
+    client = WriterClient(writer.path, writer.spool)
+    job_id, attempt = _claimed(store, client)
+
+    with pytest.raises(ArtifactsTooLarge):
+        client.save_artifact(job_id, attempt, "big.bin", "application/octet-stream", b"x" * 100, max_total=10)
+
+    assert client.record_success(job_id, attempt, None)
+    assert store.artifact(job_id, "big.bin") is None
+    assert list(writer.spool.iterdir()) == []
+
+
+def test_the_writer_reads_no_file_outside_its_spool(store: JobStore, writer: NodeWriter, tmp_path: Path) -> None:
+    client = WriterClient(writer.path, writer.spool)
+    job_id, attempt = _claimed(store, client)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not an artifact")
+
+    with pytest.raises(RuntimeError, match="spool"):
+        client.call(SaveSpooledArtifact(job_id, attempt, "secret.txt", "text/plain", str(secret)))
+
+    assert secret.exists()
+    assert client.record_success(job_id, attempt, None)
+    assert store.artifact(job_id, "secret.txt") is None

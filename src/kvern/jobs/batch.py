@@ -9,6 +9,7 @@ processes and its writer as JSON (`to_wire`, `from_wire`).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kvern.jobs.records import Claim
@@ -88,10 +89,40 @@ class CheckCancelled:
         return store.is_cancelled(self.job_id)
 
 
-WorkerOp = ClaimAttempt | RecordSuccess | RecordFailure | RecordRetry | RecordProgress | CheckCancelled
+@dataclass(frozen=True)
+class SaveSpooledArtifact:
+    """An artifact a task process wrote to a spool file (`path`): the writer reads it into the store, so the task
+    process needs no store connection and its heap holds no second copy of the blob."""
+
+    kind: ClassVar[str] = "artifact"
+    job_id: str
+    attempt: int
+    name: str
+    content_type: str
+    path: str
+    max_total: int | None = None
+
+    def apply(self, store: JobStoreProtocol) -> bool:
+        data = Path(self.path).read_bytes()
+        store.save_artifact(self.job_id, self.attempt, self.name, self.content_type, data, self.max_total)
+        return True
+
+
+WorkerOp = (
+    ClaimAttempt | RecordSuccess | RecordFailure | RecordRetry | RecordProgress | CheckCancelled | SaveSpooledArtifact
+)
 Answer = Claim | bool
 OP_TYPES: dict[str, type[WorkerOp]] = {
-    cls.kind: cls for cls in (ClaimAttempt, RecordSuccess, RecordFailure, RecordRetry, RecordProgress, CheckCancelled)
+    cls.kind: cls
+    for cls in (
+        ClaimAttempt,
+        RecordSuccess,
+        RecordFailure,
+        RecordRetry,
+        RecordProgress,
+        CheckCancelled,
+        SaveSpooledArtifact,
+    )
 }
 
 

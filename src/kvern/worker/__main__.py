@@ -14,6 +14,7 @@ from kvern.runtime_config import RuntimeConfig
 from kvern.spec import PoolSpec
 from kvern.worker.app import UndeclaringConsumer, safe_settings
 from kvern.worker.context import limit_artifacts
+from kvern.worker.dispatch import DispatchClaims, claim_window
 from kvern.worker.execution import guard_task, watch_hard_time_limits
 from kvern.worker.log_privacy import hide_payloads_in_logs
 from kvern.worker.memory import share_memory_with_children
@@ -40,9 +41,11 @@ def main(argv: list[str]) -> None:
     # The children write through the node's writer. Above prefetch 1, they hand outcomes over without waiting
     # for the commit, and each message is acked once its outcome committed (worker/deferred_ack.py).
     deferred = pool.prefetch > 1
-    attempts = WriterClient(writer.path, artifacts=store, defer_outcomes=deferred)
+    attempts = WriterClient(writer.path, writer.spool, defer_outcomes=deferred)
+    # The main process claims each attempt when it hands the delivery to a child (worker/dispatch.py).
+    claims = DispatchClaims(writer, node, claim_window(pool.concurrency, pool.prefetch))
     for name, task in catalog.tasks.items():
-        guard_task(task, attempts, spec.policy(name), node, commits=writer if deferred else None)
+        guard_task(task, attempts, spec.policy(name), node, commits=writer if deferred else None, claims=claims)
     recycling = []
     if pool.max_tasks_per_child:
         recycling.append(f"--max-tasks-per-child={pool.max_tasks_per_child}")

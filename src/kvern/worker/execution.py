@@ -35,6 +35,7 @@ from kvern.jobs.states import JobStatus
 from kvern.spec import TaskPolicy
 from kvern.worker.context import JobContext, JobInfo, TaskStore, _current
 from kvern.worker.deferred_ack import CommitWaiter, call_soon_is_thread_safe, deferred_ack_request
+from kvern.worker.dispatch import CLAIM_FIELD, DispatchClaims, claiming_request
 
 log = logging.getLogger("kvern.worker")
 
@@ -100,15 +101,21 @@ class AttemptStore(TaskStore, Protocol):
 
 
 def guard_task(
-    task: Task, store: AttemptStore, policy: TaskPolicy, worker_name: str, commits: CommitWaiter | None = None
+    task: Task,
+    store: AttemptStore,
+    policy: TaskPolicy,
+    worker_name: str,
+    commits: CommitWaiter | None = None,
+    claims: DispatchClaims | None = None,
 ) -> None:
     """Replace `task.run` by the fenced version (before the worker builds its tracers). With `commits` (the
     node's writer, when its task processes hand outcomes over without waiting), a message is acked only once
-    the writer committed what its process handed over."""
+    the writer committed what its process handed over. With `claims`, the worker's main process claims each
+    attempt when it dispatches the delivery (worker/dispatch.py) and the task process runs the claim it got."""
     if hasattr(task, ORIGINAL_RUN_ATTR):
         return
     user_run = task.run
-    runner = _AttemptRunner(task, user_run, store, policy, worker_name)
+    runner = _AttemptRunner(task, user_run, store, policy, worker_name, claimed_at_dispatch=claims is not None)
 
     @functools.wraps(user_run)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -116,11 +123,11 @@ def guard_task(
 
     setattr(task, ORIGINAL_RUN_ATTR, user_run)
     task.run = run
-    if commits is None:
+    if commits is None and claims is None:
         task.Strategy = checked_strategy
     else:
         base = symbol_by_name(task.Request)
-        task.Strategy = functools.partial(checked_strategy, acks_after=(base, commits))
+        task.Strategy = functools.partial(checked_strategy, request_base=base, acks_after=commits, claims=claims)
     # The task was bound to its app (which copies these from the app's config) before kvern's settings were
     # applied: without this, messages are acked before the task runs, and a crash loses the job.
     task.acks_late = True
@@ -140,18 +147,35 @@ def guard_task(
 
 class _AttemptRunner:
     def __init__(
-        self, task: Task, user_run: Callable[..., Any], store: AttemptStore, policy: TaskPolicy, worker: str
+        self,
+        task: Task,
+        user_run: Callable[..., Any],
+        store: AttemptStore,
+        policy: TaskPolicy,
+        worker: str,
+        claimed_at_dispatch: bool = False,
     ) -> None:
         self.task = task
         self.user_run = user_run
         self.store = store
         self.policy = policy
         self.worker = worker
+        self.claimed_at_dispatch = claimed_at_dispatch
+
+    def _claim(self, job_id: str) -> Claim:
+        """The attempt this delivery runs: the one the main process claimed when it dispatched the delivery (its
+        writer's answer), or, without that (a delivery run outside the event loop), claimed here."""
+        handed = self.task.request.get(CLAIM_FIELD) if self.claimed_at_dispatch else None
+        if handed is None:
+            return self.store.claim_attempt(job_id, self.worker)
+        if "error" in handed:
+            raise StoreUnavailable(handed.get("message", "job store unavailable"))
+        return Claim(**handed["answer"])
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         job_id: str = self.task.request.id
         try:
-            claim = self.store.claim_attempt(job_id, self.worker)
+            claim = self._claim(job_id)
         except StoreUnavailable as exc:
             # Acking now would strand the job: send the message round again once the store may be back.
             raise self._postpone(job_id, exc) from None
@@ -227,7 +251,13 @@ class _AttemptRunner:
 
 
 def checked_strategy(
-    task: Task, app: Any, consumer: Any, acks_after: tuple[type, CommitWaiter] | None = None, **options: Any
+    task: Task,
+    app: Any,
+    consumer: Any,
+    request_base: type | None = None,
+    acks_after: CommitWaiter | None = None,
+    claims: DispatchClaims | None = None,
+    **options: Any,
 ) -> Callable[..., Any]:
     """Celery's own strategy, behind a check that the worker can hand the delivery to a pool process.
 
@@ -236,20 +266,18 @@ def checked_strategy(
     one. Pickling the arguments first costs microseconds for an ordinary job; a delivery that fails it is
     rejected without requeueing, so its queue dead-letters it and the dead-letter watcher marks the job dead.
 
-    `acks_after` (the task's request class and the node's writer): its requests ack once the writer committed,
-    on the consumer's event loop (built again with each consumer start, after a reconnection too).
+    `request_base` is the task's own request class. `acks_after` (the node's writer): its requests ack once the
+    writer committed, on the consumer's event loop (built again with each consumer start, after a reconnection
+    too). `claims`: the consumer's dispatch claims each delivery's attempt first (worker/dispatch.py).
     """
-    if acks_after is not None:
-        base, commits = acks_after
-        if consumer.hub is None:  # no event loop to ack on: a deferred ack could not be sent safely
-            raise RuntimeError("kvern: a pool with prefetch above 1 needs Celery's event loop (prefork, AMQP)")
-        if not call_soon_is_thread_safe():
-            raise RuntimeError("kvern: a pool with prefetch above 1 needs kombu >= 5.7 (a thread-safe Hub.call_soon)")
-        task.Request = deferred_ack_request(base, commits, consumer.hub)
+    if request_base is not None:
+        task.Request = _request_class(task, consumer, request_base, acks_after, claims)
     handle = default_strategy(task, app, consumer, **options)
 
     def on_message(message: Message, *args: Any, **kwargs: Any) -> Any:
         payload = message.payload  # a body that cannot be decoded raises here, for on_decode_error
+        if claims is not None and message.headers:
+            message.headers.pop(CLAIM_FIELD, None)  # a claim is the main process's to hand over, never a sender's
         try:
             pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # RecursionError, or any object pickle refuses
@@ -260,6 +288,24 @@ def checked_strategy(
         return handle(message, *args, **kwargs)
 
     return on_message
+
+
+def _request_class(
+    task: Task, consumer: Any, base: type, commits: CommitWaiter | None, claims: DispatchClaims | None
+) -> type:
+    if consumer.hub is not None and claims is not None:
+        claims.install(consumer)
+        if not call_soon_is_thread_safe():
+            raise RuntimeError("kvern: claims at dispatch need kombu >= 5.7 (a thread-safe Hub.call_soon)")
+    elif claims is not None:  # no event loop (a solo pool): the task process claims its attempt itself
+        log.info("task %s: claimed in its task process (no event loop to claim at dispatch)", task.name)
+    if commits is not None:
+        if consumer.hub is None:  # no event loop to ack on: a deferred ack could not be sent safely
+            raise RuntimeError("kvern: a pool with prefetch above 1 needs Celery's event loop (prefork, AMQP)")
+        if not call_soon_is_thread_safe():
+            raise RuntimeError("kvern: a pool with prefetch above 1 needs kombu >= 5.7 (a thread-safe Hub.call_soon)")
+        base = deferred_ack_request(base, commits, consumer.hub)
+    return claiming_request(base) if claims is not None else base
 
 
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from kvern.errors import StoreUnavailable
-from kvern.jobs.base import JobStoreProtocol
-from kvern.jobs.batch import WorkerOp, answer_to_wire, op_from_wire
+from kvern.jobs.base import ArtifactsTooLarge, JobStoreProtocol
+from kvern.jobs.batch import SaveSpooledArtifact, WorkerOp, answer_to_wire, op_from_wire
 
 log = logging.getLogger("kvern.worker.writer")
 
@@ -41,6 +41,7 @@ MAX_FRAME = 64 * 1024 * 1024  # a traceback or result is bounded well below this
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux
 ERROR_UNAVAILABLE = "unavailable"  # the store could not be reached: the child waits and asks again
 ERROR_FAILED = "failed"  # the op itself failed: the child raises
+ERROR_TOO_LARGE = "artifacts_too_large"  # an artifact over the attempt's cap: the child raises ArtifactsTooLarge
 DEFER_KEY = "defer"  # a request field: answer once held, commit later (the ack waits for the commit instead)
 RETRY_FIRST_S = 0.1  # a held outcome whose store is away is committed again after this long, then longer
 RETRY_MAX_S = 5.0
@@ -99,6 +100,7 @@ class NodeWriter:
     def __init__(self, store: JobStoreProtocol, path: Path, flush_ms: float, flush_items: int) -> None:
         self.store = store
         self.path = path
+        self.spool = path.with_name(path.name + ".spool")  # artifacts the children wrote, for the store
         self.flush_s = flush_ms / 1000
         self.flush_items = flush_items
         self._pending: queue.Queue[Pending] = queue.Queue()
@@ -117,6 +119,9 @@ class NodeWriter:
     def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # left by a node that was killed
+        self.spool.mkdir(mode=0o700, exist_ok=True)
+        for left in self.spool.iterdir():  # spooled by children of a node that was killed
+            left.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # the socket is made 0600: only the instance's user may write jobs' outcomes
         try:
@@ -177,10 +182,18 @@ class NodeWriter:
             except (ValueError, TypeError, KeyError) as exc:
                 reply({"error": ERROR_FAILED, "message": f"bad writer request: {exc}"})
                 continue
+            if isinstance(op, SaveSpooledArtifact) and Path(op.path).parent != self.spool:
+                reply({"error": ERROR_FAILED, "message": "an artifact's spool file must be in the writer's spool"})
+                continue
             deferred = bool(message.get(DEFER_KEY))
             self._hold(op, _ignore if deferred else reply, deferred)
             if deferred:
                 reply({"held": True})  # after _hold: the child's return now implies its outcome is received
+
+    def submit(self, op: WorkerOp, reply: Callable[[Any], None]) -> None:
+        """An op from the node's own process (a claim at dispatch): `reply` gets its answer, as a child would,
+        in the writer's thread once the batch holding it committed (or failed)."""
+        self._hold(op, reply, deferred=False)
 
     def _hold(self, op: WorkerOp, reply: Callable[[Any], None], deferred: bool) -> None:
         with self._received_lock:  # seq order is queue order
@@ -220,6 +233,9 @@ class NodeWriter:
                 self._commit_patiently(batch)
             except Exception:  # the writer must outlive any one batch; its children were answered or will ask again
                 log.exception("job-store writer: a batch of %d failed", len(batch))
+            for item in batch:
+                if isinstance(item.op, SaveSpooledArtifact):
+                    Path(item.op.path).unlink(missing_ok=True)
             self._ended_through(batch[-1].seq)
 
     def _commit_patiently(self, batch: list[Pending]) -> None:
@@ -264,6 +280,9 @@ class NodeWriter:
         except Exception as exc:
             if len(batch) > 1:  # one op's error rolled back the batch: commit the others without it
                 return [held for item in batch for held in self._commit([item])]
+            if isinstance(exc, ArtifactsTooLarge):
+                batch[0].reply({"error": ERROR_TOO_LARGE, "message": str(exc)})
+                return []
             log.warning("job-store writer: %s failed: %r", type(batch[0].op).__name__, exc)
             batch[0].reply({"error": ERROR_FAILED, "message": repr(exc)})
             return []

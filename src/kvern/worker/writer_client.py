@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from kvern.errors import StoreUnavailable
-from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.base import ArtifactsTooLarge
 from kvern.jobs.batch import (
     Answer,
     CheckCancelled,
@@ -28,25 +29,27 @@ from kvern.jobs.batch import (
     RecordProgress,
     RecordRetry,
     RecordSuccess,
+    SaveSpooledArtifact,
     WorkerOp,
     answer_from_wire,
     op_to_wire,
 )
 from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
-from kvern.worker.writer import DEFER_KEY, ERROR_UNAVAILABLE, recv_frame, send_frame
+from kvern.worker.writer import DEFER_KEY, ERROR_TOO_LARGE, ERROR_UNAVAILABLE, recv_frame, send_frame
 
 ANSWER_TIMEOUT_S = 60.0  # past the store's own busy timeout: a writer this slow is treated as away
 
 
 class WriterClient:
-    """The attempt store of a task process: claims and outcomes through the node's writer. Artifacts go to the
-    store directly (`artifacts`, connected only when a task saves one): a blob sent through the writer would be
-    copied twice more and held in its heap."""
+    """The attempt store of a task process: claims, outcomes and artifacts through the node's writer. An artifact
+    is written to a file in the writer's `spool` and the writer reads it into the store: the task process needs
+    no store connection of its own (no SQLAlchemy engine, connection or statement cache in each child), and no
+    copy of the blob is framed into a message."""
 
-    def __init__(self, path: Path, artifacts: JobStoreProtocol, defer_outcomes: bool = False) -> None:
+    def __init__(self, path: Path, spool: Path, defer_outcomes: bool = False) -> None:
         self.path = path
-        self.artifacts = artifacts
+        self.spool = spool
         self.defer_outcomes = defer_outcomes
         self._conn: socket.socket | None = None
         self._pid = 0
@@ -102,6 +105,8 @@ class WriterClient:
         if "error" in reply:
             if reply["error"] == ERROR_UNAVAILABLE:
                 raise StoreUnavailable(reply.get("message", "job store unavailable"))
+            if reply["error"] == ERROR_TOO_LARGE:
+                raise ArtifactsTooLarge(reply.get("message", "artifacts too large"))
             raise RuntimeError(f"job-store writer: {reply.get('message')}")
         return reply
 
@@ -134,4 +139,11 @@ class WriterClient:
     def save_artifact(
         self, job_id: str, attempt: int, name: str, content_type: str, data: bytes, max_total: int | None = None
     ) -> None:
-        self.artifacts.save_artifact(job_id, attempt, name, content_type, data, max_total)
+        fd, spooled = tempfile.mkstemp(dir=self.spool, prefix="artifact-")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            self.call(SaveSpooledArtifact(job_id, attempt, name, content_type, spooled, max_total))
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(spooled)  # the writer removes it once committed; this covers a call that never reached it
