@@ -20,7 +20,11 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 
+from kvern.broker.topology import dead_letter_queue
+from kvern.errors import RuntimeStateError
 from kvern.runtime.instance import Instance, front_door_url, owned_pids
 from kvern.runtime_config import RuntimeConfig, local_key
 from kvern.spec import Tiers, load_spec
@@ -149,3 +153,26 @@ def fresh_schema_url() -> Iterator[str]:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     yield from fresh_schema_url()
+
+
+@contextlib.contextmanager
+def system_queue() -> Iterator[str]:
+    """A fresh queue name on the machine's broker; the queue and its exchange are deleted afterwards."""
+    name = f"reports_{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        with Connection(SYSTEM_BROKER, connect_timeout=5) as conn:
+            channel = conn.channel()
+            Queue(name).bind(channel).delete()
+            Exchange(name).bind(channel).delete()
+
+
+def delete_dead_letter_queue(instance: Instance) -> None:
+    """A store's dead-letter queue on the machine's broker outlives the instance: remove this test's one."""
+    if instance.spec.broker_url is None:
+        return
+    with contextlib.suppress(RuntimeStateError), Connection(instance.spec.broker_url, connect_timeout=5) as conn:
+        queue = dead_letter_queue(instance.runtime().store_url)
+        with contextlib.suppress(Exception):
+            queue.bind(conn.channel()).delete()
