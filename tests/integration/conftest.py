@@ -20,7 +20,11 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 
+from kvern.broker.topology import dead_letter_queue
+from kvern.errors import RuntimeStateError
 from kvern.runtime.instance import Instance, front_door_url, owned_pids
 from kvern.runtime_config import RuntimeConfig, local_key
 from kvern.spec import Tiers, load_spec
@@ -70,8 +74,18 @@ def write_project(folder: Path, spec_text: str, tasks_source: Path | None = None
     return spec
 
 
-def reports_spec(*, heads: int = 2, pool_min: int = 1, pool_max: int = 3, extra: str = "") -> str:
-    return f"""
+def reports_spec(
+    *,
+    heads: int = 2,
+    pool_min: int = 1,
+    pool_max: int = 3,
+    extra: str = "",
+    queue: str = "reports",
+    broker: str | None = None,
+) -> str:
+    """The reports example's spec; with `broker`, on that broker (then give a `queue` of the test's own)."""
+    broker_section = f'[broker]\nurl = "{broker}"\n' if broker else ""
+    return f"""{broker_section}
 [app]
 tasks = "tasks"
 static = "static"
@@ -81,14 +95,14 @@ heads = {heads}
 
 [[pools]]
 name = "reports"
-queues = ["reports"]
+queues = ["{queue}"]
 concurrency = 2
 min = {pool_min}
 max = {pool_max}
 idle_after = 5
 
 [tasks."tasks.generate_heavy_report"]
-queue = "reports"
+queue = "{queue}"
 retries = 2
 time_limit = 60
 {extra}
@@ -109,6 +123,7 @@ def start_instance(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     leaks = []
     for instance in reversed(started):
         instance.down()
+        delete_machine_broker_queues(instance)
         leftover = owned_pids(instance.state_dir)
         for pid in leftover:
             with contextlib.suppress(ProcessLookupError):
@@ -149,3 +164,43 @@ def fresh_schema_url() -> Iterator[str]:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     yield from fresh_schema_url()
+
+
+@contextlib.contextmanager
+def system_queue() -> Iterator[str]:
+    """A fresh queue name on the machine's broker; the queue and its exchange are deleted afterwards."""
+    name = f"reports_{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        with Connection(SYSTEM_BROKER, connect_timeout=5) as conn:
+            channel = conn.channel()
+            Queue(name).bind(channel).delete()
+            Exchange(name).bind(channel).delete()
+
+
+def delete_dead_letter_queue(instance: Instance) -> None:
+    """A store's dead-letter queue on the machine's broker outlives the instance: remove this test's one."""
+    if instance.spec.broker_url is None:
+        return
+    with contextlib.suppress(RuntimeStateError), Connection(instance.spec.broker_url, connect_timeout=5) as conn:
+        queue = dead_letter_queue(instance.runtime().store_url)
+        with contextlib.suppress(Exception):
+            queue.bind(conn.channel()).delete()
+
+
+def machine_queue() -> str:
+    """A queue name of a test's own on the machine's broker (`start_instance` deletes it after `kvern down`)."""
+    return f"reports_{uuid.uuid4().hex[:12]}"
+
+
+def delete_machine_broker_queues(instance: Instance) -> None:
+    """The queues (and their exchanges) and the dead-letter queue of an instance on the machine's broker."""
+    if instance.spec.broker_url is None:
+        return
+    with Connection(instance.spec.broker_url, connect_timeout=5) as conn:
+        for name in instance.spec.all_queues:
+            channel = conn.channel()
+            Queue(name).bind(channel).delete()
+            Exchange(name).bind(channel).delete()
+    delete_dead_letter_queue(instance)

@@ -16,7 +16,14 @@ import pytest
 
 from kvern.jobs.records import NewJob
 from kvern.jobs.store import JobStore
-from tests.integration.conftest import Running, reports_spec, wait_for_outcome, write_project
+from tests.integration.conftest import (
+    SYSTEM_BROKER,
+    Running,
+    machine_queue,
+    reports_spec,
+    wait_for_outcome,
+    write_project,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +51,11 @@ MAX_EXAMPLES = 100  # per operation and phase: about 1,500 requests, the run tak
 def contract_api(tmp_path: Path, start_instance: Callable[..., Running]) -> Running:
     tasks = tmp_path / "cheap_tasks.py"
     tasks.write_text(CHEAP_TASKS)
-    spec = reports_spec(heads=1, pool_min=0, pool_max=1).replace('[tasks."tasks.generate_heavy_report"]', "")
-    spec = spec.replace('queue = "reports"\nretries = 2\ntime_limit = 60\n', "")
+    # On the machine's RabbitMQ (no test here is about the broker): no private node to boot and stop per test.
+    queue = machine_queue()
+    spec = reports_spec(heads=1, pool_min=0, pool_max=1, queue=queue, broker=SYSTEM_BROKER)
+    spec = spec.replace('[tasks."tasks.generate_heavy_report"]', "")
+    spec = spec.replace(f'queue = "{queue}"\nretries = 2\ntime_limit = 60\n', "")
     return start_instance(write_project(tmp_path / "contract", spec, tasks_source=tasks))
 
 

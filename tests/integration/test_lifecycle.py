@@ -15,11 +15,21 @@ import httpx
 import pytest
 
 from kvern.constants import RET_ALREADY_RUNNING, RET_NOT_RUNNING
-from kvern.runtime.instance import owned_pids
+from kvern.runtime.instance import Instance, owned_pids
 from kvern.runtime.leftovers import alive, instance_pids
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime_config import RuntimeConfig
-from tests.integration.conftest import auth_headers, reports_spec, submit_report, wait_for_outcome, write_project
+from kvern.spec import load_spec
+from tests.integration.conftest import (
+    SYSTEM_BROKER,
+    auth_headers,
+    delete_dead_letter_queue,
+    reports_spec,
+    submit_report,
+    system_queue,
+    wait_for_outcome,
+    write_project,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +48,27 @@ def kvern(spec: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[Path]:
+    """A project with its private RabbitMQ node: for the tests about every process of an instance, broker too."""
     spec = write_project(tmp_path / "app", reports_spec(heads=1, pool_min=1, pool_max=1))
     yield spec
+    down_and_check(spec)
+
+
+@pytest.fixture
+def machine_broker_project(tmp_path: Path) -> Iterator[Path]:
+    """A project on the machine's RabbitMQ, on a queue of its own: for the tests that are not about the broker, so
+    that no private node boots and stops at each `up` and `down` (5-10 s each)."""
+    with system_queue() as queue:
+        text = reports_spec(heads=1, pool_min=1, pool_max=1, queue=queue, broker=SYSTEM_BROKER)
+        spec = write_project(tmp_path / "app", text)
+        try:
+            yield spec
+        finally:
+            down_and_check(spec)
+            delete_dead_letter_queue(Instance(load_spec(spec), (spec.parent / ".kvern").resolve()))
+
+
+def down_and_check(spec: Path) -> None:
     state = spec.parent / ".kvern"
     kvern(spec, "down")
     leftover = owned_pids(state.resolve())
@@ -105,27 +134,27 @@ def test_down_stops_what_a_dead_supervisor_left_behind(project: Path) -> None:
     assert instance_pids(state) == [] and owned_pids(state) == []
 
 
-def test_front_door_port_is_kept_across_restarts_unless_taken(project: Path) -> None:
-    first = up(project)
-    assert kvern(project, "down").returncode == 0
-    second = up(project)
+def test_front_door_port_is_kept_across_restarts_unless_taken(machine_broker_project: Path) -> None:
+    first = up(machine_broker_project)
+    assert kvern(machine_broker_project, "down").returncode == 0
+    second = up(machine_broker_project)
     assert second.front_door_port == first.front_door_port
-    assert kvern(project, "down").returncode == 0
+    assert kvern(machine_broker_project, "down").returncode == 0
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", first.front_door_port))
         squatter.listen()
-        done = kvern(project, "up", "-d")
+        done = kvern(machine_broker_project, "up", "-d")
         assert done.returncode == 0, done.stderr
-        third = RuntimeConfig.load(project.parent / ".kvern")
+        third = RuntimeConfig.load(machine_broker_project.parent / ".kvern")
     assert third.front_door_port != first.front_door_port
     assert f"front door port {first.front_door_port} is taken" in done.stdout
     assert f"http://127.0.0.1:{third.front_door_port}" in done.stdout
 
 
-def test_up_when_already_running_shows_where_and_what_to_do(project: Path) -> None:
-    config = up(project)
-    done = kvern(project, "up", "-d")
+def test_up_when_already_running_shows_where_and_what_to_do(machine_broker_project: Path) -> None:
+    config = up(machine_broker_project)
+    done = kvern(machine_broker_project, "up", "-d")
     assert done.returncode == RET_ALREADY_RUNNING
     assert f"kvern is already running: http://127.0.0.1:{config.front_door_port}" in done.stderr
     for command in ("status", "logs", "down"):
-        assert f"kvern -f {project} {command}" in done.stderr, done.stderr
+        assert f"kvern -f {machine_broker_project} {command}" in done.stderr, done.stderr

@@ -21,12 +21,20 @@ import httpx
 import pytest
 
 from kvern.constants import RET_SPEC, SPEC_SNAPSHOT
+from kvern.jobs.records import Job
 from kvern.jobs.store import JobStore
 from kvern.processes import ACTIVE_STATES, pool_group
-from kvern.runtime.instance import owned_pids
+from kvern.runtime.instance import Instance, owned_pids
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime_config import RuntimeConfig
-from tests.integration.conftest import Running, write_project
+from kvern.spec import load_spec
+from tests.integration.conftest import (
+    SYSTEM_BROKER,
+    Running,
+    delete_machine_broker_queues,
+    machine_queue,
+    write_project,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -63,9 +71,14 @@ def write_code(folder: Path, version: str) -> None:
     (folder / "webpage.py").write_text(versioned_page(version))
 
 
-def reload_spec(*, pool_max: int = 2, queues: str = '["work"]', heads: int = 2) -> str:
-    # No per-address limits: the whole load comes from one address.
+def reload_spec(*, queue: str, pool_max: int = 2, other_queue: bool = False, heads: int = 2) -> str:
+    """On the machine's RabbitMQ, `queue` the test's own: reload is not about the broker, and a private node
+    would boot and stop in each test. No per-address limits: the whole load comes from one address."""
+    queues = f'["{queue}", "{queue}_other"]' if other_queue else f'["{queue}"]'
     return f"""
+[broker]
+url = "{SYSTEM_BROKER}"
+
 [app]
 tasks = "tasks"
 
@@ -171,13 +184,20 @@ def load_on(url: str, headers: dict[str, str]) -> Iterator[Load]:
                 future.result()
 
 
-def wait_until_finished(store: JobStore, ids: list[str], timeout: float = 90) -> dict[str, object]:
+def wait_until_finished(store: JobStore, ids: list[str], timeout: float = 90) -> dict[str, Job]:
+    """The jobs of `ids` once each has finished; fails naming those that are missing or still unfinished."""
     deadline = time.monotonic() + timeout
     while True:
-        jobs = {job_id: store.get(job_id) for job_id in ids}
-        unfinished = [i for i, job in jobs.items() if job is None or job.status.value not in ("succeeded", "failed")]
-        if not unfinished or time.monotonic() > deadline:
-            return {i: job.status.value if job else "missing" for i, job in jobs.items() if i in unfinished}
+        # One query for all of them: the instance holds only this test's jobs (thousands; one get each was slow).
+        jobs = {job.id: job for job in store.list_jobs(None, limit=len(ids) + 1000)}
+        unfinished = {
+            i: jobs[i].status.value if i in jobs else "missing"
+            for i in ids
+            if i not in jobs or jobs[i].status.value not in ("succeeded", "failed")
+        }
+        if not unfinished:
+            return jobs
+        assert time.monotonic() < deadline, dict(list(unfinished.items())[:20])
         time.sleep(0.5)
 
 
@@ -185,7 +205,7 @@ def test_two_reloads_under_load_answer_every_request_and_run_every_job_on_the_ne
     tmp_path: Path, start_instance: Callable[..., Running]
 ) -> None:
     # given a running project at v1, and clients reading a page and posting jobs a few hundred times a second
-    spec = project(tmp_path / "site", reload_spec(), "v1")
+    spec = project(tmp_path / "site", reload_spec(queue=machine_queue()), "v1")
     running = start_instance(spec)
     store = JobStore(running.config.store_url)
     reloaded_at: dict[str, float] = {}
@@ -212,11 +232,11 @@ def test_two_reloads_under_load_answer_every_request_and_run_every_job_on_the_ne
         assert pages and {a.version for a in pages} <= {version, "v3"}, version
     # ...every accepted job succeeded (none lost, none stuck), and those posted after a reload ran its code
     jobs = [a for a in answers if a.job_id is not None]
-    assert not wait_until_finished(store, [a.job_id for a in jobs if a.job_id])
+    stored = wait_until_finished(store, [a.job_id for a in jobs if a.job_id])
     for version, at in reloaded_at.items():
         newer = {version, "v3"}
         for answer in (a for a in jobs if a.started > at):
-            job = store.get(answer.job_id or "")
+            job = stored.get(answer.job_id or "")
             assert job is not None and job.status.value == "succeeded"
             assert job.result["version"] in newer, (version, job.result)
 
@@ -225,7 +245,8 @@ def test_a_change_that_needs_down_up_or_broken_code_is_refused_and_sighup_applie
     tmp_path: Path,
 ) -> None:
     # given a platform in the foreground, its pool at most 1 process
-    spec = project(tmp_path / "fg", reload_spec(pool_max=1, heads=1), "v1")
+    queue = machine_queue()
+    spec = project(tmp_path / "fg", reload_spec(queue=queue, pool_max=1, heads=1), "v1")
     state = spec.parent / ".kvern"
     process = subprocess.Popen(
         [sys.executable, "-m", "kvern.cli", "-f", str(spec), "up"],
@@ -241,7 +262,7 @@ def test_a_change_that_needs_down_up_or_broken_code_is_refused_and_sighup_applie
         snapshot = (state / SPEC_SNAPSHOT).read_text()
 
         # when the spec changes a pool's queues: refused, one line naming the field, nothing changed
-        spec.write_text(reload_spec(pool_max=1, heads=1, queues='["work", "other"]'))
+        spec.write_text(reload_spec(queue=queue, pool_max=1, heads=1, other_queue=True))
         refused = kvern(spec, "reload")
         assert refused.returncode == RET_SPEC, refused.stdout + refused.stderr
         assert "pools.work.queues" in refused.stderr and "needs `kvern down` + `kvern up`" in refused.stderr
@@ -249,7 +270,7 @@ def test_a_change_that_needs_down_up_or_broken_code_is_refused_and_sighup_applie
         assert {p.full_name: p.pid for p in supervisor.processes()} == pids
 
         # when the new code does not import: refused with the error, nothing changed
-        spec.write_text(reload_spec(pool_max=1, heads=1))
+        spec.write_text(reload_spec(queue=queue, pool_max=1, heads=1))
         (spec.parent / "tasks.py").write_text("import no_such_module\n")
         broken = kvern(spec, "reload")
         assert broken.returncode == RET_SPEC, broken.stdout + broken.stderr
@@ -259,7 +280,7 @@ def test_a_change_that_needs_down_up_or_broken_code_is_refused_and_sighup_applie
         write_code(spec.parent, "v1")
 
         # when the pool's max grows to 3 and the foreground `up` gets SIGHUP
-        spec.write_text(reload_spec(pool_max=3, heads=1))
+        spec.write_text(reload_spec(queue=queue, pool_max=3, heads=1))
         process.send_signal(signal.SIGHUP)
         _wait_for_line(lines, "kvern reloaded")
 
@@ -282,6 +303,7 @@ def test_a_change_that_needs_down_up_or_broken_code_is_refused_and_sighup_applie
         for pid in owned_pids(state):  # a backstop: only processes of this test's own state dir
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        delete_machine_broker_queues(Instance(load_spec(spec), state.resolve()))
 
 
 def _running_workers(supervisor: Supervisor) -> int:

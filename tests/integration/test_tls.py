@@ -28,6 +28,7 @@ from tests.security.test_front_door import front_spec, web_tier
 
 pytestmark = pytest.mark.integration
 HSTS = "max-age=63072000"
+REQUESTS_EACH_SIDE = 5  # requests made before the HUP, and again once the new certificate is served
 
 
 @dataclass
@@ -154,10 +155,9 @@ def test_a_new_certificate_is_served_after_hup_without_a_failed_request(door: Do
     before = door.serial()
     failures: list[str] = []
     done = threading.Event()
-    requests = 0
+    answered: list[float] = []  # when each request got its answer (or failed)
 
     def keep_asking() -> None:  # a new connection (and handshake) for every request
-        nonlocal requests
         while not done.is_set():
             try:
                 with httpx.Client(verify=door.context(), timeout=10) as client:
@@ -166,24 +166,36 @@ def test_a_new_certificate_is_served_after_hup_without_a_failed_request(door: Do
                     failures.append(f"status {status}")
             except (httpx.HTTPError, OSError) as exc:
                 failures.append(repr(exc))
-            requests += 1
+            answered.append(time.monotonic())
+
+    def wait_for_requests(after: float, count: int) -> None:
+        # Counted, not timed: on a loaded machine a fixed window may hold too few requests to show anything.
+        deadline = time.monotonic() + 60
+        while sum(1 for at in answered if at > after) < count:
+            assert time.monotonic() < deadline, f"fewer than {count} requests in 60 s"
+            time.sleep(0.05)
 
     asker = threading.Thread(target=keep_asking)
     asker.start()
     try:
-        time.sleep(0.3)
+        wait_for_requests(0, REQUESTS_EACH_SIDE)
         serial = door.issue()
         assert serial != before
+        hup_at = time.monotonic()
         door.running.instance.supervisor.signal(PROGRAM_NGINX, "HUP")
         deadline = time.monotonic() + 15
         while door.serial() != serial:
             assert time.monotonic() < deadline, "nginx still serves the old certificate 15 s after HUP"
             time.sleep(0.1)
-        time.sleep(0.3)
+        new_certificate_at = time.monotonic()
+        wait_for_requests(new_certificate_at, REQUESTS_EACH_SIDE)
     finally:
         done.set()
         asker.join(timeout=30)
-    assert requests > 5 and not failures, failures
+    # requests before the HUP, while nginx replaced its workers, and after the new certificate was served
+    assert sum(1 for at in answered if at < hup_at) >= REQUESTS_EACH_SIDE
+    assert sum(1 for at in answered if at > new_certificate_at) >= REQUESTS_EACH_SIDE
+    assert len(answered) > 2 * REQUESTS_EACH_SIDE and not failures, failures
 
 
 # -- the job API under another prefix ----------------------------------------------------------------------------

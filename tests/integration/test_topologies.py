@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -28,20 +27,22 @@ import httpx
 import pytest
 from amqp.exceptions import PreconditionFailed
 from kombu.connection import Connection
-from kombu.entity import Exchange, Queue
+from kombu.entity import Queue
 from pypdf import PdfReader
 
 from kvern.broker.topology import dead_letter_queue
 from kvern.constants import RET_ALREADY_RUNNING, RET_NOT_RUNNING, SQLITE_FILE
-from kvern.errors import RuntimeStateError
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, owned_pids
 from kvern.spec import Tiers, load_spec
 from tests.integration.conftest import (
+    REPORTS,
     SYSTEM_BROKER,
     Running,
+    delete_dead_letter_queue,
     fresh_schema_url,
     submit_report,
+    system_queue,
     wait_for_outcome,
     write_project,
 )
@@ -49,6 +50,29 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 MANAGEMENT_PORT = 15672
+# The reports example's tasks plus one that builds a report only once a job of the other instance runs too: two
+# instances that could not work at the same time fail it (it times out), and one that can always passes it,
+# however late a loaded machine starts either job.
+ALONGSIDE_TASK = """
+
+import pathlib as _pathlib
+import time as _time
+
+
+@app.task
+def report_alongside(user_id, here, there, seconds=0.5):
+    _pathlib.Path(here).touch()
+    deadline = _time.monotonic() + 90
+    while not _pathlib.Path(there).exists():
+        if _time.monotonic() > deadline:
+            raise TimeoutError(f"no job of the other instance ran within 90 s of this one ({there})")
+        _time.sleep(0.05)
+    # The report as generate_heavy_report builds it (called inline, a task would start a job attempt of its own)
+    pdf, pages = build_report(_as_user_id(user_id), lambda pct: None, _as_seconds(seconds))
+    kvern.save_artifact(ARTIFACT_NAME, pdf, content_type="application/pdf")
+    return {"user_id": user_id, "pages": pages}
+"""
+ALONGSIDE_POLICY = '[tasks."tasks.report_alongside"]\nqueue = "reports"\nretries = 0\ntime_limit = 120\n'
 
 
 def topology_spec(
@@ -69,29 +93,6 @@ def topology_spec(
         f'[tasks."tasks.generate_heavy_report"]\nqueue = "{queue}"\nretries = 2\ntime_limit = 60\n',
     ]
     return "\n".join(s for s in sections if s)
-
-
-@contextlib.contextmanager
-def system_queue() -> Iterator[str]:
-    """A fresh queue name on the machine's broker; the queue and its exchange are deleted afterwards."""
-    name = f"reports_{uuid.uuid4().hex[:12]}"
-    try:
-        yield name
-    finally:
-        with Connection(SYSTEM_BROKER, connect_timeout=5) as conn:
-            channel = conn.channel()
-            Queue(name).bind(channel).delete()
-            Exchange(name).bind(channel).delete()
-
-
-def delete_dead_letter_queue(instance: Instance) -> None:
-    """A store's dead-letter queue on the machine's broker outlives the instance: remove this test's one."""
-    if instance.spec.broker_url is None:
-        return
-    with contextlib.suppress(RuntimeStateError), Connection(instance.spec.broker_url, connect_timeout=5) as conn:
-        queue = dead_letter_queue(instance.runtime().store_url)
-        with contextlib.suppress(Exception):
-            queue.bind(conn.channel()).delete()
 
 
 @contextlib.contextmanager
@@ -132,7 +133,7 @@ def port_open(port: int) -> bool:
 
 
 def assert_valid_pdf(client: httpx.Client, job: dict[str, Any]) -> None:
-    assert job["status"] == "succeeded", job
+    assert job["status"] == "succeeded", (job.get("error"), job)
     assert job["attempts"] == 1
     download = client.get(job["artifacts"][0]["url"])
     assert download.status_code == 200
@@ -151,6 +152,12 @@ def span(job: dict[str, Any]) -> tuple[float, float]:
     return datetime.fromisoformat(job["started_at"]).timestamp(), datetime.fromisoformat(job["finished_at"]).timestamp()
 
 
+def submit_alongside(client: httpx.Client, user_id: int, here: Path, there: Path) -> httpx.Response:
+    """A report job that marks `here` once it runs, then waits for `there` (its peer's mark) to build the PDF."""
+    body = {"task": "tasks.report_alongside", "args": [user_id, str(here), str(there)]}
+    return client.post("/api/v1/jobs", json=body)
+
+
 def program_groups(run: Running) -> set[str]:
     return {p.group for p in run.instance.supervisor.processes() if p.state != "STOPPED"}
 
@@ -160,10 +167,13 @@ def program_groups(run: Running) -> set[str]:
 
 @pytest.fixture(scope="module")
 def side_by_side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, Running, str]]:
+    tasks = tmp_path_factory.mktemp("tasks") / "tasks.py"
+    tasks.write_text((REPORTS / "tasks.py").read_text() + ALONGSIDE_TASK)
     with contextlib.ExitStack() as stack:
         pg_url = stack.enter_context(contextlib.contextmanager(fresh_schema_url)())
-        first = write_project(tmp_path_factory.mktemp("first"), topology_spec())
-        second = write_project(tmp_path_factory.mktemp("second"), topology_spec(store=pg_url))
+        first_spec, second_spec = topology_spec(), topology_spec(store=pg_url)
+        first = write_project(tmp_path_factory.mktemp("first"), f"{first_spec}\n{ALONGSIDE_POLICY}", tasks)
+        second = write_project(tmp_path_factory.mktemp("second"), f"{second_spec}\n{ALONGSIDE_POLICY}", tasks)
         a, b = stack.enter_context(running((first, "all"), (second, "all"), parallel=True))
         yield a, b, pg_url
 
@@ -183,14 +193,17 @@ def test_two_instances_run_side_by_side_with_their_own_ports_and_brokers(
     assert "broker" in program_groups(a) and "broker" in program_groups(b)
 
 
-def test_both_instances_serve_reports_at_the_same_time(side_by_side: tuple[Running, Running, str]) -> None:
+def test_both_instances_serve_reports_at_the_same_time(
+    side_by_side: tuple[Running, Running, str], tmp_path: Path
+) -> None:
     a, b, _ = side_by_side
     with a.client() as client_a, b.client() as client_b:
-        # when both get reports to build, at the same moment
+        # when both get reports to build, at the same moment, each job waiting until its peer on the other
+        # instance runs too (so the check below does not hang on how soon a loaded machine starts each job)
         submitted = [
-            (client, submit_report(client, user_id, seconds=2.0))
+            (client, submit_alongside(client, user_id, tmp_path / f"{here}-{user_id}", tmp_path / f"{there}-{user_id}"))
             for user_id in (21, 22)
-            for client in (client_a, client_b)
+            for client, here, there in ((client_a, "a", "b"), (client_b, "b", "a"))
         ]
         assert [r.status_code for _, r in submitted] == [202] * 4
         jobs = [(client, wait_for_outcome(client, r.json()["id"])) for client, r in submitted]
