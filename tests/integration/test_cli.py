@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvern.constants import RET_FAILURE, RET_NOT_RUNNING, RET_OK
-from tests.integration.conftest import Running, reports_spec, write_project
+from tests.integration.conftest import SYSTEM_BROKER, Running, machine_queue, reports_spec, write_project
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,9 @@ def kvern(spec: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_short_ids_unknown_jobs_and_status_json(start_instance: Callable[..., Running], tmp_path: Path) -> None:
     # given a running instance and a job submitted with --wait, which shows its short id
-    spec = write_project(tmp_path / "cli", reports_spec(heads=1, pool_min=1, pool_max=1))
+    # on the machine's RabbitMQ, a queue of the test's own (the CLI is what is tested): no private node to boot
+    text = reports_spec(heads=1, pool_min=1, pool_max=1, queue=machine_queue(), broker=SYSTEM_BROKER)
+    spec = write_project(tmp_path / "cli", text)
     run = start_instance(spec)
     submitted = kvern(spec, "submit", "tasks.generate_heavy_report", "--arg", "7", "--kwarg", "seconds=0.2", "--wait")
     assert submitted.returncode == RET_OK, submitted.stderr
