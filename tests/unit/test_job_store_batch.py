@@ -194,10 +194,12 @@ def test_a_batch_of_plain_claims_and_successes_takes_a_few_statements(sql_job_st
     statements: list[str] = []
     sa_event.listen(sql_job_store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
 
-    # when one batch claims them all and another records their successes
+    # when one batch claims them all and another marks them began and records their successes (a short task's
+    # mark and outcome share a batch)
     sql_job_store.write_batch([ClaimAttempt(j.id, "node") for j in jobs])
     claimed = len(statements)
-    sql_job_store.write_batch([RecordSuccess(j.id, 1, None) for j in jobs])
+    marks: list[WorkerOp] = [AttemptBegan(j.id, 1, time.time()) for j in jobs]
+    sql_job_store.write_batch(marks + [RecordSuccess(j.id, 1, None) for j in jobs])
 
     # then each batch took a handful of statements, not some per job
     assert claimed <= 6 and len(statements) - claimed <= 6, statements

@@ -216,8 +216,9 @@ class JobStore(CoordinationSql):
     @staticmethod
     def _alone(ops: Sequence[WorkerOp], kind: type) -> dict[str, int]:
         """job id -> index of the ops of `kind` whose job no other op of the batch names: ops on different jobs
-        touch different rows, so taking these first leaves every answer as the given order makes it."""
-        seen = Counter(op.job_id for op in ops)
+        touch different rows, so taking these first leaves every answer as the given order makes it. Began marks
+        do not count: they are all applied before anything else (a short task's mark and outcome share a batch)."""
+        seen = Counter(op.job_id for op in ops if not isinstance(op, AttemptBegan))
         return {op.job_id: index for index, op in enumerate(ops) if isinstance(op, kind) and seen[op.job_id] == 1}
 
     @staticmethod
