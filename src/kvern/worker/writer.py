@@ -11,6 +11,9 @@ delivered again, and the fence makes the outcome recorded exactly once.
 A pool with `prefetch` above 1 defers instead (worker/deferred_ack.py): a child sends its outcome marked `defer`,
 is answered as soon as the writer holds it, and returns; the message's ack waits (`after_commit`) until every op
 the writer held when the child returned has committed. A crash before that commit still means redelivery.
+
+A child also sends, without reading any answer (`forget`), that it began the attempt it was handed: committed
+with the next batch, the mark makes the attempt count against the job's budget (jobs/store.py `claim_attempt`).
 """
 
 from __future__ import annotations
