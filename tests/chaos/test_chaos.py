@@ -11,7 +11,9 @@ against its side effects (each task run that completes appends one line to a fil
   would. The nginx reload must answer no 5xx at all (a connection error there is an idle keep-alive connection
   closed by an old nginx worker: reported, retried by the client, not a failure);
 - re-runs: side effects executed more than once (at-least-once execution; reported, not a failure);
-- retried: jobs that took more than one attempt (shows the fault hit jobs mid-task).
+- retried: jobs that took more than one attempt (shows the fault hit jobs mid-task);
+- given back: jobs with an attempt claimed (at dispatch, or ahead) that no task process began before the fault:
+  the next claim gave it back, so it did not count against the job's retries (reported, not a failure).
 
 The poison scenario's poison job must end `dead`; it is not part of the stream's counts.
 """
@@ -37,6 +39,7 @@ import httpx
 import pytest
 
 from kvern.constants import PROGRAM_BROKER, PROGRAM_NGINX, ROLE_ADMIN
+from kvern.jobs.base import NOT_BEGUN
 from kvern.jobs.states import ACTIVE, JobStatus
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, front_door_url, owned_pids
@@ -293,6 +296,7 @@ def count(chaos: Chaos, name: str, stream: Stream) -> dict[str, Any]:
         "conn errors": stream.conn_errors,
         "re-runs": 0,
         "retried": 0,
+        "given back": 0,
     }
     for tag, job_id in jobs.items():
         job = chaos.store.get(job_id)
@@ -305,7 +309,9 @@ def count(chaos: Chaos, name: str, stream: Stream) -> dict[str, Any]:
             row["stuck"] += 1
             continue
         row["retried"] += job.attempts > 1
-        outcomes = [a.outcome for a in chaos.store.history(job_id) if a.outcome in TERMINAL_OUTCOMES]
+        history = chaos.store.history(job_id)
+        row["given back"] += any(a.error == NOT_BEGUN for a in history)
+        outcomes = [a.outcome for a in history if a.outcome in TERMINAL_OUTCOMES]
         if len(outcomes) > 1:
             row["dup outcomes"] += 1
         if job.status != JobStatus.SUCCEEDED or job.result != tag or effects == 0:

@@ -29,6 +29,7 @@ from kvern.autoscale.pins import write_pin
 from kvern.broker.message import task_message
 from kvern.constants import DEFAULT_DELIVERY_LIMIT, PROGRAM_BROKER, ROLE_ADMIN
 from kvern.jobs import schema
+from kvern.jobs.base import NOT_BEGUN
 from kvern.jobs.records import NewJob
 from kvern.jobs.store import JobStore
 from kvern.runtime.instance import Instance, owned_pids
@@ -94,6 +95,11 @@ def permanent(tag):
 
 @app.task
 def kill_self(tag):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task
+def kill_self_r1(tag):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -208,6 +214,9 @@ backoff_max = 0.2
 
 [tasks."tasks.kill_self"]
 retries = 20  # a budget above the delivery limit: the broker's limit is what must end it
+
+[tasks."tasks.kill_self_r1"]
+retries = 1  # a budget below the delivery limit: each attempt began (its mark committed), so each counts
 
 [tasks."tasks.soft_limited"]
 soft_time_limit = 1
@@ -413,9 +422,23 @@ def test_a_task_that_kills_its_process_every_time_is_dead_lettered(delivery: Del
         assert "delivery limit" in job["error"]
         # (the broker counts redeliveries: the first delivery and `limit` more, each one a numbered attempt)
         assert job["attempts"] == DEFAULT_DELIVERY_LIMIT + 1
-        assert [a["outcome"] for a in history(client, job["id"])] == ["lost"] * DEFAULT_DELIVERY_LIMIT + ["dead"]
+        attempts = history(client, job["id"])
+        assert [a["outcome"] for a in attempts] == ["lost"] * DEFAULT_DELIVERY_LIMIT + ["dead"]
+        # (each attempt began in its task process, whose node survived to commit the mark: none was given back)
+        assert NOT_BEGUN not in [a["error"] for a in attempts]
+        assert job["max_attempts"] == 21
         # and: the pool is still serving
         assert run_job(client, "tasks.echo", "after-poison")["status"] == "succeeded"
+
+
+def test_a_task_that_kills_its_process_every_time_spends_its_attempt_budget(delivery: Delivery) -> None:
+    with delivery.running.client() as client:
+        # given: a task that SIGKILLs its own process, with a retry budget below the delivery limit
+        job = run_job(client, "tasks.kill_self_r1", "k2", timeout=120)
+        # then: its two attempts began and were lost, and the third delivery buries it: the budget ends it
+        assert (job["status"], job["attempts"], job["max_attempts"]) == ("dead", 2, 2), job
+        assert "attempt budget spent" in job["error"]
+        assert [a["outcome"] for a in history(client, job["id"])] == ["lost", "dead"]
 
 
 def test_any_retry_budget_gives_exactly_n_plus_1_attempts_and_replays_give_as_many_again(delivery: Delivery) -> None:

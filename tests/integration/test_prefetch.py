@@ -1,7 +1,8 @@
 """A pool's `prefetch`: its worker holds more messages than it runs, and a prefetched job spends no attempt even
 when the worker dies holding it: the worker's main process claims a job when it hands it to the pool, the running
-ones and one more per slot (worker/dispatch.py). Above prefetch 1 a message is acked once its outcome committed,
-not when its task returned (worker/deferred_ack.py)."""
+ones and one more per slot (worker/dispatch.py), and a claimed attempt that no task process began is given back
+by the next claim. Above prefetch 1 a message is acked once its outcome committed, not when its task returned
+(worker/deferred_ack.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import select
+
 from kvern.broker.admin import queue_depths
 from kvern.constants import ROLE_ADMIN
+from kvern.jobs import schema
+from kvern.jobs.base import NOT_BEGUN
 from kvern.jobs.store import JobStore
 from kvern.runtime.supervisor import Supervisor
 from tests.integration.conftest import Running, wait_for_outcome, write_project
@@ -49,7 +54,7 @@ prefetch = 4
 
 [tasks."tasks.nap"]
 queue = "short"
-retries = 2
+retries = 0
 time_limit = 60
 """
 
@@ -64,10 +69,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.1)
 
 
-def test_prefetched_jobs_spend_no_attempt_even_when_their_worker_dies(
+def test_jobs_prefetched_or_claimed_ahead_spend_no_attempt_when_their_worker_dies(
     start_instance: Callable[..., Running], tmp_path: Path
 ) -> None:
-    # given a pool of one task slot that prefetches 4 messages, and 5 jobs of 3 s each
+    # given a pool of one task slot that prefetches 4 messages, and 5 jobs of 3 s each with no retries
     tasks = tmp_path / "tasks_source.py"
     tasks.write_text(TASKS)
     running = start_instance(write_project(tmp_path / "project", SPEC, tasks_source=tasks))
@@ -86,23 +91,35 @@ def test_prefetched_jobs_spend_no_attempt_even_when_their_worker_dies(
 
             wait_until(taken, 60, "the worker did not prefetch 4 messages")
             wait_until(lambda: sum(_attempts(store, j) for j in ids) >= CLAIM_WINDOW, 30, "no job started")
+            wait_until(lambda: len(_began(store, ids)) == 1, 30, "the running job's start was not recorded")
             time.sleep(0.5)  # a claim beyond the window would have committed by now
             attempts = [_attempts(store, j) for j in ids]
+            began = _began(store, ids)
 
-            # then only the running job and the one claimed ahead have an attempt
+            # then only the running job and the one claimed ahead have an attempt, and only the running one began
             assert sorted(attempts) == [0, 0, 0, 1, 1], attempts
-
-            # and when the worker dies holding them, every job succeeds, and the unclaimed ones on their first
-            # attempt (the one that was running, and the one claimed ahead, may have needed a second)
+            claimed_ahead = [j for j, n in zip(ids, attempts, strict=True) if n == 1 and j not in began]
             prefetched = [j for j, n in zip(ids, attempts, strict=True) if n == 0]
+            assert len(began) == len(claimed_ahead) == 1, (began, attempts)
+
+            # and when the worker is killed holding them
             worker = next(p for p in Supervisor(running.instance.state_dir).processes() if p.group == "pool-short")
             assert worker.pid is not None
             os.kill(worker.pid, signal.SIGKILL)
-            outcomes = [wait_for_outcome(client, j, timeout=120) for j in ids]
+            outcomes = {j: wait_for_outcome(client, j, timeout=120) for j in ids}
+            ahead_history = [(a.outcome, a.error) for a in store.history(claimed_ahead[0])]
     finally:
         store.close()
-    assert [o["status"] for o in outcomes] == ["succeeded"] * JOBS
-    assert [o["attempts"] for o in outcomes if o["id"] in prefetched] == [1, 1, 1]
+    # then the job claimed ahead still runs and succeeds, with no retries: its unused attempt was given back
+    ahead = outcomes[claimed_ahead[0]]
+    assert (ahead["status"], ahead["attempts"], ahead["max_attempts"]) == ("succeeded", 2, 2), ahead
+    assert ahead_history == [("lost", NOT_BEGUN), ("succeeded", None)]
+    # and the prefetched ones succeed on their first attempt
+    assert [(outcomes[j]["status"], outcomes[j]["attempts"]) for j in prefetched] == [("succeeded", 1)] * 3
+    # while the one that was running spent its only attempt, as a job killed mid-run does: dead, not run again
+    killed = outcomes[began.pop()]
+    assert (killed["status"], killed["attempts"]) == ("dead", 1), killed
+    assert "attempt budget spent" in killed["error"]
 
 
 SHORT_JOBS = 40  # ten times what the worker may hold unacked (1 slot x prefetch 4)
@@ -129,6 +146,14 @@ def test_deferred_acks_are_sent_so_a_stream_longer_than_the_prefetch_window_drai
     assert [(o["status"], o["attempts"]) for o in outcomes] == [("succeeded", 1)] * SHORT_JOBS
     depth = queue_depths(broker, ("short",))["short"]
     assert depth is not None and depth["ready"] == 0
+
+
+def _began(store: JobStore, job_ids: list[str]) -> set[str]:
+    """The jobs one of whose attempts a task process began."""
+    at = schema.attempts
+    with store.engine.connect() as conn:
+        query = select(at.c.job_id).where(at.c.job_id.in_(job_ids), at.c.began_at.is_not(None))
+        return {row.job_id for row in conn.execute(query)}
 
 
 def _attempts(store: JobStore, job_id: str) -> int:

@@ -724,3 +724,60 @@ def test_a_claim_the_store_could_not_commit_sends_the_delivery_round_again(
     assert calls == []
     assert isinstance(escaped, Retry)
     assert resent.countdowns == [STORE_RETRY_S]
+
+
+def _run_handed(task: Task, job_id: str, handed: dict[str, Any], *args: Any) -> None:
+    task.push_request(id=job_id, retries=0, is_eager=False, called_directly=False, args=args, kwargs={})
+    task.request.update({CLAIM_FIELD: handed})
+    try:
+        task.run(*args)
+    finally:
+        task.pop_request()
+
+
+def test_a_handed_attempt_is_marked_began_before_the_task_body_runs(
+    celery_app: Celery, store: JobStoreProtocol
+) -> None:
+    # given a job with no retries whose attempt 1 was claimed at dispatch
+    seen: list[Claim] = []
+
+    def work(n: int) -> int:
+        # (what a redelivery would meet if the node died now: the attempt began, so it counts and is not rerun)
+        seen.append(store.claim_attempt(job_id, "other@host"))
+        return n
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER, claims=DispatchClaims(_NoWriter(), WORKER, 4))
+    job_id = submit(store, task, 5, max_attempts=1)
+    handed = {"answer": dataclasses.asdict(store.claim_attempt(job_id, WORKER))}
+
+    # when the task process runs it
+    _run_handed(task, job_id, handed, 5)
+
+    # then the store knew it began before the body ran: another claim then buries it rather than giving it back
+    assert seen == [Claim(False, 1, True)]
+    job = store.get(job_id)
+    assert job is not None and (job.status, job.max_attempts) == (JobStatus.DEAD, 1)
+
+
+def test_an_attempt_whose_began_mark_cannot_be_sent_still_runs(
+    celery_app: Celery, store: JobStoreProtocol, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a handed attempt whose began mark finds the writer away
+    def away(job_id: str, attempt: int, at: float) -> None:
+        raise StoreUnavailable("job-store writer unavailable: gone for the test")
+
+    def work(n: int) -> int:
+        return n * 3
+
+    task = make_task(celery_app, work)
+    guard_task(task, store, TaskPolicy(queue="default"), WORKER, claims=DispatchClaims(_NoWriter(), WORKER, 4))
+    job_id = submit(store, task, 2)
+    handed = {"answer": dataclasses.asdict(store.claim_attempt(job_id, WORKER))}
+    monkeypatch.setattr(store, "mark_began", away)
+
+    # when it runs, then it runs and records its outcome (without the mark, a later claim would only give back
+    # an attempt that had in fact run: one more run at worst)
+    _run_handed(task, job_id, handed, 2)
+    job = store.get(job_id)
+    assert job is not None and (job.status, job.result) == (JobStatus.SUCCEEDED, 6)

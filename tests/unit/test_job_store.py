@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 import kvern.jobs.memory as memory_module
 import kvern.jobs.store as store_module
 from kvern.jobs import schema
-from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.base import NOT_BEGUN, JobStoreProtocol
 from kvern.jobs.memory import MemoryJobStore
 from kvern.jobs.records import Claim, Job, NewJob
 from kvern.jobs.states import JobStatus
@@ -61,7 +61,7 @@ def get(store: JobStoreProtocol, job_id: str) -> Job:
 
 
 # Columns added after the first release, by table: create_schema must add each to an older store.
-ADDED_COLUMNS = {"kvern_jobs": ("round_attempts", "retry_at", "queued_at"), "kvern_attempts": ("traceback",)}
+ADDED_COLUMNS = {"kvern_jobs": ("round_attempts", "retry_at", "queued_at"), "kvern_attempts": ("traceback", "began_at")}
 OLD_ROW = {
     "id": "old-1",
     "task": "tasks.t",
@@ -278,10 +278,11 @@ def test_started_at_is_the_first_attempt_start(job_store: JobStoreProtocol) -> N
 
 
 def test_a_delivery_past_the_attempt_budget_buries_the_job(job_store: JobStoreProtocol) -> None:
-    # given a job allowed two attempts, both lost with their worker processes
+    # given a job allowed two attempts, both begun and lost with their worker processes
     job = submitted(job_store, max_attempts=2)
-    job_store.claim_attempt(job.id, "w1")
-    job_store.claim_attempt(job.id, "w2")
+    for attempt, worker in ((1, "w1"), (2, "w2")):
+        job_store.claim_attempt(job.id, worker)
+        job_store.mark_began(job.id, attempt, time.time())
 
     # when the message is delivered once more
     claim = job_store.claim_attempt(job.id, "w3")
@@ -292,6 +293,50 @@ def test_a_delivery_past_the_attempt_budget_buries_the_job(job_store: JobStorePr
     assert dead.status is JobStatus.DEAD and dead.attempts == 2
     assert "attempt budget spent" in (dead.error or "")
     assert [a.outcome for a in job_store.history(job.id)] == ["lost", "dead"]
+
+
+def test_a_claimed_attempt_that_never_began_does_not_count(job_store: JobStoreProtocol) -> None:
+    # given a job with no retries, claimed ahead by a node that was killed before a task process began it
+    job = submitted(job_store, max_attempts=1)
+    job_store.claim_attempt(job.id, "killed-node")
+
+    # when its message is delivered again
+    claim = job_store.claim_attempt(job.id, "w2")
+
+    # then it runs (it is not buried): a new attempt, numbered on, with the unused one given back
+    assert (claim.run, claim.attempt, claim.max_attempts) == (True, 2, 2)
+    running = get(job_store, job.id)
+    assert (running.status, running.attempts, running.max_attempts) == (JobStatus.RUNNING, 2, 2)
+    assert [(a.outcome, a.error) for a in job_store.history(job.id)] == [("lost", NOT_BEGUN), (None, None)]
+    # and the fence moved on: the unused attempt can write nothing
+    assert not job_store.record_success(job.id, 1, "stale")
+    assert job_store.record_success(job.id, 2, "ran")
+    assert get(job_store, job.id).result == "ran"
+
+
+def test_an_attempt_that_began_counts_once_lost(job_store: JobStoreProtocol) -> None:
+    # given a job with no retries whose task process began it, then was lost with its node
+    job = submitted(job_store, max_attempts=1)
+    job_store.claim_attempt(job.id, "killed-node")
+    job_store.mark_began(job.id, 1, time.time())
+    job_store.mark_began(job.id, 1, time.time() + 5)  # a second mark keeps the first
+
+    # when its message is delivered again, then its budget is spent: it is buried, not run again
+    assert job_store.claim_attempt(job.id, "w2") == Claim(False, 1, True)
+    dead = get(job_store, job.id)
+    assert (dead.status, dead.max_attempts) == (JobStatus.DEAD, 1)
+
+
+def test_a_retried_attempt_is_not_given_back(job_store: JobStoreProtocol) -> None:
+    # given a job whose first attempt ran and asked for a retry (no began mark: an older worker's attempt)
+    job = submitted(job_store, max_attempts=2)
+    job_store.claim_attempt(job.id, "w1")
+    assert job_store.record_retry(job.id, 1, "again")
+
+    # when the retry is claimed, then the attempt counts: the budget stays as it was
+    assert job_store.claim_attempt(job.id, "w2") == Claim(True, 2, True)
+    assert get(job_store, job.id).max_attempts == 2
+    assert [a.outcome for a in job_store.history(job.id)] == ["retry", None]
 
 
 def test_claim_for_a_finished_job_does_not_run(job_store: JobStoreProtocol) -> None:

@@ -3,6 +3,7 @@ stores have (one commit per batch, all or nothing, a persistent connection)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ import pytest
 from sqlalchemy import event as sa_event
 
 from kvern.errors import StoreUnavailable
-from kvern.jobs.base import JobStoreProtocol
+from kvern.jobs.base import NOT_BEGUN, JobStoreProtocol
 from kvern.jobs.batch import (
+    AttemptBegan,
     CheckCancelled,
     ClaimAttempt,
     RecordFailure,
@@ -86,6 +88,7 @@ def test_a_batch_mixing_plain_and_special_jobs_answers_each_as_alone(job_store: 
     job_store.cancel(asked.id)
     spent = submitted(job_store, max_attempts=1)
     job_store.claim_attempt(spent.id, "w0")
+    job_store.mark_began(spent.id, 1, time.time())  # it ran, and was lost with its process
 
     # when one batch claims them all, then one records successes of the plain ones and of the asked one
     claims = job_store.write_batch([ClaimAttempt(j.id, "n") for j in (*plain, asked, spent)] + [ClaimAttempt("x", "n")])
@@ -102,6 +105,34 @@ def test_a_batch_mixing_plain_and_special_jobs_answers_each_as_alone(job_store: 
     assert [a.outcome for a in job_store.history(plain[0].id)] == ["succeeded"]
 
 
+def test_a_batch_gives_back_a_claimed_attempt_that_never_began_as_alone(job_store: JobStoreProtocol) -> None:
+    # given jobs allowed one attempt (no retries), each claimed ahead by a node that died: one never began, one
+    # began (its mark committed), and one whose mark comes in the same batch as the next claim, after it
+    never, ran, late = (submitted(job_store, max_attempts=1) for _ in range(3))
+    job_store.write_batch([ClaimAttempt(j.id, "dead-node") for j in (never, ran, late)])
+    job_store.write_batch([AttemptBegan(ran.id, 1, time.time())])
+
+    # when their messages come back and another node's batch claims them
+    claims = job_store.write_batch(
+        [
+            ClaimAttempt(never.id, "n"),
+            ClaimAttempt(ran.id, "n"),
+            ClaimAttempt(late.id, "n"),
+            AttemptBegan(late.id, 1, 1.0),
+        ]
+    )
+
+    # then the attempt that never began is given back: the job runs as attempt 2, with its budget one larger
+    assert claims[0] == Claim(True, 2, True) and claims[0].max_attempts == 2
+    assert (get(job_store, never.id).attempts, get(job_store, never.id).max_attempts) == (2, 2)
+    first = job_store.history(never.id)[0]
+    assert (first.outcome, first.error) == ("lost", NOT_BEGUN)
+    # and the ones that began spent their only attempt: buried, as before (a mark counts wherever it is in a batch)
+    assert claims[1:3] == [Claim(False, 1, True)] * 2
+    assert get(job_store, ran.id).status is get(job_store, late.id).status is JobStatus.DEAD
+    assert claims[3] is True
+
+
 def test_an_empty_batch_does_nothing(job_store: JobStoreProtocol) -> None:
     assert job_store.write_batch([]) == []
 
@@ -110,6 +141,7 @@ def test_an_empty_batch_does_nothing(job_store: JobStoreProtocol) -> None:
     "op",
     [
         ClaimAttempt("j", "w"),
+        AttemptBegan("j", 2, 1764668400.25),
         RecordSuccess("j", 2, {"a": [1, None]}),
         RecordFailure("j", 1, "e", JobStatus.DEAD, None),
         RecordRetry("j", 3, "e", "tb", 1.5),
@@ -162,10 +194,12 @@ def test_a_batch_of_plain_claims_and_successes_takes_a_few_statements(sql_job_st
     statements: list[str] = []
     sa_event.listen(sql_job_store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
 
-    # when one batch claims them all and another records their successes
+    # when one batch claims them all and another marks them began and records their successes (a short task's
+    # mark and outcome share a batch)
     sql_job_store.write_batch([ClaimAttempt(j.id, "node") for j in jobs])
     claimed = len(statements)
-    sql_job_store.write_batch([RecordSuccess(j.id, 1, None) for j in jobs])
+    marks: list[WorkerOp] = [AttemptBegan(j.id, 1, time.time()) for j in jobs]
+    sql_job_store.write_batch(marks + [RecordSuccess(j.id, 1, None) for j in jobs])
 
     # then each batch took a handful of statements, not some per job
     assert claimed <= 6 and len(statements) - claimed <= 6, statements

@@ -24,7 +24,7 @@ from kvern.jobs.store import JobStore
 from kvern.spec import TaskPolicy
 from kvern.worker.deferred_ack import deferred_ack_request
 from kvern.worker.execution import guard_task
-from kvern.worker.writer import NodeWriter, socket_path_for
+from kvern.worker.writer import FORGET_KEY, NodeWriter, send_frame, socket_path_for
 from kvern.worker.writer_client import WriterClient
 
 WORKER = "pool-0@test"
@@ -221,7 +221,7 @@ def test_a_guarded_task_runs_and_records_through_the_writer(store: JobStore, wri
     job = store.get(job_id)
     assert job is not None and (job.status, job.result) == (JobStatus.SUCCEEDED, 42)
     assert seen == {"cancelled": False, "progress": 50}
-    assert writer.ops == 4  # claim, progress, cancel check, success
+    assert writer.ops == 5  # claim, began, progress, cancel check, success
 
 
 # -- deferred outcomes and acks (a pool with prefetch above 1) -----------------------------------------------------
@@ -495,3 +495,36 @@ def test_the_writer_reads_no_file_outside_its_spool(store: JobStore, writer: Nod
     assert secret.exists()
     assert client.record_success(job_id, attempt, None)
     assert store.artifact(job_id, "secret.txt") is None
+
+
+# -- began marks: sent, never answered ---------------------------------------------------------------------------
+
+
+def test_a_began_mark_is_sent_without_an_answer_and_lands_with_the_next_batch(
+    store: JobStore, writer: NodeWriter
+) -> None:
+    # given a job with no retries whose attempt a child holds, and that child's connection to the writer
+    job_id = submit(store, max_attempts=1)
+    client = WriterClient(writer.path, writer.spool)
+    assert client.claim_attempt(job_id, WORKER) == Claim(True, 1, True)
+    ops_before = writer.ops
+
+    # when the child marks it began, then asks whether it was cancelled (an answer a stray True would spoil)
+    client.mark_began(job_id, 1, 1764668400.0)
+    cancelled = client.is_cancelled(job_id)
+
+    # then the mark was not answered (the next call read its own answer) and it committed: a redelivery's claim
+    # now counts the attempt and buries the job instead of giving the attempt back
+    assert cancelled is False
+    assert writer.ops == ops_before + 2
+    assert store.claim_attempt(job_id, "other@host") == Claim(False, 1, True)
+
+
+def test_a_refused_request_that_wants_no_answer_gets_none(store: JobStore, writer: NodeWriter) -> None:
+    # given a child that sends a request the writer refuses, marked as wanting no answer
+    job_id = submit(store)
+    client = WriterClient(writer.path, writer.spool)
+    send_frame(client._connection(), {"op": "drop_table", "job_id": job_id, FORGET_KEY: True})
+
+    # when it then claims, then it reads the claim's answer, not the refusal
+    assert client.claim_attempt(job_id, WORKER) == Claim(True, 1, True)

@@ -18,6 +18,8 @@ from kvern.jobs.batch import Answer, WorkerOp
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, PoolDecision, PoolHost, StuckSuspect
 from kvern.jobs.states import JobStatus
 
+NOT_BEGUN = "lost before it began: not counted"  # the note on an attempt a later claim gave back
+
 
 class IdempotencyConflict(Exception):
     """The idempotency key was used before with a different request."""
@@ -77,7 +79,13 @@ class JobStoreProtocol(Protocol):
 
     def claim_attempt(self, job_id: str, worker: str) -> Claim:
         """Start the next attempt of an active job (an open earlier attempt becomes lost); skip a finished job,
-        bury a job whose attempt budget is spent; an unknown job runs untracked."""
+        bury a job whose attempt budget is spent; an unknown job runs untracked. A running job's open attempt
+        that never began (no `mark_began`) is given back: lost, noted `NOT_BEGUN`, and the job's `max_attempts`
+        grows by one, so it does not count against the budget (the new attempt's number is still the next)."""
+        ...
+
+    def mark_began(self, job_id: str, attempt: int, at: float) -> None:
+        """A task process began running `attempt` at `at` (once: a later mark keeps the first)."""
         ...
 
     def record_progress(self, job_id: str, attempt: int, pct: int, message: str | None = None) -> bool:

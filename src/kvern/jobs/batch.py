@@ -30,6 +30,20 @@ class ClaimAttempt:
 
 
 @dataclass(frozen=True)
+class AttemptBegan:
+    """A task process began running the attempt it was handed: sent without waiting (nothing is answered)."""
+
+    kind: ClassVar[str] = "began"
+    job_id: str
+    attempt: int
+    at: float
+
+    def apply(self, store: JobStoreProtocol) -> bool:
+        store.mark_began(self.job_id, self.attempt, self.at)
+        return True
+
+
+@dataclass(frozen=True)
 class RecordSuccess:
     kind: ClassVar[str] = "success"
     job_id: str
@@ -109,13 +123,21 @@ class SaveSpooledArtifact:
 
 
 WorkerOp = (
-    ClaimAttempt | RecordSuccess | RecordFailure | RecordRetry | RecordProgress | CheckCancelled | SaveSpooledArtifact
+    ClaimAttempt
+    | AttemptBegan
+    | RecordSuccess
+    | RecordFailure
+    | RecordRetry
+    | RecordProgress
+    | CheckCancelled
+    | SaveSpooledArtifact
 )
 Answer = Claim | bool
 OP_TYPES: dict[str, type[WorkerOp]] = {
     cls.kind: cls
     for cls in (
         ClaimAttempt,
+        AttemptBegan,
         RecordSuccess,
         RecordFailure,
         RecordRetry,

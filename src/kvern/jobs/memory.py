@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from kvern.jobs.base import ArtifactsTooLarge, IdempotencyConflict
-from kvern.jobs.batch import Answer, WorkerOp
+from kvern.jobs.base import NOT_BEGUN, ArtifactsTooLarge, IdempotencyConflict
+from kvern.jobs.batch import Answer, AttemptBegan, WorkerOp
 from kvern.jobs.memory_coordination import CoordinationInMemory
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
@@ -118,6 +118,9 @@ class MemoryJobStore(CoordinationInMemory):
                 return Claim(run=True, attempt=1, tracked=False)
             if JobStatus(row["status"]) not in ACTIVE or self._cancel_asked(row, now):
                 return Claim(run=False, attempt=row["attempts"], tracked=True)
+            # The open attempt was claimed (ahead, at dispatch) but never began: its node died first. Not counted.
+            given_back = int(row["status"] == JobStatus.RUNNING.value and self._never_began(job_id, row["attempts"]))
+            row["max_attempts"] += given_back
             if row["attempts"] >= row["max_attempts"]:
                 self._bury(row, "attempt budget spent: the last attempt was lost with its worker process", now)
                 return Claim(run=False, attempt=row["attempts"], tracked=True)
@@ -125,12 +128,24 @@ class MemoryJobStore(CoordinationInMemory):
             row.update(status=JobStatus.RUNNING.value, attempts=attempt, retry_at=None)
             row["started_at"] = row["started_at"] if row["started_at"] is not None else now
             row["published_at"] = row["published_at"] if row["published_at"] is not None else now
-            self._close_open_attempts(job_id, now, "lost", None)
+            self._close_open_attempts(job_id, now, "lost", NOT_BEGUN if given_back else None)
             self.attempts.setdefault(job_id, []).append(
-                {"attempt": attempt, "worker": worker, "started_at": now, "finished_at": None}
+                {"attempt": attempt, "worker": worker, "started_at": now, "began_at": None, "finished_at": None}
                 | {"outcome": None, "error": None, "traceback": None}
             )
             return Claim(run=True, attempt=attempt, tracked=True, max_attempts=row["max_attempts"])
+
+    def _never_began(self, job_id: str, attempt: int) -> bool:
+        return any(
+            a["attempt"] == attempt and a["finished_at"] is None and a["began_at"] is None
+            for a in self.attempts.get(job_id, [])
+        )
+
+    def mark_began(self, job_id: str, attempt: int, at: float) -> None:
+        with self._lock:
+            for row in self.attempts.get(job_id, []):
+                if row["attempt"] == attempt and row["began_at"] is None:
+                    row["began_at"] = at
 
     def _close_open_attempts(self, job_id: str, now: float, outcome: str, error: str | None) -> None:
         for attempt in self.attempts.get(job_id, []):
@@ -250,7 +265,9 @@ class MemoryJobStore(CoordinationInMemory):
 
     def write_batch(self, ops: Sequence[WorkerOp]) -> list[Answer]:
         with self._lock:  # one step for every other caller, as one transaction is
-            return [op.apply(self) for op in ops]
+            # The began marks first, as the SQL store takes them: a mark only saves an attempt that did begin.
+            began = {index: op.apply(self) for index, op in enumerate(ops) if isinstance(op, AttemptBegan)}
+            return [began[index] if index in began else op.apply(self) for index, op in enumerate(ops)]
 
     def mark_dead(self, job_id: str, error: str) -> bool:
         with self._lock:

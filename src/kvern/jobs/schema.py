@@ -87,7 +87,10 @@ attempts = Table(
     Column("job_id", String(36), ForeignKey("kvern_jobs.id"), primary_key=True),
     Column("attempt", Integer, primary_key=True),
     Column("worker", String(200)),
-    Column("started_at", Float, nullable=False),
+    Column("started_at", Float, nullable=False),  # when the attempt was claimed
+    # When a task process began running it (a claim at dispatch may come earlier): a claimed attempt lost
+    # before it began does not count against the job's budget. NULL: not (yet) known to have begun.
+    Column("began_at", Float),
     Column("finished_at", Float),
     Column("outcome", String(16)),
     Column("error", Text),

@@ -26,6 +26,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    exists,
     func,
     insert,
     inspect,
@@ -42,9 +43,9 @@ from kvern.errors import StoreUnavailable
 from kvern.jobs import schema
 
 # Re-exported (the `as` form tells mypy so): callers import it from here, where it was first defined.
-from kvern.jobs.base import ArtifactsTooLarge
+from kvern.jobs.base import NOT_BEGUN, ArtifactsTooLarge
 from kvern.jobs.base import IdempotencyConflict as IdempotencyConflict  # noqa: PLC0414
-from kvern.jobs.batch import Answer, ClaimAttempt, RecordSuccess, WorkerOp
+from kvern.jobs.batch import Answer, AttemptBegan, ClaimAttempt, RecordSuccess, WorkerOp
 from kvern.jobs.coordination import CoordinationSql
 from kvern.jobs.records import ArtifactInfo, Attempt, Claim, Job, NewJob, StuckSuspect, new_job_row
 from kvern.jobs.states import ACTIVE, REPLAYABLE, TERMINAL, JobStatus, finished_values
@@ -193,14 +194,17 @@ class JobStore(CoordinationSql):
     def write_batch(self, ops: Sequence[WorkerOp]) -> list[Answer]:
         """The batch's ops in one transaction: one commit (one fsync) for all. SQLite: one BEGIN IMMEDIATE.
 
-        The common cases go set-based first, fenced in the statements themselves: claims of jobs that may simply
-        start their next attempt (one UPDATE ... RETURNING for all), and successes of attempts that still own
-        their job (one executemany), each for a job no other op of the batch names. Every other op, and those
-        the fence refused there, then runs its own method, in order. An op's error rolls the whole batch back."""
+        The common cases go set-based first, fenced in the statements themselves: the began marks (all of them,
+        first: a mark only ever saves an attempt that did begin from being given back), claims of jobs that may
+        simply start their next attempt (one UPDATE ... RETURNING for all), and successes of attempts that still
+        own their job (one executemany), each for a job no other op of the batch names. Every other op, and
+        those the fence refused there, then runs its own method, in order. An op's error rolls the whole batch
+        back."""
         answers: list[Answer | None] = [None] * len(ops)
         with self._begin() as conn:
             self._batch.conn = conn
             try:
+                self._mark_began_together(conn, ops, answers)
                 self._claim_together(conn, ops, answers)
                 self._succeed_together(conn, ops, answers)
                 return [
@@ -212,12 +216,30 @@ class JobStore(CoordinationSql):
     @staticmethod
     def _alone(ops: Sequence[WorkerOp], kind: type) -> dict[str, int]:
         """job id -> index of the ops of `kind` whose job no other op of the batch names: ops on different jobs
-        touch different rows, so taking these first leaves every answer as the given order makes it."""
-        seen = Counter(op.job_id for op in ops)
+        touch different rows, so taking these first leaves every answer as the given order makes it. Began marks
+        do not count: they are all applied before anything else (a short task's mark and outcome share a batch)."""
+        seen = Counter(op.job_id for op in ops if not isinstance(op, AttemptBegan))
         return {op.job_id: index for index, op in enumerate(ops) if isinstance(op, kind) and seen[op.job_id] == 1}
 
+    @staticmethod
+    def _mark_began_together(conn: Connection, ops: Sequence[WorkerOp], answers: list[Answer | None]) -> None:
+        marks = [(index, op) for index, op in enumerate(ops) if isinstance(op, AttemptBegan)]
+        if not marks:
+            return
+        at = schema.attempts
+        conn.execute(
+            update(at)
+            .where(at.c.job_id == bindparam("b_id"), at.c.attempt == bindparam("b_attempt"), at.c.began_at.is_(None))
+            .values(began_at=bindparam("b_at")),
+            [{"b_id": op.job_id, "b_attempt": op.attempt, "b_at": op.at} for _, op in marks],
+        )
+        for index, _ in marks:
+            answers[index] = True
+
     def _claim_together(self, conn: Connection, ops: Sequence[WorkerOp], answers: list[Answer | None]) -> None:
-        """Start the next attempt of every job that is active, not asked to stop, and within its budget."""
+        """Start the next attempt of every job that is active, not asked to stop, and within its budget. A job
+        whose open attempt never began is left to `claim_attempt`, which gives that attempt back (rare: a node
+        died with it claimed ahead)."""
         first = self._alone(ops, ClaimAttempt)
         if not first:
             return
@@ -229,6 +251,7 @@ class JobStore(CoordinationSql):
                 jobs.c.status.in_([s.value for s in ACTIVE]),
                 jobs.c.cancel_requested.is_(None),
                 jobs.c.attempts < jobs.c.max_attempts,
+                ~exists().where(self._not_begun(jobs.c.id, jobs.c.attempts)),
             )
             .values(
                 status=JobStatus.RUNNING.value,
@@ -396,7 +419,9 @@ class JobStore(CoordinationSql):
             # A job whose cancel was asked is not run again (its attempt was lost, and it was queued again).
             if JobStatus(row.status) not in ACTIVE or self._cancel_asked(conn, job_id, row.cancel_requested, now):
                 return Claim(run=False, attempt=row.attempts, tracked=True)
-            if row.attempts >= row.max_attempts:
+            # The open attempt was claimed (ahead, at dispatch) but never began: its node died first. Not counted.
+            given_back = int(row.status == JobStatus.RUNNING.value and self._never_began(conn, job_id, row.attempts))
+            if row.attempts >= row.max_attempts + given_back:
                 # Every attempt it was allowed is spent (the last ones died with their processes): bury it.
                 self._bury(conn, job_id, "attempt budget spent: the last attempt was lost with its worker process", now)
                 return Claim(run=False, attempt=row.attempts, tracked=True)
@@ -412,6 +437,7 @@ class JobStore(CoordinationSql):
                 .values(
                     status=JobStatus.RUNNING.value,
                     attempts=attempt,
+                    max_attempts=jobs.c.max_attempts + given_back,
                     retry_at=None,
                     started_at=func.coalesce(jobs.c.started_at, now),
                     published_at=func.coalesce(jobs.c.published_at, now),
@@ -423,10 +449,23 @@ class JobStore(CoordinationSql):
             conn.execute(
                 update(schema.attempts)
                 .where(schema.attempts.c.job_id == job_id, schema.attempts.c.finished_at.is_(None))
-                .values(finished_at=now, outcome="lost")
+                .values(finished_at=now, outcome="lost", error=NOT_BEGUN if given_back else None)
             )
             conn.execute(insert(schema.attempts).values(job_id=job_id, attempt=attempt, worker=worker, started_at=now))
-        return Claim(run=True, attempt=attempt, tracked=True, max_attempts=row.max_attempts)
+        return Claim(run=True, attempt=attempt, tracked=True, max_attempts=row.max_attempts + given_back)
+
+    @staticmethod
+    def _not_begun(job_id: Any, attempt: Any) -> Any:
+        """The condition on kvern_attempts: `attempt` of the job is open and no task process began it."""
+        at = schema.attempts
+        return and_(at.c.job_id == job_id, at.c.attempt == attempt, at.c.finished_at.is_(None), at.c.began_at.is_(None))
+
+    def _never_began(self, conn: Connection, job_id: str, attempt: int) -> bool:
+        return bool(conn.execute(select(exists().where(self._not_begun(job_id, attempt)))).scalar())
+
+    def mark_began(self, job_id: str, attempt: int, at: float) -> None:
+        with self._begin() as conn:
+            self._mark_began_together(conn, [AttemptBegan(job_id, attempt, at)], [None])
 
     def _cancel_asked(self, conn: Connection, job_id: str, asked_at: float | None, now: float) -> bool:
         """A job whose cancel was asked ends cancelled now, its open attempt with it; False if none was asked."""

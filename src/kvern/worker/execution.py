@@ -89,6 +89,8 @@ class AttemptStore(TaskStore, Protocol):
 
     def claim_attempt(self, job_id: str, worker: str) -> Claim: ...
 
+    def mark_began(self, job_id: str, attempt: int, at: float) -> None: ...
+
     def record_success(self, job_id: str, attempt: int, result: Any) -> bool: ...
 
     def record_failure(
@@ -187,6 +189,8 @@ class _AttemptRunner:
         if not claim.run:
             log.info("job %s already has an outcome; duplicate delivery skipped", job_id)
             raise Ignore()
+        if claim.tracked:
+            self._began(job_id, claim.attempt)
         token = _current.set(JobContext(self.store, JobInfo(job_id, claim.attempt), tracked=claim.tracked))
         try:
             result = self.user_run(*args, **kwargs)
@@ -198,6 +202,15 @@ class _AttemptRunner:
             _current.reset(token)
         self._on_success(job_id, claim, result)
         return result
+
+    def _began(self, job_id: str, attempt: int) -> None:
+        """Tell the store the attempt began (through the writer, without waiting): from now on it counts against
+        the job's budget. Without the mark, a later claim gives it back (one more run at worst), so a writer that
+        cannot be reached does not stop the attempt."""
+        try:
+            self.store.mark_began(job_id, attempt, time.time())
+        except StoreUnavailable as exc:
+            log.warning("job %s attempt %d: its start could not be noted (%s)", job_id, attempt, exc)
 
     def _on_success(self, job_id: str, claim: Claim, result: Any) -> None:
         if not claim.tracked:

@@ -11,6 +11,9 @@ delivered again, and the fence makes the outcome recorded exactly once.
 A pool with `prefetch` above 1 defers instead (worker/deferred_ack.py): a child sends its outcome marked `defer`,
 is answered as soon as the writer holds it, and returns; the message's ack waits (`after_commit`) until every op
 the writer held when the child returned has committed. A crash before that commit still means redelivery.
+
+A child also sends, without reading any answer (`forget`), that it began the attempt it was handed: committed
+with the next batch, the mark makes the attempt count against the job's budget (jobs/store.py `claim_attempt`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ ERROR_UNAVAILABLE = "unavailable"  # the store could not be reached: the child w
 ERROR_FAILED = "failed"  # the op itself failed: the child raises
 ERROR_TOO_LARGE = "artifacts_too_large"  # an artifact over the attempt's cap: the child raises ArtifactsTooLarge
 DEFER_KEY = "defer"  # a request field: answer once held, commit later (the ack waits for the commit instead)
+FORGET_KEY = "forget"  # a request field: never answer (its sender does not read one), commit with the next batch
 RETRY_FIRST_S = 0.1  # a held outcome whose store is away is committed again after this long, then longer
 RETRY_MAX_S = 5.0
 
@@ -177,17 +181,19 @@ class NodeWriter:
                 return
             if message is None:
                 return
+            forget = bool(message.get(FORGET_KEY))
+            refuse = _logged if forget else reply  # a sender that reads no answer must not get one
             try:
                 op = op_from_wire(message)
             except (ValueError, TypeError, KeyError) as exc:
-                reply({"error": ERROR_FAILED, "message": f"bad writer request: {exc}"})
+                refuse({"error": ERROR_FAILED, "message": f"bad writer request: {exc}"})
                 continue
             if isinstance(op, SaveSpooledArtifact) and Path(op.path).parent != self.spool:
-                reply({"error": ERROR_FAILED, "message": "an artifact's spool file must be in the writer's spool"})
+                refuse({"error": ERROR_FAILED, "message": "an artifact's spool file must be in the writer's spool"})
                 continue
-            deferred = bool(message.get(DEFER_KEY))
+            deferred = forget or bool(message.get(DEFER_KEY))
             self._hold(op, _ignore if deferred else reply, deferred)
-            if deferred:
+            if deferred and not forget:
                 reply({"held": True})  # after _hold: the child's return now implies its outcome is received
 
     def submit(self, op: WorkerOp, reply: Callable[[Any], None]) -> None:
@@ -293,6 +299,11 @@ class NodeWriter:
                 log.warning("job %s: its outcome was not recorded, another attempt owns the job", item.op.job_id)
             item.reply({"answer": answer_to_wire(answer)})
         return []
+
+
+def _logged(message: Any) -> None:
+    """A refusal of a request whose sender reads no answer."""
+    log.warning("job-store writer: %s", message.get("message"))
 
 
 def _ignore(_message: Any) -> None:

@@ -7,7 +7,8 @@ asks again, then postpones the delivery, as it does for a store of its own.
 
 With `defer_outcomes` (a pool with `prefetch` above 1) a success or failure is answered as soon as the writer
 holds it: the task returns without waiting for the commit, and the message's ack waits for it instead
-(worker/deferred_ack.py). A retry still waits: its answer decides whether the retry is sent.
+(worker/deferred_ack.py). A retry still waits: its answer decides whether the retry is sent. That an attempt
+began is sent and not answered at all (`send`): the task runs on at once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kvern.errors import StoreUnavailable
 from kvern.jobs.base import ArtifactsTooLarge
 from kvern.jobs.batch import (
     Answer,
+    AttemptBegan,
     CheckCancelled,
     ClaimAttempt,
     RecordFailure,
@@ -36,7 +38,7 @@ from kvern.jobs.batch import (
 )
 from kvern.jobs.records import Claim
 from kvern.jobs.states import JobStatus
-from kvern.worker.writer import DEFER_KEY, ERROR_TOO_LARGE, ERROR_UNAVAILABLE, recv_frame, send_frame
+from kvern.worker.writer import DEFER_KEY, ERROR_TOO_LARGE, ERROR_UNAVAILABLE, FORGET_KEY, recv_frame, send_frame
 
 ANSWER_TIMEOUT_S = 60.0  # past the store's own busy timeout: a writer this slow is treated as away
 
@@ -82,6 +84,17 @@ class WriterClient:
         """Hand an outcome to the writer, back as soon as it holds it (the commit comes later)."""
         self._exchange({**op_to_wire(op), DEFER_KEY: True})
 
+    def send(self, op: WorkerOp) -> None:
+        """Hand an op to the writer and go on: no answer comes (the writer commits it with its next batch)."""
+        try:
+            send_frame(self._connection(), {**op_to_wire(op), FORGET_KEY: True})
+        except OSError as exc:
+            self._drop()
+            raise StoreUnavailable(f"job-store writer unavailable: {exc}") from exc
+        except BaseException:
+            self._drop()  # interrupted mid-frame: the next call must not follow half a message
+            raise
+
     def _outcome(self, op: RecordSuccess | RecordFailure) -> bool:
         if not self.defer_outcomes:
             return bool(self.call(op))
@@ -116,6 +129,9 @@ class WriterClient:
         claim = self.call(ClaimAttempt(job_id, worker))
         assert isinstance(claim, Claim)
         return claim
+
+    def mark_began(self, job_id: str, attempt: int, at: float) -> None:
+        self.send(AttemptBegan(job_id, attempt, at))
 
     def record_success(self, job_id: str, attempt: int, result: Any) -> bool:
         return self._outcome(RecordSuccess(job_id, attempt, result))
