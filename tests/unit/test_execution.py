@@ -781,3 +781,42 @@ def test_an_attempt_whose_began_mark_cannot_be_sent_still_runs(
     _run_handed(task, job_id, handed, 2)
     job = store.get(job_id)
     assert job is not None and (job.status, job.result) == (JobStatus.SUCCEEDED, 6)
+
+
+def test_a_task_called_inline_from_another_runs_as_a_plain_call_within_the_outer_job(
+    celery_app: Celery, store: JobStoreProtocol
+) -> None:
+    # given two guarded tasks, the outer one calling the inner one as a function (Celery's direct call)
+    def render(n: int) -> bytes:
+        kvern.save_artifact("part.txt", f"part {n}".encode())
+        return f"part {n}".encode()
+
+    inner = make_task(celery_app, render, name="tasks.render")
+    guard_task(inner, store, TaskPolicy(queue="default"), WORKER)
+
+    def build(n: int) -> int:
+        return len(inner(n))
+
+    outer = make_task(celery_app, build, name="tasks.build")
+    guard_task(outer, store, TaskPolicy(queue="default"), WORKER)
+    job_id = submit(store, outer, 3)
+
+    # when the outer job is delivered
+    outcome = outer.apply(args=(3,), task_id=job_id)
+
+    # then the inline call ran as part of the outer job's one attempt: no attempt of its own, its artifact
+    # belongs to the outer job
+    assert outcome.successful(), outcome.traceback
+    assert outcome.get() == len(b"part 3")
+    job = store.get(job_id)
+    assert job is not None and job.status is JobStatus.SUCCEEDED and job.attempts == 1
+    assert store.artifact(job_id, "part.txt") == ("text/plain", b"part 3")
+
+    # and outside any job, a direct call of a guarded task is a plain function call that records nothing
+    def twice(n: int) -> int:
+        return n * 2
+
+    double = make_task(celery_app, twice, name="tasks.double")
+    guard_task(double, store, TaskPolicy(queue="default"), WORKER)
+    assert double(4) == 8
+    assert [job.id for job in store.list_jobs(None, 10)] == [job_id]

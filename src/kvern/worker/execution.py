@@ -175,7 +175,12 @@ class _AttemptRunner:
         return Claim(**handed["answer"])
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        job_id: str = self.task.request.id
+        job_id: str | None = self.task.request.id
+        if job_id is None:
+            # `other_task(...)` inside a task (or anywhere): Celery's plain function call, no delivery of its own
+            # (a delivery always has an id). It runs within the calling job, if any: its progress and artifacts
+            # are that job's.
+            return self.user_run(*args, **kwargs)
         try:
             claim = self._claim(job_id)
         except StoreUnavailable as exc:
