@@ -55,6 +55,7 @@ POOL = "chaos"
 DEFERRED_POOL = "deferred"  # prefetch 8: a task process returns before its outcome commits, the ack waits for it
 RATE_S = 0.15  # one submission every RATE_S seconds per submitter
 SUBMITTERS = 2
+THROTTLED_WAIT_S = 0.2  # after a 429 (the per-key rate limit), before sending the same job again
 LOAD_S = 7.0  # how long the stream runs in each scenario
 FAULT_AT_S = 2.5  # when the fault is injected, from the start of the stream
 RECOVERY_S = 120.0  # how long every accepted job has to finish after the stream ends
@@ -215,6 +216,7 @@ class Stream:
     accepted: dict[str, str] = field(default_factory=dict)  # tag -> job id
     given_up: list[str] = field(default_factory=list)
     answers_5xx: int = 0
+    throttled: int = 0  # 429s: the per-key rate limit, answered by waiting and sending again
     conn_errors: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -237,6 +239,13 @@ class Stream:
                 with self.lock:
                     self.accepted[tag] = response.json()["id"]
                 return
+            if response.status_code == 429:
+                # The key's request rate (web.key_rate) was exceeded: a client waits and sends the same job again
+                # (same Idempotency-Key). Not a fault of the scenario's, so not counted as one.
+                with self.lock:
+                    self.throttled += 1
+                time.sleep(THROTTLED_WAIT_S)
+                continue
             assert response.status_code >= 500, f"{tag}: unexpected answer {response.status_code} {response.text}"
             with self.lock:
                 self.answers_5xx += 1
@@ -293,6 +302,7 @@ def count(chaos: Chaos, name: str, stream: Stream) -> dict[str, Any]:
         "dup outcomes": 0,
         "not ok": 0,
         "5xx": stream.answers_5xx,
+        "429": stream.throttled,
         "conn errors": stream.conn_errors,
         "re-runs": 0,
         "retried": 0,
