@@ -80,17 +80,27 @@ class HostInstance:
 
     def _up_application(self, report: Reporter) -> RuntimeConfig:
         """Front door and web heads, worker pools, the controller: the one-machine `up` on the cluster's URLs."""
+        host = self.host
+        if host.runs("controller") and host.roles != {"controller"}:
+            report(f"hosts.{host.name}: the controller role is no longer needed: every host runs a controller")
+        return self.application_instance().up(tiers_of(self.spec, host), report)
+
+    def application_instance(self) -> Instance:
+        """The one-machine instance this application host runs, on the cluster's URLs."""
         spec, host = self.spec, self.host
         vhost = quote(VHOST, safe="")
         urls = {role: amqp_urls(spec, broker_user(role), self.secrets.broker_passwords[role], vhost) for role in ROLES}
-        if host.runs("controller") and host.roles != {"controller"}:
-            report(f"hosts.{host.name}: the controller role is no longer needed: every host runs a controller")
         extra = {RUNTIME_HOST_KEY: host.name}
         address = heads_address(host, spec.web)
         if address is not None:
             extra[HEADS_ADDRESS_KEY] = address
-        instance = replace(self.instance, cluster_urls=urls, runtime_extra=extra)
-        return instance.up(tiers_of(spec, host), report)
+        return replace(self.instance, cluster_urls=urls, runtime_extra=extra)
+
+    def runtime_config(self, snapshot: Path) -> RuntimeConfig:
+        """The runtime config `up` gives this host (nothing is started), for the commands run on it later."""
+        if self.host.roles == BROKER_ONLY:
+            return self._runtime(snapshot)
+        return self.application_instance().new_runtime(tiers_of(self.spec, self.host), snapshot)
 
     def _up(self, progress: Progress, report: Reporter) -> RuntimeConfig:
         check_config_path(self.state_dir, "state dir", StartError)
@@ -153,7 +163,7 @@ class HostInstance:
             management_url=None,
             management_auth=None,
             private_broker=False,  # not the one-machine private node: its ports and name come from the host
-            only=Tiers(web=False),
+            only=Tiers(web=False, pools=False),  # its node alone: no pool of the spec runs here
             extra={RUNTIME_HOST_KEY: self.host.name},
         )
 
