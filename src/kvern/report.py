@@ -8,14 +8,16 @@ from typing import Any
 from kvern.autoscale.loop import read_desired
 from kvern.broker.admin import queue_depths
 from kvern.broker.relay import find_stuck
-from kvern.constants import ROLE_ADMIN
+from kvern.constants import ROLE_ADMIN, RUNTIME_HOST_KEY
 from kvern.errors import RuntimeStateError
 from kvern.jobs.scaling_events import ScalingEventLog
 from kvern.jobs.store import JobStore
 from kvern.processes import RUNNING_STATES, ProcessInfo, ProcessState, app_slot, pool_group, web_slot
+from kvern.runtime.head_endpoints import HeadEndpoints
 from kvern.runtime.instance import Instance, front_door_url
 from kvern.runtime.web_heads import load_live
-from kvern.spec import PoolSpec
+from kvern.runtime_config import RuntimeConfig
+from kvern.spec import PoolSpec, Spec
 
 
 def _unused_slot(info: ProcessInfo) -> bool:
@@ -61,6 +63,25 @@ def _web_heads_report(instance: Instance, processes: list[ProcessInfo]) -> dict[
     }
 
 
+def _host_report(spec: Spec, config: RuntimeConfig) -> dict[str, Any] | None:
+    """Which host of a several-machine instance this is, and where its front door runs (None on one machine)."""
+    name = config.extra.get(RUNTIME_HOST_KEY)
+    host = next((host for host in spec.hosts if host.name == name), None)
+    if host is None:
+        return None
+    return {
+        "name": host.name,
+        "address": host.address,
+        "roles": sorted(host.roles),
+        "front_doors": [f"{h.name} at {h.address}" for h in spec.hosts if h.runs("front")],
+    }
+
+
+def _front_door(config: RuntimeConfig) -> str | None:
+    """This instance's front door, where nginx runs beside the heads (not on a web host's TCP heads)."""
+    return front_door_url(config) if config.only.web and HeadEndpoints.of(config).front_door else None
+
+
 def collect_status(instance: Instance) -> dict[str, Any]:
     config = instance.runtime()
     store = JobStore(config.store_url)
@@ -68,7 +89,8 @@ def collect_status(instance: Instance) -> dict[str, Any]:
     pools = config.only.pools_of(instance.spec)
     autoscaler = read_desired(instance.state_dir)
     report = {
-        "front_door": front_door_url(config) if config.only.web else None,
+        "host": _host_report(instance.spec, config),
+        "front_door": _front_door(config),
         "state_dir": str(instance.state_dir),
         "web_heads": _web_heads_report(instance, processes) if config.only.web else None,
         "processes": [
@@ -95,8 +117,18 @@ def _web_heads_lines(heads: dict[str, Any] | None) -> list[str]:
     return [line]
 
 
+def _host_lines(host: dict[str, Any] | None, front_door: str | None) -> list[str]:
+    if host is None:
+        return [f"front door: {front_door or '(not run here)'}"]
+    elsewhere = ", ".join(host["front_doors"]) or "no host"
+    return [
+        f"host: {host['name']} ({host['address']}), roles {', '.join(host['roles'])}",
+        f"front door: {front_door or f'(not on this host: {elsewhere})'}",
+    ]
+
+
 def render_status(report: dict[str, Any]) -> str:
-    lines = [f"front door: {report['front_door'] or '(not run here)'}", *_web_heads_lines(report.get("web_heads"))]
+    lines = [*_host_lines(report.get("host"), report["front_door"]), *_web_heads_lines(report.get("web_heads"))]
     lines += ["", "processes:"]
     lines += [f"  {p['name']:<24} {p['state']:<10} pid {p['pid'] or '-'}" for p in report["processes"]]
     lines += ["", "queues:"]

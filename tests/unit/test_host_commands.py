@@ -1,0 +1,128 @@
+"""`kvern status`, `logs`, `scale` and `down` on each kind of host of a several-machine instance: what the host
+runs is shown, or the command is refused in one line saying where to run it instead. Each host's runtime config
+is the one `up --host` would write (nothing is started); supervisord and the broker are stood in for."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kvern import cli, report
+from kvern.constants import RET_OK
+from kvern.jobs.store import JobStore
+from kvern.processes import ProcessInfo, ProcessState
+from kvern.runtime.hosts import HostInstance
+from kvern.runtime.instance import ROLES, Instance
+from kvern.runtime.shared_secrets import SharedSecrets
+from kvern.runtime.supervisor import Supervisor
+from kvern.runtime.web_heads import publish_live
+from kvern.runtime_config import snapshot_spec
+from kvern.spec import load_spec
+
+SPEC = """
+[app]
+tasks = "tasks"
+
+[store]
+url = "postgresql://kvern@10.0.3.1:5432/kvern"
+
+[[pools]]
+name = "main"
+
+[[pools]]
+name = "bulk"
+
+[hosts.front]
+address = "10.0.0.10"
+roles = ["front", "web"]
+
+[hosts.web2]
+address = "10.0.0.11"
+roles = ["web"]
+
+[hosts.b1]
+address = "10.0.1.1"
+roles = ["broker"]
+
+[hosts.w1]
+address = "10.0.2.1"
+roles = ["workers"]
+pools = ["bulk"]
+
+[hosts.w2]
+address = "10.0.2.2"
+roles = ["workers"]
+pools = ["main"]
+"""
+HOSTS = ("front", "web2", "b1", "w1")
+PROGRAMS = {
+    "front": [("nginx", "nginx"), ("web-0", "web"), ("controller", "controller")],
+    "web2": [("web-0", "web"), ("controller", "controller")],
+    "b1": [("rabbitmq", "rabbitmq")],
+    "w1": [("bulk-0", "pool-bulk"), ("controller", "controller")],
+}
+
+
+def _host_state(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """The spec file and the state dir of host `name` as `up --host` leaves them (a local store stands in)."""
+    project = tmp_path / name
+    project.mkdir()
+    (project / "tasks.py").write_text("")
+    spec_path = project / "kvern.toml"
+    spec_path.write_text(SPEC)
+    secrets = project / "secrets.json"
+    SharedSecrets.generate(ROLES).save(secrets)
+    state = project / ".kvern"
+    state.mkdir()
+    spec = load_spec(spec_path)
+    host = HostInstance.load(Instance(spec, state), name, secrets)
+    config = host.runtime_config(snapshot_spec(spec, state))
+    replace(config, store_url=f"sqlite:///{state / 'jobs.sqlite3'}").save()
+    JobStore(f"sqlite:///{state / 'jobs.sqlite3'}").create_schema()
+    if host.host.runs("web"):
+        publish_live(state, Instance(spec, state).first_heads)
+    return spec_path, state
+
+
+@pytest.fixture
+def running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every state dir's supervisord runs the programs of its host; the broker answers queue depths."""
+
+    def processes(supervisor: Supervisor) -> list[ProcessInfo]:
+        host = supervisor.state_dir.parent.name
+        return [ProcessInfo.of(group, name, ProcessState.RUNNING, 100) for name, group in PROGRAMS[host]]
+
+    monkeypatch.setattr(Supervisor, "is_running", lambda _self: True)
+    monkeypatch.setattr(Supervisor, "processes", processes)
+    monkeypatch.setattr(report, "queue_depths", lambda _url, queues: dict.fromkeys(queues))
+
+
+def kvern(spec_path: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli.main, ["-f", str(spec_path), *args])
+
+
+@pytest.mark.parametrize(
+    ("name", "front_door", "pools"),
+    [
+        ("front", "http://127.0.0.1:", []),
+        ("web2", "(not on this host: front at 10.0.0.10)", []),
+        ("b1", "(not on this host: front at 10.0.0.10)", []),
+        ("w1", "(not on this host: front at 10.0.0.10)", ["bulk"]),
+    ],
+)
+def test_status_shows_each_host_what_it_runs(
+    tmp_path: Path, running: None, name: str, front_door: str, pools: list[str]
+) -> None:
+    spec_path, _state = _host_state(tmp_path, name)
+    text = kvern(spec_path, "status")
+    assert text.exit_code == RET_OK, text.output
+    assert text.output.splitlines()[0].startswith(f"host: {name} ")
+    assert f"front door: {front_door}" in text.output
+    shown = json.loads(kvern(spec_path, "status", "--json").output)
+    assert shown["host"]["name"] == name
+    assert (shown["front_door"] or "").startswith("http") == (name == "front")
+    assert [pool["name"] for pool in shown["pools"]] == pools
