@@ -36,7 +36,7 @@ from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
 from kvern.report import collect_status, render_status
 from kvern.runtime import service as systemd_unit
-from kvern.runtime.hosts import HostInstance
+from kvern.runtime.hosts import HostInstance, scale_refusal
 from kvern.runtime.instance import (
     ROLES,
     Instance,
@@ -382,18 +382,28 @@ def scale(ctx: click.Context, target: str, processes: str) -> None:
         count = _count(processes)
         if not 1 <= count <= c.MAX_WEB_HEADS:
             raise click.BadParameter(f"web heads must be between 1 and {c.MAX_WEB_HEADS}", param_hint="PROCESSES")
-        before, after = scale_web(require_running(instance).supervisor, instance.state_dir, count)
+        _refuse_scale_elsewhere(require_running(instance), target, processes)
+        before, after = scale_web(instance.supervisor, instance.state_dir, count)
         click.echo(f"web heads: {before} -> {after}")
         return
     pool = _pool(instance, target)
     pin = None if processes == "auto" else _count(processes)
     if pin is not None and pin > pool.max:
         raise click.BadParameter(f"{pin} is above pool {pool.name}'s max ({pool.max})", param_hint="PROCESSES")
-    write_pin(require_running(instance).state_dir, pool.name, pin)
+    _refuse_scale_elsewhere(require_running(instance), target, processes)
+    write_pin(instance.state_dir, pool.name, pin)
     if pin is None:
         click.echo(f"pool {pool.name}: autoscaled ({pool.min}..{pool.max})")
     else:
         click.echo(f"pool {pool.name}: pinned to {pin} processes (`kvern scale {pool.name} auto` to release)")
+
+
+def _refuse_scale_elsewhere(instance: Instance, target: str, processes: str) -> None:
+    """A host (or an --only instance) that does not run TARGET, or whose scaling nobody would see, says where to
+    scale it instead: a pin no process here follows would look done and change nothing."""
+    refusal = scale_refusal(instance.spec, instance.runtime(), target, processes)
+    if refusal is not None:
+        raise KvernError(refusal)
 
 
 def _count(text: str) -> int:

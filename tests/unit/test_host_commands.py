@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kvern import cli, report
-from kvern.constants import RET_OK
+from kvern.constants import PINS_FILE, RET_FAILURE, RET_OK
 from kvern.jobs.store import JobStore
 from kvern.processes import ProcessInfo, ProcessState
 from kvern.runtime.hosts import HostInstance
@@ -126,3 +126,32 @@ def test_status_shows_each_host_what_it_runs(
     assert shown["host"]["name"] == name
     assert (shown["front_door"] or "").startswith("http") == (name == "front")
     assert [pool["name"] for pool in shown["pools"]] == pools
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "refusal"),
+    [
+        ("b1", ("web", "2"), "host b1 runs no web heads (roles: broker): run `kvern scale web` on the front host"),
+        ("w1", ("web", "2"), "host w1 runs no web heads (roles: workers): run `kvern scale web` on the front host"),
+        ("web2", ("web", "3"), "the front host's nginx lists [web] heads of web host web2, not the heads running"),
+        ("front", ("main", "2"), "host front runs no pool 'main' (it runs on w2): run `kvern scale main 2` there"),
+        ("b1", ("bulk", "auto"), "host b1 runs no pool 'bulk' (it runs on w1): run `kvern scale bulk auto` there"),
+        ("w1", ("main", "1"), "host w1 runs no pool 'main' (it runs on w2): run `kvern scale main 1` there"),
+    ],
+)
+def test_scale_of_what_a_host_does_not_run_is_refused_saying_where_to_run_it(
+    tmp_path: Path, running: None, name: str, args: tuple[str, str], refusal: str
+) -> None:
+    spec_path, state = _host_state(tmp_path, name)
+    result = kvern(spec_path, "scale", *args)
+    assert result.exit_code == RET_FAILURE, result.output
+    assert result.output.startswith(f"kvern: {refusal}")
+    assert len(result.output.splitlines()) == 1
+    assert not (state / PINS_FILE).exists()  # nothing pinned that no process of this host would follow
+
+
+def test_scale_of_a_pool_a_worker_host_runs_pins_it(tmp_path: Path, running: None) -> None:
+    spec_path, state = _host_state(tmp_path, "w1")
+    result = kvern(spec_path, "scale", "bulk", "2")
+    assert result.exit_code == RET_OK, result.output
+    assert json.loads((state / PINS_FILE).read_text()) == {"bulk": 2}

@@ -19,7 +19,7 @@ from kvern.constants import PROGRAM_BROKER, ROLE_ADMIN, RUNTIME_HOST_KEY, VHOST
 from kvern.errors import AlreadyRunning, SpecError, StartError
 from kvern.processes import ACTIVE_STATES
 from kvern.runtime.cluster import amqp_urls, cluster_node, ensure_member
-from kvern.runtime.head_endpoints import HEADS_ADDRESS_KEY, heads_address
+from kvern.runtime.head_endpoints import HEADS_ADDRESS_KEY, HeadEndpoints, heads_address
 from kvern.runtime.instance import (
     BROKER_READY_TIMEOUT_S,
     ROLES,
@@ -176,6 +176,43 @@ def tiers_of(spec: Spec, host: HostSpec) -> Tiers:
     if len(host.pools) == 1:
         return Tiers(web=web, pools=False, pool=host.pools[0])
     return Tiers(web=web)
+
+
+def pools_run_by(spec: Spec, host: HostSpec) -> tuple[str, ...]:
+    """The names of the pools `host` runs (none on a broker host)."""
+    if host.roles == BROKER_ONLY:
+        return ()
+    return tuple(pool.name for pool in tiers_of(spec, host).pools_of(spec))
+
+
+def scale_refusal(spec: Spec, config: RuntimeConfig, target: str, processes: str) -> str | None:
+    """Why `kvern scale TARGET PROCESSES` would change nothing that serves on this host, and where to run it
+    instead; None when it may run here. `spec` is the running one, `target` "web" or one of its pools."""
+    name = config.extra.get(RUNTIME_HOST_KEY)
+    host = next((host for host in spec.hosts if host.name == name), None)
+    here = f"host {name}" if host is not None else f"this instance (--only {config.only})"
+    if target == "web":
+        return _scale_web_refusal(config, host, here)
+    if target in {pool.name for pool in config.only.pools_of(spec)}:
+        return None
+    if host is None:
+        return f"{here} runs no pool {target!r}"
+    others = ", ".join(h.name for h in spec.hosts if target in pools_run_by(spec, h)) or "no host"
+    return f"{here} runs no pool {target!r} (it runs on {others}): run `kvern scale {target} {processes}` there"
+
+
+def _scale_web_refusal(config: RuntimeConfig, host: HostSpec | None, here: str) -> str | None:
+    if not config.only.web:
+        roles = f" (roles: {', '.join(sorted(host.roles))})" if host is not None else ""
+        return f"{here} runs no web heads{roles}: run `kvern scale web` on the front host"
+    if host is not None and not HeadEndpoints.of(config).front_door:
+        # Its heads' ports are the spec's: heads added here would get no request, heads removed would get some.
+        return (
+            f"the front host's nginx lists [web] heads of web host {host.name}, not the heads running here: set "
+            f"[web] heads in the spec, restart this host (kvern down, kvern up --host {host.name}), then run "
+            "`kvern reload` on the front host"
+        )
+    return None
 
 
 def _check_supported(spec: Spec, host: HostSpec) -> None:
