@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from amqp.exceptions import AMQPError
+from kombu.exceptions import KombuError
+
 from kvern.autoscale.loop import read_desired
-from kvern.broker.admin import queue_depths
+from kvern.broker.admin import QueueDepth, queue_depths
 from kvern.broker.relay import find_stuck
 from kvern.constants import ROLE_ADMIN, RUNTIME_HOST_KEY
 from kvern.errors import RuntimeStateError
@@ -82,12 +85,21 @@ def _front_door(config: RuntimeConfig) -> str | None:
     return front_door_url(config) if config.only.web and HeadEndpoints.of(config).front_door else None
 
 
+def _queues_report(broker_url: str, queues: tuple[str, ...]) -> tuple[dict[str, QueueDepth | None], str | None]:
+    """Each queue's depth, or none known and why: status still shows what runs when no broker node answers."""
+    try:
+        return queue_depths(broker_url, queues), None
+    except (OSError, AMQPError, KombuError) as exc:
+        return dict.fromkeys(queues), str(exc)
+
+
 def collect_status(instance: Instance) -> dict[str, Any]:
     config = instance.runtime()
     store = JobStore(config.store_url)
     processes = instance.supervisor.processes()  # one XML-RPC round trip serves the whole report
     pools = config.only.pools_of(instance.spec)
     autoscaler = read_desired(instance.state_dir)
+    queues, broker_error = _queues_report(config.broker_urls[ROLE_ADMIN], instance.spec.all_queues)
     report = {
         "host": _host_report(instance.spec, config),
         "front_door": _front_door(config),
@@ -98,7 +110,8 @@ def collect_status(instance: Instance) -> dict[str, Any]:
             for p in processes
             if not _unused_slot(p)
         ],
-        "queues": queue_depths(config.broker_urls[ROLE_ADMIN], instance.spec.all_queues),
+        "queues": queues,
+        "broker_error": broker_error,
         "jobs": store.counts_by_status(),
         # Running jobs with no live attempt right now; the controller requeues or buries them within seconds.
         "stuck_jobs": len(find_stuck(store, instance.spec, time.time())),
@@ -131,7 +144,8 @@ def render_status(report: dict[str, Any]) -> str:
     lines = [*_host_lines(report.get("host"), report["front_door"]), *_web_heads_lines(report.get("web_heads"))]
     lines += ["", "processes:"]
     lines += [f"  {p['name']:<24} {p['state']:<10} pid {p['pid'] or '-'}" for p in report["processes"]]
-    lines += ["", "queues:"]
+    broker_error = report.get("broker_error")
+    lines += ["", f"queues: the broker did not answer ({broker_error})" if broker_error else "queues:"]
     lines += [
         f"  {name:<24} ready {q['ready'] if q else '?':>6}  consumers {q['consumers'] if q else '?'}"
         for name, q in report["queues"].items()

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from amqp.exceptions import AccessRefused
 from click.testing import CliRunner, Result
 
 from kvern import cli, report
@@ -155,3 +156,21 @@ def test_scale_of_a_pool_a_worker_host_runs_pins_it(tmp_path: Path, running: Non
     result = kvern(spec_path, "scale", "bulk", "2")
     assert result.exit_code == RET_OK, result.output
     assert json.loads((state / PINS_FILE).read_text()) == {"bulk": 2}
+
+
+@pytest.mark.parametrize("failure", [ConnectionRefusedError(111, "Connection refused"), AccessRefused("login refused")])
+def test_status_with_no_broker_node_answering_still_shows_the_host(
+    tmp_path: Path, running: None, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    # e.g. the broker host first in the failover list and the next one both down, or the cluster paused
+    def unreachable(_url: str, _queues: tuple[str, ...]) -> None:
+        raise failure
+
+    monkeypatch.setattr(report, "queue_depths", unreachable)
+    spec_path, _state = _host_state(tmp_path, "w1")
+    text = kvern(spec_path, "status")
+    assert text.exit_code == RET_OK, text.output
+    assert f"queues: the broker did not answer ({failure})" in text.output
+    assert "bulk-0" in text.output
+    shown = json.loads(kvern(spec_path, "status", "--json").output)
+    assert shown["queues"] == {"main": None, "bulk": None} and shown["broker_error"] == str(failure)
