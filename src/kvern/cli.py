@@ -36,7 +36,7 @@ from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
 from kvern.report import collect_status, render_status
 from kvern.runtime import service as systemd_unit
-from kvern.runtime.hosts import HostInstance, scale_refusal
+from kvern.runtime.hosts import HostInstance, front_door_refusal, scale_refusal
 from kvern.runtime.instance import (
     ROLES,
     Instance,
@@ -339,6 +339,9 @@ def submit(
 ) -> None:
     """Submit a job through the front door."""
     instance = running_instance(ctx)
+    refusal = front_door_refusal(instance.spec, instance.runtime(), "submit")
+    if refusal is not None:  # not "front door unreachable" where there is none
+        raise KvernError(refusal)
     url = front_door_url(instance.runtime())
     token = local_key(instance.state_dir)
     code = submit_and_follow(

@@ -174,3 +174,11 @@ def test_status_with_no_broker_node_answering_still_shows_the_host(
     assert "bulk-0" in text.output
     shown = json.loads(kvern(spec_path, "status", "--json").output)
     assert shown["queues"] == {"main": None, "bulk": None} and shown["broker_error"] == str(failure)
+
+
+@pytest.mark.parametrize("name", ["web2", "b1", "w1"])
+def test_submit_on_a_host_without_the_front_door_says_where_it_is(tmp_path: Path, running: None, name: str) -> None:
+    spec_path, _state = _host_state(tmp_path, name)
+    result = kvern(spec_path, "submit", "tasks.add", "--arg", "1")
+    assert result.exit_code == RET_FAILURE, result.output
+    assert result.output == f"kvern: host {name} runs no front door: run `kvern submit` on front (10.0.0.10)\n"

@@ -185,12 +185,26 @@ def pools_run_by(spec: Spec, host: HostSpec) -> tuple[str, ...]:
     return tuple(pool.name for pool in tiers_of(spec, host).pools_of(spec))
 
 
+def running_host(spec: Spec, config: RuntimeConfig) -> HostSpec | None:
+    """The host of the spec this instance is (`up --host`); None on one machine."""
+    name = config.extra.get(RUNTIME_HOST_KEY)
+    return next((host for host in spec.hosts if host.name == name), None)
+
+
+def front_door_refusal(spec: Spec, config: RuntimeConfig, command: str) -> str | None:
+    """Why `kvern COMMAND`, which goes through the front door, cannot run on this host; None where it can."""
+    host = running_host(spec, config)
+    if host is None or host.runs("front"):
+        return None
+    fronts = ", ".join(f"{h.name} ({h.address})" for h in spec.hosts if h.runs("front")) or "the front host"
+    return f"host {host.name} runs no front door: run `kvern {command}` on {fronts}"
+
+
 def scale_refusal(spec: Spec, config: RuntimeConfig, target: str, processes: str) -> str | None:
     """Why `kvern scale TARGET PROCESSES` would change nothing that serves on this host, and where to run it
     instead; None when it may run here. `spec` is the running one, `target` "web" or one of its pools."""
-    name = config.extra.get(RUNTIME_HOST_KEY)
-    host = next((host for host in spec.hosts if host.name == name), None)
-    here = f"host {name}" if host is not None else f"this instance (--only {config.only})"
+    host = running_host(spec, config)
+    here = f"host {host.name}" if host is not None else f"this instance (--only {config.only})"
     if target == "web":
         return _scale_web_refusal(config, host, here)
     if target in {pool.name for pool in config.only.pools_of(spec)}:
