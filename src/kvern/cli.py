@@ -47,6 +47,7 @@ from kvern.runtime.instance import (
     root_warning,
 )
 from kvern.runtime.reload import reload_instance
+from kvern.runtime.run_as import BROKER_DIR
 from kvern.runtime.shared_secrets import ENV_SECRETS, SharedSecrets
 from kvern.runtime.stopping import reload_on_hangup, stop_on_signals
 from kvern.runtime.supervisor import Supervisor
@@ -359,18 +360,26 @@ def logs(ctx: click.Context, program: str | None, lines: int) -> None:
     """Show the tail of every process's log (or one program's)."""
     instance = instance_from(ctx)
     log_dir = instance.state_dir / c.LOG_DIR
-    every = sorted(log_dir.glob("*.log"))
+    every = _log_files(instance.state_dir)
     if not every:
         raise RuntimeStateError(f"no logs in {log_dir}")
-    files = [path for path in every if path.name.startswith(program)] if program else every
+    files = {name: path for name, path in every.items() if name.startswith(program)} if program else every
     if not files:
-        names = ", ".join(sorted({path.stem for path in every}))
+        names = ", ".join(sorted({name.removesuffix(".log") for name in every}))
         raise click.BadParameter(f"no log of a program named {program!r} (logs: {names})", param_hint="PROGRAM")
-    for path in files:
+    for name, path in files.items():
         tail = path.read_text(errors="replace").splitlines()[-lines:]
         if tail:
-            click.echo(f"==> {path.name} <==")
+            click.echo(f"==> {name} <==")
             click.echo("\n".join(tail))
+
+
+def _log_files(state_dir: Path) -> dict[str, Path]:
+    """Each program's output as supervisord keeps it, then the RabbitMQ node's own log (its output says little;
+    RABBITMQ_LOG_BASE is the node dir's `log`), shown as `rabbitmq/<node>.log`."""
+    found = {path.name: path for path in sorted((state_dir / c.LOG_DIR).glob("*.log"))}
+    node_logs = sorted((state_dir / BROKER_DIR / "log").glob("*.log"))
+    return found | {f"{BROKER_DIR}/{path.name}": path for path in node_logs}
 
 
 @main.command()

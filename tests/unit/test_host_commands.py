@@ -182,3 +182,18 @@ def test_submit_on_a_host_without_the_front_door_says_where_it_is(tmp_path: Path
     result = kvern(spec_path, "submit", "tasks.add", "--arg", "1")
     assert result.exit_code == RET_FAILURE, result.output
     assert result.output == f"kvern: host {name} runs no front door: run `kvern submit` on front (10.0.0.10)\n"
+
+
+def test_logs_on_a_broker_host_include_the_nodes_own_log(tmp_path: Path) -> None:
+    # supervisord captures the node's stdout, nearly empty: RabbitMQ writes its log to a file of its own
+    spec_path, state = _host_state(tmp_path, "b1")
+    (state / "logs").mkdir()
+    (state / "logs" / "rabbitmq.log").write_text("")
+    (state / "logs" / "supervisord.log").write_text("supervisord started\n")
+    (state / "rabbitmq" / "log").mkdir(parents=True)
+    (state / "rabbitmq" / "log" / "kvern@10.0.1.1.log").write_text("node kvern@10.0.1.1 joined the cluster\n")
+    every = kvern(spec_path, "logs")
+    assert every.exit_code == RET_OK, every.output
+    assert "==> rabbitmq/kvern@10.0.1.1.log <==\nnode kvern@10.0.1.1 joined the cluster" in every.output
+    broker = kvern(spec_path, "logs", "rabbitmq")
+    assert "joined the cluster" in broker.output and "supervisord" not in broker.output
