@@ -36,7 +36,7 @@ from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
 from kvern.report import collect_status, render_status
 from kvern.runtime import service as systemd_unit
-from kvern.runtime.hosts import HostInstance, front_door_refusal, scale_refusal
+from kvern.runtime.hosts import HostInstance, front_door_refusal, reload_refusal, scale_refusal
 from kvern.runtime.instance import (
     ROLES,
     Instance,
@@ -279,7 +279,10 @@ def reload(ctx: click.Context) -> None:
     """Apply the spec file and the project's new code to the running instance, without downtime."""
     instance = running_instance(ctx)
     started = time.monotonic()
+    refusal = reload_refusal(instance.spec, instance.runtime())
     try:
+        if refusal is not None:
+            raise ReloadRefused([refusal])
         reload_instance(instance.state_dir, load_spec(ctx.obj["spec"]), report=_progress)
     except ReloadRefused as exc:  # one line per field, nothing changed
         for line in exc.lines:

@@ -13,7 +13,7 @@ from amqp.exceptions import AccessRefused
 from click.testing import CliRunner, Result
 
 from kvern import cli, report
-from kvern.constants import PINS_FILE, RET_FAILURE, RET_OK
+from kvern.constants import PINS_FILE, RET_FAILURE, RET_OK, RET_SPEC, SPEC_SNAPSHOT
 from kvern.jobs.store import JobStore
 from kvern.processes import ProcessInfo, ProcessState
 from kvern.runtime.hosts import HostInstance
@@ -59,7 +59,16 @@ address = "10.0.2.2"
 roles = ["workers"]
 pools = ["main"]
 """
-HOSTS = ("front", "web2", "b1", "w1")
+TASKS = """
+from celery import Celery
+
+app = Celery("tasks")
+
+
+@app.task
+def add(x):
+    return x
+"""
 PROGRAMS = {
     "front": [("nginx", "nginx"), ("web-0", "web"), ("controller", "controller")],
     "web2": [("web-0", "web"), ("controller", "controller")],
@@ -72,7 +81,7 @@ def _host_state(tmp_path: Path, name: str) -> tuple[Path, Path]:
     """The spec file and the state dir of host `name` as `up --host` leaves them (a local store stands in)."""
     project = tmp_path / name
     project.mkdir()
-    (project / "tasks.py").write_text("")
+    (project / "tasks.py").write_text(TASKS)
     spec_path = project / "kvern.toml"
     spec_path.write_text(SPEC)
     secrets = project / "secrets.json"
@@ -197,3 +206,16 @@ def test_logs_on_a_broker_host_include_the_nodes_own_log(tmp_path: Path) -> None
     assert "==> rabbitmq/kvern@10.0.1.1.log <==\nnode kvern@10.0.1.1 joined the cluster" in every.output
     broker = kvern(spec_path, "logs", "rabbitmq")
     assert "joined the cluster" in broker.output and "supervisord" not in broker.output
+
+
+def test_reload_on_a_broker_host_is_refused_saying_where_to_reload(tmp_path: Path, running: None) -> None:
+    # it restarted the controller a broker host does not have: supervisord's BAD_NAME, as a traceback
+    spec_path, state = _host_state(tmp_path, "b1")
+    spec_path.write_text(SPEC.replace('name = "bulk"', 'name = "bulk"\nmax = 6'))
+    result = kvern(spec_path, "reload")
+    assert result.exit_code == RET_SPEC, result.output
+    assert result.output == (
+        "kvern: reload refused: host b1 runs only a RabbitMQ node, which a reload does not change: run "
+        "`kvern reload` on the other hosts (a change of the broker hosts needs `kvern down` and `kvern up --host`)\n"
+    )
+    assert "max = 6" not in (state / SPEC_SNAPSHOT).read_text()

@@ -200,6 +200,17 @@ def front_door_refusal(spec: Spec, config: RuntimeConfig, command: str) -> str |
     return f"host {host.name} runs no front door: run `kvern {command}` on {fronts}"
 
 
+def reload_refusal(spec: Spec, config: RuntimeConfig) -> str | None:
+    """Why `kvern reload` cannot run on this host: a broker host has no controller nor heads to restart."""
+    host = running_host(spec, config)
+    if host is None or host.roles != BROKER_ONLY:
+        return None
+    return (
+        f"host {host.name} runs only a RabbitMQ node, which a reload does not change: run `kvern reload` on the "
+        "other hosts (a change of the broker hosts needs `kvern down` and `kvern up --host`)"
+    )
+
+
 def scale_refusal(spec: Spec, config: RuntimeConfig, target: str, processes: str) -> str | None:
     """Why `kvern scale TARGET PROCESSES` would change nothing that serves on this host, and where to run it
     instead; None when it may run here. `spec` is the running one, `target` "web" or one of its pools."""
