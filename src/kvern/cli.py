@@ -36,7 +36,7 @@ from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
 from kvern.report import collect_status, render_status
 from kvern.runtime import service as systemd_unit
-from kvern.runtime.hosts import HostInstance, front_door_refusal, reload_refusal, scale_refusal
+from kvern.runtime.hosts import HostInstance, front_door_refusal, reload_refusal, running_host, scale_refusal
 from kvern.runtime.instance import (
     ROLES,
     Instance,
@@ -218,7 +218,11 @@ def _progress(line: str) -> None:
 def _already_running(ctx: click.Context, instance: Instance) -> None:
     """Say where it runs and what to do with it (on stderr, as for any refusal), exit RET_ALREADY_RUNNING."""
     config = instance.runtime()
-    where = front_door_url(config) if config.only.web else f"pools only ({config.only})"
+    host = running_host(instance.spec, config)
+    if host is not None:  # started with --host: a web host's heads have no front door at 127.0.0.1
+        where = f"host {host.name} (roles: {', '.join(sorted(host.roles))})"
+    else:
+        where = front_door_url(config) if config.only.web else f"pools only ({config.only})"
     command = _command_prefix(ctx)
     click.echo(f"kvern is already running: {where}", err=True)
     click.echo(f"  {command} status    what runs, queue depths, jobs", err=True)

@@ -13,7 +13,7 @@ from amqp.exceptions import AccessRefused
 from click.testing import CliRunner, Result
 
 from kvern import cli, report
-from kvern.constants import PINS_FILE, RET_FAILURE, RET_OK, RET_SPEC, SPEC_SNAPSHOT
+from kvern.constants import PINS_FILE, RET_ALREADY_RUNNING, RET_FAILURE, RET_OK, RET_SPEC, SPEC_SNAPSHOT
 from kvern.jobs.store import JobStore
 from kvern.processes import ProcessInfo, ProcessState
 from kvern.runtime.hosts import HostInstance
@@ -219,3 +219,13 @@ def test_reload_on_a_broker_host_is_refused_saying_where_to_reload(tmp_path: Pat
         "`kvern reload` on the other hosts (a change of the broker hosts needs `kvern down` and `kvern up --host`)\n"
     )
     assert "max = 6" not in (state / SPEC_SNAPSHOT).read_text()
+
+
+@pytest.mark.parametrize(("name", "where"), [("web2", "host web2 (roles: web)"), ("b1", "host b1 (roles: broker)")])
+def test_up_on_a_running_host_names_the_host_not_a_front_door(
+    tmp_path: Path, running: None, name: str, where: str
+) -> None:
+    spec_path, _state = _host_state(tmp_path, name)
+    result = kvern(spec_path, "up", "-d")
+    assert result.exit_code == RET_ALREADY_RUNNING, result.output
+    assert result.stderr.splitlines()[0] == f"kvern is already running: {where}"
