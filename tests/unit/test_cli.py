@@ -144,8 +144,15 @@ def test_scale_of_a_running_instance_follows_the_spec_it_was_started_with(
     assert "9 is above pool images's max (4)" in result.output
 
 
+@pytest.mark.parametrize(
+    ("only", "args", "refusal"),
+    [
+        ("web", ("images", "2"), "this instance (--only web) runs no pool 'images'"),
+        ("pools", ("web", "2"), "this instance (--only pools) runs no web heads"),
+    ],
+)
 def test_scale_of_a_tier_an_only_instance_does_not_run_is_refused(
-    spec_path: Path, monkeypatch: pytest.MonkeyPatch
+    spec_path: Path, monkeypatch: pytest.MonkeyPatch, only: str, args: tuple[str, str], refusal: str
 ) -> None:
     state = spec_path.parent / ".kvern"
     state.mkdir()
@@ -161,12 +168,12 @@ def test_scale_of_a_tier_an_only_instance_does_not_run_is_refused(
         management_url=None,
         management_auth=None,
         private_broker=False,
-        only=Tiers.parse("web"),
+        only=Tiers.parse(only),
     ).save()
     monkeypatch.setattr(Supervisor, "is_running", lambda _self: True)
-    result = kvern(spec_path, "scale", "images", "2")
+    result = kvern(spec_path, "scale", *args)
     assert result.exit_code == RET_FAILURE, result.output
-    assert result.output == "kvern: this instance (--only web) runs no pool 'images'\n"
+    assert result.output == f"kvern: {refusal}\n"
     assert not (state / PINS_FILE).exists()
 
 

@@ -179,9 +179,7 @@ def tiers_of(spec: Spec, host: HostSpec) -> Tiers:
 
 
 def pools_run_by(spec: Spec, host: HostSpec) -> tuple[str, ...]:
-    """The names of the pools `host` runs (none on a broker host)."""
-    if host.roles == BROKER_ONLY:
-        return ()
+    """The names of the pools `host` runs (none without the workers role)."""
     return tuple(pool.name for pool in tiers_of(spec, host).pools_of(spec))
 
 
@@ -227,10 +225,12 @@ def scale_refusal(spec: Spec, config: RuntimeConfig, target: str, processes: str
 
 
 def _scale_web_refusal(config: RuntimeConfig, host: HostSpec | None, here: str) -> str | None:
+    if host is None:
+        return None if config.only.web else f"{here} runs no web heads"
     if not config.only.web:
-        roles = f" (roles: {', '.join(sorted(host.roles))})" if host is not None else ""
-        return f"{here} runs no web heads{roles}: run `kvern scale web` on the front host"
-    if host is not None and not HeadEndpoints.of(config).front_door:
+        roles = ", ".join(sorted(host.roles))
+        return f"{here} runs no web heads (roles: {roles}): run `kvern scale web` on the front host"
+    if not HeadEndpoints.of(config).front_door:
         # Its heads' ports are the spec's: heads added here would get no request, heads removed would get some.
         return (
             f"the front host's nginx lists [web] heads of web host {host.name}, not the heads running here: set "
