@@ -50,15 +50,18 @@ def _pool_report(
     }
 
 
-def _web_heads_report(instance: Instance, processes: list[ProcessInfo]) -> dict[str, Any] | None:
+def _web_heads_report(instance: Instance, config: RuntimeConfig, processes: list[ProcessInfo]) -> dict[str, Any] | None:
     """The heads nginx sends requests to, and how many of their job API and app processes run."""
     try:
         live = load_live(instance.state_dir)
     except RuntimeStateError:
         return None
     running = {p.full_name for p in processes if p.state in RUNNING_STATES}
+    endpoints = HeadEndpoints.of(config)
     return {
         "serving": live.count,
+        # A web host's heads on TCP, where the front host's nginx reaches them; None: unix sockets beside nginx.
+        "listening": None if endpoints.front_door else [endpoints.api(slot).upstream() for slot in live.slots],
         "slots": list(live.slots),
         "api_running": sum(web_slot(slot) in running for slot in live.slots),
         "app": instance.spec.web.app,
@@ -104,7 +107,7 @@ def collect_status(instance: Instance) -> dict[str, Any]:
         "host": _host_report(instance.spec, config),
         "front_door": _front_door(config),
         "state_dir": str(instance.state_dir),
-        "web_heads": _web_heads_report(instance, processes) if config.only.web else None,
+        "web_heads": _web_heads_report(instance, config, processes) if config.only.web else None,
         "processes": [
             {"name": p.name, "group": p.group, "state": p.state.value, "pid": p.pid}
             for p in processes
@@ -124,7 +127,8 @@ def collect_status(instance: Instance) -> dict[str, Any]:
 def _web_heads_lines(heads: dict[str, Any] | None) -> list[str]:
     if not heads:
         return []
-    line = f"web heads: {heads['serving']} serving, job API running on {heads['api_running']}"
+    where = f" on {', '.join(heads['listening'])}" if heads.get("listening") else ""
+    line = f"web heads: {heads['serving']} serving{where}, job API running on {heads['api_running']}"
     if heads["app"]:
         line += f", app {heads['app']} running on {heads['app_running']}"
     return [line]
@@ -153,7 +157,7 @@ def render_status(report: dict[str, Any]) -> str:
     lines += ["", "jobs: " + ", ".join(f"{k} {v}" for k, v in report["jobs"].items())]
     if report.get("stuck_jobs"):
         lines.append(f"  {report['stuck_jobs']} running with no live attempt: being requeued or buried")
-    lines += ["", "pools:"]
+    lines += ["", "pools:" if report["pools"] else "pools: (none run here)"]
     for pool in report["pools"]:
         last = pool["last_decision"]
         decision = f"last {last['from']}->{last['to']}: {last['reason']}" if last else "no decision yet"

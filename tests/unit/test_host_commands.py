@@ -132,6 +132,8 @@ def test_status_shows_each_host_what_it_runs(
     assert text.exit_code == RET_OK, text.output
     assert text.output.splitlines()[0].startswith(f"host: {name} ")
     assert f"front door: {front_door}" in text.output
+    assert ("web heads: 2 serving on 10.0.0.11:8100, 10.0.0.11:8101" in text.output) == (name == "web2")
+    assert ("pools: (none run here)" in text.output) == (not pools)
     shown = json.loads(kvern(spec_path, "status", "--json").output)
     assert shown["host"]["name"] == name
     assert (shown["front_door"] or "").startswith("http") == (name == "front")
