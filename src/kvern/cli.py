@@ -36,7 +36,7 @@ from kvern.jobs.store import JobStore
 from kvern.jobs.views import history_view, job_body
 from kvern.report import collect_status, render_status
 from kvern.runtime import service as systemd_unit
-from kvern.runtime.hosts import HostInstance
+from kvern.runtime.hosts import HostInstance, front_door_refusal, reload_refusal, running_host, scale_refusal
 from kvern.runtime.instance import (
     ROLES,
     Instance,
@@ -47,6 +47,7 @@ from kvern.runtime.instance import (
     root_warning,
 )
 from kvern.runtime.reload import reload_instance
+from kvern.runtime.run_as import BROKER_DIR
 from kvern.runtime.shared_secrets import ENV_SECRETS, SharedSecrets
 from kvern.runtime.stopping import reload_on_hangup, stop_on_signals
 from kvern.runtime.supervisor import Supervisor
@@ -217,7 +218,11 @@ def _progress(line: str) -> None:
 def _already_running(ctx: click.Context, instance: Instance) -> None:
     """Say where it runs and what to do with it (on stderr, as for any refusal), exit RET_ALREADY_RUNNING."""
     config = instance.runtime()
-    where = front_door_url(config) if config.only.web else f"pools only ({config.only})"
+    host = running_host(instance.spec, config)
+    if host is not None:  # started with --host: a web host's heads have no front door at 127.0.0.1
+        where = f"host {host.name} (roles: {', '.join(sorted(host.roles))})"
+    else:
+        where = front_door_url(config) if config.only.web else f"pools only ({config.only})"
     command = _command_prefix(ctx)
     click.echo(f"kvern is already running: {where}", err=True)
     click.echo(f"  {command} status    what runs, queue depths, jobs", err=True)
@@ -278,7 +283,10 @@ def reload(ctx: click.Context) -> None:
     """Apply the spec file and the project's new code to the running instance, without downtime."""
     instance = running_instance(ctx)
     started = time.monotonic()
+    refusal = reload_refusal(instance.spec, instance.runtime())
     try:
+        if refusal is not None:
+            raise ReloadRefused([refusal])
         reload_instance(instance.state_dir, load_spec(ctx.obj["spec"]), report=_progress)
     except ReloadRefused as exc:  # one line per field, nothing changed
         for line in exc.lines:
@@ -339,6 +347,9 @@ def submit(
 ) -> None:
     """Submit a job through the front door."""
     instance = running_instance(ctx)
+    refusal = front_door_refusal(instance.spec, instance.runtime(), "submit")
+    if refusal is not None:  # not "front door unreachable" where there is none
+        raise KvernError(refusal)
     url = front_door_url(instance.runtime())
     token = local_key(instance.state_dir)
     code = submit_and_follow(
@@ -356,18 +367,26 @@ def logs(ctx: click.Context, program: str | None, lines: int) -> None:
     """Show the tail of every process's log (or one program's)."""
     instance = instance_from(ctx)
     log_dir = instance.state_dir / c.LOG_DIR
-    every = sorted(log_dir.glob("*.log"))
+    every = _log_files(instance.state_dir)
     if not every:
         raise RuntimeStateError(f"no logs in {log_dir}")
-    files = [path for path in every if path.name.startswith(program)] if program else every
+    files = {name: path for name, path in every.items() if name.startswith(program)} if program else every
     if not files:
-        names = ", ".join(sorted({path.stem for path in every}))
+        names = ", ".join(sorted({name.removesuffix(".log") for name in every}))
         raise click.BadParameter(f"no log of a program named {program!r} (logs: {names})", param_hint="PROGRAM")
-    for path in files:
+    for name, path in files.items():
         tail = path.read_text(errors="replace").splitlines()[-lines:]
         if tail:
-            click.echo(f"==> {path.name} <==")
+            click.echo(f"==> {name} <==")
             click.echo("\n".join(tail))
+
+
+def _log_files(state_dir: Path) -> dict[str, Path]:
+    """Each program's output as supervisord keeps it, then the RabbitMQ node's own log (its output says little;
+    RABBITMQ_LOG_BASE is the node dir's `log`), shown as `rabbitmq/<node>.log`."""
+    found = {path.name: path for path in sorted((state_dir / c.LOG_DIR).glob("*.log"))}
+    node_logs = sorted((state_dir / BROKER_DIR / "log").glob("*.log"))
+    return found | {f"{BROKER_DIR}/{path.name}": path for path in node_logs}
 
 
 @main.command()
@@ -382,18 +401,28 @@ def scale(ctx: click.Context, target: str, processes: str) -> None:
         count = _count(processes)
         if not 1 <= count <= c.MAX_WEB_HEADS:
             raise click.BadParameter(f"web heads must be between 1 and {c.MAX_WEB_HEADS}", param_hint="PROCESSES")
-        before, after = scale_web(require_running(instance).supervisor, instance.state_dir, count)
+        _refuse_scale_elsewhere(require_running(instance), target, processes)
+        before, after = scale_web(instance.supervisor, instance.state_dir, count)
         click.echo(f"web heads: {before} -> {after}")
         return
     pool = _pool(instance, target)
     pin = None if processes == "auto" else _count(processes)
     if pin is not None and pin > pool.max:
         raise click.BadParameter(f"{pin} is above pool {pool.name}'s max ({pool.max})", param_hint="PROCESSES")
-    write_pin(require_running(instance).state_dir, pool.name, pin)
+    _refuse_scale_elsewhere(require_running(instance), target, processes)
+    write_pin(instance.state_dir, pool.name, pin)
     if pin is None:
         click.echo(f"pool {pool.name}: autoscaled ({pool.min}..{pool.max})")
     else:
         click.echo(f"pool {pool.name}: pinned to {pin} processes (`kvern scale {pool.name} auto` to release)")
+
+
+def _refuse_scale_elsewhere(instance: Instance, target: str, processes: str) -> None:
+    """A host (or an --only instance) that does not run TARGET, or whose scaling nobody would see, says where to
+    scale it instead: a pin no process here follows would look done and change nothing."""
+    refusal = scale_refusal(instance.spec, instance.runtime(), target, processes)
+    if refusal is not None:
+        raise KvernError(refusal)
 
 
 def _count(text: str) -> int:

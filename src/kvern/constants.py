@@ -39,6 +39,8 @@ API_PREFIX: Final = "/api/v1"
 DASHBOARD_PREFIX: Final = "/_kvern"  # where the heads serve the dashboard (the front door: [web] dashboard_prefix)
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 MAX_BODY_BYTES: Final = 1024 * 1024
+# The status of a request whose client went away before the answer (nginx's "client closed request").
+CLIENT_CLOSED_REQUEST: Final = 499
 # A job's subject ("user:42"): whom the job is about, so that everything about one person can be erased.
 MAX_SUBJECT_CHARS: Final = 200
 SUBJECT_PATTERN: Final = r"^[^\u0000-\u001f\u007f]+$"  # no control characters (they would break logs and CLI)

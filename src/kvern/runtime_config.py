@@ -18,6 +18,10 @@ from kvern.errors import RuntimeStateError
 from kvern.files import atomic_write
 from kvern.spec import Spec, Tiers, load_spec
 
+# runtime.json's `only` for a host running neither tier (a broker node, or a controller alone): `Tiers.__str__`
+# would write "pools", read back as every pool. No pool name can hold a colon.
+NO_TIERS = "none:"
+
 
 @dataclass(frozen=True)
 class RuntimeConfig:
@@ -52,7 +56,8 @@ class RuntimeConfig:
         return load_spec(Path(self.spec_snapshot), origin=self.spec_file)
 
     def save(self) -> None:
-        raw: dict[str, Any] = asdict(self) | {"only": str(self.only)}
+        only = self.only
+        raw: dict[str, Any] = asdict(self) | {"only": str(only) if only.web or only.pools or only.pool else NO_TIERS}
         atomic_write(self.state_path / RUNTIME_FILE, json.dumps(raw, indent=2), mode=0o600)
 
     @classmethod
@@ -64,7 +69,8 @@ class RuntimeConfig:
             raise RuntimeStateError(f"no kvern instance has run with state dir {state_dir}") from None
         auth = raw.get("management_auth")
         raw["management_auth"] = tuple(auth) if auth else None
-        raw["only"] = Tiers.parse(raw.get("only", "all"))
+        only = raw.get("only", "all")
+        raw["only"] = Tiers(web=False, pools=False) if only == NO_TIERS else Tiers.parse(only)
         return cls(**raw)
 
     @classmethod

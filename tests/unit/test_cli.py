@@ -12,14 +12,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kvern import cli
-from kvern.constants import RET_ALREADY_RUNNING, RET_FAILURE, RET_NOT_RUNNING, RET_OK, RET_SPEC, RET_USAGE
+from kvern.constants import PINS_FILE, RET_ALREADY_RUNNING, RET_FAILURE, RET_NOT_RUNNING, RET_OK, RET_SPEC, RET_USAGE
 from kvern.errors import AlreadyRunning, JobNotFound, NotRunning
 from kvern.jobs.records import NewJob
 from kvern.jobs.states import JobStatus
 from kvern.jobs.store import JobStore
 from kvern.runtime.supervisor import Supervisor
 from kvern.runtime_config import RuntimeConfig, snapshot_spec
-from kvern.spec import load_spec
+from kvern.spec import Tiers, load_spec
 
 SPEC = """
 [app]
@@ -142,6 +142,39 @@ def test_scale_of_a_running_instance_follows_the_spec_it_was_started_with(
     result = kvern(spec_path, "scale", "images", "9")
     assert result.exit_code == RET_USAGE, result.output
     assert "9 is above pool images's max (4)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("only", "args", "refusal"),
+    [
+        ("web", ("images", "2"), "this instance (--only web) runs no pool 'images'"),
+        ("pools", ("web", "2"), "this instance (--only pools) runs no web heads"),
+    ],
+)
+def test_scale_of_a_tier_an_only_instance_does_not_run_is_refused(
+    spec_path: Path, monkeypatch: pytest.MonkeyPatch, only: str, args: tuple[str, str], refusal: str
+) -> None:
+    state = spec_path.parent / ".kvern"
+    state.mkdir()
+    spec = load_spec(spec_path)
+    RuntimeConfig(
+        spec_path=str(spec.path),
+        spec_snapshot=str(snapshot_spec(spec, state)),
+        state_dir=str(state),
+        instance="cli",
+        front_door_port=1,
+        store_url="sqlite://",
+        broker_urls={},
+        management_url=None,
+        management_auth=None,
+        private_broker=False,
+        only=Tiers.parse(only),
+    ).save()
+    monkeypatch.setattr(Supervisor, "is_running", lambda _self: True)
+    result = kvern(spec_path, "scale", *args)
+    assert result.exit_code == RET_FAILURE, result.output
+    assert result.output == f"kvern: {refusal}\n"
+    assert not (state / PINS_FILE).exists()
 
 
 # -- status --------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from kvern.runtime.cluster import amqp_urls, broker_hosts, node_name
 from kvern.runtime.hosts import HostInstance, host_of, tiers_of
 from kvern.runtime.instance import ROLES, Instance
 from kvern.runtime.shared_secrets import SharedSecrets
+from kvern.runtime_config import RuntimeConfig, snapshot_spec
 from kvern.spec import Tiers, load_spec
 
 BASE = """
@@ -165,3 +166,18 @@ def test_host_with_a_layout_not_built_per_host_yet_is_refused(tmp_path: Path) ->
         HostInstance.load(instance, "front", secrets)
     with pytest.raises(SpecError, match="not a host of the spec"):
         HostInstance.load(instance, "nope", secrets)
+
+
+def test_a_host_running_neither_tier_keeps_no_pools_in_its_runtime_config(tmp_path: Path) -> None:
+    # runtime.json holds the tiers as text: a controller-only host once read back as running every pool, so its
+    # controller took a share of each pool it could not run
+    layout = LAYOUT + '\n[hosts.c1]\naddress = "10.0.2.9"\nroles = ["controller"]\n'
+    spec = load_spec(_spec_file(tmp_path, BASE + layout))
+    secrets = tmp_path / "secrets.json"
+    SharedSecrets.generate(ROLES).save(secrets)
+    for name in ("c1", "b1"):
+        state = tmp_path / name
+        state.mkdir()
+        host = HostInstance.load(Instance(spec, state), name, secrets)
+        host.runtime_config(snapshot_spec(spec, state)).save()
+        assert RuntimeConfig.load(state).only.pools_of(spec) == ()

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from kvern.api.auth import Authenticator, Caller, needs, needs_scope_or_local, scoped_idempotency_key
@@ -48,6 +49,7 @@ from kvern.broker.publisher import JobPublisher
 from kvern.catalog import TaskCatalog, load_user_app
 from kvern.constants import (
     API_PREFIX,
+    CLIENT_CLOSED_REQUEST,
     IDEMPOTENCY_HEADER,
     MAX_BODY_BYTES,
     MAX_SUBJECT_CHARS,
@@ -216,10 +218,24 @@ def _install_protocol_error_handlers(app: FastAPI) -> None:
         code = HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return json_error(exc.status_code, code, str(exc.detail), headers)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _exc: ClientDisconnect) -> Response:
+        # Handled here, not by `crashed`: Starlette re-raises what reaches that one, and the server logs it again.
+        return _client_gone(request)
+
     @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+    async def crashed(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ClientDisconnect):  # raised outside a route: no traceback either
+            return _client_gone(request)
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return json_error(500, "internal_error", "the web head failed to answer; the error is in its log")
+
+
+def _client_gone(request: Request) -> Response:
+    """The client went away mid-request (a load generator closing its connections): nothing failed here and no
+    one reads the answer, so one line without a traceback and no 500."""
+    log.info("%s %s: client disconnected before the answer", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 HTTP_ERROR_CODES = {
@@ -317,8 +333,8 @@ def _install_job_routes(app: FastAPI) -> None:
             response = await _submit(request, idempotency_key, caller)
             code = response.status_code
             return response
-        except (PublishError, StoreUnavailable):
-            code = 503
+        except (PublishError, StoreUnavailable, ClientDisconnect) as exc:
+            code = CLIENT_CLOSED_REQUEST if isinstance(exc, ClientDisconnect) else 503
             raise
         finally:
             _head(request).metrics.observe_submission(code, time.perf_counter() - started)

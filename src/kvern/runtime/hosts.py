@@ -19,7 +19,7 @@ from kvern.constants import PROGRAM_BROKER, ROLE_ADMIN, RUNTIME_HOST_KEY, VHOST
 from kvern.errors import AlreadyRunning, SpecError, StartError
 from kvern.processes import ACTIVE_STATES
 from kvern.runtime.cluster import amqp_urls, cluster_node, ensure_member
-from kvern.runtime.head_endpoints import HEADS_ADDRESS_KEY, heads_address
+from kvern.runtime.head_endpoints import HEADS_ADDRESS_KEY, HeadEndpoints, heads_address
 from kvern.runtime.instance import (
     BROKER_READY_TIMEOUT_S,
     ROLES,
@@ -80,17 +80,27 @@ class HostInstance:
 
     def _up_application(self, report: Reporter) -> RuntimeConfig:
         """Front door and web heads, worker pools, the controller: the one-machine `up` on the cluster's URLs."""
+        host = self.host
+        if host.runs("controller") and host.roles != {"controller"}:
+            report(f"hosts.{host.name}: the controller role is no longer needed: every host runs a controller")
+        return self.application_instance().up(tiers_of(self.spec, host), report)
+
+    def application_instance(self) -> Instance:
+        """The one-machine instance this application host runs, on the cluster's URLs."""
         spec, host = self.spec, self.host
         vhost = quote(VHOST, safe="")
         urls = {role: amqp_urls(spec, broker_user(role), self.secrets.broker_passwords[role], vhost) for role in ROLES}
-        if host.runs("controller") and host.roles != {"controller"}:
-            report(f"hosts.{host.name}: the controller role is no longer needed: every host runs a controller")
         extra = {RUNTIME_HOST_KEY: host.name}
         address = heads_address(host, spec.web)
         if address is not None:
             extra[HEADS_ADDRESS_KEY] = address
-        instance = replace(self.instance, cluster_urls=urls, runtime_extra=extra)
-        return instance.up(tiers_of(spec, host), report)
+        return replace(self.instance, cluster_urls=urls, runtime_extra=extra)
+
+    def runtime_config(self, snapshot: Path) -> RuntimeConfig:
+        """The runtime config `up` gives this host (nothing is started), for the commands run on it later."""
+        if self.host.roles == BROKER_ONLY:
+            return self._runtime(snapshot)
+        return self.application_instance().new_runtime(tiers_of(self.spec, self.host), snapshot)
 
     def _up(self, progress: Progress, report: Reporter) -> RuntimeConfig:
         check_config_path(self.state_dir, "state dir", StartError)
@@ -153,7 +163,7 @@ class HostInstance:
             management_url=None,
             management_auth=None,
             private_broker=False,  # not the one-machine private node: its ports and name come from the host
-            only=Tiers(web=False),
+            only=Tiers(web=False, pools=False),  # its node alone: no pool of the spec runs here
             extra={RUNTIME_HOST_KEY: self.host.name},
         )
 
@@ -166,6 +176,68 @@ def tiers_of(spec: Spec, host: HostSpec) -> Tiers:
     if len(host.pools) == 1:
         return Tiers(web=web, pools=False, pool=host.pools[0])
     return Tiers(web=web)
+
+
+def pools_run_by(spec: Spec, host: HostSpec) -> tuple[str, ...]:
+    """The names of the pools `host` runs (none without the workers role)."""
+    return tuple(pool.name for pool in tiers_of(spec, host).pools_of(spec))
+
+
+def running_host(spec: Spec, config: RuntimeConfig) -> HostSpec | None:
+    """The host of the spec this instance is (`up --host`); None on one machine."""
+    name = config.extra.get(RUNTIME_HOST_KEY)
+    return next((host for host in spec.hosts if host.name == name), None)
+
+
+def front_door_refusal(spec: Spec, config: RuntimeConfig, command: str) -> str | None:
+    """Why `kvern COMMAND`, which goes through the front door, cannot run on this host; None where it can."""
+    host = running_host(spec, config)
+    if host is None or host.runs("front"):
+        return None
+    fronts = ", ".join(f"{h.name} ({h.address})" for h in spec.hosts if h.runs("front")) or "the front host"
+    return f"host {host.name} runs no front door: run `kvern {command}` on {fronts}"
+
+
+def reload_refusal(spec: Spec, config: RuntimeConfig) -> str | None:
+    """Why `kvern reload` cannot run on this host: a broker host has no controller nor heads to restart."""
+    host = running_host(spec, config)
+    if host is None or host.roles != BROKER_ONLY:
+        return None
+    return (
+        f"host {host.name} runs only a RabbitMQ node, which a reload does not change: run `kvern reload` on the "
+        "other hosts (a change of the broker hosts needs `kvern down` and `kvern up --host`)"
+    )
+
+
+def scale_refusal(spec: Spec, config: RuntimeConfig, target: str, processes: str) -> str | None:
+    """Why `kvern scale TARGET PROCESSES` would change nothing that serves on this host, and where to run it
+    instead; None when it may run here. `spec` is the running one, `target` "web" or one of its pools."""
+    host = running_host(spec, config)
+    here = f"host {host.name}" if host is not None else f"this instance (--only {config.only})"
+    if target == "web":
+        return _scale_web_refusal(config, host, here)
+    if target in {pool.name for pool in config.only.pools_of(spec)}:
+        return None
+    if host is None:
+        return f"{here} runs no pool {target!r}"
+    others = ", ".join(h.name for h in spec.hosts if target in pools_run_by(spec, h)) or "no host"
+    return f"{here} runs no pool {target!r} (it runs on {others}): run `kvern scale {target} {processes}` there"
+
+
+def _scale_web_refusal(config: RuntimeConfig, host: HostSpec | None, here: str) -> str | None:
+    if host is None:
+        return None if config.only.web else f"{here} runs no web heads"
+    if not config.only.web:
+        roles = ", ".join(sorted(host.roles))
+        return f"{here} runs no web heads (roles: {roles}): run `kvern scale web` on the front host"
+    if not HeadEndpoints.of(config).front_door:
+        # Its heads' ports are the spec's: heads added here would get no request, heads removed would get some.
+        return (
+            f"the front host's nginx lists [web] heads of web host {host.name}, not the heads running here: set "
+            f"[web] heads in the spec, restart this host (kvern down, kvern up --host {host.name}), then run "
+            "`kvern reload` on the front host"
+        )
+    return None
 
 
 def _check_supported(spec: Spec, host: HostSpec) -> None:

@@ -163,7 +163,7 @@ class Instance:
         stop_leftovers(self.state_dir, self.stop_wait_s, report)
         # What runs is what was validated: a later edit of the spec file reaches no process of this instance.
         snapshot = snapshot_spec(self.spec, self.state_dir)
-        config = self._new_runtime(only, snapshot, report)
+        config = self.new_runtime(only, snapshot, report)
         config.save()
         node = self.private_node(config)
         if node is not None:
@@ -242,7 +242,7 @@ class Instance:
                 raise StartError(f"not healthy after {HEALTH_TIMEOUT_S:.0f}s (waiting for: {waiting.left()})")
             time.sleep(HEALTH_POLL_S)
 
-    def _new_runtime(self, only: Tiers, snapshot: Path, report: Reporter = silent) -> RuntimeConfig:
+    def new_runtime(self, only: Tiers, snapshot: Path, report: Reporter = silent) -> RuntimeConfig:
         previous = _previous_runtime(self.state_dir)
         common: dict[str, Any] = {
             "spec_path": str(self.spec.path),
