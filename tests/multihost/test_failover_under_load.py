@@ -169,7 +169,11 @@ def test_killing_the_broker_host_leading_the_queue_under_load(stack: Stack) -> N
     project = stack.project
     leader = project.leader(WORK_QUEUE)
     load, killed_at = _under_load(stack, lambda: _kill(leader))
-    _count(stack, f"1: SIGKILL of the broker host leading {WORK_QUEUE!r}", load, killed_at)
+    try:
+        _count(stack, f"1: SIGKILL of the broker host leading {WORK_QUEUE!r}", load, killed_at)
+    except BaseException:
+        project.up(leader)  # the shared stack stays whole for the scenarios after this one
+        raise
     # The old leader's host comes back and rejoins: the queue has its three replicas again.
     assert "rejoined its cluster" in project.up(leader)
     members = project.queue_info(WORK_QUEUE, "members", among=[leader])
@@ -215,11 +219,13 @@ def test_killing_a_worker_host_under_load(stack: Stack) -> None:
         _kill(worker)
 
     load, killed_at = _under_load(stack, die, seconds=WORKER_JOB_S, pause=WORKER_PAUSE_S)
-    row = _count(stack, "3: SIGKILL of a worker host", load, killed_at)
+    try:
+        row = _count(stack, "3: SIGKILL of a worker host", load, killed_at)
+    finally:
+        project.up(worker)  # it comes back and takes its share again (also when the count failed)
     ran_there = [p for p in stack.effects.iterdir() if p.name.startswith(load.prefix) and _pid(p) in worker_pids]
     print(f"jobs of this scenario completed on the killed worker host before it died: {len(ran_there)}")
     assert ran_there, f"the worker host took no share of the load, so its death proved nothing: {row}"
-    project.up(worker)  # it comes back and takes its share again
 
 
 def _pid(effect: Path) -> int:

@@ -482,9 +482,9 @@ def test_kvern_submit_sends_the_subject(spec_path: Path, monkeypatch: pytest.Mon
         cli,
         "running_instance",
         lambda _ctx: types.SimpleNamespace(
-            runtime=lambda: None,
+            runtime=lambda: types.SimpleNamespace(extra={}),  # one machine: no host of several
             state_dir=spec_path.parent,
-            spec=types.SimpleNamespace(web=types.SimpleNamespace(api_prefix="/api")),
+            spec=types.SimpleNamespace(web=types.SimpleNamespace(api_prefix="/api"), hosts=()),
         ),
     )
     monkeypatch.setattr(cli, "front_door_url", lambda _config: "http://front-door")
