@@ -117,10 +117,8 @@ def test_scale_within_max_needs_a_running_instance(spec_path: Path) -> None:
     assert result.exit_code == RET_NOT_RUNNING, result.output
 
 
-def test_scale_of_a_running_instance_follows_the_spec_it_was_started_with(
-    spec_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # given an instance started with max = 4 (its snapshot and runtime.json in the state dir), still running
+def _pretend_running(spec_path: Path, monkeypatch: pytest.MonkeyPatch, only: Tiers) -> None:
+    """An instance of the spec as it is now, running `only` (its snapshot and runtime.json in the state dir)."""
     state = spec_path.parent / ".kvern"
     state.mkdir()
     spec = load_spec(spec_path)
@@ -135,8 +133,16 @@ def test_scale_of_a_running_instance_follows_the_spec_it_was_started_with(
         management_url=None,
         management_auth=None,
         private_broker=False,
+        only=only,
     ).save()
     monkeypatch.setattr(Supervisor, "is_running", lambda _self: True)
+
+
+def test_scale_of_a_running_instance_follows_the_spec_it_was_started_with(
+    spec_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an instance started with max = 4 (its snapshot and runtime.json in the state dir), still running
+    _pretend_running(spec_path, monkeypatch, Tiers())
     # when kvern.toml is edited to max = 20, then `scale` still holds the pool to the running max
     spec_path.write_text(SPEC.replace("max = 4", "max = 20"))
     result = kvern(spec_path, "scale", "images", "9")
@@ -154,27 +160,11 @@ def test_scale_of_a_running_instance_follows_the_spec_it_was_started_with(
 def test_scale_of_a_tier_an_only_instance_does_not_run_is_refused(
     spec_path: Path, monkeypatch: pytest.MonkeyPatch, only: str, args: tuple[str, str], refusal: str
 ) -> None:
-    state = spec_path.parent / ".kvern"
-    state.mkdir()
-    spec = load_spec(spec_path)
-    RuntimeConfig(
-        spec_path=str(spec.path),
-        spec_snapshot=str(snapshot_spec(spec, state)),
-        state_dir=str(state),
-        instance="cli",
-        front_door_port=1,
-        store_url="sqlite://",
-        broker_urls={},
-        management_url=None,
-        management_auth=None,
-        private_broker=False,
-        only=Tiers.parse(only),
-    ).save()
-    monkeypatch.setattr(Supervisor, "is_running", lambda _self: True)
+    _pretend_running(spec_path, monkeypatch, Tiers.parse(only))
     result = kvern(spec_path, "scale", *args)
     assert result.exit_code == RET_FAILURE, result.output
     assert result.output == f"kvern: {refusal}\n"
-    assert not (state / PINS_FILE).exists()
+    assert not (spec_path.parent / ".kvern" / PINS_FILE).exists()
 
 
 # -- status --------------------------------------------------------------------------------------------------
